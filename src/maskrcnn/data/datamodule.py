@@ -1,0 +1,209 @@
+"""LightningDataModule for COCO-format instance segmentation (optionally synthetic shapes)."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import numpy as np
+from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+
+from maskrcnn.data.coco import CocoInstanceDataset
+from maskrcnn.data.collate import collate
+from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
+from maskrcnn.data.shapes import generate_shapes
+from maskrcnn.data.transforms import build_transforms
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give every worker its own python / numpy / augmentation seed.
+
+    ``worker_info.seed`` is torch's per-worker seed (base seed drawn in the main process + worker
+    id), so it differs per worker and per run and is reproducible under ``seed_everything``.
+    """
+    info = get_worker_info()
+    seed = info.seed % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    transforms = getattr(info.dataset, "transforms", None)
+    if hasattr(transforms, "set_seed"):
+        transforms.set_seed(seed)
+
+
+class CocoDataModule(pl.LightningDataModule):
+    """Train / val dataloaders yielding ``(list[Tensor[3,H,W]], list[target dict])``.
+
+    DDP: samplers are built here from ``self.trainer``'s world size and rank, so create the Trainer
+    with ``use_distributed_sampler=False``. Training uses a shuffling ``DistributedSampler`` inside
+    ``GroupedBatchSampler`` (equal step count per rank); validation uses ``InferenceSampler`` (each
+    image exactly once, in order, no padding). With ``use_distributed_sampler=True`` validation is
+    still correct, but Lightning would swap the training sampler for a NON-shuffling one (it cannot
+    see that a sampler inside a batch sampler shuffles), hence the warning in ``train_dataloader``.
+
+    Args:
+        train / val: ``{"image_dir": ..., "annotation_file": ...}``; with ``generate_shapes`` they
+            may be omitted (the generated split paths are used).
+        batch_size: images per device.
+        num_classes: foreground categories the model is built for; checked against the
+            annotation files in ``setup`` (None: not checked).
+        augmentation: a name from ``maskrcnn.data.transforms.AUGMENTATIONS`` or a dict
+            ``{"name": ..., **build_transforms kwargs}`` (the ``augmentation`` config group). Train
+            only; val is never resized here — the model resizes in eval mode.
+        min_size / max_size: resize rule of the training pipeline (a dict's keys win).
+        root: informational (the ``data=folder`` config derives the split paths from it).
+        aspect_ratio_grouping: batch landscape and portrait images separately.
+        keep_empty: keep training images without instances (validation always keeps them so
+            COCO evaluation sees the full json).
+        skipped_log_dir: folder for ``skipped_train.jsonl`` / ``skipped_val.jsonl``.
+        generate_shapes: kwargs of ``maskrcnn.data.shapes.generate_shapes`` (``out_dir``,
+            ``num_train``, ``num_val``, ``image_size``, ``seed``); generated in ``prepare_data``.
+        seed: shuffling seed of the training sampler.
+    """
+
+    def __init__(
+        self,
+        train: dict | None = None,
+        val: dict | None = None,
+        num_classes: int | None = None,
+        batch_size: int = 2,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        augmentation: str | dict = "default",
+        min_size: int = 800,
+        max_size: int = 1333,
+        aspect_ratio_grouping: bool = True,
+        keep_empty: bool = True,
+        skipped_log_dir: str | os.PathLike | None = None,
+        generate_shapes: dict | None = None,
+        drop_last: bool = False,
+        seed: int = 0,
+        root: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.generate_shapes_kwargs = dict(generate_shapes) if generate_shapes else None
+        if self.generate_shapes_kwargs is not None:
+            paths = self._shapes_paths()
+            train, val = train or paths["train"], val or paths["val"]
+        if not train or not val:
+            raise ValueError("CocoDataModule needs `train` and `val` dicts (image_dir, annotation_file)")
+        self.train_spec, self.val_spec = dict(train), dict(val)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.expected_num_classes = num_classes
+        self.augmentation_kwargs = {"min_size": min_size, "max_size": max_size}
+        if isinstance(augmentation, dict):
+            augmentation = dict(augmentation)
+            name = augmentation.pop("name", None)
+            if name is None:
+                raise ValueError("augmentation: the config needs a 'name' (none|default|multiscale|lsj|photometric)")
+            self.augmentation_kwargs.update(augmentation)
+            augmentation = name
+        self.augmentation = augmentation
+        self.aspect_ratio_grouping, self.keep_empty = aspect_ratio_grouping, keep_empty
+        self.skipped_log_dir, self.drop_last, self.seed = skipped_log_dir, drop_last, seed
+        # Fail fast on an unknown augmentation name or option.
+        build_transforms(augmentation, train=True, **self.augmentation_kwargs)
+        self.train_dataset: CocoInstanceDataset | None = None
+        self.val_dataset: CocoInstanceDataset | None = None
+
+    def _shapes_paths(self) -> dict[str, dict[str, str]]:
+        root = Path(self.generate_shapes_kwargs["out_dir"])
+        return {s: {"image_dir": str(root / s), "annotation_file": str(root / s / "annotations.json")}
+                for s in ("train", "val")}
+
+    def prepare_data(self) -> None:
+        if self.generate_shapes_kwargs is not None:
+            generate_shapes(**self.generate_shapes_kwargs)  # idempotent: no-op when already there
+
+    def _log_path(self, split: str) -> str | None:
+        return None if self.skipped_log_dir is None else str(Path(self.skipped_log_dir) / f"skipped_{split}.jsonl")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is None and stage in (None, "fit"):
+            transforms = build_transforms(self.augmentation, True, **self.augmentation_kwargs)
+            self.train_dataset = CocoInstanceDataset(
+                transforms=transforms, keep_empty=self.keep_empty, skipped_log=self._log_path("train"), **self.train_spec
+            )
+        if self.val_dataset is None:
+            self.val_dataset = CocoInstanceDataset(keep_empty=True, skipped_log=self._log_path("val"), **self.val_spec)
+        self._check_num_classes()
+
+    def _check_num_classes(self) -> None:
+        """Reject a model/dataset class-count mismatch before any training step."""
+        for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
+            if dataset is None:
+                continue
+            if self.expected_num_classes is not None and dataset.num_categories != self.expected_num_classes:
+                raise ValueError(
+                    f"data.num_classes={self.expected_num_classes} (model.num_classes) but {split} annotations "
+                    f"{dataset.annotation_file} have {dataset.num_categories} categories: {dataset.class_names[1:]}"
+                )
+        if self.train_dataset is not None and self.train_dataset.label_to_category_id != self.val_dataset.label_to_category_id:
+            raise ValueError(
+                f"train ({self.train_spec['annotation_file']}) and val ({self.val_spec['annotation_file']}) "
+                "annotation files have different category lists"
+            )
+
+    # ------------------------------------------------------------------ dataset metadata
+    def _any_dataset(self) -> CocoInstanceDataset:
+        if self.val_dataset is None and self.train_dataset is None:
+            self.setup("validate")
+        return self.train_dataset or self.val_dataset  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of FOREGROUND classes K (the model adds background; ``build_mask_rcnn`` convention)."""
+        return self._any_dataset().num_categories
+
+    @property
+    def class_names(self) -> list[str]:
+        """Indexed by label, ``class_names[0] == "__background__"``."""
+        return self._any_dataset().class_names
+
+    @property
+    def label_to_category_id(self) -> dict[int, int]:
+        return self._any_dataset().label_to_category_id
+
+    @property
+    def val_annotation_file(self) -> str:
+        return str(self.val_spec["annotation_file"])
+
+    # ------------------------------------------------------------------ loaders
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory and torch.cuda.is_available(),
+                "persistent_workers": self.persistent_workers, "collate_fn": collate,
+                "worker_init_fn": seed_worker if self.num_workers > 0 else None}
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        world, rank = self._world()
+        connector = getattr(self.trainer, "_accelerator_connector", None)
+        if world > 1 and getattr(connector, "use_distributed_sampler", False):
+            warnings.warn("CocoDataModule builds its own distributed samplers; create the Trainer with "
+                          "use_distributed_sampler=False, otherwise training batches are not shuffled")
+        sampler = DistributedSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        if self.aspect_ratio_grouping:
+            group_ids = aspect_ratio_group_ids(self.train_dataset.aspect_ratios())
+        else:
+            group_ids = [0] * len(self.train_dataset)
+        batch_sampler = GroupedBatchSampler(sampler, group_ids, self.batch_size, drop_last=self.drop_last)
+        return DataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        world, rank = self._world()
+        sampler = InferenceSampler(self.val_dataset, num_replicas=world, rank=rank)
+        return DataLoader(self.val_dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_kwargs())

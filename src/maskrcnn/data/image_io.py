@@ -1,0 +1,96 @@
+"""Decode any common image file into an 8-bit RGB array.
+
+Handles EXIF orientation, palette / grayscale / RGBA / CMYK / 16-bit images and very large files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from maskrcnn.data.errors import DatasetError
+
+# PIL refuses images above ~179 Mpx as a "decompression bomb" guard. Training data is trusted input
+# and high-resolution scans / aerial tiles (e.g. 10000x10000 = 100 Mpx) are legitimate; the resize
+# transform downsizes them right after decoding. Raise the limit deliberately to 1 Gpx (PIL errors at
+# twice the limit) rather than disabling it entirely, so absurd files still fail loudly.
+_MAX_PIXELS = 1_000_000_000
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < _MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = _MAX_PIXELS
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to ``np.ndarray[H, W, 3] uint8``.
+
+    16-bit data is scaled (65535 -> 255), never clipped: ``Image.convert("RGB")`` would saturate
+    every value above 255 to white.
+    """
+    if img.mode in _SIXTEEN_BIT_MODES:
+        gray = _scale_to_uint8(np.asarray(img).astype(np.float64), 65535.0)
+    elif img.mode == "I":
+        # 32-bit int mode is how PIL exposes 16-bit grayscale from some decoders (PNG, TIFF).
+        arr = np.asarray(img).astype(np.float64)
+        gray = _scale_to_uint8(arr, 255.0 if arr.max(initial=0) <= 255 else 65535.0)
+    elif img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img).astype(np.float64))
+        gray = _scale_to_uint8(arr, 1.0 if arr.max(initial=0) <= 1.0 else 255.0)
+    else:
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")  # avoids PIL's warning about palette transparency
+        # Alpha is dropped (not composited), like torchvision.io.read_image(mode=RGB).
+        return np.array(img.convert("RGB"), dtype=np.uint8)  # copy: writable for torch
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _scale_to_uint8(arr: np.ndarray, max_value: float) -> np.ndarray:
+    return np.clip(np.rint(arr * (255.0 / max_value)), 0, 255).astype(np.uint8)
+
+
+def open_image(path: str | os.PathLike, image_id: int | None = None) -> Image.Image:
+    """Open (header only) and EXIF-transpose lazily; raise DatasetError for missing / empty files."""
+    path = Path(path)
+    where = f"image file {str(path)!r}" + (f" (image id {image_id})" if image_id is not None else "")
+    if not path.is_file():
+        raise DatasetError(f"{where} does not exist")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{where} is empty (0 bytes)")
+    try:
+        return Image.open(path)
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise DatasetError(f"{where} cannot be read as an image: {exc}") from exc
+
+
+def exif_size(img: Image.Image) -> tuple[int, int]:
+    """(height, width) the image will have after EXIF orientation, without decoding pixels."""
+    width, height = img.size
+    orientation = img.getexif().get(0x0112, 1)  # 0x0112 = Orientation tag
+    if orientation in (5, 6, 7, 8):  # these orientations rotate by 90 degrees
+        width, height = height, width
+    return height, width
+
+
+def load_rgb(path: str | os.PathLike, image_id: int | None = None) -> np.ndarray:
+    """Decode an image file fully.
+
+    Returns:
+        image: ``np.ndarray[H, W, 3] uint8`` RGB, EXIF orientation applied.
+
+    Raises:
+        DatasetError: missing, zero-byte, corrupt or truncated file (message names file and id).
+    """
+    img = open_image(path, image_id)
+    try:
+        with img:
+            img.load()  # forces full decode so truncation is detected here
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_array(img)
+    except DatasetError:
+        raise
+    except Exception as exc:
+        where = f"image file {str(path)!r}" + (f" (image id {image_id})" if image_id is not None else "")
+        raise DatasetError(f"{where} is corrupt or truncated: {exc}") from exc

@@ -1,0 +1,94 @@
+"""Samplers: aspect-ratio grouped training batches and a non-padding distributed inference split."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
+
+
+def aspect_ratio_group_ids(aspect_ratios: Sequence[float]) -> list[int]:
+    """Group 0 = landscape or square (width >= height), group 1 = portrait."""
+    return [0 if ratio >= 1.0 else 1 for ratio in aspect_ratios]
+
+
+class GroupedBatchSampler(BatchSampler):
+    """Yield batches whose images all share an aspect-ratio group (less padding per batch).
+
+    Indices are drawn from ``sampler`` in its order and collected per group; a group's buffer is
+    emitted as soon as it holds ``batch_size`` indices. When ``sampler`` is exhausted the leftovers
+    of all groups are concatenated and emitted in chunks of ``batch_size`` (these last batches may
+    mix groups). So exactly ``ceil(len(sampler) / batch_size)`` batches are produced, or
+    ``floor(...)`` with ``drop_last=True`` (then the final partial batch is dropped). Every rank of a
+    DDP job therefore runs the same number of steps as long as ``len(sampler)`` is equal on all
+    ranks, which ``DistributedSampler`` guarantees (it pads by repeating a few indices).
+
+    DDP: pass a ``DistributedSampler`` as ``sampler``. Lightning can also swap in its own one: it
+    re-creates this class with the new ``sampler`` argument, and calls ``sampler.set_epoch``.
+
+    Args:
+        sampler: yields dataset indices (e.g. ``DistributedSampler(dataset, shuffle=True)``).
+        group_ids: group of every dataset index, ``len(group_ids) == len(dataset)``.
+        batch_size: images per batch (per device).
+        drop_last: drop the final incomplete batch.
+    """
+
+    def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int, drop_last: bool = False) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.sampler = sampler
+        self.group_ids = list(group_ids)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def __iter__(self) -> Iterator[list[int]]:
+        buffers: dict[int, list[int]] = defaultdict(list)
+        for index in self.sampler:
+            group = buffers[self.group_ids[index]]
+            group.append(index)
+            if len(group) == self.batch_size:
+                yield group.copy()
+                group.clear()
+        leftovers = [i for group_id in sorted(buffers) for i in buffers[group_id]]
+        for start in range(0, len(leftovers), self.batch_size):
+            batch = leftovers[start : start + self.batch_size]
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+class InferenceSampler(DistributedSampler):
+    """Split ``range(len(dataset))`` into contiguous, non-overlapping, unpadded chunks per rank.
+
+    Unlike ``DistributedSampler`` no index is repeated, so distributed evaluation sees every image
+    exactly once (rank r gets ``[r*q + min(r, m), ...)`` with ``q, m = divmod(N, world)``; ranks may
+    differ in length by one). It subclasses ``DistributedSampler`` only so that Lightning's
+    ``use_distributed_sampler`` leaves it alone instead of wrapping it in a padding sampler.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        # Deliberately not calling super().__init__: it would query torch.distributed and pad.
+        self.dataset = dataset
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = False
+        self.epoch = 0
+        size = len(dataset)  # type: ignore[arg-type]
+        per_rank, extra = divmod(size, num_replicas)
+        self.begin = rank * per_rank + min(rank, extra)
+        self.end = self.begin + per_rank + (1 if rank < extra else 0)
+        self.num_samples = self.end - self.begin
+        self.total_size = size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.begin, self.end))
+
+    def __len__(self) -> int:
+        return self.num_samples

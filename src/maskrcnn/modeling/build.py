@@ -1,0 +1,142 @@
+"""Build a MaskRCNN from plain keyword dictionaries (one per part).
+
+Defaults reproduce torchvision's ``maskrcnn_resnet50_fpn`` (v1) exactly, including the legacy
+``roi_align.aligned=False``; our Hydra configs opt into ``aligned=True``.
+
+NUM_CLASSES CONVENTION: ``num_classes`` counts FOREGROUND classes only (K). The box and mask
+predictors get K + 1 outputs, output 0 being background. torchvision's COCO models have 91
+outputs, i.e. ``num_classes=90`` here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backbone import build_backbone
+from .heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
+from .mask_rcnn import MaskRCNN
+from .poolers import MultiScaleRoIAlign
+from .roi_heads import RoIHeads
+from .rpn import RegionProposalNetwork
+from .transform import ImageTransform
+
+# roi_heads dict keys that shape the heads rather than being RoIHeads arguments
+_HEAD_SHAPE_DEFAULTS = {"representation_size": 1024, "mask_layers": (256, 256, 256, 256), "mask_dilation": 1}
+_ROI_ALIGN_DEFAULTS = {
+    "aligned": False,
+    "sampling_ratio": 2,
+    "interpolation": "bilinear",
+    "box_output_size": 7,
+    "mask_output_size": 14,
+}
+# torchvision resizes training images inside the model; our data pipeline may do it instead
+_TRANSFORM_DEFAULTS = {"min_size": 800, "max_size": 1333, "resize_in_training": True}
+
+
+def _merge(defaults: dict, given: dict | None, part: str) -> dict:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults)) if defaults else []
+    if unknown:
+        raise TypeError(f"build_mask_rcnn: unknown {part} option(s) {unknown}; valid: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def build_mask_rcnn(
+    num_classes: int,
+    backbone: dict,
+    rpn: dict | None = None,
+    roi_heads: dict | None = None,
+    transform: dict | None = None,
+    roi_align: dict | None = None,
+    mask_format: str = "prob",
+    init_from: str | None = None,
+) -> MaskRCNN:
+    """Assemble a Mask R-CNN.
+
+    Args:
+        num_classes: number of FOREGROUND classes K (predictors get K + 1 outputs; COCO = 90
+            for torchvision's 91-output checkpoints).
+        backbone: kwargs of ``build_backbone`` (name, pretrained, trainable_layers, norm, out_channels).
+        rpn: kwargs of ``RegionProposalNetwork`` (in_channels is taken from the backbone).
+        roi_heads: kwargs of ``RoIHeads`` (fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
+            positive_fraction, bbox_reg_weights, score_thresh, nms_thresh, detections_per_img)
+            plus head shapes: representation_size (1024), mask_layers ((256,)*4), mask_dilation (1).
+        transform: kwargs of ``ImageTransform`` (min_size, max_size, image_mean, image_std,
+            size_divisible, resize_in_training (default True, as torchvision)).
+        roi_align: aligned (False), sampling_ratio (2), interpolation ("bilinear"|"bicubic"),
+            box_output_size (7), mask_output_size (14); applied to both poolers.
+        mask_format: "prob" | "binary" | "rle" (see MaskRCNN).
+        init_from: optional path to a torchvision Mask R-CNN state dict to load (class-specific
+            layers are re-initialised when the class count differs).
+    """
+    if num_classes < 1:
+        raise ValueError(f"build_mask_rcnn: num_classes (foreground classes) must be >= 1, got {num_classes}")
+    num_outputs = num_classes + 1
+    if not isinstance(backbone, dict) or "name" not in backbone:
+        raise ValueError(f"build_mask_rcnn: backbone must be a dict with at least 'name', got {backbone!r}")
+
+    body = build_backbone(**backbone)
+    channels = body.out_channels
+    align = _merge(_ROI_ALIGN_DEFAULTS, roi_align, "roi_align")
+    pooler_kwargs = {k: align[k] for k in ("aligned", "sampling_ratio", "interpolation")}
+    box_pooler = MultiScaleRoIAlign(output_size=align["box_output_size"], **pooler_kwargs)
+    mask_pooler = MultiScaleRoIAlign(output_size=align["mask_output_size"], **pooler_kwargs)
+
+    roi_kwargs: dict[str, Any] = dict(roi_heads or {})
+    shapes = {k: roi_kwargs.pop(k, v) for k, v in _HEAD_SHAPE_DEFAULTS.items()}
+    if "mask_size" in roi_kwargs:
+        raise TypeError("build_mask_rcnn: mask_size is derived (2 * roi_align.mask_output_size); do not set it")
+    box_size = align["box_output_size"]
+    mask_layers = tuple(shapes["mask_layers"])
+    heads = RoIHeads(
+        box_pooler=box_pooler,
+        box_head=TwoMLPHead(channels * box_size * box_size, shapes["representation_size"]),
+        box_predictor=FastRCNNPredictor(shapes["representation_size"], num_outputs),
+        mask_pooler=mask_pooler,
+        mask_head=MaskRCNNHeads(channels, mask_layers, shapes["mask_dilation"]),
+        mask_predictor=MaskRCNNPredictor(mask_layers[-1], 256, num_outputs),
+        mask_size=2 * align["mask_output_size"],
+        **roi_kwargs,
+    )
+    rpn_kwargs = dict(rpn or {})
+    rpn_kwargs.setdefault("in_channels", channels)
+    model = MaskRCNN(
+        transform=ImageTransform(**{**_TRANSFORM_DEFAULTS, **(transform or {})}),
+        backbone=body,
+        rpn=RegionProposalNetwork(**rpn_kwargs),
+        roi_heads=heads,
+        mask_format=mask_format,
+    )
+    if init_from is not None:
+        from .checkpoint import load_torchvision_checkpoint
+
+        load_torchvision_checkpoint(model, init_from)
+    return model
+
+
+def torchvision_compatible_mask_rcnn(
+    num_classes_incl_bg: int = 91,
+    backbone_norm: str = "bn",
+    transform: dict | None = None,
+    rpn: dict | None = None,
+    roi_heads: dict | None = None,
+    mask_format: str = "prob",
+) -> MaskRCNN:
+    """The exact architecture of ``torchvision.models.detection.maskrcnn_resnet50_fpn``.
+
+    Args:
+        num_classes_incl_bg: torchvision's ``num_classes`` (background included).
+        backbone_norm: "bn" matches ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``
+            (trainable BatchNorm2d); "frozen_bn" matches the pretrained COCO model (then also
+            call ``set_frozen_bn_eps(model, 0.0)`` for the v1 checkpoint).
+        transform / rpn / roi_heads: overrides, as for ``build_mask_rcnn``.
+    """
+    return build_mask_rcnn(
+        num_classes=num_classes_incl_bg - 1,
+        backbone={"name": "resnet50", "pretrained": False, "norm": backbone_norm},
+        rpn=rpn,
+        roi_heads=roi_heads,
+        transform=transform,
+        roi_align={"aligned": False, "sampling_ratio": 2, "interpolation": "bilinear"},
+        mask_format=mask_format,
+    )

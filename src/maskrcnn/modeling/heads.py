@@ -1,0 +1,115 @@
+"""Box and mask heads of Mask R-CNN.
+
+Module and parameter names mirror torchvision (``fc6``/``fc7``, ``cls_score``/``bbox_pred``,
+``mask_head.{i}.0``, ``conv5_mask``/``mask_fcn_logits``) so torchvision state dicts load as is;
+initialisation follows torchvision too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class TwoMLPHead(nn.Module):
+    """Two fully connected layers on the flattened pooled RoI features (FPN box head).
+
+    Args:
+        in_channels: C * P * Q of the pooled features (256 * 7 * 7 for ResNet-FPN).
+        representation_size: hidden width (1024).
+    """
+
+    def __init__(self, in_channels: int, representation_size: int = 1024) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: Tensor[R, C, P, Q] pooled features -> Tensor[R, representation_size]."""
+        x = F.relu(self.fc6(x.flatten(start_dim=1)))
+        return F.relu(self.fc7(x))
+
+
+class FastRCNNPredictor(nn.Module):
+    """Classification logits and per-class box deltas.
+
+    Args:
+        in_channels: width of the box head output.
+        num_classes: number of outputs INCLUDING background (foreground classes + 1).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: Tensor[R, D] -> (class_logits Tensor[R, num_classes], box_deltas Tensor[R, 4 * num_classes])."""
+        if x.dim() == 4 and tuple(x.shape[2:]) != (1, 1):
+            raise ValueError(f"FastRCNNPredictor expects [R, D] or [R, D, 1, 1] input, got {tuple(x.shape)}")
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class MaskRCNNHeads(nn.Sequential):
+    """Stack of 3x3 conv + ReLU blocks on the pooled mask features.
+
+    Each block is ``nn.Sequential(conv, relu)`` so parameter keys are ``{i}.0.weight`` exactly as
+    torchvision's ``Conv2dNormActivation`` blocks without normalisation.
+
+    Args:
+        in_channels: channels of the pooled features (FPN out_channels, 256).
+        layers: output channels of each conv block ((256, 256, 256, 256)).
+        dilation: dilation (and padding) of the 3x3 convs.
+    """
+
+    def __init__(self, in_channels: int, layers: Sequence[int] = (256, 256, 256, 256), dilation: int = 1) -> None:
+        blocks = []
+        channels = in_channels
+        for width in layers:
+            conv = nn.Conv2d(channels, width, kernel_size=3, stride=1, padding=dilation, dilation=dilation)
+            blocks.append(nn.Sequential(conv, nn.ReLU(inplace=True)))
+            channels = width
+        super().__init__(*blocks)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Old torchvision checkpoints (e.g. the maskrcnn_resnet50_fpn COCO v1 file) name the convs
+        # "mask_fcn{i+1}"; map them to the current "{i}.0" layout.
+        for i in range(len(self)):
+            for kind in ("weight", "bias"):
+                old = f"{prefix}mask_fcn{i + 1}.{kind}"
+                if old in state_dict:
+                    state_dict[f"{prefix}{i}.0.{kind}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class MaskRCNNPredictor(nn.Sequential):
+    """2x upsampling transposed conv + ReLU, then one 1x1 conv giving per-class mask logits.
+
+    Args:
+        in_channels: channels of the mask head output (256).
+        dim_reduced: channels after the transposed conv (256).
+        num_classes: number of outputs INCLUDING background.
+    """
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
+        super().__init__(
+            OrderedDict(
+                [
+                    ("conv5_mask", nn.ConvTranspose2d(in_channels, dim_reduced, 2, 2, 0)),
+                    ("relu", nn.ReLU(inplace=True)),
+                    ("mask_fcn_logits", nn.Conv2d(dim_reduced, num_classes, 1, 1, 0)),
+                ]
+            )
+        )
+        # torchvision re-initialises only the weights (biases keep PyTorch's default init)
+        for name, param in self.named_parameters():
+            if "weight" in name:
+                nn.init.kaiming_normal_(param, mode="fan_out", nonlinearity="relu")

@@ -1,0 +1,147 @@
+"""Mask pasting (batched, no per-mask Python loop) and binary / RLE mask output formats.
+
+``paste_masks`` matches ``torchvision.models.detection.roi_heads.paste_masks_in_image``: each
+M x M mask is padded, its box is enlarged by the same factor and snapped to integers, the mask is
+bilinearly resized (align_corners=False) to the integer box and written into an empty image.
+Bilinear resizing is separable, so pasted = Ry @ padded_mask @ Rx^T with Ry: [H, M+2] and
+Rx: [W, M+2] holding the interpolation weights (zero outside the box). A chunk of masks is
+pasted with two batched matmuls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import Tensor
+
+
+def expand_boxes_to_int(boxes: Tensor, scale: float) -> Tensor:
+    """Enlarge boxes about their centre by ``scale`` and truncate to integers (torchvision's order of ops).
+
+    Args:
+        boxes: Tensor[N, 4] float, xyxy, absolute pixels.
+
+    Returns:
+        Tensor[N, 4] int64, xyxy, inclusive integer pixel box.
+    """
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    ctr_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    ctr_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    expanded = torch.stack((ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h), dim=1)
+    return expanded.to(torch.int64)  # truncation toward zero, as in torchvision
+
+
+def _resize_weights(start: Tensor, end: Tensor, out_len: int, in_len: int, dtype: torch.dtype) -> Tensor:
+    """Interpolation matrix of a 1-D bilinear resize (align_corners=False) placed at ``[start, end]``.
+
+    Args:
+        start, end: Tensor[n] int64, inclusive integer extent of each box along the axis
+            (may reach outside ``[0, out_len)``).
+        out_len: image length along the axis.
+        in_len: padded mask length M + 2.
+
+    Returns:
+        Tensor[n, out_len, in_len]: row ``p`` holds the weights of image pixel ``p``; all-zero rows
+        outside the box.
+    """
+    n = start.shape[0]
+    length = (end - start + 1).clamp(min=1)  # resized mask length, at least one pixel
+    pos = torch.arange(out_len, device=start.device)
+    j = pos[None, :] - start[:, None]  # index into the resized mask
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] <= end[:, None])
+    # PyTorch's upsample_bilinear computes the ratio in float32 and clamps negative sources to 0
+    ratio = torch.tensor(float(in_len), dtype=torch.float32, device=start.device) / length.to(torch.float32)
+    src = ((j.to(torch.float32) + 0.5) * ratio[:, None] - 0.5).clamp(min=0)
+    i0 = src.to(torch.int64).clamp(max=in_len - 1)
+    i1 = (i0 + 1).clamp(max=in_len - 1)
+    lam1 = (src - i0.to(torch.float32)) * inside
+    lam0 = (1.0 - (src - i0.to(torch.float32))) * inside
+    weights = torch.zeros((n, out_len, in_len), dtype=torch.float32, device=start.device)
+    weights.scatter_add_(2, i0[..., None], lam0[..., None])
+    weights.scatter_add_(2, i1[..., None], lam1[..., None])
+    return weights.to(dtype)
+
+
+def paste_masks(
+    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1, chunk_size: int = 64
+) -> Tensor:
+    """Paste per-box mask probabilities into full images.
+
+    Args:
+        masks: Tensor[N, 1, M, M] float, mask probabilities in box-relative coordinates.
+        boxes: Tensor[N, 4] float, xyxy, absolute pixels of the target image.
+        image_size: (H, W) of the target image.
+        padding: zero border added around each mask before resizing (torchvision uses 1),
+            which lets the mask fade out at the box edge instead of being cut.
+        chunk_size: masks pasted per batched matmul; bounds the temporary memory to
+            ``chunk_size * H * (M + 2)`` elements besides the output.
+
+    Returns:
+        Tensor[N, 1, H, W] masks.dtype, probabilities in the image (0 outside the expanded box).
+    """
+    if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[-1] != masks.shape[-2]:
+        raise ValueError(f"paste_masks: masks must be [N, 1, M, M], got {tuple(masks.shape)}")
+    if boxes.shape != (masks.shape[0], 4):
+        raise ValueError(f"paste_masks: boxes must be [N, 4] with N = {masks.shape[0]}, got {tuple(boxes.shape)}")
+    height, width = int(image_size[0]), int(image_size[1])
+    num, size = masks.shape[0], masks.shape[-1]
+    out = masks.new_zeros((num, 1, height, width))
+    if num == 0:
+        return out
+    padded = torch.nn.functional.pad(masks[:, 0], (padding,) * 4)  # [N, M+2p, M+2p]
+    int_boxes = expand_boxes_to_int(boxes, float(size + 2 * padding) / size)
+    for lo in range(0, num, chunk_size):
+        hi = min(lo + chunk_size, num)
+        b = int_boxes[lo:hi]
+        ry = _resize_weights(b[:, 1], b[:, 3], height, padded.shape[-1], masks.dtype)  # [n, H, M+2p]
+        rx = _resize_weights(b[:, 0], b[:, 2], width, padded.shape[-1], masks.dtype)  # [n, W, M+2p]
+        out[lo:hi, 0] = torch.bmm(torch.bmm(ry, padded[lo:hi]), rx.transpose(1, 2))
+    return out
+
+
+def masks_to_binary(masks: Tensor, threshold: float = 0.5) -> Tensor:
+    """Threshold pasted probabilities.
+
+    Args:
+        masks: Tensor[N, 1, H, W] float probabilities.
+
+    Returns:
+        Tensor[N, 1, H, W] bool, ``masks > threshold`` (the rule torchvision's COCO evaluation uses).
+    """
+    return masks > threshold
+
+
+def masks_to_rle(masks: Tensor, threshold: float = 0.5) -> list[dict]:
+    """Encode masks as COCO run-length encodings.
+
+    Args:
+        masks: Tensor[N, 1, H, W] float probabilities (thresholded with ``> threshold``) or bool.
+
+    Returns:
+        list of N dicts ``{"size": [H, W], "counts": str}`` (pycocotools compressed RLE, counts
+        decoded to str so the result is JSON-serialisable).
+    """
+    if masks.dim() != 4 or masks.shape[1] != 1:
+        raise ValueError(f"masks_to_rle: masks must be [N, 1, H, W], got {tuple(masks.shape)}")
+    binary = masks if masks.dtype == torch.bool else masks_to_binary(masks, threshold)
+    if binary.shape[0] == 0:
+        return []
+    # pycocotools wants a Fortran-ordered uint8 array [H, W, N]
+    array = np.asfortranarray(binary[:, 0].permute(1, 2, 0).cpu().numpy().astype(np.uint8))
+    rles = mask_utils.encode(array)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def format_masks(masks: Tensor, mask_format: str) -> Tensor | list[dict]:
+    """Convert pasted probabilities to the requested output format ("prob", "binary" or "rle")."""
+    if mask_format == "prob":
+        return masks
+    if mask_format == "binary":
+        return masks_to_binary(masks)
+    if mask_format == "rle":
+        return masks_to_rle(masks)
+    raise ValueError(f"mask_format must be 'prob', 'binary' or 'rle', got {mask_format!r}")

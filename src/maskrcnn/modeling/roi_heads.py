@@ -1,0 +1,250 @@
+"""Second stage of Mask R-CNN: proposal sampling, box branch, mask branch, detection selection.
+
+Matching, sampling (including its use of the global RNG), target encoding, mask-target
+projection and the detection post-processing reproduce ``torchvision``'s ``RoIHeads`` step by
+step, so a torchvision checkpoint gives the same detections and the same loss inputs. Losses
+themselves are computed by ``maskrcnn.losses`` from the returned LossInputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
+
+from .box_coder import BoxCoder
+from .matcher import BalancedSampler, Matcher, ignore_crowd_matches
+
+
+def _image_name(target: dict, index: int) -> str:
+    return f"image {index} (image_id={target.get('image_id', '?')})"
+
+
+def project_masks_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idx: Tensor, size: int) -> Tensor:
+    """Crop-and-resize each matched gt mask onto its RoI (torchvision's mask targets).
+
+    Args:
+        gt_masks: Tensor[G, H, W] uint8 {0, 1}, gt masks of one image (resized-image pixels).
+        boxes: Tensor[Q, 4] float, xyxy, positive RoIs of that image.
+        matched_idx: Tensor[Q] int64, gt index of each RoI.
+        size: M, the mask-head output resolution.
+
+    Returns:
+        Tensor[Q, M, M] float32 in [0, 1] (soft at the edges: RoIAlign averages the binary mask).
+    """
+    rois = torch.cat([matched_idx.to(boxes)[:, None], boxes], dim=1)
+    # legacy (aligned=False), adaptive-sampling RoIAlign at scale 1: exactly torchvision's targets
+    return roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0)[:, 0]
+
+
+class RoIHeads(nn.Module):
+    """Box and mask branches on top of the RPN proposals.
+
+    Args:
+        box_pooler, mask_pooler: MultiScaleRoIAlign (no parameters).
+        box_head: pooled features -> Tensor[R, D] (TwoMLPHead).
+        box_predictor: Tensor[R, D] -> (class_logits [R, K+1], box_deltas [R, 4(K+1)]).
+        mask_head: pooled features -> Tensor[Q, C, m, m] (MaskRCNNHeads).
+        mask_predictor: -> mask logits Tensor[Q, K+1, M, M] (MaskRCNNPredictor).
+        fg_iou_thresh / bg_iou_thresh: proposals with IoU >= fg are foreground, < bg background.
+        batch_size_per_image / positive_fraction: RoI sampling per image (None = keep every RoI).
+        bbox_reg_weights: BoxCoder weights of the box branch.
+        score_thresh, nms_thresh, detections_per_img: detection selection in eval.
+        mask_size: M, resolution of the mask logits and of the mask targets.
+    """
+
+    def __init__(
+        self,
+        box_pooler: nn.Module,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        mask_pooler: nn.Module,
+        mask_head: nn.Module,
+        mask_predictor: nn.Module,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        batch_size_per_image: int | None = 512,
+        positive_fraction: float = 0.25,
+        bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        mask_size: int = 28,
+    ) -> None:
+        super().__init__()
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.mask_pooler = mask_pooler
+        self.mask_head = mask_head
+        self.mask_predictor = mask_predictor
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self.box_coder = BoxCoder(bbox_reg_weights)
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.mask_size = mask_size
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict] | None = None,
+    ) -> tuple[list[dict], dict | None]:
+        """
+        Args:
+            features: FPN levels name -> Tensor[B, C, h, w].
+            proposals: per image Tensor[P_i, 4] float, xyxy, resized-image pixels (detached).
+            image_sizes: per image (H, W) of the resized, unpadded image.
+            targets: per image {"boxes" [N,4] float, "labels" [N] int64, "masks" [N,H,W] uint8,
+                optional "crowd_boxes" [M,4]} in resized-image pixels; required in training.
+
+        Returns:
+            detections: in eval mode, per image {"boxes" Tensor[D,4], "labels" Tensor[D] int64,
+                "scores" Tensor[D], "masks" Tensor[D,1,M,M] probabilities} in resized-image
+                pixels; an empty list in training mode.
+            loss_inputs: {"roi": ..., "mask": ...} (docs/design.md) when targets are given, else None.
+        """
+        if len(proposals) != len(image_sizes):
+            raise ValueError(f"RoIHeads: {len(proposals)} proposal sets but {len(image_sizes)} image sizes")
+        if self.training and targets is None:
+            raise ValueError("RoIHeads: targets are required in training mode")
+        loss_inputs = None
+        if targets is not None:
+            self._check_targets(targets, len(proposals))
+            loss_inputs = self._loss_inputs(features, proposals, image_sizes, targets)
+        detections = [] if self.training else self._detect(features, proposals, image_sizes)
+        return detections, loss_inputs
+
+    # ----------------------------------------------------------------------------- training
+    def _check_targets(self, targets: list[dict], num_images: int) -> None:
+        if len(targets) != num_images:
+            raise ValueError(f"RoIHeads: {num_images} images but {len(targets)} targets")
+        for i, t in enumerate(targets):
+            for key in ("boxes", "labels", "masks"):
+                if key not in t:
+                    raise KeyError(f"RoIHeads: target of {_image_name(t, i)} has no '{key}' key")
+            if not t["boxes"].is_floating_point():
+                raise TypeError(f"RoIHeads: boxes of {_image_name(t, i)} must be float, got {t['boxes'].dtype}")
+            if t["labels"].dtype != torch.int64:
+                raise TypeError(f"RoIHeads: labels of {_image_name(t, i)} must be int64, got {t['labels'].dtype}")
+            if not (t["boxes"].shape[0] == t["labels"].shape[0] == t["masks"].shape[0]):
+                raise ValueError(
+                    f"RoIHeads: {_image_name(t, i)} has {t['boxes'].shape[0]} boxes, {t['labels'].shape[0]} "
+                    f"labels and {t['masks'].shape[0]} masks"
+                )
+
+    def _label_proposals(self, proposals: Tensor, target: dict) -> tuple[Tensor, Tensor]:
+        """
+        Returns:
+            labels: Tensor[P] int64, class id for fg, 0 bg, -1 ignored (between thresholds / on crowd).
+            matched_idx: Tensor[P] int64 gt index (clamped to >= 0; meaningless unless labels > 0).
+        """
+        gt_boxes, gt_labels = target["boxes"].to(proposals.dtype), target["labels"]
+        if gt_boxes.shape[0] == 0:
+            matched_idx = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
+            labels = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
+        else:
+            matched = self.matcher(box_iou(gt_boxes, proposals))
+            matched_idx = matched.clamp(min=0)
+            labels = gt_labels[matched_idx].clone()
+            labels[matched == Matcher.BELOW_LOW] = 0
+            labels[matched == Matcher.BETWEEN] = -1
+        labels = ignore_crowd_matches(labels, proposals, target.get("crowd_boxes"))
+        return labels, matched_idx
+
+    def _loss_inputs(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict],
+    ) -> dict:
+        # gt boxes join the proposals so every gt has at least one perfectly matching RoI
+        proposals = [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
+        labels, matched = zip(*(self._label_proposals(p, t) for p, t in zip(proposals, targets)))
+        pos_per_image, neg_per_image = self.sampler(list(labels))
+        # torchvision keeps the sampled RoIs of an image in ascending index order
+        sampled = [torch.cat([p, n]).sort().values for p, n in zip(pos_per_image, neg_per_image)]
+        rois = [p[s] for p, s in zip(proposals, sampled)]
+        roi_labels = [lab[s] for lab, s in zip(labels, sampled)]
+        roi_matched = [m[s] for m, s in zip(matched, sampled)]
+
+        class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler(features, rois, image_sizes)))
+        all_labels = torch.cat(roi_labels)
+        pos = torch.where(all_labels > 0)[0]
+        pos_labels = all_labels[pos]
+        pos_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[pos, pos_labels]
+        pos_rois = torch.cat(rois)[pos]
+        gt_boxes = torch.cat(
+            [t["boxes"].to(r.dtype)[m[lab > 0]] for t, r, m, lab in zip(targets, rois, roi_matched, roi_labels)]
+        )
+        roi = {
+            "class_logits": class_logits,
+            "labels": all_labels,
+            "box_deltas": pos_deltas,
+            "box_targets": self.box_coder.encode(gt_boxes, pos_rois),
+            "pred_boxes": self.box_coder.decode(pos_deltas, pos_rois).reshape(-1, 4),
+            "gt_boxes": gt_boxes,
+        }
+
+        # mask branch: positive RoIs only
+        mask_rois, mask_targets = [], []
+        for r, m, lab, t in zip(rois, roi_matched, roi_labels, targets):
+            keep = torch.where(lab > 0)[0]
+            mask_rois.append(r[keep])
+            if keep.numel() > 0:
+                mask_targets.append(project_masks_on_boxes(t["masks"], r[keep], m[keep], self.mask_size))
+            else:
+                mask_targets.append(r.new_zeros((0, self.mask_size, self.mask_size)))
+        mask_logits = self._mask_logits(features, mask_rois, image_sizes)
+        mask = {
+            "logits": mask_logits[torch.arange(pos_labels.shape[0], device=pos_labels.device), pos_labels],
+            "targets": torch.cat(mask_targets),
+        }
+        return {"roi": roi, "mask": mask}
+
+    def _mask_logits(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """Mask logits Tensor[sum Q_i, K+1, M, M] for the given per-image boxes."""
+        logits = self.mask_predictor(self.mask_head(self.mask_pooler(features, boxes, image_sizes)))
+        if logits.shape[-1] != self.mask_size:
+            raise ValueError(
+                f"RoIHeads: mask predictor outputs {logits.shape[-1]}x{logits.shape[-1]} logits but mask_size is "
+                f"{self.mask_size}; set mask_size = 2 * mask pooler output_size"
+            )
+        return logits
+
+    # ---------------------------------------------------------------------------- inference
+    def _detect(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict]:
+        class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler(features, proposals, image_sizes)))
+        num_classes = class_logits.shape[-1]
+        boxes_all = self.box_coder.decode(box_deltas, torch.cat(proposals))  # [R, K+1, 4]
+        scores_all = F.softmax(class_logits, dim=-1)
+        counts = [p.shape[0] for p in proposals]
+
+        detections = []
+        for boxes, scores, size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes):
+            boxes = clip_boxes_to_image(boxes, size)
+            labels = torch.arange(num_classes, device=boxes.device).view(1, -1).expand_as(scores)
+            # one candidate per (proposal, foreground class)
+            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+
+        mask_logits = self._mask_logits(features, [d["boxes"] for d in detections], image_sizes)
+        labels = torch.cat([d["labels"] for d in detections])
+        probs = mask_logits.sigmoid()[torch.arange(labels.shape[0], device=labels.device), labels][:, None]
+        for det, p in zip(detections, probs.split([d["boxes"].shape[0] for d in detections])):
+            det["masks"] = p
+        return detections

@@ -1,0 +1,172 @@
+"""The LightningModule: network + criterion + optimisation + COCO evaluation.
+
+The network predicts, the criterion returns unweighted loss terms, and this module weights,
+sums and logs them (``train/loss_mask`` ...). Validation computes the same loss terms and COCO
+box/mask AP from one forward pass per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from maskrcnn.evaluation import CocoEvaluator
+from maskrcnn.losses.criterion import TERMS
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[list[Tensor], list[dict]]
+
+
+class MaskRCNNModule(pl.LightningModule):
+    """Trains and evaluates a :class:`maskrcnn.modeling.mask_rcnn.MaskRCNN`.
+
+    Args:
+        net: the network; ``net(images, targets)`` returns ``{"loss_inputs", "detections"}``.
+        criterion: maps loss inputs to the dict of unweighted terms (``losses.criterion.TERMS``).
+        loss_weights: one weight per term, e.g. ``{"loss_mask": 1.0, ...}``.
+        optimizer: ``optimizer(params, lr=...)`` (a Hydra ``_partial_``).
+        scheduler: ``scheduler(optimizer, total_steps=...)`` or None; stepped every optimizer step.
+        lr: base learning rate after the linear scaling rule (computed by the pipeline).
+        nonfinite_loss: "raise" stops with the step and the offending term; "skip" skips the step.
+        eval_backend: "faster_coco_eval" or "pycocotools".
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        criterion: nn.Module,
+        loss_weights: Mapping[str, float],
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        lr: float = 0.02,
+        nonfinite_loss: str = "raise",
+        eval_backend: str = "faster_coco_eval",
+    ) -> None:
+        super().__init__()
+        unknown = set(loss_weights) - set(TERMS)
+        missing = set(TERMS) - set(loss_weights)
+        if unknown or missing:
+            raise ValueError(
+                f"loss.weights must name exactly {list(TERMS)}; unknown: {sorted(unknown)}, missing: {sorted(missing)}"
+            )
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        self.net = net
+        self.criterion = criterion
+        self.loss_weights = {k: float(v) for k, v in loss_weights.items()}
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.lr = lr
+        self.nonfinite_loss = nonfinite_loss
+        self.eval_backend = eval_backend
+        self.evaluator: CocoEvaluator | None = None
+        self.skipped_steps = 0
+        # Filled by the pipeline and stored in checkpoints so predict/eval can rebuild the model.
+        self.run_config: dict | None = None
+        self.class_names: list[str] | None = None
+        self.label_to_category_id: dict[int, int] | None = None
+        self.last_val_metrics: dict[str, float] = {}
+        self._batch_start = 0.0
+
+    def forward(self, images: list[Tensor]) -> list[dict]:
+        """Detections for a list of ``Tensor[3, H, W]`` float images in [0, 1]."""
+        return self.net(images)["detections"]
+
+    # ------------------------------------------------------------------ training
+    def _weighted(self, terms: dict[str, Tensor]) -> Tensor:
+        return sum(self.loss_weights[k] * v for k, v in terms.items())
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        images, targets = batch
+        terms = self.criterion(self.net(images, targets)["loss_inputs"])
+        loss = self._weighted(terms)
+        if not torch.isfinite(loss):
+            return self._nonfinite(terms, batch_idx)
+        n = len(images)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=n)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=n)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._batch_start
+        if elapsed > 0:
+            # Global throughput: every rank processes its own batch in the same wall time.
+            images = len(batch[0]) * self.trainer.world_size
+            self.log("train/images_per_sec", images / elapsed, batch_size=len(batch[0]))
+
+    def _nonfinite(self, terms: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        # Weighted, so that a NaN/inf weight in the config is caught and named too.
+        bad = {k: float(self.loss_weights[k] * v) for k, v in terms.items() if not torch.isfinite(self.loss_weights[k] * v)}
+        where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.nonfinite_loss == "raise":
+            raise FloatingPointError(
+                f"Non-finite loss at {where}: {bad}. Lower optimizer.lr_per_16_images, set "
+                "trainer.gradient_clip_val, check the data (bad boxes) or use nonfinite_loss=skip."
+            )
+        self.skipped_steps += 1
+        log.warning("Skipping the step at %s: non-finite loss terms %s (%d skipped so far)", where, bad, self.skipped_steps)
+        if self.trainer.world_size == 1:
+            return None
+        # Under DDP every rank must run backward; a zero-gradient surrogate keeps ranks in step.
+        return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0
+
+    # ---------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        if self.evaluator is None:
+            dm = self.trainer.datamodule
+            self.evaluator = CocoEvaluator(
+                dm.val_annotation_file,
+                dm.label_to_category_id,
+                max_dets=self.net.roi_heads.detections_per_img,
+                backend=self.eval_backend,
+            )
+        self.evaluator.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict:
+        images, targets = batch
+        out = self.net(images, targets)
+        terms = self.criterion(out["loss_inputs"])
+        n = len(images)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=n)
+        self.log("val/loss", self._weighted(terms), sync_dist=True, batch_size=n)
+        self.evaluator.update(out["detections"], [int(t["image_id"]) for t in targets])
+        return {"detections": out["detections"]}
+
+    def on_validation_epoch_end(self) -> None:
+        # Every rank gathers all results (each image once) and computes the same numbers.
+        self.evaluator.gather()
+        metrics = self.evaluator.compute()
+        self.last_val_metrics = metrics
+        self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, sync_dist=True)
+
+    # -------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("No optimizer configured (cfg.optimizer)")
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params, lr=self.lr)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["run_config"] = self.run_config
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and self.class_names is None:
+            self.class_names = list(dm.class_names)
+            self.label_to_category_id = {int(k): int(v) for k, v in dm.label_to_category_id.items()}
+        checkpoint["class_names"] = self.class_names
+        checkpoint["label_to_category_id"] = self.label_to_category_id

@@ -1,0 +1,70 @@
+"""``train(cfg)`` and ``evaluate(cfg)``: plain functions that the entry points and the tests call."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_info
+
+from maskrcnn.training.builders import (
+    ConfigError,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    effective_batch_size,
+    resolve_ckpt_path,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
+    """Train (and by default validate the best checkpoint).
+
+    Returns ``(metrics, objects)``: the last logged metrics and ``{"trainer", "module", "datamodule"}``.
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    rank_zero_info(
+        f"Effective batch size {effective_batch_size(cfg)} images/step "
+        f"(data.batch_size={cfg.data.batch_size} x devices x nodes x accumulation) -> lr {module.lr:.5g} "
+        f"(optimizer.lr_per_16_images={cfg.optimizer.lr_per_16_images})"
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = _metrics(trainer)
+    if cfg.get("validate_after_train") and not trainer.fast_dev_run:
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        metrics.update(_metrics(trainer))
+        _print_table(module)
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """COCO box/mask AP of ``cfg.ckpt_path`` on the validation split."""
+    if not cfg.get("ckpt_path") or cfg.ckpt_path == "???":
+        raise ConfigError("ckpt_path must point to a checkpoint (ckpt_path=outputs/.../checkpoints/last.ckpt)")
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=True)
+    _print_table(module)
+    return _metrics(trainer)
+
+
+def _print_table(module) -> None:
+    if module.evaluator is not None and module.trainer.is_global_zero:
+        rank_zero_info("\n" + module.evaluator.per_category_table())

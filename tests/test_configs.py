@@ -1,0 +1,151 @@
+"""Every config group option and experiment composes; the objects they describe instantiate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF, ROOT, TINY, compose
+from maskrcnn.losses.criterion import TERMS
+from maskrcnn.training.builders import ConfigError, build_datamodule, effective_batch_size, scaled_lr
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+GROUPS = ["data", "augmentation", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "debug"]
+
+
+def test_every_group_has_the_promised_options():
+    assert {"resnet18_fpn", "resnet50_fpn", "resnet101_fpn", "resnext101_fpn"} <= set(options("model"))
+    assert {"ce", "focal"} <= set(options("loss"))
+    assert {"sgd", "adamw"} <= set(options("optimizer"))
+    assert {"multistep", "cosine"} <= set(options("scheduler"))
+    assert {"cpu", "gpu", "ddp", "ddp_sim", "multinode"} <= set(options("trainer"))
+    assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
+    assert {"none", "default", "multiscale", "lsj", "photometric"} <= set(options("augmentation"))
+    assert {"shapes", "coco", "folder", "nuts"} <= set(options("data"))
+    assert {"coco_r50_1x", "coco_r101_3x", "shapes_quick"} <= set(options("experiment"))
+    assert {"fast_dev_run", "overfit", "limit"} <= set(options("debug"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_option_composes(group, option, tmp_path):
+    extra = ["data.root=/some/where", "data.num_classes=4"] if (group, option) == ("data", "folder") else []
+    cfg = compose([f"{group}={option}", *extra], output_dir=tmp_path)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    assert cfg.model._target_.endswith("build_mask_rcnn")
+    assert cfg.model.num_classes == cfg.data.num_classes
+
+
+def test_eval_config_composes(tmp_path):
+    cfg = compose(["ckpt_path=x.ckpt"], config_name="eval", output_dir=tmp_path)
+    OmegaConf.resolve(cfg)
+    assert "fn" not in cfg.get("optimizer", {}) and "_target_" not in cfg.get("scheduler", {})
+
+
+def test_unknown_group_option_names_the_group_and_choices(tmp_path):
+    with pytest.raises(MissingConfigException) as err:
+        compose(["model=resnet7_fpn"], output_dir=tmp_path)
+    assert "model" in str(err.value) and "resnet50_fpn" in str(err.value)
+
+
+@pytest.mark.parametrize("loss", options("loss"))
+def test_loss_configs_instantiate(loss, tmp_path):
+    cfg = compose([f"loss={loss}"], output_dir=tmp_path)
+    criterion = instantiate(cfg.loss.criterion)
+    assert isinstance(criterion, torch.nn.Module)
+    assert set(cfg.loss.weights) == set(TERMS)
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_optimizer_and_scheduler_instantiate(optimizer, scheduler, tmp_path):
+    cfg = compose([f"optimizer={optimizer}", f"scheduler={scheduler}", "scheduler.warmup_steps=10"], output_dir=tmp_path)
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = instantiate(cfg.optimizer.fn)([param], lr=0.1)
+    sched = instantiate(cfg.scheduler)(opt, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1 * 0.001)  # warm-up starts at warmup_factor * lr
+    assert max(lrs) == pytest.approx(0.1)
+    assert lrs[-1] < 0.1 * 0.5  # decayed by the end
+
+
+def test_multistep_milestones_are_fractions_of_training(tmp_path):
+    cfg = compose(["scheduler=multistep", "scheduler.warmup_steps=0"], output_dir=tmp_path)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = instantiate(cfg.scheduler)(opt, total_steps=900)
+    lrs = []
+    for _ in range(900):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[599] == pytest.approx(1.0) and lrs[601] == pytest.approx(0.1)
+    assert lrs[799] == pytest.approx(0.1) and lrs[801] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_loggers_instantiate_offline(logger, tmp_path):
+    cfg = compose([f"logger={logger}"], output_dir=tmp_path)
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    assert len(loggers) == (0 if logger == "none" else 1)
+
+
+def test_callbacks_instantiate(tmp_path):
+    cfg = compose([], output_dir=tmp_path)
+    names = {type(instantiate(c)).__name__ for c in cfg.callbacks.values()}
+    assert {"ModelCheckpoint", "RichProgressBar", "LearningRateMonitor"} <= names
+
+
+def test_linear_scaling_rule(tmp_path):
+    cfg = compose(
+        ["trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2", "data.batch_size=2", "trainer.accumulate_grad_batches=1",
+         "optimizer.lr_per_16_images=0.02"],
+        output_dir=tmp_path,
+    )
+    assert effective_batch_size(cfg) == 32
+    assert scaled_lr(cfg) == pytest.approx(0.04)
+
+
+def test_missing_num_classes_is_named(tmp_path):
+    cfg = compose(["data=folder", "data.root=/x"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="data.num_classes"):
+        build_datamodule(cfg)
+
+
+@pytest.mark.parametrize("model", ["resnet18_fpn", "resnet50_fpn"])
+def test_model_configs_build_and_load_state(model, tmp_path):
+    cfg = compose([f"model={model}", "model.backbone.pretrained=false"], output_dir=tmp_path)
+    net = instantiate(cfg.model, _convert_="all")
+    assert sum(p.numel() for p in net.parameters()) > 1e6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet101_fpn", "resnext101_fpn"])
+def test_big_model_configs_build(model, tmp_path):
+    cfg = compose([f"model={model}", "model.backbone.pretrained=false"], output_dir=tmp_path)
+    net = instantiate(cfg.model, _convert_="all")
+    assert sum(p.numel() for p in net.parameters()) > 40e6
+
+
+def test_cli_resnet101_focal_runs(shapes_dir, tmp_path):
+    """The README's headline command composes and runs end to end (one batch, from scratch)."""
+    cmd = [
+        sys.executable, "src/train.py", "model=resnet101_fpn", "loss=focal", "model.backbone.pretrained=false",
+        "debug=fast_dev_run", *[o for o in TINY if not o.startswith(("model=", "experiment="))],
+        f"paths.data_dir={shapes_dir}", f"hydra.run.dir={tmp_path}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Effective batch size 2" in proc.stdout + proc.stderr

@@ -1,0 +1,165 @@
+"""End-to-end: real training runs on synthetic data, evaluation, resume, DDP on CPU, precision."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, TINY_EVAL, compose
+from maskrcnn.training.module import MaskRCNNModule
+from maskrcnn.training.pipeline import evaluate, train
+
+AP_KEYS = ["val/bbox_AP", "val/bbox_AP50", "val/bbox_AP75", "val/segm_AP", "val/segm_AP50", "val/segm_APs"]
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    rows = list(csv.DictReader(open(next(run_dir.rglob("metrics.csv")))))
+    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+
+
+def test_training_reduces_loss_and_reports_coco_ap(shapes_dir, tmp_path):
+    cfg = compose(
+        [*TINY, "trainer.max_epochs=4", "callbacks=default", "callbacks.rich_progress_bar=null", "validate_after_train=true"],
+        output_dir=tmp_path, data_dir=shapes_dir,
+    )
+    metrics, objects = train(cfg)
+    losses = _train_losses(tmp_path)
+    assert len(losses) == 4 * 6  # 12 images / batch 2, 4 epochs, every step logged
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.8 * first, f"loss did not go down: {first:.3f} -> {last:.3f}"
+    for key in AP_KEYS:
+        assert key in metrics and 0.0 <= metrics[key] <= 1.0
+    for term in ("loss_objectness", "loss_rpn_box", "loss_classifier", "loss_box", "loss_mask"):
+        assert f"val/{term}" in metrics and f"train/{term}" in metrics
+    assert metrics["train/images_per_sec"] > 0
+    ckpt_dir = tmp_path / "checkpoints"
+    assert (ckpt_dir / "last.ckpt").is_file()
+    # The best checkpoint is re-evaluated by src/eval.py's code path to the same numbers.
+    best = objects["trainer"].checkpoint_callback.best_model_path
+    eval_cfg = compose([*TINY_EVAL, f"ckpt_path={best}"], config_name="eval", output_dir=tmp_path / "eval", data_dir=shapes_dir)
+    eval_metrics = evaluate(eval_cfg)
+    for key in AP_KEYS:
+        assert eval_metrics[key] == pytest.approx(metrics[key], abs=1e-9)
+    # The checkpoint carries what predict needs.
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert ckpt["class_names"] == ["__background__", "square", "circle", "triangle"]
+    assert ckpt["run_config"]["model"]["num_classes"] == 3
+
+
+def _resume_cfg(tmp_path, shapes_dir, extra=()):
+    return compose(
+        [*TINY, "trainer.max_epochs=-1", "trainer.max_steps=8", "callbacks=default", "callbacks.rich_progress_bar=null",
+         "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.every_n_train_steps=1",
+         "trainer.limit_val_batches=0", "validate_after_train=false", "scheduler.warmup_steps=5", *extra],
+        output_dir=tmp_path, data_dir=shapes_dir,
+    )
+
+
+def test_resume_after_crash_matches_uninterrupted_run(shapes_dir, tmp_path, monkeypatch):
+    _, ref = train(_resume_cfg(tmp_path / "ref", shapes_dir))
+    ref_trainer = ref["trainer"]
+    ref_lr = ref_trainer.optimizers[0].param_groups[0]["lr"]
+    assert ref_trainer.global_step == 8
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(self, batch, batch_idx):
+        if self.global_step == 5:
+            raise Crash("simulated crash at step 5")
+
+    with monkeypatch.context() as m:
+        m.setattr(MaskRCNNModule, "on_train_batch_start", crash)
+        with pytest.raises(Crash):
+            train(_resume_cfg(tmp_path / "crashed", shapes_dir))
+    saved = torch.load(tmp_path / "crashed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 5
+
+    _, resumed = train(_resume_cfg(tmp_path / "crashed", shapes_dir, ["ckpt_path=last"]))
+    trainer = resumed["trainer"]
+    assert trainer.global_step == ref_trainer.global_step
+    assert trainer.current_epoch == ref_trainer.current_epoch
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(ref_lr, rel=1e-12)
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == ref_trainer.lr_scheduler_configs[0].scheduler.last_epoch
+
+
+def test_missing_resume_checkpoint_is_a_clear_error(shapes_dir, tmp_path):
+    from maskrcnn.training.builders import ConfigError
+
+    with pytest.raises(ConfigError, match="ckpt_path='last'.*last.ckpt does not exist"):
+        train(_resume_cfg(tmp_path, shapes_dir, ["ckpt_path=last"]))
+
+
+def test_nonfinite_loss_stops_naming_step_and_term(shapes_dir, tmp_path):
+    cfg = compose([*TINY, "loss.weights.loss_mask=nan", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+    with pytest.raises(FloatingPointError, match=r"global step 0 .*loss_mask"):
+        train(cfg)
+
+
+def test_nonfinite_loss_skip_policy_skips_steps(shapes_dir, tmp_path):
+    cfg = compose(
+        [*TINY, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "trainer.limit_val_batches=0", "validate_after_train=false"],
+        output_dir=tmp_path, data_dir=shapes_dir,
+    )
+    _, objects = train(cfg)
+    assert objects["module"].skipped_steps == 6
+    # No parameter ever received a gradient, so SGD never created a momentum buffer.
+    assert all(p.grad is None for p in objects["module"].parameters())
+    assert len(objects["trainer"].optimizers[0].state) == 0
+
+
+def test_bf16_autocast_training_step_is_finite(shapes_dir, tmp_path):
+    cfg = compose(
+        [*TINY, "trainer.precision=bf16-mixed", "trainer.max_steps=2", "trainer.limit_val_batches=0", "validate_after_train=false"],
+        output_dir=tmp_path, data_dir=shapes_dir,
+    )
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 2
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_gradient_accumulation_and_clipping(shapes_dir, tmp_path, capsys):
+    cfg = compose(
+        [*TINY, "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "trainer.limit_val_batches=0",
+         "validate_after_train=false"],
+        output_dir=tmp_path, data_dir=shapes_dir,
+    )
+    _, objects = train(cfg)
+    assert objects["trainer"].global_step == 3  # 6 batches / 2
+    assert objects["module"].lr == pytest.approx(0.08 * 4 / 16)  # batch 2 x accumulation 2
+
+
+def test_wrong_num_classes_is_rejected_before_training(shapes_dir, tmp_path):
+    cfg = compose([*TINY, "data.num_classes=5"], output_dir=tmp_path, data_dir=shapes_dir)
+    with pytest.raises(ValueError, match=r"num_classes.*5.*3"):
+        train(cfg)
+
+
+def test_wandb_offline_logger_writes_a_run(shapes_dir, tmp_path):
+    cfg = compose(
+        [*TINY, "logger=wandb", "trainer.max_steps=2", "log_val_images=2", "trainer.limit_val_batches=1", "validate_after_train=false"],
+        output_dir=tmp_path, data_dir=shapes_dir,
+    )
+    train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run directory written"
+
+
+def test_ddp_two_processes_match_single_process_evaluation(shapes_dir, tmp_path):
+    """2 CPU processes (gloo) train and validate; AP equals a 1-process evaluation of the same
+    checkpoint (5 val images: not divisible by the world size, each counted once)."""
+    cfg = compose(
+        [*TINY, "trainer=ddp_sim", "trainer.max_epochs=1", "callbacks=default", "callbacks.rich_progress_bar=null",
+         "validate_after_train=false"],
+        output_dir=tmp_path, data_dir=shapes_dir,
+    )
+    train(cfg)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    ddp = evaluate(compose([*TINY_EVAL, "trainer=ddp_sim", f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e2", data_dir=shapes_dir))
+    single = evaluate(compose([*TINY_EVAL, f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e1", data_dir=shapes_dir))
+    for key in AP_KEYS:
+        assert ddp[key] == pytest.approx(single[key], abs=1e-9), key
