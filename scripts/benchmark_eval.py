@@ -103,6 +103,38 @@ def make_detections(rng, coco, dets_per_image, num_categories, height, width):
     return detections, image_ids
 
 
+def run_eval_benchmark(
+    num_images: int = 5000, gt_per_image: int = 7, dets_per_image: int = 100, categories: int = 20,
+    height: int = 480, width: int = 640, seed: int = 0,
+) -> dict:
+    """Time ``CocoEvaluator.compute()`` (bbox + segm) with both backends on the same detections.
+
+    Returns:
+        {"seconds": {backend: s}, "metrics": {backend: metrics dict}, "num_images": int,
+         "num_gt": int, "num_detections": int, "max_metric_diff": float}.
+    """
+    rng = np.random.default_rng(seed)
+    coco = make_ground_truth(rng, num_images, gt_per_image, categories, height, width)
+    detections, image_ids = make_detections(rng, coco, dets_per_image, categories, height, width)
+    label_to_category_id = {k: 2 * k + 1 for k in range(1, categories + 1)}
+    timings, metrics = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ann_file = Path(tmp) / "instances.json"
+        ann_file.write_text(json.dumps(coco))
+        for backend in ("pycocotools", "faster_coco_eval"):
+            evaluator = CocoEvaluator(str(ann_file), label_to_category_id, backend=backend)
+            evaluator.update(detections, image_ids)
+            tic = time.perf_counter()
+            metrics[backend] = evaluator.compute()
+            timings[backend] = time.perf_counter() - tic
+    worst = max(abs(metrics["pycocotools"][k] - metrics["faster_coco_eval"][k]) for k in metrics["pycocotools"])
+    return {
+        "seconds": timings, "metrics": metrics, "num_images": num_images,
+        "num_gt": len(coco["annotations"]), "num_detections": sum(len(d["scores"]) for d in detections),
+        "max_metric_diff": worst,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
@@ -114,33 +146,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    rng = np.random.default_rng(args.seed)
-    tic = time.perf_counter()
-    coco = make_ground_truth(rng, args.images, args.gt_per_image, args.categories, args.height, args.width)
-    detections, image_ids = make_detections(rng, coco, args.dets_per_image, args.categories, args.height, args.width)
-    print(f"generated {args.images} images, {len(coco['annotations'])} gt, "
-          f"{sum(len(d['scores']) for d in detections)} detections in {time.perf_counter() - tic:.1f}s")
-    label_to_category_id = {k: 2 * k + 1 for k in range(1, args.categories + 1)}
-
-    timings, metrics = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        ann_file = Path(tmp) / "instances.json"
-        ann_file.write_text(json.dumps(coco))
-        for backend in ("pycocotools", "faster_coco_eval"):
-            evaluator = CocoEvaluator(str(ann_file), label_to_category_id, backend=backend)
-            evaluator.update(detections, image_ids)
-            tic = time.perf_counter()
-            metrics[backend] = evaluator.compute()
-            timings[backend] = time.perf_counter() - tic
-
-    slow, fast = timings["pycocotools"], timings["faster_coco_eval"]
+    result = run_eval_benchmark(args.images, args.gt_per_image, args.dets_per_image, args.categories,
+                                args.height, args.width, args.seed)
+    print(f"{result['num_images']} images, {result['num_gt']} gt, {result['num_detections']} detections")
+    timings, metrics = result["seconds"], result["metrics"]
     print(f"\n{'backend':<18} {'bbox+segm eval [s]':>18} {'bbox_AP':>8} {'segm_AP':>8}")
     for backend, seconds in timings.items():
         m = metrics[backend]
         print(f"{backend:<18} {seconds:>18.2f} {m['bbox_AP']:>8.4f} {m['segm_AP']:>8.4f}")
-    print(f"{'speed-up':<18} {slow / fast:>17.1f}x")
-    worst = max(abs(metrics["pycocotools"][k] - metrics["faster_coco_eval"][k]) for k in metrics["pycocotools"])
-    print(f"largest metric difference between backends: {worst:.2e}")
+    print(f"{'speed-up':<18} {timings['pycocotools'] / timings['faster_coco_eval']:>17.1f}x")
+    print(f"largest metric difference between backends: {result['max_metric_diff']:.2e}")
 
 
 if __name__ == "__main__":

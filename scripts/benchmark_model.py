@@ -1,13 +1,18 @@
 """Speed / memory of our Mask R-CNN vs torchvision's maskrcnn_resnet50_fpn, same random weights.
 
-Each (implementation, mode) runs in a fresh subprocess so that its peak RSS is its own.
-Example:
+Two entry points:
+- ``time_model_pair`` (used by scripts/benchmark.py): both models in ONE process, iterations
+  interleaved ours / torchvision so that background load slows both equally; CPU or CUDA, AMP.
+- ``main`` (this script): each (implementation, mode) in a fresh subprocess so that its peak RSS
+  is its own.
+
     python scripts/benchmark_model.py --size 512 --iters 5 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import resource
 import statistics
@@ -18,16 +23,24 @@ from pathlib import Path
 import torch
 
 NUM_CLASSES_INCL_BG = 91
+IMPLS = ("ours", "torchvision")
 
 
-def _batch(size: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:
-    """Two size x size images with 3 and 1 box/mask instances."""
+def make_batch(size: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:
+    """Two size x size images with 3 and 1 box/mask instances.
+
+    Returns:
+        images: list of 2 Tensor[3, size, size] float32 in [0, 1].
+        targets: list of 2 dicts: boxes Tensor[N, 4] float32 xyxy inside the image,
+            labels Tensor[N] int64 in 1..90, masks Tensor[N, size, size] uint8 (box-filled).
+    """
     g = torch.Generator().manual_seed(seed)
     images = [torch.rand(3, size, size, generator=g) for _ in range(2)]
     targets = []
     for num in (3, 1):
         xy = torch.rand(num, 2, generator=g) * size * 0.5
-        boxes = torch.cat([xy, xy + torch.rand(num, 2, generator=g) * size * 0.4 + 16], dim=1)
+        wh = torch.rand(num, 2, generator=g) * size * 0.4 + min(16, size // 8)
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1).floor()
         masks = torch.zeros(num, size, size, dtype=torch.uint8)
         for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
             masks[i, y0:y1, x0:x1] = 1
@@ -36,9 +49,8 @@ def _batch(size: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:
     return images, targets
 
 
-def _build(impl: str, size: int, weights: str) -> tuple[torch.nn.Module, object]:
-    """Model and a ``loss(model, images, targets) -> scalar`` function."""
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+def _build(impl: str, size: int, state: dict) -> tuple[torch.nn.Module, object]:
+    """Model loaded with ``state`` and a ``loss(model, images, targets) -> scalar`` function."""
     if impl == "torchvision":
         from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -46,55 +58,95 @@ def _build(impl: str, size: int, weights: str) -> tuple[torch.nn.Module, object]
         model.load_state_dict(state)
         return model, lambda m, im, t: sum(m(im, t).values())
 
+    from maskrcnn.losses import build_criterion
     from maskrcnn.modeling.build import torchvision_compatible_mask_rcnn
 
     model = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size})
     model.load_state_dict(state)
-    try:
-        from maskrcnn.losses import build_criterion
-
-        criterion = build_criterion("ce")
-    except ImportError:  # the losses package is optional for this script
-        criterion = _inline_criterion
+    criterion = build_criterion("ce")
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
 
 
-def _inline_criterion(li: dict) -> dict:
-    """torchvision's five losses computed directly from LossInputs (fallback)."""
-    import torch.nn.functional as F
+def reference_state(seed: int = 0) -> dict:
+    """Random (seeded) state dict of torchvision's maskrcnn_resnet50_fpn; loaded into both models."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    rpn, roi, mask = li["rpn"], li["roi"], li["mask"]
-    smooth = lambda d, t, n: F.smooth_l1_loss(d, t, beta=1 / 9, reduction="sum") / max(n, 1)  # noqa: E731
-    return {
-        "loss_objectness": F.binary_cross_entropy_with_logits(rpn["objectness"], rpn["labels"]),
-        "loss_rpn_box": smooth(rpn["box_deltas"], rpn["box_targets"], rpn["objectness"].numel()),
-        "loss_classifier": F.cross_entropy(roi["class_logits"], roi["labels"]),
-        "loss_box": smooth(roi["box_deltas"], roi["box_targets"], roi["labels"].numel()),
-        "loss_mask": F.binary_cross_entropy_with_logits(mask["logits"], mask["targets"])
-        if mask["logits"].numel()
-        else mask["logits"].sum() * 0,
-    }
+    torch.manual_seed(seed)
+    return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+
+
+def _autocast(device: str, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def _step(model, loss_fn, images, targets, mode: str, device: str, amp: str | None, seed: int) -> float:
+    """One timed train step (forward + backward) or inference call; seconds."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    if mode == "train":
+        model.train()
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)  # same proposal / RoI sampling draws for both implementations
+        with _autocast(device, amp):
+            loss = loss_fn(model, images, targets)
+        loss.backward()
+    else:
+        model.eval()
+        with torch.no_grad(), _autocast(device, amp):
+            model(images)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_model_pair(
+    size: int, mode: str, iters: int = 5, warmup: int = 1, device: str = "cpu", amp: str | None = None,
+    state: dict | None = None,
+) -> dict[str, float]:
+    """Median seconds per call of ours vs torchvision (same weights), iterations interleaved.
+
+    Args:
+        size: side of the 2 square images of the batch (models neither up- nor down-scale them).
+        mode: "train" (forward + backward incl. losses, 2 images) or "eval" (inference, 2 images).
+        iters / warmup: timed / untimed calls per implementation; the order ours-first /
+            torchvision-first alternates between iterations.
+        amp: None, "fp16" or "bf16" (autocast).
+        state: weights to load (default: ``reference_state()``).
+
+    Returns:
+        {"ours": median s per call, "torchvision": median s per call}.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"time_model_pair: mode must be 'train' or 'eval', got {mode!r}")
+    state = reference_state() if state is None else state
+    images, targets = make_batch(size)
+    images = [im.to(device) for im in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    models = {impl: _build(impl, size, state) for impl in IMPLS}
+    for model, _ in models.values():
+        model.to(device)
+    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    for step in range(warmup + iters):
+        order = IMPLS if step % 2 == 0 else IMPLS[::-1]
+        for impl in order:
+            model, loss_fn = models[impl]
+            seconds = _step(model, loss_fn, images, targets, mode, device, amp, seed=step)
+            if step >= warmup:
+                times[impl].append(seconds)
+    return {impl: statistics.median(t) for impl, t in times.items()}
 
 
 def _worker(impl: str, mode: str, args: argparse.Namespace, weights: str, queue: mp.Queue) -> None:
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model, loss_fn = _build(impl, args.size, weights)
-    images, targets = _batch(args.size)
-    times = []
-    for step in range(args.warmup + args.iters):
-        start = time.perf_counter()
-        if mode == "train":
-            model.train()
-            model.zero_grad(set_to_none=True)
-            torch.manual_seed(step)
-            loss_fn(model, images, targets).backward()
-        else:
-            model.eval()
-            with torch.no_grad():
-                model(images)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model, loss_fn = _build(impl, args.size, state)
+    images, targets = make_batch(args.size)
+    times = [_step(model, loss_fn, images, targets, mode, "cpu", None, seed=step)
+             for step in range(args.warmup + args.iters)][args.warmup:]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     queue.put((statistics.median(times), peak_mb))
 
@@ -119,17 +171,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each worker")
     args = parser.parse_args()
 
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-
-    torch.manual_seed(0)
-    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     with tempfile.TemporaryDirectory() as tmp:
         weights = str(Path(tmp) / "weights.pth")
-        torch.save(reference.state_dict(), weights)
-        del reference
+        torch.save(reference_state(), weights)
         rows = []
         for mode, label, per_image in (("train", "train step [s]", 1.0), ("eval", "inference [s/image]", 0.5)):
-            results = {impl: _measure(impl, mode, args, weights) for impl in ("ours", "torchvision")}
+            results = {impl: _measure(impl, mode, args, weights) for impl in IMPLS}
             rows.append((label, results["ours"][0] * per_image, results["torchvision"][0] * per_image))
             rows.append((f"peak RSS {mode} [MB]", results["ours"][1], results["torchvision"][1]))
 

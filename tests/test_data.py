@@ -297,3 +297,18 @@ def test_workers_get_distinct_augmentation_streams():
     loader = torch.utils.data.DataLoader(Sizes(), batch_size=None, num_workers=2, worker_init_fn=seed_worker)
     sizes = list(loader)  # worker 0 serves items 0, 2, 4, 6; worker 1 items 1, 3, 5, 7
     assert sizes[0::2] != sizes[1::2]
+
+
+def test_batched_mask_resize_equals_per_mask_resize():
+    """The one-call multi-channel mask resize gives exactly the per-instance result."""
+    from maskrcnn.data.transforms import ResizeShortestEdge
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((5, 61, 83)) > 0.5).astype(np.uint8)
+    op = ResizeShortestEdge([40], max_size=1000)
+    batched = op.apply_to_masks(masks, scale=0.7)
+    single = np.stack([op.apply_to_mask(m, scale=0.7) for m in masks])
+    assert batched.shape == single.shape == (5, 43, 58)
+    assert np.array_equal(batched, single)
+    one = op.apply_to_masks(masks[:1], scale=0.7)
+    assert one.shape == (1, 43, 58) and np.array_equal(one, single[:1])

@@ -84,3 +84,23 @@ def test_format_masks():
     assert isinstance(format_masks(masks, "rle"), list)
     with pytest.raises(ValueError, match="mask_format"):
         format_masks(masks, "polygon")
+
+
+def test_chunked_binary_and_rle_equal_thresholded_probabilities():
+    """mask_format=binary/rle are produced chunk by chunk and must equal thresholding the full
+    probability output (chunk boundaries included)."""
+    from pycocotools import mask as mask_utils
+
+    from maskrcnn.modeling.postprocess import paste_masks
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(7, 1, 28, 28, generator=g)
+    xy = torch.rand(7, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + 5 + torch.rand(7, 2, generator=g) * 30], dim=1)
+    prob = paste_masks(masks, boxes, (80, 90), chunk_size=3)
+    binary = paste_masks(masks, boxes, (80, 90), chunk_size=3, mask_format="binary")
+    rle = paste_masks(masks, boxes, (80, 90), chunk_size=3, mask_format="rle")
+    assert binary.dtype == torch.bool and torch.equal(binary, prob > 0.5)
+    decoded = torch.from_numpy(mask_utils.decode(rle)).permute(2, 0, 1)[:, None].bool()
+    assert torch.equal(decoded, prob > 0.5)
+    assert torch.equal(prob, paste_masks(masks, boxes, (80, 90), chunk_size=64))

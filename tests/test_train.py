@@ -140,12 +140,15 @@ def test_wrong_num_classes_is_rejected_before_training(shapes_dir, tmp_path):
 
 def test_wandb_offline_logger_writes_a_run(shapes_dir, tmp_path):
     cfg = compose(
-        [*TINY, "logger=wandb", "trainer.max_steps=2", "log_val_images=2", "trainer.limit_val_batches=1", "validate_after_train=false"],
+        [*TINY, "logger=wandb", "log_val_images=2", "trainer.limit_val_batches=1", "validate_after_train=false"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run directory written"
+    # The validation images with predicted masks were logged as media files of the run.
+    pictures = list(runs[0].rglob("media/images/val/predictions*.png"))
+    assert len(pictures) == 2, sorted(p.name for p in runs[0].rglob("*"))
 
 
 def test_ddp_two_processes_match_single_process_evaluation(shapes_dir, tmp_path):

@@ -4,66 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from maskrcnn.data.bad_images import BAD_IMAGE_POLICIES, SkippedImageLog
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.image_io import exif_size, load_rgb, open_image
+from maskrcnn.data.masks import decode_segmentation, masks_to_boxes
 from maskrcnn.data.validation import validate_coco
 
 logger = logging.getLogger(__name__)
 
 # (image uint8 [H,W,3], masks uint8 [N,H,W]) -> (image, masks); see maskrcnn.data.transforms.
 InstanceTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """Rasterise a COCO polygon list, uncompressed RLE or compressed RLE.
-
-    Returns:
-        mask: ``np.ndarray[height, width] uint8`` in {0, 1}.
-    """
-    if isinstance(segmentation, list):  # polygons: one RLE per part, merged into one mask
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:  # compressed RLE; pycocotools accepts str or bytes counts
-        rle = segmentation
-    return mask_utils.decode(rle).astype(np.uint8, copy=False)
-
-
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """Tight boxes around binary masks.
-
-    Args:
-        masks: ``np.ndarray[N, H, W]`` (any dtype, nonzero = foreground).
-    Returns:
-        boxes: ``np.ndarray[N, 4] float32``, xyxy, absolute pixels, pixel-edge convention
-        (x1 = last foreground column + 1, like COCO's ``bbox`` w = max - min + 1).
-        Rows of empty masks are zeros.
-    """
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), dtype=np.float32)
-    if n == 0:
-        return boxes
-    rows = masks.any(axis=2)  # [N, H]
-    cols = masks.any(axis=1)  # [N, W]
-    nonempty = rows.any(axis=1)
-    h, w = masks.shape[1:]
-    boxes[:, 0] = cols.argmax(axis=1)
-    boxes[:, 1] = rows.argmax(axis=1)
-    boxes[:, 2] = w - cols[:, ::-1].argmax(axis=1)
-    boxes[:, 3] = h - rows[:, ::-1].argmax(axis=1)
-    boxes[~nonempty] = 0
-    return boxes
 
 
 class CocoInstanceDataset(Dataset):
@@ -79,14 +41,25 @@ class CocoInstanceDataset(Dataset):
         ``labels Tensor[N] int64`` in 1..K, ``masks Tensor[N, H, W] uint8``, ``image_id int``,
         ``crowd_boxes Tensor[M, 4] float32 xyxy``, ``orig_size (H0, W0)`` of the decoded file.
     Instances (and crowd regions) whose mask is empty after the transform are dropped from
-    boxes / labels / masks together.
+    boxes / labels / masks together. With ``bad_images="skip"`` item ``i`` is ``None`` when its file
+    cannot be decoded (``collate`` drops it); the file is listed in ``skipped_images_log``.
 
     Args:
         image_dir: folder that ``file_name`` entries are relative to.
         annotation_file: COCO json path.
         transforms: callable ``(image uint8 [H,W,3], masks uint8 [N,H,W]) -> (image, masks)``.
         keep_empty: keep images without any valid instance (useful negatives).
-        skipped_log: optional ``.jsonl`` path receiving one line per skipped item.
+        skipped_log: optional ``.jsonl`` path receiving one line per skipped annotation / image.
+        bad_images: what ``__getitem__`` does with an unreadable image file: ``"raise"`` a
+            DatasetError naming file and image id, or ``"skip"`` (return None and list it).
+        skipped_images_log: optional ``.jsonl`` path listing unreadable images (see
+            ``maskrcnn.data.bad_images.SkippedImageLog``); also written by ``exclude_images``.
+        for_evaluation: the json is also COCO evaluation's ground truth: require ``bbox`` and
+            ``area`` in every annotation (see ``validation.validate_coco``).
+        decode_min_size: ``(short, long)``: the ``transforms`` never output a short side above
+            ``short`` nor a long side above ``long`` (a resize comes first). JPEGs over twice as large
+            are then decoded at reduced scale (see ``image_io.load_rgb``) and their masks rasterised
+            at that scale, so a 10000x10000 photo never exists at full size in memory.
     """
 
     def __init__(
@@ -96,16 +69,25 @@ class CocoInstanceDataset(Dataset):
         transforms: InstanceTransform | None = None,
         keep_empty: bool = True,
         skipped_log: str | os.PathLike | None = None,
+        bad_images: str = "raise",
+        skipped_images_log: str | os.PathLike | None = None,
+        for_evaluation: bool = False,
+        decode_min_size: tuple[int, int] | None = None,
     ) -> None:
+        if bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"bad_images={bad_images!r}: expected one of {BAD_IMAGE_POLICIES}")
         self.image_dir = Path(image_dir)
         self.annotation_file = str(annotation_file)
         self.transforms = transforms
+        self.bad_images = bad_images
+        self.decode_min_size = decode_min_size
+        self.image_log = SkippedImageLog(skipped_images_log, self.annotation_file)
         try:
             with open(annotation_file, encoding="utf-8") as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as exc:
             raise DatasetError(f"cannot read annotation file {self.annotation_file!r}: {exc}") from exc
-        index = validate_coco(data, self.annotation_file)
+        index = validate_coco(data, self.annotation_file, for_evaluation=for_evaluation)
         self._instances, self._crowds = index.instances, index.crowds
         self._categories = index.categories
         self._cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self._categories)}
@@ -169,27 +151,47 @@ class CocoInstanceDataset(Dataset):
         """Number of valid (non-crowd, non-skipped) instances over the kept images."""
         return sum(len(self._instances.get(img["id"], ())) for img in self.images)
 
-    def check_images(self, full_decode: bool = False) -> list[dict]:
+    def check_images(self, full_decode: bool = False, num_threads: int | None = None) -> list[dict]:
         """Find unreadable images before training.
 
         Reads every image header (cheap) and compares its EXIF-corrected size with the json;
-        ``full_decode=True`` also decodes the pixels to catch truncated files.
-        Returns one dict per bad image: image_id, file_name, reason (empty list when all good).
+        ``full_decode=True`` also decodes the pixels to catch truncated files. Files are checked by
+        ``num_threads`` threads (default: up to 8; the work is file I/O and GIL-free decoding).
+        Returns one dict per bad image, in dataset order: image_id, file_name, reason
+        (empty list when all good).
         """
-        bad = []
-        for i, img in enumerate(self.images):
-            path = self.image_path(i)
-            try:
-                if full_decode:
-                    h, w = load_rgb(path, img["id"]).shape[:2]
-                else:
-                    with open_image(path, img["id"]) as pil:
-                        h, w = exif_size(pil)
-                if (h, w) != (img["height"], img["width"]):
-                    raise DatasetError(self._size_message(path, img, h, w))
-            except DatasetError as exc:
-                bad.append({"image_id": img["id"], "file_name": img["file_name"], "reason": str(exc)})
-        return bad
+        threads = num_threads or min(8, os.cpu_count() or 1)
+        probe = lambda i: self._probe(i, full_decode)  # noqa: E731
+        if threads <= 1 or len(self.images) < 2:
+            reasons = [probe(i) for i in range(len(self.images))]
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                reasons = list(pool.map(probe, range(len(self.images)), chunksize=64))
+        return [
+            {"image_id": img["id"], "file_name": img["file_name"], "reason": reason}
+            for img, reason in zip(self.images, reasons) if reason is not None
+        ]
+
+    def _probe(self, index: int, full_decode: bool) -> str | None:
+        img, path = self.images[index], self.image_path(index)
+        try:
+            if full_decode:
+                h, w = load_rgb(path, img["id"]).shape[:2]
+            else:
+                with open_image(path, img["id"]) as pil:
+                    h, w = exif_size(pil)
+            if (h, w) != (img["height"], img["width"]):
+                raise DatasetError(self._size_message(path, img, h, w))
+        except DatasetError as exc:
+            return str(exc)
+        return None
+
+    def exclude_images(self, bad: list[dict], write_log: bool = True) -> None:
+        """Drop the images ``check_images`` found and list them (stage "check") in the skipped-images
+        log; ``write_log=False`` (DDP ranks > 0) leaves the file to the first rank."""
+        bad_ids = {b["image_id"] for b in bad}
+        self.images = [img for img in self.images if img["id"] not in bad_ids]
+        self.image_log.start(bad, write=write_log)
 
     def _size_message(self, path: Path, img: dict, h: int, w: int) -> str:
         return (
@@ -198,18 +200,50 @@ class CocoInstanceDataset(Dataset):
         )
 
     # ------------------------------------------------------------------ loading
-    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+    def _at_least(self, img: dict) -> tuple[int, int] | None:
+        """``(short, long)`` decoded size the transform needs for ``img``; None: decode at full size."""
+        if self.decode_min_size is None:
+            return None
+        short, long = sorted((img["height"], img["width"]))
+        scale = min(self.decode_min_size[0] / short, self.decode_min_size[1] / long)
+        return None if scale > 0.5 else (math.ceil(short * scale), math.ceil(long * scale))
+
+    def _load_image(self, index: int) -> np.ndarray | None:
+        """``np.ndarray[H, W, 3] uint8`` (full size, or ``ceil(size / k)`` for a JPEG decoded at
+        1/k scale), or None for an unreadable file under ``bad_images="skip"``."""
+        img, path = self.images[index], self.image_path(index)
+        try:
+            at_least = self._at_least(img)
+            image = load_rgb(path, img["id"], at_least=at_least)
+            h, w = image.shape[:2]
+            k = 1 if at_least is None else max(1, round(img["height"] / h))  # DCT scaling factor
+            if (h, w) != (-(-img["height"] // k), -(-img["width"] // k)):
+                with open_image(path, img["id"]) as pil:  # report the file's full size
+                    raise DatasetError(self._size_message(path, img, *exif_size(pil)))
+        except DatasetError as exc:
+            if self.bad_images == "raise":
+                raise
+            record = {"image_id": img["id"], "file_name": img["file_name"], "reason": str(exc)}
+            if self.image_log.append(record):
+                logger.warning(
+                    "skipping unreadable image (%s)%s", exc,
+                    f"; listed in {self.image_log.path}" if self.image_log.path is not None else "",
+                )
+            return None
+        return image
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict] | None:
         img = self.images[index]
-        path = self.image_path(index)
-        image = load_rgb(path, img["id"])
-        h0, w0 = image.shape[:2]
-        if (h0, w0) != (img["height"], img["width"]):
-            raise DatasetError(self._size_message(path, img, h0, w0))
+        image = self._load_image(index)
+        if image is None:
+            return None
+        h0, w0 = img["height"], img["width"]
+        size = image.shape[:2]  # smaller than (h0, w0) for a JPEG decoded at reduced scale
         instances = self._instances.get(img["id"], [])
         crowds = self._crowds.get(img["id"], [])
-        masks = np.zeros((len(instances) + len(crowds), h0, w0), dtype=np.uint8)
+        masks = np.zeros((len(instances) + len(crowds), *size), dtype=np.uint8)
         for k, ann in enumerate(instances + crowds):
-            masks[k] = decode_segmentation(ann["segmentation"], h0, w0)
+            masks[k] = decode_segmentation(ann["segmentation"], h0, w0, out_size=size)
         labels = np.array([self._cat_to_label[a["category_id"]] for a in instances], dtype=np.int64)
         if self.transforms is not None:
             image, masks = self.transforms(image, masks)
@@ -225,5 +259,7 @@ class CocoInstanceDataset(Dataset):
             "crowd_boxes": torch.from_numpy(crowd_boxes[crowd_keep]),
             "orig_size": (int(h0), int(w0)),
         }
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        # Transpose the uint8 array first: converting a contiguous array to float is much faster
+        # than converting a strided view.
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
         return tensor, target

@@ -5,15 +5,19 @@ from __future__ import annotations
 from torch import Tensor
 
 
-def collate(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
+def collate(batch: list[tuple[Tensor, dict] | None]) -> tuple[list[Tensor], list[dict]]:
     """Turn ``[(image, target), ...]`` into ``(images, targets)``.
 
     Args:
         batch: items of ``CocoInstanceDataset``: image ``Tensor[3, H_i, W_i] float32`` in [0, 1]
-            and its target dict (docs/design.md "Training target dict").
+            and its target dict (docs/design.md "Training target dict"), or ``None`` for an image
+            the dataset skipped as unreadable (``bad_images="skip"``; the dataset already listed
+            it in ``skipped_images_{split}.jsonl``). ``None`` items are dropped, so a batch may be
+            smaller than ``batch_size`` or even empty (the LightningModule skips empty batches).
     Returns:
         images: ``list[Tensor[3, H_i, W_i]]``; targets: ``list[dict]`` in the same order.
     """
-    images = [image for image, _ in batch]
-    targets = [target for _, target in batch]
+    items = [item for item in batch if item is not None]
+    images = [image for image, _ in items]
+    targets = [target for _, target in items]
     return images, targets

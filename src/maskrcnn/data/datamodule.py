@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import warnings
@@ -13,11 +14,15 @@ import torch
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
+from maskrcnn.data.bad_images import apply_policy, validate_options
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
+from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
 from maskrcnn.data.shapes import generate_shapes
 from maskrcnn.data.transforms import build_transforms
+
+logger = logging.getLogger(__name__)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -59,7 +64,17 @@ class CocoDataModule(pl.LightningDataModule):
         aspect_ratio_grouping: batch landscape and portrait images separately.
         keep_empty: keep training images without instances (validation always keeps them so
             COCO evaluation sees the full json).
-        skipped_log_dir: folder for ``skipped_train.jsonl`` / ``skipped_val.jsonl``.
+        skipped_log_dir: folder for ``skipped_{train,val}.jsonl`` (skipped annotations) and
+            ``skipped_images_{train,val}.jsonl`` (skipped unreadable image files).
+        check_images: run in ``setup``, before training, on both splits: ``"header"`` opens every
+            file and compares its size with the json (fast), ``"full"`` also decodes every image
+            (catches truncated files; slow on big datasets), ``"none"`` checks nothing.
+        bad_images: ``"skip"``: unreadable images found by the check are dropped (a warning gives
+            the count; each is listed in ``skipped_images_{split}.jsonl``), and files that only fail
+            when decoded during training are dropped from their batch and listed too; ``"raise"``:
+            the check raises a DatasetError naming the first culprits and the count, and a file
+            failing later raises where it is loaded. Under DDP prefer ``check_images=full`` with
+            ``skip``: then nothing is left to fail mid-epoch, so no rank meets an empty batch.
         generate_shapes: kwargs of ``maskrcnn.data.shapes.generate_shapes`` (``out_dir``,
             ``num_train``, ``num_val``, ``image_size``, ``seed``); generated in ``prepare_data``.
         seed: shuffling seed of the training sampler.
@@ -84,8 +99,12 @@ class CocoDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         seed: int = 0,
         root: str | None = None,
+        check_images: str = "header",
+        bad_images: str = "skip",
     ) -> None:
         super().__init__()
+        validate_options(bad_images, check_images)
+        self.check_images, self.bad_images = check_images, bad_images
         self.generate_shapes_kwargs = dict(generate_shapes) if generate_shapes else None
         if self.generate_shapes_kwargs is not None:
             paths = self._shapes_paths()
@@ -122,18 +141,58 @@ class CocoDataModule(pl.LightningDataModule):
         if self.generate_shapes_kwargs is not None:
             generate_shapes(**self.generate_shapes_kwargs)  # idempotent: no-op when already there
 
-    def _log_path(self, split: str) -> str | None:
-        return None if self.skipped_log_dir is None else str(Path(self.skipped_log_dir) / f"skipped_{split}.jsonl")
+    def _log_path(self, name: str) -> str | None:
+        return None if self.skipped_log_dir is None else str(Path(self.skipped_log_dir) / f"{name}.jsonl")
+
+    def _dataset(self, split: str, spec: dict, **kwargs: Any) -> CocoInstanceDataset:
+        # Every DDP rank finds the same skipped annotations; one writer avoids interleaved files.
+        first_rank = self._world()[1] == 0
+        return CocoInstanceDataset(
+            skipped_log=self._log_path(f"skipped_{split}") if first_rank else None, bad_images=self.bad_images,
+            skipped_images_log=self._log_path(f"skipped_images_{split}"), **kwargs, **spec,
+        )
 
     def setup(self, stage: str | None = None) -> None:
+        new = []
         if self.train_dataset is None and stage in (None, "fit"):
             transforms = build_transforms(self.augmentation, True, **self.augmentation_kwargs)
-            self.train_dataset = CocoInstanceDataset(
-                transforms=transforms, keep_empty=self.keep_empty, skipped_log=self._log_path("train"), **self.train_spec
+            self.train_dataset = self._dataset(
+                "train", self.train_spec, transforms=transforms, keep_empty=self.keep_empty,
+                decode_min_size=self._decode_min_size(),
             )
+            new.append(("train", self.train_dataset))
         if self.val_dataset is None:
-            self.val_dataset = CocoInstanceDataset(keep_empty=True, skipped_log=self._log_path("val"), **self.val_spec)
-        self._check_num_classes()
+            self.val_dataset = self._dataset("val", self.val_spec, keep_empty=True, for_evaluation=True)
+            new.append(("val", self.val_dataset))
+        self._check_num_classes()  # cheap json-level checks first, then the image files
+        for split, dataset in new:
+            self._check_image_files(split, dataset)
+
+    def _decode_min_size(self) -> tuple[int, int] | None:
+        """Largest (short, long) output of the training resize, for reduced-scale JPEG decoding."""
+        kw = self.augmentation_kwargs
+        if self.augmentation in ("default", "photometric"):
+            return int(kw["min_size"]), int(kw["max_size"])
+        if self.augmentation == "multiscale":
+            return int(max(kw.get("multiscale_sizes") or [kw["min_size"]])), int(kw["max_size"])
+        return None  # "none" keeps the full size; "lsj" may upscale (scale up to 2x)
+
+    def _check_image_files(self, split: str, dataset: CocoInstanceDataset) -> None:
+        """Before training: reject (``raise``) or drop and list (``skip``) unreadable image files."""
+        if self.check_images == "none":
+            return
+        bad = dataset.check_images(full_decode=self.check_images == "full")
+        apply_policy(bad, self.bad_images, split, dataset.annotation_file)
+        dataset.exclude_images(bad, write_log=self._world()[1] == 0)
+        if not len(dataset):
+            raise DatasetError(f"{split} split ({dataset.annotation_file}): no readable image left after skipping {len(bad)}")
+
+    def teardown(self, stage: str) -> None:
+        """Summarise the images skipped over the whole run (including those found while loading)."""
+        for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
+            if dataset is not None and self.bad_images == "skip" and (n := dataset.image_log.count()):
+                where = f"; listed in {dataset.image_log.path}" if dataset.image_log.path is not None else ""
+                logger.warning("%s split: %d unreadable image(s) skipped in total%s", split, n, where)
 
     def _check_num_classes(self) -> None:
         """Reject a model/dataset class-count mismatch before any training step."""

@@ -121,8 +121,16 @@ def _require(d: dict, keys: tuple[str, ...], what: str, source: str) -> None:
         raise DatasetError(f"{source}: {what} is missing key(s) {missing}")
 
 
-def validate_coco(data: Any, source: str) -> CocoIndex:
-    """Validate parsed COCO json ``data`` loaded from the file ``source`` (used in messages)."""
+EVALUATION_KEYS = ("bbox", "area")  # read from the ground truth by COCO evaluation (pycocotools, faster-coco-eval)
+
+
+def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoIndex:
+    """Validate parsed COCO json ``data`` loaded from the file ``source`` (used in messages).
+
+    ``for_evaluation=True`` (validation splits) also requires ``EVALUATION_KEYS`` in every
+    annotation: the evaluator reads them from the file, so a missing one would otherwise crash at
+    the end of the first validation epoch instead of before training.
+    """
     if not isinstance(data, dict):
         raise DatasetError(f"{source}: top level must be a JSON object")
     _require(data, ("images", "annotations", "categories"), "the file", source)
@@ -154,6 +162,8 @@ def validate_coco(data: Any, source: str) -> CocoIndex:
         if ann_id in seen_ann_ids:
             raise DatasetError(f"{source}: duplicate annotation id {ann_id} (image id {image_id})")
         seen_ann_ids.add(ann_id)
+        if for_evaluation:
+            _require(ann, EVALUATION_KEYS, f"annotation id {ann_id} (image id {image_id}, needed by COCO evaluation)", source)
         if image_id not in images:
             raise DatasetError(f"{source}: annotation id {ann_id} refers to unknown image id {image_id}")
         if ann["category_id"] not in categories:

@@ -25,7 +25,16 @@ CLASS_SPECIFIC_PREFIXES = (
 )
 
 
+# ``init_from`` value that downloads torchvision's own COCO checkpoint through its weight enum.
+TORCHVISION_COCO = "torchvision:maskrcnn_resnet50_fpn_coco"
+
+
 def _read_state_dict(path: str | Path) -> OrderedDict[str, Tensor]:
+    if str(path) == TORCHVISION_COCO:
+        from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+        # Downloads once into the torch hub cache (~170 MB); 37.9 box / 34.6 mask AP on COCO val2017.
+        return OrderedDict(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.get_state_dict(progress=True))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_torchvision_checkpoint: no checkpoint file at {path}")
@@ -47,7 +56,8 @@ def load_torchvision_checkpoint(model: nn.Module, path: str | Path) -> list[str]
 
     Args:
         model: our MaskRCNN (any number of classes).
-        path: file holding a raw state_dict or a dict with the state_dict under "model".
+        path: file holding a raw state_dict or a dict with the state_dict under "model", or
+            ``TORCHVISION_COCO`` to download torchvision's COCO_V1 weights.
 
     Returns:
         Names of the checkpoint entries skipped because the class count differs (their layers
@@ -75,6 +85,11 @@ def load_torchvision_checkpoint(model: nn.Module, path: str | Path) -> list[str]
             f"  missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
         )
+    # torchvision's v1 checkpoints were trained with FrozenBatchNorm eps=0 (torchvision itself
+    # overwrites eps when it loads them); keep the numerics identical.
+    from .backbone import set_frozen_bn_eps
+
+    set_frozen_bn_eps(model, 0.0)
     if skipped:
         log.warning(
             "load_torchvision_checkpoint: class count differs from %s; re-initialised layers instead of loading: %s",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .postprocess import format_masks, paste_masks
+from .postprocess import paste_masks
 from .transform import map_boxes_to_original
 
 MASK_FORMATS = ("prob", "binary", "rle")
@@ -110,13 +110,12 @@ class MaskRCNN(nn.Module):
         results = []
         for det, resized, original in zip(detections, resized_sizes, original_sizes):
             boxes = map_boxes_to_original(det["boxes"], resized, original)
-            masks = paste_masks(det["masks"], boxes, original)
             results.append(
                 {
                     "boxes": boxes,
                     "labels": det["labels"],
                     "scores": det["scores"],
-                    "masks": format_masks(masks, self.mask_format),
+                    "masks": paste_masks(det["masks"], boxes, original, mask_format=self.mask_format),
                 }
             )
         return results

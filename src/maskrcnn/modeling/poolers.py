@@ -246,7 +246,13 @@ class MultiScaleRoIAlign(nn.Module):
         out = levels[0].new_zeros((rois.shape[0], levels[0].shape[1]) + self.output_size)
         for level, (feature, scale) in enumerate(zip(levels, scales)):
             idx = torch.where(level_of_roi == level)[0]
-            out[idx] = self._pool_level(feature, rois[idx], scale).to(out.dtype)
+            pooled = self._pool_level(feature, rois[idx], scale).to(out.dtype)
+            if torch.jit.is_tracing():
+                # a traced ``out[idx] = ...`` exports (ONNX) with the example's count frozen when it is 1;
+                # the equivalent scatter along dim 0 keeps the count dynamic
+                out = out.scatter(0, idx.view(-1, 1, 1, 1).expand_as(pooled), pooled)
+            else:
+                out[idx] = pooled
         return out
 
     def extra_repr(self) -> str:

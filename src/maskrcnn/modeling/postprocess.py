@@ -65,8 +65,13 @@ def _resize_weights(start: Tensor, end: Tensor, out_len: int, in_len: int, dtype
 
 
 def paste_masks(
-    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1, chunk_size: int = 64
-) -> Tensor:
+    masks: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    padding: int = 1,
+    chunk_size: int = 64,
+    mask_format: str = "prob",
+) -> Tensor | list[dict]:
     """Paste per-box mask probabilities into full images.
 
     Args:
@@ -76,29 +81,53 @@ def paste_masks(
         padding: zero border added around each mask before resizing (torchvision uses 1),
             which lets the mask fade out at the box edge instead of being cut.
         chunk_size: masks pasted per batched matmul; bounds the temporary memory to
-            ``chunk_size * H * (M + 2)`` elements besides the output.
+            ``chunk_size * H * max(W, M + 2)`` elements besides the output.
+        mask_format: "prob" returns Tensor[N, 1, H, W] probabilities; "binary" and "rle" are
+            converted chunk by chunk, so no float [N, H, W] tensor is ever held (the cheap way
+            to return 300 masks of a large image).
 
     Returns:
-        Tensor[N, 1, H, W] masks.dtype, probabilities in the image (0 outside the expanded box).
+        Tensor[N, 1, H, W] masks.dtype probabilities (0 outside the expanded box), Tensor[N, 1, H, W]
+        bool (``> 0.5``) or a list of N COCO RLE dicts, per ``mask_format``.
     """
+    if mask_format not in ("prob", "binary", "rle"):
+        raise ValueError(f"mask_format must be 'prob', 'binary' or 'rle', got {mask_format!r}")
     if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[-1] != masks.shape[-2]:
         raise ValueError(f"paste_masks: masks must be [N, 1, M, M], got {tuple(masks.shape)}")
     if boxes.shape != (masks.shape[0], 4):
         raise ValueError(f"paste_masks: boxes must be [N, 4] with N = {masks.shape[0]}, got {tuple(boxes.shape)}")
     height, width = int(image_size[0]), int(image_size[1])
     num, size = masks.shape[0], masks.shape[-1]
-    out = masks.new_zeros((num, 1, height, width))
-    if num == 0:
-        return out
     padded = torch.nn.functional.pad(masks[:, 0], (padding,) * 4)  # [N, M+2p, M+2p]
     int_boxes = expand_boxes_to_int(boxes, float(size + 2 * padding) / size)
+    if torch.jit.is_tracing():
+        # the chunk loop would be unrolled for the example's mask count; one chunk keeps N dynamic
+        return format_masks(_paste_chunk(padded, int_boxes, height, width)[:, None], mask_format)
+    if mask_format == "rle":
+        rles: list[dict] = []
+        for lo in range(0, num, chunk_size):
+            hi = min(lo + chunk_size, num)
+            rles += masks_to_rle(_paste_chunk(padded[lo:hi], int_boxes[lo:hi], height, width)[:, None])
+        return rles
+    dtype = torch.bool if mask_format == "binary" else masks.dtype
+    out = torch.zeros((num, 1, height, width), dtype=dtype, device=masks.device)
     for lo in range(0, num, chunk_size):
         hi = min(lo + chunk_size, num)
-        b = int_boxes[lo:hi]
-        ry = _resize_weights(b[:, 1], b[:, 3], height, padded.shape[-1], masks.dtype)  # [n, H, M+2p]
-        rx = _resize_weights(b[:, 0], b[:, 2], width, padded.shape[-1], masks.dtype)  # [n, W, M+2p]
-        out[lo:hi, 0] = torch.bmm(torch.bmm(ry, padded[lo:hi]), rx.transpose(1, 2))
+        if mask_format == "prob":
+            _paste_chunk(padded[lo:hi], int_boxes[lo:hi], height, width, out=out[lo:hi, 0])
+        else:
+            out[lo:hi, 0] = masks_to_binary(_paste_chunk(padded[lo:hi], int_boxes[lo:hi], height, width))
     return out
+
+
+def _paste_chunk(padded: Tensor, int_boxes: Tensor, height: int, width: int, out: Tensor | None = None) -> Tensor:
+    """padded: Tensor[n, S, S] padded masks; int_boxes: Tensor[n, 4] int64 -> Tensor[n, height, width]
+    (written into ``out`` when given, a contiguous Tensor[n, height, width])."""
+    ry = _resize_weights(int_boxes[:, 1], int_boxes[:, 3], height, padded.shape[-1], padded.dtype)  # [n, H, S]
+    rx = _resize_weights(int_boxes[:, 0], int_boxes[:, 2], width, padded.shape[-1], padded.dtype)  # [n, W, S]
+    if out is None:
+        return torch.bmm(torch.bmm(ry, padded), rx.transpose(1, 2))
+    return torch.bmm(torch.bmm(ry, padded), rx.transpose(1, 2), out=out)
 
 
 def masks_to_binary(masks: Tensor, threshold: float = 0.5) -> Tensor:

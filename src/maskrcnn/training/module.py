@@ -87,6 +87,9 @@ class MaskRCNNModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         images, targets = batch
+        if not images:  # every image of the batch was unreadable and skipped (data.bad_images=skip)
+            log.warning("Skipping training batch %d: all its images were unreadable", batch_idx)
+            return self._skipped_step()
         terms = self.criterion(self.net(images, targets)["loss_inputs"])
         loss = self._weighted(terms)
         if not torch.isfinite(loss):
@@ -99,7 +102,7 @@ class MaskRCNNModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._batch_start
-        if elapsed > 0:
+        if elapsed > 0 and batch[0]:
             # Global throughput: every rank processes its own batch in the same wall time.
             images = len(batch[0]) * self.trainer.world_size
             self.log("train/images_per_sec", images / elapsed, batch_size=len(batch[0]))
@@ -115,9 +118,13 @@ class MaskRCNNModule(pl.LightningModule):
             )
         self.skipped_steps += 1
         log.warning("Skipping the step at %s: non-finite loss terms %s (%d skipped so far)", where, bad, self.skipped_steps)
+        return self._skipped_step()
+
+    def _skipped_step(self) -> Tensor | None:
+        """What training_step returns to skip an update: None on one process; under DDP every rank
+        must run backward, so a zero-gradient surrogate keeps the ranks in step."""
         if self.trainer.world_size == 1:
             return None
-        # Under DDP every rank must run backward; a zero-gradient surrogate keeps ranks in step.
         return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0
 
     # ---------------------------------------------------------------- validation
@@ -132,8 +139,10 @@ class MaskRCNNModule(pl.LightningModule):
             )
         self.evaluator.reset()
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict:
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict | None:
         images, targets = batch
+        if not images:  # all unreadable and skipped: nothing to evaluate
+            return None
         out = self.net(images, targets)
         terms = self.criterion(out["loss_inputs"])
         n = len(images)

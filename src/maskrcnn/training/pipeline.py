@@ -66,5 +66,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def _print_table(module) -> None:
-    if module.evaluator is not None and module.trainer.is_global_zero:
-        rank_zero_info("\n" + module.evaluator.per_category_table())
+    """COCO summary (AP, AP50, AP75, APs/m/l for boxes and masks) and the per-category table."""
+    if module.evaluator is None or not module.trainer.is_global_zero:
+        return
+    m = module.last_val_metrics
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    lines = [f"{'':5}" + "".join(f"{n:>8}" for n in names)]
+    for kind in ("bbox", "segm"):
+        lines.append(f"{kind:5}" + "".join(f"{m.get(f'{kind}_{n}', 0.0):8.3f}" for n in names))
+    rank_zero_info("\n" + "\n".join(lines) + "\n\n" + module.evaluator.per_category_table())

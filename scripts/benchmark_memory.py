@@ -1,0 +1,153 @@
+"""Peak memory of mask pasting with many instances on large images: ours (chunked) vs torchvision.
+
+Every case runs in a fresh Python process so that its peak resident set size belongs to that case
+alone. The child records its resident memory before pasting (interpreter + torch + inputs), resets
+the kernel's high-water mark, pastes, and reads the peak (VmHWM), so ``peak - baseline`` is what
+pasting itself needed; the float32 output alone is ``N * H * W * 4`` bytes (``output_mb``).
+
+    python scripts/benchmark_memory.py --instances 100 300 --sizes 1333x800 3000x2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+IMPLS = ("ours", "torchvision")
+
+
+def _status_mb(key: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process from /proc/self/status in MB (None off Linux)."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset this process's RSS high-water mark (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process. VmHWM, not ``ru_maxrss``: on exec Linux carries the parent's peak
+    into the child's ``ru_maxrss`` (subprocess spawns with vfork), so a child started by a big
+    benchmark process would report the parent's peak."""
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def paste_case(impl: str, num: int, width: int, height: int, chunk_size: int = 64, mask_size: int = 28,
+               seed: int = 0) -> dict:
+    """Paste ``num`` random M x M masks into a ``height x width`` image IN THIS PROCESS.
+
+    Boxes have sides of 5-50% of the image, like detections of a crowded scene.
+
+    Returns:
+        {"baseline_mb", "peak_mb", "delta_mb", "output_mb", "seconds"}.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.rand(num, 1, mask_size, mask_size, generator=g)  # Tensor[N, 1, M, M] float32
+    wh = torch.rand(num, 2, generator=g) * 0.45 + 0.05
+    wh = wh * torch.tensor([width, height])
+    xy = torch.rand(num, 2, generator=g) * (torch.tensor([width, height]) - wh)
+    boxes = torch.cat([xy, xy + wh], dim=1)  # Tensor[N, 4] float32 xyxy, inside the image
+    # import both before the baseline so that neither import is charged to pasting
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from maskrcnn.modeling.postprocess import paste_masks
+
+    if impl not in IMPLS:
+        raise ValueError(f"paste_case: impl must be one of {IMPLS}, got {impl!r}")
+    baseline = _status_mb("VmRSS") or _peak_rss_mb()  # resident before pasting
+    _reset_peak()  # so that the peak below is the pasting peak, not an import-time transient
+    start = time.perf_counter()
+    if impl == "ours":
+        out = paste_masks(masks, boxes, (height, width), chunk_size=chunk_size)
+    else:
+        out = paste_masks_in_image(masks, boxes, (height, width), padding=1)
+    seconds = time.perf_counter() - start
+    if tuple(out.shape) != (num, 1, height, width):
+        raise RuntimeError(f"paste_case: {impl} returned shape {tuple(out.shape)}")
+    peak = _peak_rss_mb()
+    return {"baseline_mb": baseline, "peak_mb": peak, "delta_mb": peak - baseline,
+            "output_mb": num * height * width * 4 / 2**20, "seconds": seconds}
+
+
+def measure_paste(impl: str, num: int, width: int, height: int, chunk_size: int = 64, threads: int = 2,
+                  timeout: float = 600) -> dict:
+    """Run ``paste_case`` in a fresh interpreter (clean RSS peak) and return its result dict."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child",
+           json.dumps({"impl": impl, "num": num, "width": width, "height": height, "chunk_size": chunk_size,
+                       "threads": threads})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory case {impl} N={num} {width}x{height} failed "
+                           f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_memory_benchmark(instances=(100, 300), sizes=((1333, 800),), chunk_size: int = 64,
+                         threads: int = 2, skip_cases=()) -> list[dict]:
+    """Every (size, instances, impl) case in its own process.
+
+    Args:
+        sizes: (width, height) pairs.
+        skip_cases: (width, height, num) triples not to run (e.g. too large for the machine).
+
+    Returns:
+        list of {"impl", "num", "width", "height", **paste_case result}.
+    """
+    rows = []
+    for width, height in sizes:
+        for num in instances:
+            if (width, height, num) in skip_cases:
+                continue
+            for impl in IMPLS:
+                result = measure_paste(impl, num, width, height, chunk_size, threads)
+                rows.append({"impl": impl, "num": num, "width": width, "height": height, **result})
+    return rows
+
+
+def _child(spec: str) -> None:
+    args = json.loads(spec)
+    import torch
+
+    torch.set_num_threads(args.pop("threads"))
+    print(json.dumps(paste_case(**args)))
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        _child(sys.argv[2])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, nargs="+", default=[100, 300])
+    parser.add_argument("--sizes", nargs="+", default=["1333x800"], help="WIDTHxHEIGHT")
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+    print(f"{'impl':<12}{'N':>5}{'image':>11}{'output MB':>11}{'peak RSS MB':>13}{'peak-base MB':>14}{'s':>8}")
+    for r in run_memory_benchmark(args.instances, sizes, args.chunk_size, args.threads):
+        print(f"{r['impl']:<12}{r['num']:>5}{r['width']:>6}x{r['height']:<4}{r['output_mb']:>11.0f}"
+              f"{r['peak_mb']:>13.0f}{r['delta_mb']:>14.0f}{r['seconds']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
