@@ -42,7 +42,7 @@ TINY = [
     "logger=csv",
     "callbacks=none",
     "log_val_images=0",
-    "scheduler.warmup_steps=2",
+    "scheduler.warmup_steps=10",
 ]
 
 

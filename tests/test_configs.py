@@ -149,3 +149,11 @@ def test_cli_resnet101_focal_runs(shapes_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Effective batch size 2" in proc.stdout + proc.stderr
+
+
+def test_experiment_null_gives_the_standard_architecture(tmp_path):
+    quick = compose([], output_dir=tmp_path)
+    plain = compose(["experiment=null", "data=nuts"], output_dir=tmp_path)
+    assert quick.model.backbone.out_channels == 64 and quick.model.transform.min_size == 128
+    assert plain.model.backbone.out_channels == 256 and plain.model.transform.min_size == 800
+    assert plain.model.roi_heads.representation_size == 1024

@@ -166,3 +166,25 @@ def test_ddp_two_processes_match_single_process_evaluation(shapes_dir, tmp_path)
     single = evaluate(compose([*TINY_EVAL, f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e1", data_dir=shapes_dir))
     for key in AP_KEYS:
         assert ddp[key] == pytest.approx(single[key], abs=1e-9), key
+
+
+def test_cli_ddp_subprocess_launcher_uses_one_run_dir(shapes_dir, tmp_path):
+    """`strategy=ddp` (what trainer=ddp/multinode use) re-launches the script per rank; every rank
+    must write into the one Hydra run directory, and rank 0 alone writes the checkpoints."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    log_dir = tmp_path / "logs"
+    cmd = [
+        sys.executable, "src/train.py", *TINY, "trainer=ddp_sim", "trainer.strategy=ddp", "trainer.max_epochs=1",
+        "callbacks=default", "callbacks.rich_progress_bar=null", "validate_after_train=false",
+        f"paths.data_dir={shapes_dir}", f"paths.log_dir={log_dir}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = [p for p in (log_dir / "train").iterdir() if p.is_dir()]
+    assert len(run_dirs) == 1, run_dirs
+    ckpts = sorted(p.name for p in (run_dirs[0] / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts
