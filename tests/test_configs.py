@@ -153,7 +153,7 @@ def test_cli_resnet101_focal_runs(shapes_dir, tmp_path):
 
 def test_experiment_null_gives_the_standard_architecture(tmp_path):
     quick = compose([], output_dir=tmp_path)
-    plain = compose(["experiment=null", "data=nuts"], output_dir=tmp_path)
+    plain = compose(["~experiment", "data=nuts"], output_dir=tmp_path)
     assert quick.model.backbone.out_channels == 64 and quick.model.transform.min_size == 128
     assert plain.model.backbone.out_channels == 256 and plain.model.transform.min_size == 800
     assert plain.model.roi_heads.representation_size == 1024
