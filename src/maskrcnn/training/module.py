@@ -109,7 +109,8 @@ class MaskRCNNModule(pl.LightningModule):
 
     def _nonfinite(self, terms: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         # Weighted, so that a NaN/inf weight in the config is caught and named too.
-        bad = {k: float(self.loss_weights[k] * v) for k, v in terms.items() if not torch.isfinite(self.loss_weights[k] * v)}
+        weighted = {k: (self.loss_weights[k] * v).detach() for k, v in terms.items()}
+        bad = {k: float(v) for k, v in weighted.items() if not torch.isfinite(v)}
         where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.nonfinite_loss == "raise":
             raise FloatingPointError(
@@ -121,8 +122,9 @@ class MaskRCNNModule(pl.LightningModule):
         return self._skipped_step()
 
     def _skipped_step(self) -> Tensor | None:
-        """What training_step returns to skip an update: None on one process; under DDP every rank
-        must run backward, so a zero-gradient surrogate keeps the ranks in step."""
+        """What training_step returns to skip an update: None on one process. Under DDP every rank
+        must run backward, so this rank contributes a zero gradient (a surrogate loss) and the
+        step goes on with the other ranks' gradients."""
         if self.trainer.world_size == 1:
             return None
         return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0
