@@ -125,8 +125,6 @@ def _paste_chunk(padded: Tensor, int_boxes: Tensor, height: int, width: int, out
     (written into ``out`` when given, a contiguous Tensor[n, height, width])."""
     ry = _resize_weights(int_boxes[:, 1], int_boxes[:, 3], height, padded.shape[-1], padded.dtype)  # [n, H, S]
     rx = _resize_weights(int_boxes[:, 0], int_boxes[:, 2], width, padded.shape[-1], padded.dtype)  # [n, W, S]
-    if out is None:
-        return torch.bmm(torch.bmm(ry, padded), rx.transpose(1, 2))
     return torch.bmm(torch.bmm(ry, padded), rx.transpose(1, 2), out=out)
 
 

@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(_metrics(trainer))
-        _print_table(module)
+        _print_coco_summary(module)
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
 
@@ -61,11 +61,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg)
     trainer = build_trainer(cfg)
     trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=True)
-    _print_table(module)
+    _print_coco_summary(module)
     return _metrics(trainer)
 
 
-def _print_table(module) -> None:
+def _print_coco_summary(module) -> None:
     """COCO summary (AP, AP50, AP75, APs/m/l for boxes and masks) and the per-category table."""
     if module.evaluator is None or not module.trainer.is_global_zero:
         return
