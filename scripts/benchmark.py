@@ -4,7 +4,7 @@ one run on one machine.
 
     python scripts/benchmark.py                        # full run, CPU, 2 threads
     python scripts/benchmark.py --quick                # smoke run (< 2 min)
-    python scripts/benchmark.py --device cuda --amp bf16 --skip data,eval,memory
+    python scripts/benchmark.py --device cuda --amp bf16 --archs resnet50 resnet101 --skip data,eval,memory
     python scripts/benchmark.py --eval-images 1000 --out docs/benchmark_cpu.md
 
 Sections (the sibling scripts hold the measuring code and run standalone too):
@@ -64,18 +64,25 @@ def machine_description(device: str) -> list[str]:
     return lines
 
 
-def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None) -> list[tuple]:
+def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
+               archs: tuple[str, ...] = ("resnet50",)) -> list[tuple]:
     from benchmark_model import reference_state, time_model_pair
 
-    state = reference_state()
     where = f"{device}{', autocast ' + amp if amp else ''}"
     rows = []
-    for size in sizes:
-        for mode, label, per in (("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", 2)):
-            t = time_model_pair(size, mode, iters, warmup, device, amp, state)
-            print(f"model {size}px {mode}: ours {t['ours']:.3f} s, torchvision {t['torchvision']:.3f} s", flush=True)
-            rows.append(("model", f"{label}, 2 img {size}x{size}", t["ours"] / per, t["torchvision"] / per,
-                         f"torchvision maskrcnn_resnet50_fpn, same weights; {where}; median of {iters}; lower is better"))
+    for arch in archs:
+        state = reference_state(arch=arch)
+        name = "R" + arch.removeprefix("resnet") + "-FPN"
+        baseline = "maskrcnn_resnet50_fpn" if arch == "resnet50" else f"MaskRCNN({arch} FPN)"
+        for size in sizes:
+            for mode, label, per in (("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", 2)):
+                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch)
+                print(f"model {name} {size}px {mode}: ours {t['ours']:.3f} s, torchvision {t['torchvision']:.3f} s",
+                      flush=True)
+                rate = f"= {2 / t['ours']:.1f} vs {2 / t['torchvision']:.1f} images/s; " if mode == "train" else ""
+                rows.append(("model", f"{name} {label}, 2 img {size}x{size}", t["ours"] / per,
+                             t["torchvision"] / per,
+                             f"torchvision {baseline}, same weights; {where}; median of {iters}; {rate}lower is better"))
     return rows
 
 
@@ -143,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (model, memory)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="model section device")
     p.add_argument("--amp", nargs="?", const="fp16", choices=("fp16", "bf16"), help="autocast dtype (cuda)")
+    p.add_argument("--archs", nargs="+", choices=("resnet50", "resnet101"), default=["resnet50"],
+                   help="model section backbones (resnet101 vs torchvision's MaskRCNN with that backbone)")
     p.add_argument("--sizes", type=int, nargs="+", help="model image sides (default 512 800; quick 64)")
     p.add_argument("--iters", type=int, help="timed model iterations (default 3; quick 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed model iterations first")
@@ -181,7 +190,7 @@ def main(argv=None) -> str:
     started = time.perf_counter()
     rows: list[tuple] = []
     if "model" not in skip:
-        rows += model_rows(args.sizes, args.iters, args.warmup, args.device, args.amp)
+        rows += model_rows(args.sizes, args.iters, args.warmup, args.device, args.amp, tuple(args.archs))
     if "data" not in skip:
         rows += data_rows(args.data_images, args.data_repeats)
     if "eval" not in skip:

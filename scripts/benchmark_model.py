@@ -1,5 +1,8 @@
 """Speed / memory of our Mask R-CNN vs torchvision's maskrcnn_resnet50_fpn, same random weights.
 
+``arch="resnet101"`` compares against torchvision's ``MaskRCNN(resnet_fpn_backbone("resnet101"))``
+built the way ``maskrcnn_resnet50_fpn(weights=None)`` builds its R50 (BatchNorm, all layers trainable).
+
 Two entry points:
 - ``time_model_pair`` (used by scripts/benchmark.py): both models in ONE process, iterations
   interleaved ours / torchvision so that background load slows both equally; CPU or CUDA, AMP.
@@ -24,6 +27,7 @@ import torch
 
 NUM_CLASSES_INCL_BG = 91
 IMPLS = ("ours", "torchvision")
+ARCHS = ("resnet50", "resnet101")
 
 
 def make_batch(size: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:
@@ -49,30 +53,41 @@ def make_batch(size: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]
     return images, targets
 
 
-def _build(impl: str, size: int, state: dict) -> tuple[torch.nn.Module, object]:
+def _torchvision_model(arch: str, size: int | None = None) -> torch.nn.Module:
+    from torch import nn
+    from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    sizes = {} if size is None else {"min_size": size, "max_size": size}
+    if arch == "resnet50":
+        return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **sizes)
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    backbone = resnet_fpn_backbone(backbone_name=arch, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+    return MaskRCNN(backbone, num_classes=NUM_CLASSES_INCL_BG, **sizes)
+
+
+def _build(impl: str, size: int, state: dict, arch: str = "resnet50") -> tuple[torch.nn.Module, object]:
     """Model loaded with ``state`` and a ``loss(model, images, targets) -> scalar`` function."""
     if impl == "torchvision":
-        from torchvision.models.detection import maskrcnn_resnet50_fpn
-
-        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size, max_size=size)
+        model = _torchvision_model(arch, size)
         model.load_state_dict(state)
         return model, lambda m, im, t: sum(m(im, t).values())
 
     from maskrcnn.losses import build_criterion
     from maskrcnn.modeling.build import torchvision_compatible_mask_rcnn
 
-    model = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size})
+    model = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size},
+                                             backbone_name=arch)
     model.load_state_dict(state)
     criterion = build_criterion("ce")
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
 
 
-def reference_state(seed: int = 0) -> dict:
-    """Random (seeded) state dict of torchvision's maskrcnn_resnet50_fpn; loaded into both models."""
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-
+def reference_state(seed: int = 0, arch: str = "resnet50") -> dict:
+    """Random (seeded) state dict of torchvision's model for ``arch``; loaded into both models."""
     torch.manual_seed(seed)
-    return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    return _torchvision_model(arch).state_dict()
 
 
 def _autocast(device: str, amp: str | None):
@@ -105,7 +120,7 @@ def _step(model, loss_fn, images, targets, mode: str, device: str, amp: str | No
 
 def time_model_pair(
     size: int, mode: str, iters: int = 5, warmup: int = 1, device: str = "cpu", amp: str | None = None,
-    state: dict | None = None,
+    state: dict | None = None, arch: str = "resnet50",
 ) -> dict[str, float]:
     """Median seconds per call of ours vs torchvision (same weights), iterations interleaved.
 
@@ -115,18 +130,19 @@ def time_model_pair(
         iters / warmup: timed / untimed calls per implementation; the order ours-first /
             torchvision-first alternates between iterations.
         amp: None, "fp16" or "bf16" (autocast).
-        state: weights to load (default: ``reference_state()``).
+        state: weights to load (default: ``reference_state(arch=arch)``).
+        arch: "resnet50" or "resnet101" backbone.
 
     Returns:
         {"ours": median s per call, "torchvision": median s per call}.
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"time_model_pair: mode must be 'train' or 'eval', got {mode!r}")
-    state = reference_state() if state is None else state
+    state = reference_state(arch=arch) if state is None else state
     images, targets = make_batch(size)
     images = [im.to(device) for im in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    models = {impl: _build(impl, size, state) for impl in IMPLS}
+    models = {impl: _build(impl, size, state, arch) for impl in IMPLS}
     for model, _ in models.values():
         model.to(device)
     times: dict[str, list[float]] = {impl: [] for impl in IMPLS}

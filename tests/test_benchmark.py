@@ -44,6 +44,20 @@ def test_model_pair_train_times_are_positive():
     assert all(_positive(t) for t in times.values())
 
 
+@pytest.mark.slow
+def test_model_pair_resnet101_train_times_are_positive():
+    times = benchmark_model.time_model_pair(64, "train", iters=1, warmup=0, arch="resnet101")
+    assert set(times) == {"ours", "torchvision"} and all(_positive(t) for t in times.values())
+
+
+def test_model_benchmark_rejects_unknown_arch():
+    with pytest.raises(ValueError, match="arch"):
+        benchmark_model.reference_state(arch="vgg16")
+    assert benchmark.parse_args(["--archs", "resnet50", "resnet101"]).archs == ["resnet50", "resnet101"]
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--archs", "vgg16"])
+
+
 def test_model_pair_rejects_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
         benchmark_model.time_model_pair(64, "predict", state={})
@@ -59,6 +73,13 @@ def test_synthetic_coco_and_both_pipelines_agree_on_shapes(tmp_path):
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
         assert len(target["labels"]) == 3 and tuple(target["masks"].shape) == (3, 96, 128), name
     rates = benchmark_data.time_pipelines(pipelines, repeats=1)
+    assert set(rates) == {"ours", "torchvision"} and all(_positive(r) for r in rates.values())
+
+
+def test_data_benchmark_runs_on_an_existing_coco_dataset():
+    nuts = Path(__file__).parent / "data" / "nuts"
+    rates = benchmark_data.run_on_dataset(nuts / "images", nuts / "annotations.json", num_images=2,
+                                          repeats=1, min_size=120, max_size=200)
     assert set(rates) == {"ours", "torchvision"} and all(_positive(r) for r in rates.values())
 
 

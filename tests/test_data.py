@@ -312,3 +312,108 @@ def test_batched_mask_resize_equals_per_mask_resize():
     assert np.array_equal(batched, single)
     one = op.apply_to_masks(masks[:1], scale=0.7)
     assert one.shape == (1, 43, 58) and np.array_equal(one, single[:1])
+
+
+# ---------------------------------------------------------------- rasterising at the output scale
+def _random_polygons(rng, height, width):
+    """1-2 star polygons with 0-2 decimals (COCO style); some cross or hug the image border."""
+    polys = []
+    for _ in range(int(rng.integers(1, 3))):
+        n = int(rng.integers(3, 20))
+        cx, cy = rng.uniform(-0.2 * width, 1.2 * width), rng.uniform(-0.2 * height, 1.2 * height)
+        radius = rng.uniform(1, 0.5 * min(height, width))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+        poly = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1).round(int(rng.integers(0, 3)))
+        polys.append(poly.clip(0, (width, height)) if rng.random() < 0.3 else poly)
+    return polys
+
+
+def test_bbox_cropped_rasterisation_matches_whole_image_pycocotools():
+    """Rasterising only a polygon's bounding box gives pycocotools' whole-image mask. The one
+    exception is pycocotools' own rounding of an edge point, which depends on its absolute position
+    (x + 0.5 rounds differently at x = 1000 than at x = 10): rare, and then one boundary pixel."""
+    from pycocotools import mask as mask_utils
+
+    from maskrcnn.data.masks import rasterise_polygons
+
+    rng = np.random.default_rng(0)
+    differing_polygons, differing_pixels, foreground = 0, 0, 0
+    for _ in range(1000):
+        height, width = int(rng.integers(20, 900)), int(rng.integers(20, 900))
+        polys = _random_polygons(rng, height, width)
+        rles = mask_utils.frPyObjects([p.ravel().tolist() for p in polys], height, width)
+        expected = mask_utils.decode(mask_utils.merge(rles))
+        got = rasterise_polygons(polys, np.zeros((height, width), np.uint8))
+        diff = int((got != expected).sum())
+        differing_polygons += diff > 0
+        differing_pixels += diff
+        foreground += int(expected.sum())
+        assert diff <= 2, (height, width, [p.tolist() for p in polys])
+    assert foreground > 10**6  # the polygons are not trivially empty
+    assert differing_polygons <= 3 and differing_pixels <= 6
+
+
+def test_dataset_rasterises_at_the_resized_scale(nuts):
+    """With a resize first, masks are rasterised from scaled polygons at the output size: they
+    match rasterising the full-size mask then resizing it, up to boundary pixels."""
+    import cv2
+
+    from maskrcnn.data.masks import decode_segmentation
+
+    calls = []
+
+    class Recording:
+        def __init__(self):
+            self.inner = build_transforms("default", True, min_size=300, max_size=1000, hflip_prob=0.0)
+            self.accepts_mask_fn = True
+
+        def __call__(self, image, masks):
+            assert callable(masks)
+            calls.append(image.shape[:2])
+            return self.inner(image, lambda h, w: calls.append((h, w)) or masks(h, w))
+
+    ds = CocoInstanceDataset(NUTS / "images", NUTS / "annotations.json", transforms=Recording())
+    image, target = ds[0]
+    assert calls == [(600, 800), (300, 400)] and image.shape == (3, 300, 400)
+    raw = json.loads((NUTS / "annotations.json").read_text())
+    anns = [a for a in raw["annotations"] if a["image_id"] == target["image_id"]]
+    assert len(anns) == len(target["masks"]) > 0
+    for ann, mask in zip(anns, target["masks"].numpy()):
+        full = decode_segmentation(ann["segmentation"], 600, 800)
+        resized = cv2.resize(full, (400, 300), interpolation=cv2.INTER_NEAREST)
+        assert (mask != resized).sum() <= 0.1 * resized.sum() + 10  # boundary pixels only
+        assert np.array_equal(mask, decode_segmentation(ann["segmentation"], 600, 800, out_size=(300, 400)))
+
+
+def test_plain_callable_transforms_still_get_arrays(nuts):
+    """A user transform without ``accepts_mask_fn`` receives masks as an array at the image size."""
+    seen = []
+
+    def flip_only(image, masks):
+        seen.append((type(masks), masks.shape))
+        return image[:, ::-1], masks[:, :, ::-1]
+
+    ds = CocoInstanceDataset(NUTS / "images", NUTS / "annotations.json", transforms=flip_only)
+    image, target = ds[0]
+    plain_image, plain = nuts[0]
+    assert seen[0][0] is np.ndarray and seen[0][1][1:] == (600, 800)
+    assert torch.equal(image, plain_image.flip(-1)) and torch.equal(target["masks"], plain["masks"].flip(-1))
+
+
+def test_lazy_and_array_masks_draw_the_same_augmentation():
+    """Passing masks as a callable only changes where they are rasterised, not the random draws."""
+    image, masks = _toy()
+    a = build_transforms("multiscale", True, multiscale_sizes=[50, 60, 70, 80], max_size=1000)
+    b = build_transforms("multiscale", True, multiscale_sizes=[50, 60, 70, 80], max_size=1000)
+    a.set_seed(3)
+    b.set_seed(3)
+    for _ in range(6):
+        img_a, masks_a = a(image, masks)
+        img_b, masks_b = b(image, lambda h, w: np.stack([_resize_nearest(m, h, w) for m in masks]))
+        assert np.array_equal(img_a, img_b) and np.array_equal(masks_a, masks_b)
+
+
+def _resize_nearest(mask, height, width):
+    import cv2
+
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)

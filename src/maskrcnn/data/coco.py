@@ -238,23 +238,34 @@ class CocoInstanceDataset(Dataset):
         if image is None:
             return None
         h0, w0 = img["height"], img["width"]
-        size = image.shape[:2]  # smaller than (h0, w0) for a JPEG decoded at reduced scale
         instances = self._instances.get(img["id"], [])
         crowds = self._crowds.get(img["id"], [])
-        masks = np.zeros((len(instances) + len(crowds), *size), dtype=np.uint8)
-        for k, ann in enumerate(instances + crowds):
-            masks[k] = decode_segmentation(ann["segmentation"], h0, w0, out_size=size)
+        segmentations = [ann["segmentation"] for ann in instances + crowds]
+
+        def rasterise(height: int, width: int) -> np.ndarray:  # uint8 [N, height, width]
+            masks = np.zeros((len(segmentations), height, width), dtype=np.uint8)
+            for k, seg in enumerate(segmentations):
+                decode_segmentation(seg, h0, w0, out_size=(height, width), out=masks[k])
+            return masks
+
         labels = np.array([self._cat_to_label[a["category_id"]] for a in instances], dtype=np.int64)
-        if self.transforms is not None:
-            image, masks = self.transforms(image, masks)
+        if self.transforms is None:
+            masks = rasterise(*image.shape[:2])  # smaller than (h0, w0) for a reduced-scale JPEG
+        elif getattr(self.transforms, "accepts_mask_fn", False):
+            image, masks = self.transforms(image, rasterise)
+        else:
+            image, masks = self.transforms(image, rasterise(*image.shape[:2]))
         inst_masks, crowd_masks = masks[: len(instances)], masks[len(instances):]
         boxes, crowd_boxes = masks_to_boxes(inst_masks), masks_to_boxes(crowd_masks)
-        keep = inst_masks.any(axis=(1, 2))
-        crowd_keep = crowd_masks.any(axis=(1, 2))
+        # masks_to_boxes gives empty masks all-zero boxes; a non-empty mask has x2 >= x1 + 1.
+        keep = boxes[:, 2] > boxes[:, 0]
+        crowd_keep = crowd_boxes[:, 2] > crowd_boxes[:, 0]
+        if not keep.all():  # boolean indexing copies; skip it in the common case
+            boxes, labels, inst_masks = boxes[keep], labels[keep], inst_masks[keep]
         target = {
-            "boxes": torch.from_numpy(boxes[keep]),
-            "labels": torch.from_numpy(labels[keep]),
-            "masks": torch.from_numpy(np.ascontiguousarray(inst_masks[keep])),
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(np.ascontiguousarray(inst_masks)),
             "image_id": int(img["id"]),
             "crowd_boxes": torch.from_numpy(crowd_boxes[crowd_keep]),
             "orig_size": (int(h0), int(w0)),

@@ -6,35 +6,86 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+# pycocotools rasterises polygons on a grid upsampled 5x: vertex x becomes int(5 * x + 0.5).
+_UPSAMPLE = 5
+_MARGIN = 2  # pixels of crop around a polygon, so no crossing lands on the crop's edge
+
 
 def decode_segmentation(
-    segmentation: list | dict, height: int, width: int, out_size: tuple[int, int] | None = None
+    segmentation: list | dict, height: int, width: int, out_size: tuple[int, int] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rasterise a COCO polygon list, uncompressed RLE or compressed RLE.
 
     Args:
         segmentation: in the pixels of the ``height`` x ``width`` image of the json.
-        out_size: ``(H', W')`` to rasterise at instead (an image decoded at reduced scale):
+        out_size: ``(H', W')`` to rasterise at instead (a resized or reduced-scale image):
             polygons are scaled before rasterising (no full-size mask is ever built); RLE is
             decoded at full size and shrunk with nearest-neighbour sampling.
+        out: optional zero-filled ``np.ndarray[H', W'] uint8`` to write into (saves a copy).
     Returns:
         mask: ``np.ndarray[H', W'] uint8`` in {0, 1} (``[height, width]`` by default).
     """
     out_h, out_w = out_size or (height, width)
-    if (out_h, out_w) != (height, width):
-        if isinstance(segmentation, list):
-            sx, sy = out_w / width, out_h / height
-            scaled = [[v * (sx if i % 2 == 0 else sy) for i, v in enumerate(poly)] for poly in segmentation]
-            return decode_segmentation(scaled, out_h, out_w)
-        full = decode_segmentation(segmentation, height, width)
-        return cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
-    if isinstance(segmentation, list):  # polygons: one RLE per part, merged into one mask
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+    if out is None:
+        out = np.zeros((out_h, out_w), dtype=np.uint8)
+    if isinstance(segmentation, list):
+        sx, sy = out_w / width, out_h / height
+        polygons = [np.asarray(poly, dtype=np.float64).reshape(-1, 2) * (sx, sy) for poly in segmentation]
+        rasterise_polygons(polygons, out)
+        return out
+    if isinstance(segmentation["counts"], list):  # uncompressed RLE
         rle = mask_utils.frPyObjects(segmentation, height, width)
     else:  # compressed RLE; pycocotools accepts str or bytes counts
         rle = segmentation
-    return mask_utils.decode(rle).astype(np.uint8, copy=False)
+    full = mask_utils.decode(rle)
+    if (out_h, out_w) != (height, width):
+        full = cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+    out[:] = full
+    return out
+
+
+def rasterise_polygons(polygons: list[np.ndarray], out: np.ndarray) -> np.ndarray:
+    """Fill the union of ``polygons`` into ``out``, pixel-for-pixel as pycocotools would on the
+    whole image, but rasterising only their bounding box.
+
+    pycocotools' cost is proportional to the image area (it decodes every pixel); a COCO object
+    typically covers a few percent of it. Shifting a polygon by whole pixels does not change
+    pycocotools' result provided the shifted vertices round to the same upsampled grid points, so
+    the shift is applied to the grid points themselves: a vertex is passed as ``n / 5`` with
+    ``n = int(5 * x + 0.5) - 5 * offset``, which pycocotools maps back to exactly ``n``. An axis whose
+    crop starts at 0 is not shifted at all (keeps negative coordinates' truncation semantics).
+
+    Args:
+        polygons: list of ``np.ndarray[V, 2] float64`` (x, y) vertices in ``out``'s pixels.
+        out: ``np.ndarray[H, W] uint8``, zero-filled by the caller; written in place.
+    Returns:
+        out.
+    """
+    height, width = out.shape
+    polygons = [p for p in polygons if len(p) >= 3]  # validate_coco rejects these; be safe
+    if not polygons:
+        return out
+    points = np.concatenate(polygons)
+    if not np.isfinite(points).all():
+        raise ValueError("polygon has non-finite coordinates")
+    lo = np.maximum(np.floor(points.min(axis=0)) - _MARGIN, 0)
+    hi = np.minimum(np.ceil(points.max(axis=0)) + _MARGIN + 1, (width, height))
+    if (hi <= lo).any():  # entirely outside the image
+        return out
+    x0, y0 = int(lo[0]), int(lo[1])
+    x1, y1 = int(hi[0]), int(hi[1])
+    shifted = []
+    for poly in polygons:
+        poly = poly.copy()
+        for axis, offset in ((0, x0), (1, y0)):
+            if offset > 0:  # every vertex >= offset + margin > 0, so int() == floor()
+                grid = np.floor(_UPSAMPLE * poly[:, axis] + 0.5) - _UPSAMPLE * offset
+                poly[:, axis] = grid / _UPSAMPLE
+        shifted.append(poly.ravel().tolist())
+    rle = mask_utils.merge(mask_utils.frPyObjects(shifted, y1 - y0, x1 - x0))
+    out[y0:y1, x0:x1] |= mask_utils.decode(rle)
+    return out
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:

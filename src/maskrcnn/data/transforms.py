@@ -4,6 +4,11 @@ Contract of every pipeline returned here (and of ``CocoInstanceDataset(transform
 ``pipeline(image, masks) -> (image, masks)`` with
     image: ``np.ndarray[H, W, 3] uint8`` RGB,
     masks: ``np.ndarray[N, H, W] uint8`` in {0, 1} (N may be 0).
+``masks`` may instead be a callable ``(height, width) -> np.ndarray[N, height, width] uint8``: a
+pipeline that starts with a resize then rasterises the polygons straight at the resized size
+(as detectron2 transforms polygons before rasterising) instead of resizing full-size masks, which
+was the largest cost of the data pipeline. Pipelines that accept a callable have
+``accepts_mask_fn = True``; ``CocoInstanceDataset`` passes one only to those.
 Boxes are NOT transformed here: the dataset recomputes them from the transformed masks and drops
 instances whose mask became empty, so boxes, labels and masks can never disagree.
 
@@ -17,7 +22,7 @@ predictions back to the original pixels, so COCO evaluation runs against the jso
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 # albumentations otherwise queries PyPI for a newer version at import time (slow / offline nodes).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -102,10 +107,18 @@ class ResizeScale(_ScaleResize):
 
 
 class InstanceAugment:
-    """Callable ``(image uint8 [H,W,3], masks uint8 [N,H,W]) -> (image, masks)`` around ``A.Compose``."""
+    """Callable ``(image uint8 [H,W,3], masks) -> (image, masks uint8 [N,H',W'])`` around ``A.Compose``.
+
+    ``masks`` is an array ``uint8 [N,H,W]`` or a callable ``(H', W') -> uint8 [N,H',W']`` (see the
+    module docstring). A leading resize op (``ResizeShortestEdge`` / ``ResizeScale``) is run here,
+    outside ``A.Compose``, so that a callable is asked for its masks at the resized size.
+    """
+
+    accepts_mask_fn = True
 
     def __init__(self, ops: list[A.BasicTransform], seed: int | None = None) -> None:
-        self.compose = A.Compose(ops)
+        self.resize = ops[0] if ops and isinstance(ops[0], _ScaleResize) and ops[0].p >= 1 else None
+        self.compose = A.Compose(ops[1:] if self.resize is not None else ops)
         # Drawn from torch's RNG so that seed_everything() makes augmentation reproducible.
         self.set_seed(int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed)
 
@@ -114,8 +127,19 @@ class InstanceAugment:
         ``maskrcnn.data.datamodule.seed_worker``): forked workers otherwise share one RNG state and
         would all produce the same augmentation sequence."""
         self.compose.set_random_seed(seed)
+        if self.resize is not None:
+            self.resize.set_random_seed(seed + 1)  # its own stream, independent of the others
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, image: np.ndarray, masks: np.ndarray | Callable[[int, int], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.resize is not None:
+            scale = self.resize._scale(*image.shape[:2])
+            image = self.resize.apply(image, scale=scale)
+            if not callable(masks):
+                masks = self.resize.apply_to_masks(masks, scale=scale) if len(masks) else masks
+        if callable(masks):
+            masks = masks(*image.shape[:2])
         if len(masks) == 0:  # albumentations cannot stack an empty mask list
             out = self.compose(image=image)
             return out["image"], np.zeros((0, *out["image"].shape[:2]), dtype=np.uint8)
@@ -123,7 +147,7 @@ class InstanceAugment:
         return out["image"], np.asarray(out["masks"], dtype=np.uint8)
 
     def __repr__(self) -> str:
-        return f"InstanceAugment({self.compose!r})"
+        return f"InstanceAugment(resize={self.resize!r}, then {self.compose!r})"
 
 
 def build_transforms(
