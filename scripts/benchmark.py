@@ -9,7 +9,8 @@ one run on one machine.
 
 Sections (the sibling scripts hold the measuring code and run standalone too):
   model   benchmark_model.py  train step (forward + backward, 2 images) and inference per image,
-                              ours vs torchvision maskrcnn_resnet50_fpn with the same random weights,
+                              ours vs torchvision maskrcnn_resnet50_fpn (--archs resnet101: torchvision
+                              MaskRCNN with a ResNet-101 FPN) with the same random weights,
                               iterations interleaved; median after warm-up.
   data    benchmark_data.py   images/s of one DataLoader worker (decode + polygon->mask + resize 800
                               + flip), ours vs a torchvision references/detection-style pipeline.
@@ -196,7 +197,9 @@ def main(argv=None) -> str:
     if "eval" not in skip:
         rows += eval_rows(args.eval_images)
     if "memory" not in skip:
-        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.mem_sizes]
+        from benchmark_memory import parse_size
+
+        sizes = [parse_size(s) for s in args.mem_sizes]
         rows += memory_rows(args.mem_instances, sizes, args.chunk_size, args.threads, args.mem_max_output_gb)
     table = to_markdown(rows)
     footer = f"total benchmark time {time.perf_counter() - started:.0f} s"

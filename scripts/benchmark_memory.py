@@ -21,6 +21,12 @@ import time
 IMPLS = ("ours", "torchvision")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1333x800"`` -> ``(1333, 800)`` (width, height)."""
+    width, height = (int(v) for v in text.lower().split("x"))
+    return width, height
+
+
 def _status_mb(key: str) -> float | None:
     """``VmRSS`` / ``VmHWM`` of this process from /proc/self/status in MB (None off Linux)."""
     try:
@@ -142,7 +148,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+    sizes = [parse_size(s) for s in args.sizes]
     print(f"{'impl':<12}{'N':>5}{'image':>11}{'output MB':>11}{'peak RSS MB':>13}{'peak-base MB':>14}{'s':>8}")
     for r in run_memory_benchmark(args.instances, sizes, args.chunk_size, args.threads):
         print(f"{r['impl']:<12}{r['num']:>5}{r['width']:>6}x{r['height']:<4}{r['output_mb']:>11.0f}"

@@ -12,6 +12,7 @@ from PIL import Image
 
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.draw import draw_instances
+from maskrcnn.data.image_io import image_to_uint8
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     picks = rng.permutation(len(dataset))[: args.num]
     for index in picks:
         image, target = dataset[int(index)]
-        rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        rgb = image_to_uint8(image)
         drawn = draw_instances(rgb, target["boxes"], target["masks"], target["labels"], dataset.class_names)
         path = out / f"{target['image_id']}_{Path(dataset.images[int(index)]['file_name']).stem}.png"
         Image.fromarray(drawn).save(path)

@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskrcnn.data.image_io import image_to_tensor, load_rgb
 from maskrcnn.export import FORMATS, build_tiny_model, example_image, export_model, max_abs_diff
 
 
 def load_example(path: str, height: int, width: int) -> torch.Tensor:
     """An image file as Tensor[3, height, width] float32 in [0, 1] (bilinear resize to the export size)."""
-    from PIL import Image
-
-    array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-    image = torch.from_numpy(array).permute(2, 0, 1)
+    image = image_to_tensor(load_rgb(path))
     return F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 

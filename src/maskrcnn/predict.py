@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from rich.progress import track
 
-from maskrcnn.data.image_io import load_rgb
+from maskrcnn.data.image_io import image_to_tensor, load_rgb
 from maskrcnn.data.draw import draw_instances
 from maskrcnn.training.callbacks import detections_to_numpy
 
@@ -85,7 +85,7 @@ def predict(cfg) -> Path:
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     for batch in track(batches, description="predict"):
         arrays = [load_rgb(p) for p in batch]
-        tensors = [torch.from_numpy(a).permute(2, 0, 1).float().div(255).to(device) for a in arrays]
+        tensors = [image_to_tensor(a).to(device) for a in arrays]
         detections = net(tensors)["detections"]
         for path, array, det in zip(batch, arrays, detections):
             image_id = len(images_meta) + 1

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from maskrcnn.data.bad_images import BAD_IMAGE_POLICIES, SkippedImageLog
 from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.image_io import exif_size, load_rgb, open_image
+from maskrcnn.data.image_io import exif_size, image_to_tensor, load_rgb, open_image
 from maskrcnn.data.masks import decode_segmentation, masks_to_boxes
 from maskrcnn.data.validation import validate_coco
 
@@ -47,7 +47,10 @@ class CocoInstanceDataset(Dataset):
     Args:
         image_dir: folder that ``file_name`` entries are relative to.
         annotation_file: COCO json path.
-        transforms: callable ``(image uint8 [H,W,3], masks uint8 [N,H,W]) -> (image, masks)``.
+        transforms: callable ``(image uint8 [H,W,3], masks uint8 [N,H,W]) -> (image, masks)``. One
+            with ``accepts_mask_fn = True`` (``InstanceAugment``) gets a callable
+            ``(H', W') -> masks`` instead and asks for the masks at its resized size, so polygons
+            are rasterised once, at the training scale (see ``maskrcnn.data.transforms``).
         keep_empty: keep images without any valid instance (useful negatives).
         skipped_log: optional ``.jsonl`` path receiving one line per skipped annotation / image.
         bad_images: what ``__getitem__`` does with an unreadable image file: ``"raise"`` a
@@ -58,8 +61,8 @@ class CocoInstanceDataset(Dataset):
             ``area`` in every annotation (see ``validation.validate_coco``).
         decode_min_size: ``(short, long)``: the ``transforms`` never output a short side above
             ``short`` nor a long side above ``long`` (a resize comes first). JPEGs over twice as large
-            are then decoded at reduced scale (see ``image_io.load_rgb``) and their masks rasterised
-            at that scale, so a 10000x10000 photo never exists at full size in memory.
+            are then decoded at reduced scale (see ``image_io.load_rgb``) and their polygon masks
+            never built at full size, so a 10000x10000 photo never exists at full size in memory.
     """
 
     def __init__(
@@ -270,7 +273,4 @@ class CocoInstanceDataset(Dataset):
             "crowd_boxes": torch.from_numpy(crowd_boxes[crowd_keep]),
             "orig_size": (int(h0), int(w0)),
         }
-        # Transpose the uint8 array first: converting a contiguous array to float is much faster
-        # than converting a strided view.
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
-        return tensor, target
+        return image_to_tensor(image), target

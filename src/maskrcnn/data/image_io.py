@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from maskrcnn.data.errors import DatasetError
@@ -104,3 +105,15 @@ def load_rgb(
     except Exception as exc:
         where = f"image file {str(path)!r}" + (f" (image id {image_id})" if image_id is not None else "")
         raise DatasetError(f"{where} is corrupt or truncated: {exc}") from exc
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``np.ndarray[H, W, 3] uint8`` RGB -> ``Tensor[3, H, W] float32`` in [0, 1] (what the model takes)."""
+    # Transpose the uint8 array first: converting a contiguous array to float is much faster than
+    # converting a strided view.
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def image_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``Tensor[3, H, W]`` float in [0, 1] -> ``np.ndarray[H, W, 3] uint8`` (for drawing / saving)."""
+    return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()

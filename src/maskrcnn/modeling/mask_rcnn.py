@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .postprocess import paste_masks
+from .postprocess import MASK_FORMATS, paste_masks
 from .transform import map_boxes_to_original
-
-MASK_FORMATS = ("prob", "binary", "rle")
 
 
 def _describe(target: dict, index: int) -> str:

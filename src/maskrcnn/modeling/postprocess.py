@@ -15,6 +15,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+MASK_FORMATS = ("prob", "binary", "rle")  # probabilities, thresholded, COCO RLE
+
 
 def expand_boxes_to_int(boxes: Tensor, scale: float) -> Tensor:
     """Enlarge boxes about their centre by ``scale`` and truncate to integers (torchvision's order of ops).
@@ -90,8 +92,8 @@ def paste_masks(
         Tensor[N, 1, H, W] masks.dtype probabilities (0 outside the expanded box), Tensor[N, 1, H, W]
         bool (``> 0.5``) or a list of N COCO RLE dicts, per ``mask_format``.
     """
-    if mask_format not in ("prob", "binary", "rle"):
-        raise ValueError(f"mask_format must be 'prob', 'binary' or 'rle', got {mask_format!r}")
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
     if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[-1] != masks.shape[-2]:
         raise ValueError(f"paste_masks: masks must be [N, 1, M, M], got {tuple(masks.shape)}")
     if boxes.shape != (masks.shape[0], 4):
@@ -171,4 +173,4 @@ def format_masks(masks: Tensor, mask_format: str) -> Tensor | list[dict]:
         return masks_to_binary(masks)
     if mask_format == "rle":
         return masks_to_rle(masks)
-    raise ValueError(f"mask_format must be 'prob', 'binary' or 'rle', got {mask_format!r}")
+    raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")

@@ -7,6 +7,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from maskrcnn.data.image_io import image_to_uint8
+
 
 def detections_to_numpy(det: dict, score_thresh: float) -> dict[str, np.ndarray]:
     """Keep detections with ``score >= score_thresh``; masks ``[D,1,H,W]`` probabilities → bool ``[D,H,W]``."""
@@ -26,11 +28,6 @@ def detections_to_numpy(det: dict, score_thresh: float) -> dict[str, np.ndarray]
         "scores": det["scores"][keep].cpu().numpy(),
         "masks": masks,
     }
-
-
-def image_to_uint8(image: Tensor) -> np.ndarray:
-    """``Tensor[3, H, W]`` float in [0, 1] → ``uint8 [H, W, 3]``."""
-    return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 class ValidationImageLogger(pl.Callback):
