@@ -298,3 +298,21 @@ def test_rpn_without_gt_and_with_crowd():
     _, without = no_sampling(batch, feats, targets)
     assert with_crowd["labels"].sum() == without["labels"].sum() > 0  # same positives, fewer negatives
     assert with_crowd["labels"].numel() < without["labels"].numel()
+
+
+def test_aligned_mask_targets_cover_a_box_shaped_mask_exactly():
+    """A gt mask filling exactly the RoI: the aligned target is centred (symmetric, soft only by
+    bilinear interpolation at the edges); torchvision's legacy projection reads half a pixel
+    down-right, so it is 1 at the top-left edge and sees background along the bottom-right."""
+    from maskrcnn.modeling.roi_heads import project_masks_on_boxes
+
+    masks = torch.zeros(1, 40, 40, dtype=torch.uint8)
+    masks[0, 10:18, 5:13] = 1
+    box = torch.tensor([[5.0, 10.0, 13.0, 18.0]])
+    aligned = project_masks_on_boxes(masks, box, torch.zeros(1, dtype=torch.int64), 28, aligned=True)
+    legacy = project_masks_on_boxes(masks, box, torch.zeros(1, dtype=torch.int64), 28, aligned=False)
+    torch.testing.assert_close(aligned, aligned.flip(-1))
+    torch.testing.assert_close(aligned, aligned.flip(-2))
+    assert (aligned >= 0.5).float().mean() > 0.99
+    assert (legacy - legacy.flip(-1)).abs().max() > 0.5
+    assert legacy[0, 0, 0] == 1.0 and legacy[0, -1].max() < 0.5

@@ -64,7 +64,9 @@ def build_mask_rcnn(
         transform: kwargs of ``ImageTransform`` (min_size, max_size, image_mean, image_std,
             size_divisible, resize_in_training (default True, as torchvision)).
         roi_align: aligned (False), sampling_ratio (2), interpolation ("bilinear"|"bicubic"),
-            box_output_size (7), mask_output_size (14); applied to both poolers.
+            box_output_size (7), mask_output_size (14); applied to both poolers. ``aligned``
+            also chooses the mask targets' and the mask paste's geometry (half-pixel-correct
+            throughout, as detectron2; False is torchvision's legacy geometry everywhere).
         mask_format: "prob" | "binary" | "rle" (see MaskRCNN).
         init_from: optional path to a torchvision Mask R-CNN state dict to load (class-specific
             layers are re-initialised when the class count differs).
@@ -96,6 +98,7 @@ def build_mask_rcnn(
         mask_head=MaskRCNNHeads(channels, mask_layers, shapes["mask_dilation"]),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], 256, num_outputs),
         mask_size=2 * align["mask_output_size"],
+        aligned_mask_targets=align["aligned"],
         **roi_kwargs,
     )
     rpn_kwargs = dict(rpn or {})
@@ -106,6 +109,8 @@ def build_mask_rcnn(
         rpn=RegionProposalNetwork(**rpn_kwargs),
         roi_heads=heads,
         mask_format=mask_format,
+        # One geometry end to end: aligned pooling, aligned mask targets, exact paste.
+        paste_aligned=align["aligned"],
     )
     if init_from is not None:
         from .checkpoint import load_torchvision_checkpoint

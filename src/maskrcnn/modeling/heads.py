@@ -1,8 +1,14 @@
 """Box and mask heads of Mask R-CNN.
 
 Module and parameter names mirror torchvision (``fc6``/``fc7``, ``cls_score``/``bbox_pred``,
-``mask_head.{i}.0``, ``conv5_mask``/``mask_fcn_logits``) so torchvision state dicts load as is;
-initialisation follows torchvision too.
+``mask_head.{i}.0``, ``conv5_mask``/``mask_fcn_logits``) so torchvision state dicts load as is.
+
+Initialisation of the two PREDICTORS follows detectron2, not torchvision (loading a state dict
+overwrites it either way, so checkpoints give identical results). torchvision initialises the
+``K+1``-channel 1x1 mask-logit conv with Kaiming fan-out, i.e. std sqrt(2 / (K + 1)): with one or
+three classes the initial mask logits are around +-10 and ``loss_mask`` starts at 4-11 instead of
+ln 2 = 0.69, which made from-scratch runs on small datasets diverge. Small normal weights and zero
+biases make a fresh predictor start at the "know nothing" losses: mask 0.69, classifier ln(K+1).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class FastRCNNPredictor(nn.Module):
         super().__init__()
         self.cls_score = nn.Linear(in_channels, num_classes)
         self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+        reset_box_predictor(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: Tensor[R, D] -> (class_logits Tensor[R, num_classes], box_deltas Tensor[R, 4 * num_classes])."""
@@ -109,7 +116,20 @@ class MaskRCNNPredictor(nn.Sequential):
                 ]
             )
         )
-        # torchvision re-initialises only the weights (biases keep PyTorch's default init)
-        for name, param in self.named_parameters():
-            if "weight" in name:
-                nn.init.kaiming_normal_(param, mode="fan_out", nonlinearity="relu")
+        nn.init.kaiming_normal_(self.conv5_mask.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.conv5_mask.bias)
+        reset_mask_logits(self)
+
+
+def reset_box_predictor(predictor: FastRCNNPredictor) -> None:
+    """detectron2's FastRCNNOutputLayers init: class logits ~ N(0, 0.01), box deltas ~ N(0, 0.001)."""
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+
+
+def reset_mask_logits(predictor: MaskRCNNPredictor) -> None:
+    """detectron2's mask predictor init: logits ~ N(0, 0.001), zero bias (sigmoid 0.5 everywhere)."""
+    nn.init.normal_(predictor.mask_fcn_logits.weight, std=0.001)
+    nn.init.zeros_(predictor.mask_fcn_logits.bias)

@@ -55,10 +55,18 @@ class MaskRCNN(nn.Module):
         mask_format: how eval masks are returned: "prob" (Tensor[D,1,H,W] float probabilities,
             torchvision-compatible), "binary" (Tensor[D,1,H,W] bool, > 0.5) or "rle" (list of
             COCO RLE dicts with str counts).
+        paste_aligned: paste masks exactly over their boxes (``postprocess.paste_masks``); False
+            is torchvision's integer-box paste. Goes with ``roi_align.aligned`` (build.py).
     """
 
     def __init__(
-        self, transform: nn.Module, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, mask_format: str = "prob"
+        self,
+        transform: nn.Module,
+        backbone: nn.Module,
+        rpn: nn.Module,
+        roi_heads: nn.Module,
+        mask_format: str = "prob",
+        paste_aligned: bool = False,
     ) -> None:
         super().__init__()
         if mask_format not in MASK_FORMATS:
@@ -68,6 +76,7 @@ class MaskRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.mask_format = mask_format
+        self.paste_aligned = paste_aligned
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None) -> dict:
         """
@@ -113,7 +122,9 @@ class MaskRCNN(nn.Module):
                     "boxes": boxes,
                     "labels": det["labels"],
                     "scores": det["scores"],
-                    "masks": paste_masks(det["masks"], boxes, original, mask_format=self.mask_format),
+                    "masks": paste_masks(
+                        det["masks"], boxes, original, mask_format=self.mask_format, aligned=self.paste_aligned
+                    ),
                 }
             )
         return results

@@ -1,11 +1,16 @@
 """Mask pasting (batched, no per-mask Python loop) and binary / RLE mask output formats.
 
-``paste_masks`` matches ``torchvision.models.detection.roi_heads.paste_masks_in_image``: each
-M x M mask is padded, its box is enlarged by the same factor and snapped to integers, the mask is
-bilinearly resized (align_corners=False) to the integer box and written into an empty image.
-Bilinear resizing is separable, so pasted = Ry @ padded_mask @ Rx^T with Ry: [H, M+2] and
-Rx: [W, M+2] holding the interpolation weights (zero outside the box). A chunk of masks is
-pasted with two batched matmuls.
+Two geometries, both as separable bilinear resizes: pasted = Ry @ padded_mask @ Rx^T with
+Ry: [H, M+2] and Rx: [W, M+2] holding the interpolation weights (zero outside the box), so a chunk
+of masks is pasted with two batched matmuls.
+
+- ``aligned=False`` matches ``torchvision.models.detection.roi_heads.paste_masks_in_image``: the
+  padded mask's box is enlarged by (M+2)/M, snapped to integers and the mask resized to that
+  integer box, which shifts the mask by up to a pixel and stretches it by one pixel: invisible on
+  a 200 px object, a large error on a 6 px one.
+- ``aligned=True`` samples the M x M grid exactly where the box puts it: image pixel centre
+  ``x + 0.5`` reads mask coordinate ``(x + 0.5 - x1) * M / (x2 - x1) - 0.5`` (detectron2's
+  paste, and the geometry of ``roi_align(aligned=True)`` that produced the mask targets).
 """
 
 from __future__ import annotations
@@ -66,6 +71,34 @@ def _resize_weights(start: Tensor, end: Tensor, out_len: int, in_len: int, dtype
     return weights.to(dtype)
 
 
+def _aligned_resize_weights(lo: Tensor, hi: Tensor, out_len: int, size: int, dtype: torch.dtype) -> Tensor:
+    """Interpolation matrix placing an M-bin mask exactly over the float extent ``[lo, hi]``.
+
+    Args:
+        lo, hi: Tensor[n] float, box extent along the axis (pixel ``p`` covers ``[p, p + 1)``).
+        out_len: image length along the axis.
+        size: M; the matrix reads the mask padded by one zero on both sides (M + 2 columns).
+
+    Returns:
+        Tensor[n, out_len, M + 2]: bilinear weights of image pixel ``p``; zero rows where both
+        neighbours are padding (more than one bin outside the box).
+    """
+    centres = torch.arange(out_len, device=lo.device, dtype=torch.float32) + 0.5
+    lo, hi = lo.to(torch.float32), hi.to(torch.float32)
+    bins_per_pixel = size / (hi - lo).clamp(min=1e-6)
+    # +1: index into the padded mask, whose bin centres sit at 1..M.
+    src = (centres[None, :] - lo[:, None]) * bins_per_pixel[:, None] + 0.5
+    inside = (src > 0) & (src < size + 1)
+    src = src.clamp(0, size + 1)
+    i0 = src.floor().to(torch.int64).clamp(max=size + 1)
+    i1 = (i0 + 1).clamp(max=size + 1)
+    frac = src - i0.to(torch.float32)
+    weights = torch.zeros((lo.shape[0], out_len, size + 2), dtype=torch.float32, device=lo.device)
+    weights.scatter_add_(2, i0[..., None], ((1.0 - frac) * inside)[..., None])
+    weights.scatter_add_(2, i1[..., None], (frac * inside)[..., None])
+    return weights.to(dtype)
+
+
 def paste_masks(
     masks: Tensor,
     boxes: Tensor,
@@ -73,6 +106,7 @@ def paste_masks(
     padding: int = 1,
     chunk_size: int = 64,
     mask_format: str = "prob",
+    aligned: bool = False,
 ) -> Tensor | list[dict]:
     """Paste per-box mask probabilities into full images.
 
@@ -87,6 +121,8 @@ def paste_masks(
         mask_format: "prob" returns Tensor[N, 1, H, W] probabilities; "binary" and "rle" are
             converted chunk by chunk, so no float [N, H, W] tensor is ever held (the cheap way
             to return 300 masks of a large image).
+        aligned: exact placement (see the module docstring); False is torchvision's paste.
+            ``padding`` must be 1 when aligned (the zero border the bilinear fade reads).
 
     Returns:
         Tensor[N, 1, H, W] masks.dtype probabilities (0 outside the expanded box), Tensor[N, 1, H, W]
@@ -98,35 +134,48 @@ def paste_masks(
         raise ValueError(f"paste_masks: masks must be [N, 1, M, M], got {tuple(masks.shape)}")
     if boxes.shape != (masks.shape[0], 4):
         raise ValueError(f"paste_masks: boxes must be [N, 4] with N = {masks.shape[0]}, got {tuple(boxes.shape)}")
+    if aligned and padding != 1:
+        raise ValueError(f"paste_masks: aligned pasting pads by exactly 1, got padding={padding}")
     height, width = int(image_size[0]), int(image_size[1])
     num, size = masks.shape[0], masks.shape[-1]
     padded = torch.nn.functional.pad(masks[:, 0], (padding,) * 4)  # [N, M+2p, M+2p]
-    int_boxes = expand_boxes_to_int(boxes, float(size + 2 * padding) / size)
+    # Where each mask goes: float boxes (aligned) or torchvision's enlarged integer boxes.
+    place = boxes if aligned else expand_boxes_to_int(boxes, float(size + 2 * padding) / size)
+
+    def paste(lo: int, hi: int, out: Tensor | None = None) -> Tensor:
+        return _paste_chunk(padded[lo:hi], place[lo:hi], height, width, aligned, out=out)
+
     if torch.jit.is_tracing():
         # the chunk loop would be unrolled for the example's mask count; one chunk keeps N dynamic
-        return format_masks(_paste_chunk(padded, int_boxes, height, width)[:, None], mask_format)
+        return format_masks(paste(0, num)[:, None], mask_format)
     if mask_format == "rle":
         rles: list[dict] = []
         for lo in range(0, num, chunk_size):
-            hi = min(lo + chunk_size, num)
-            rles += masks_to_rle(_paste_chunk(padded[lo:hi], int_boxes[lo:hi], height, width)[:, None])
+            rles += masks_to_rle(paste(lo, min(lo + chunk_size, num))[:, None])
         return rles
     dtype = torch.bool if mask_format == "binary" else masks.dtype
     out = torch.zeros((num, 1, height, width), dtype=dtype, device=masks.device)
     for lo in range(0, num, chunk_size):
         hi = min(lo + chunk_size, num)
         if mask_format == "prob":
-            _paste_chunk(padded[lo:hi], int_boxes[lo:hi], height, width, out=out[lo:hi, 0])
+            paste(lo, hi, out=out[lo:hi, 0])
         else:
-            out[lo:hi, 0] = masks_to_binary(_paste_chunk(padded[lo:hi], int_boxes[lo:hi], height, width))
+            out[lo:hi, 0] = masks_to_binary(paste(lo, hi))
     return out
 
 
-def _paste_chunk(padded: Tensor, int_boxes: Tensor, height: int, width: int, out: Tensor | None = None) -> Tensor:
-    """padded: Tensor[n, S, S] padded masks; int_boxes: Tensor[n, 4] int64 -> Tensor[n, height, width]
-    (written into ``out`` when given, a contiguous Tensor[n, height, width])."""
-    ry = _resize_weights(int_boxes[:, 1], int_boxes[:, 3], height, padded.shape[-1], padded.dtype)  # [n, H, S]
-    rx = _resize_weights(int_boxes[:, 0], int_boxes[:, 2], width, padded.shape[-1], padded.dtype)  # [n, W, S]
+def _paste_chunk(
+    padded: Tensor, place: Tensor, height: int, width: int, aligned: bool, out: Tensor | None = None
+) -> Tensor:
+    """padded: Tensor[n, S, S] padded masks; place: Tensor[n, 4], float boxes (aligned) or int64
+    inclusive integer boxes -> Tensor[n, height, width] (written into ``out`` when given)."""
+    if aligned:
+        size = padded.shape[-1] - 2
+        ry = _aligned_resize_weights(place[:, 1], place[:, 3], height, size, padded.dtype)  # [n, H, S]
+        rx = _aligned_resize_weights(place[:, 0], place[:, 2], width, size, padded.dtype)  # [n, W, S]
+    else:
+        ry = _resize_weights(place[:, 1], place[:, 3], height, padded.shape[-1], padded.dtype)
+        rx = _resize_weights(place[:, 0], place[:, 2], width, padded.shape[-1], padded.dtype)
     return torch.bmm(torch.bmm(ry, padded), rx.transpose(1, 2), out=out)
 
 

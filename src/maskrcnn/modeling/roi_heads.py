@@ -21,7 +21,9 @@ def _image_name(target: dict, index: int) -> str:
     return f"image {index} (image_id={target.get('image_id', '?')})"
 
 
-def project_masks_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idx: Tensor, size: int) -> Tensor:
+def project_masks_on_boxes(
+    gt_masks: Tensor, boxes: Tensor, matched_idx: Tensor, size: int, aligned: bool = False
+) -> Tensor:
     """Crop-and-resize each matched gt mask onto its RoI (torchvision's mask targets).
 
     Args:
@@ -29,13 +31,16 @@ def project_masks_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idx: Tensor,
         boxes: Tensor[Q, 4] float, xyxy, positive RoIs of that image.
         matched_idx: Tensor[Q] int64, gt index of each RoI.
         size: M, the mask-head output resolution.
+        aligned: sample the mask where ``roi_align(aligned=True)`` samples the features. False
+            (torchvision's targets) reads the mask half a pixel down-right of the RoI, which the
+            legacy feature pooling shares but the aligned pooling does not.
 
     Returns:
         Tensor[Q, M, M] float32 in [0, 1] (soft at the edges: RoIAlign averages the binary mask).
     """
     rois = torch.cat([matched_idx.to(boxes)[:, None], boxes], dim=1)
-    # legacy (aligned=False), adaptive-sampling RoIAlign at scale 1: exactly torchvision's targets
-    return roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0)[:, 0]
+    # adaptive-sampling RoIAlign at scale 1; aligned=False is exactly torchvision's targets
+    return roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0, aligned=aligned)[:, 0]
 
 
 class RoIHeads(nn.Module):
@@ -52,6 +57,8 @@ class RoIHeads(nn.Module):
         bbox_reg_weights: BoxCoder weights of the box branch.
         score_thresh, nms_thresh, detections_per_img: detection selection in eval.
         mask_size: M, resolution of the mask logits and of the mask targets.
+        aligned_mask_targets: project gt masks with the half-pixel-correct RoIAlign; set it
+            together with the poolers' ``aligned`` (build.py does).
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class RoIHeads(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         mask_size: int = 28,
+        aligned_mask_targets: bool = False,
     ) -> None:
         super().__init__()
         self.box_pooler = box_pooler
@@ -86,6 +94,7 @@ class RoIHeads(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
         self.mask_size = mask_size
+        self.aligned_mask_targets = aligned_mask_targets
 
     def forward(
         self,
@@ -197,7 +206,9 @@ class RoIHeads(nn.Module):
             keep = torch.where(lab > 0)[0]
             mask_rois.append(r[keep])
             if keep.numel() > 0:
-                mask_targets.append(project_masks_on_boxes(t["masks"], r[keep], m[keep], self.mask_size))
+                mask_targets.append(project_masks_on_boxes(
+                    t["masks"], r[keep], m[keep], self.mask_size, self.aligned_mask_targets
+                ))
             else:
                 mask_targets.append(r.new_zeros((0, self.mask_size, self.mask_size)))
         mask_logits = self._mask_logits(features, mask_rois, image_sizes)

@@ -1,0 +1,150 @@
+"""Side-by-side training: the plain torchvision loop against our ``train(cfg)``, same settings.
+
+Both pipelines get one ``TrainSettings`` (model, sizes, batch, LR schedule, steps, seed); both
+trained networks are evaluated by the same code on the same images (our ``CocoEvaluator`` on the
+final weights, no checkpoint selection), so the AP ratio measures the training pipelines alone.
+``variants`` run our pipeline again with extra Hydra overrides, which is how the pieces that differ
+(data pipeline, RoIAlign, initialisation, sampler) are swapped one at a time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskrcnn.benchmark.reference_loop import TrainSettings, train_reference
+from maskrcnn.data.coco import CocoInstanceDataset
+from maskrcnn.evaluation import CocoEvaluator
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
+@dataclass
+class RunResult:
+    pipeline: str  # "torchvision loop" or the variant name
+    seed: int
+    metrics: dict[str, float]
+    seconds: float
+
+
+def our_overrides(settings: TrainSettings, train_split: dict, val_split: dict, seed: int) -> list[str]:
+    """Hydra overrides that make ``src/train.py`` train exactly what ``TrainSettings`` describes."""
+    sizes = list(settings.min_sizes)
+    anchors = [[s] for s in settings.anchor_sizes]
+    return [
+        "data=folder", f"data.root={Path(train_split['image_dir']).parent}",
+        f"data.train.image_dir={train_split['image_dir']}", f"data.train.annotation_file={train_split['annotation_file']}",
+        f"data.val.image_dir={val_split['image_dir']}", f"data.val.annotation_file={val_split['annotation_file']}",
+        f"data.num_classes={settings.num_classes}", f"data.batch_size={settings.batch_size}", "data.num_workers=0",
+        f"model=resnet{settings.arch.removeprefix('resnet')}_fpn" if settings.arch.startswith("resnet") else f"model={settings.arch}_fpn",
+        "model.backbone.pretrained=false", "model.backbone.norm=bn", "model.backbone.trainable_layers=5",
+        f"model.transform.min_size={sizes[-1]}", f"model.transform.max_size={settings.max_size}",
+        f"model.rpn.anchor_sizes={anchors}", f"model.roi_heads.detections_per_img={settings.detections_per_img}",
+        "augmentation=multiscale", f"augmentation.multiscale_sizes={sizes}", f"augmentation.max_size={settings.max_size}",
+        f"+augmentation.hflip_prob={settings.hflip_prob}",
+        "optimizer=sgd", f"optimizer.lr_per_16_images={settings.lr * 16 / settings.batch_size}",
+        f"optimizer.fn.momentum={settings.momentum}", f"optimizer.fn.weight_decay={settings.weight_decay}",
+        "scheduler=multistep", f"scheduler.warmup_steps={settings.warmup_steps}",
+        f"scheduler.warmup_factor={settings.warmup_factor}", f"scheduler.milestones={list(settings.milestones)}",
+        f"trainer.max_steps={settings.steps}", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false", "+trainer.enable_progress_bar=false",
+        "validate_after_train=false", "callbacks=none", "logger=none", "log_val_images=0", f"seed={seed}",
+    ]
+
+
+def train_ours(settings: TrainSettings, train_split: dict, val_split: dict, seed: int,
+               extra_overrides: list[str] = (), workdir: str | Path | None = None) -> nn.Module:
+    """Run our ``train(cfg)`` with the matched overrides (+ ``extra_overrides``); returns the net in eval mode."""
+    from hydra import compose, initialize_config_dir
+
+    from maskrcnn.training.pipeline import train
+
+    with tempfile.TemporaryDirectory(dir=workdir) as out:
+        overrides = [f"paths.output_dir={out}", *our_overrides(settings, train_split, val_split, seed), *extra_overrides]
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose(config_name="train", overrides=[*_experiment_off(), *overrides])
+        _, objects = train(cfg)
+    return objects["module"].net.eval()
+
+
+def _experiment_off() -> list[str]:
+    """Drop a default experiment if the train config still has one (its settings are not ours to compare)."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.load(CONF_DIR / "train.yaml").get("defaults", [])
+    has_experiment = any(isinstance(d, dict) and d.get("experiment") for d in defaults)
+    return ["~experiment"] if has_experiment else []
+
+
+@torch.no_grad()
+def evaluate_net(net: nn.Module, val_split: dict, max_dets: int, returns_dict: bool) -> dict[str, float]:
+    """COCO box/mask metrics of ``net`` on the validation split, images at file size, one at a time.
+
+    ``returns_dict``: our MaskRCNN returns ``{"detections": [...]}``, torchvision's a list.
+    """
+    dataset = CocoInstanceDataset(val_split["image_dir"], val_split["annotation_file"], for_evaluation=True)
+    evaluator = CocoEvaluator(dataset.annotation_file, dataset.label_to_category_id, max_dets=max_dets)
+    net.eval()
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        out = net([image])
+        evaluator.update(out["detections"] if returns_dict else out, [target["image_id"]])
+    return evaluator.compute()
+
+
+def compare(
+    settings: TrainSettings,
+    train_split: dict,
+    val_split: dict,
+    seeds: list[int],
+    variants: dict[str, list[str]],
+    reference: bool = True,
+    log=print,
+) -> list[RunResult]:
+    """Train the reference loop (optional) and every variant of ours for every seed; evaluate all."""
+    results: list[RunResult] = []
+    torch.set_num_threads(torch.get_num_threads())
+    for seed in seeds:
+        if reference:
+            start = time.perf_counter()
+            model = train_reference(settings, train_split, seed)
+            metrics = evaluate_net(model, val_split, settings.detections_per_img, returns_dict=False)
+            results.append(RunResult("torchvision loop", seed, metrics, time.perf_counter() - start))
+            log(_row_text(results[-1]))
+        for name, overrides in variants.items():
+            start = time.perf_counter()
+            net = train_ours(settings, train_split, val_split, seed, overrides)
+            metrics = evaluate_net(net, val_split, settings.detections_per_img, returns_dict=True)
+            results.append(RunResult(name, seed, metrics, time.perf_counter() - start))
+            log(_row_text(results[-1]))
+    return results
+
+
+def _row_text(r: RunResult) -> str:
+    m = r.metrics
+    return (f"{r.pipeline:<40} seed {r.seed:<3} box AP {m['bbox_AP']:.3f} (AP50 {m['bbox_AP50']:.3f})  "
+            f"mask AP {m['segm_AP']:.3f} (AP50 {m['segm_AP50']:.3f})  {r.seconds:6.0f} s")
+
+
+def summary_table(results: list[RunResult], baseline: str = "torchvision loop") -> str:
+    """Markdown table: per pipeline, mean over seeds (and each seed), and the ratio to the baseline."""
+    names = list(dict.fromkeys(r.pipeline for r in results))
+    mean = {n: {k: statistics.fmean(r.metrics[k] for r in results if r.pipeline == n)
+                for k in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")} for n in names}
+    lines = ["| pipeline | seeds | box AP (AP50) | mask AP (AP50) | mask AP per seed | mask AP / baseline |",
+             "|---|---|---|---|---|---|"]
+    for n in names:
+        runs = [r for r in results if r.pipeline == n]
+        per_seed = ", ".join(f"{r.metrics['segm_AP']:.3f}" for r in runs)
+        ratio = (f"{mean[n]['segm_AP'] / mean[baseline]['segm_AP']:.2f}"
+                 if baseline in mean and mean[baseline]["segm_AP"] > 0 else "-")
+        m = mean[n]
+        lines.append(f"| {n} | {', '.join(str(r.seed) for r in runs)} | {m['bbox_AP']:.3f} ({m['bbox_AP50']:.3f}) | "
+                     f"{m['segm_AP']:.3f} ({m['segm_AP50']:.3f}) | {per_seed} | {ratio} |")
+    return "\n".join(lines)
