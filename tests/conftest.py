@@ -17,8 +17,7 @@ CONF = ROOT / "conf"
 
 # Tiny model + data settings so that a real training run takes seconds on 2 CPU cores.
 TINY = [
-    "experiment=shapes_quick",
-    "model=resnet18_fpn",
+    "model=resnet18_fpn_slim",
     "model.backbone.out_channels=32",
     "model.transform.min_size=64",
     "model.transform.max_size=64",

@@ -32,7 +32,7 @@ def test_every_group_has_the_promised_options():
     assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
     assert {"none", "default", "multiscale", "lsj", "photometric"} <= set(options("augmentation"))
     assert {"shapes", "coco", "folder", "nuts"} <= set(options("data"))
-    assert {"coco_r50_1x", "coco_r101_3x", "shapes_quick"} <= set(options("experiment"))
+    assert {"coco_r50_1x", "coco_r101_3x", "nuts_finetune"} <= set(options("experiment"))
     assert {"fast_dev_run", "overfit", "limit"} <= set(options("debug"))
 
 
@@ -151,9 +151,51 @@ def test_cli_resnet101_focal_runs(shapes_dir, tmp_path):
     assert "Effective batch size 2" in proc.stdout + proc.stderr
 
 
-def test_experiment_null_gives_the_standard_architecture(tmp_path):
-    quick = compose([], output_dir=tmp_path)
-    plain = compose(["~experiment", "data=nuts"], output_dir=tmp_path)
-    assert quick.model.backbone.out_channels == 64 and quick.model.transform.min_size == 128
-    assert plain.model.backbone.out_channels == 256 and plain.model.transform.min_size == 800
-    assert plain.model.roi_heads.representation_size == 1024
+def test_no_arguments_is_the_cpu_demo_and_no_experiment_is_applied(tmp_path):
+    demo = compose([], output_dir=tmp_path)
+    assert demo.experiment is None if "experiment" in demo else True
+    assert demo.model.backbone.name == "resnet18" and demo.model.backbone.out_channels == 64
+    assert demo.model.transform.min_size == 128 and demo.augmentation.min_size == 128
+    assert demo.trainer.max_epochs == 6
+
+
+def _model_yaml(name: str) -> dict:
+    """The values a model option states itself, its ``defaults`` chain resolved (bases first)."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
+    merged = OmegaConf.create()
+    for base in raw.pop("defaults", []):
+        if base != "_self_":
+            merged = OmegaConf.merge(merged, _model_yaml(base))
+    return OmegaConf.to_container(OmegaConf.merge(merged, raw))
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("model", options("model"))
+def test_the_chosen_model_keeps_its_own_values_with_every_data_option(data, model, tmp_path):
+    """No hidden recipe: whatever the data option, `model=X` composes exactly X's own yaml values
+    (only num_classes comes from the data), and training images follow the model's sizes."""
+    extra = ["data.root=/some/where", "data.num_classes=4"] if data == "folder" else []
+    cfg = compose([f"data={data}", f"model={model}", *extra], output_dir=tmp_path)
+    composed = _leaves(OmegaConf.to_container(cfg.model, resolve=True))
+    for key, value in _leaves(_model_yaml(model)).items():
+        if key != "num_classes":
+            assert composed[key] == value, f"data={data} model={model}: model.{key}"
+    assert cfg.augmentation.min_size == cfg.model.transform.min_size
+
+
+@pytest.mark.parametrize("data", ["folder", "coco", "nuts"])
+def test_real_data_options_get_the_standard_recipe(data, tmp_path):
+    extra = ["data.root=/some/where", "data.num_classes=1"] if data == "folder" else []
+    cfg = compose([f"data={data}", *extra], output_dir=tmp_path)
+    assert cfg.model.backbone.name == "resnet50" and cfg.model.backbone.out_channels == 256
+    assert (cfg.model.transform.min_size, cfg.model.transform.max_size) == (800, 1333)
+    assert (cfg.augmentation.min_size, cfg.augmentation.max_size) == (800, 1333)
+    assert cfg.model.rpn.anchor_sizes[0] == [32] and cfg.model.roi_heads.representation_size == 1024
+    assert cfg.optimizer.lr_per_16_images == 0.02

@@ -23,7 +23,7 @@ from maskrcnn.data.errors import DatasetError
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.pipeline import train
 
-# data=folder has no synthetic generator; experiment=shapes_quick still sets small anchors.
+# data=folder has no synthetic generator; TINY's model=resnet18_fpn_slim keeps small anchors.
 FOLDER = [o for o in TINY if not o.startswith("data.generate_shapes")] + ["data=folder", "data.num_classes=3"]
 SQUARE = [10, 10, 40, 10, 40, 40, 10, 40]  # a 30x30 square polygon
 
