@@ -1,0 +1,61 @@
+"""Dataset-fit report of a COCO-format dataset for the training settings (no image decoding).
+
+python scripts/dataset_report.py --train tests/data/nuts/annotations.json \
+    [--val VAL.json] [--min-size 800] [--max-size 1333] [--anchor-sizes 32 64 128 256 512] \
+    [--detections-per-img 100] [--out dataset_fit.json]
+
+Prints counts per split and class, object sizes at the training scale against the anchors, warnings
+with the Hydra override line to paste, and suggested anchor sizes / min_size
+(``maskrcnn.data.fit_report``). Exit status 0 even with warnings; 2 when a json cannot be read.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from maskrcnn.data.errors import DatasetError
+from maskrcnn.data.fit_report import compute_fit_report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", required=True, help="training annotation json")
+    parser.add_argument("--val", help="validation annotation json")
+    parser.add_argument("--min-size", type=int, nargs="+", default=[800],
+                        help="shortest edge of the training resize; several = multi-scale training")
+    parser.add_argument("--max-size", type=int, default=1333, help="cap of the longest edge")
+    parser.add_argument("--anchor-sizes", type=float, nargs="+", default=[32, 64, 128, 256, 512],
+                        help="one anchor size per FPN level (model.rpn.anchor_sizes)")
+    parser.add_argument("--aspect-ratios", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                        help="anchor aspect ratios h/w, the same on every level")
+    parser.add_argument("--detections-per-img", type=int, default=100, help="model.roi_heads.detections_per_img")
+    parser.add_argument("--rpn-fg-iou", type=float, default=0.7, help="model.rpn.fg_iou_thresh")
+    parser.add_argument("--class-min-instances", type=int, default=10, help="warn for classes with fewer")
+    parser.add_argument("--out", help="also write the report as JSON here")
+    args = parser.parse_args()
+
+    try:
+        report = compute_fit_report(
+            args.train, args.val,
+            min_size=args.min_size[0] if len(args.min_size) == 1 else args.min_size,
+            max_size=args.max_size,
+            anchor_sizes=[[int(s) if s == int(s) else s] for s in args.anchor_sizes],
+            aspect_ratios=[args.aspect_ratios],
+            detections_per_img=args.detections_per_img,
+            class_min_instances=args.class_min_instances,
+            rpn_fg_iou_thresh=args.rpn_fg_iou,
+        )
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.format())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report.to_dict(), indent=1))
+        print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Dataset-fit report: does a COCO dataset fit the training settings (scale, anchors, detections)?
+
+``compute_fit_report`` reads the train (and val) json only - image width/height and annotation
+bboxes, no image decoding (``coco_boxes``) - and measures, per split: image / instance / crowd
+counts per class, the most crowded image, and each object's size ``sqrt(w * h)`` AFTER the training
+resize (shortest edge -> ``min_size``, longest edge capped at ``max_size``) against the RPN anchors
+(``anchor_fit``: shape-only best anchor IoU, as YOLOv5's autoanchor). It warns, with the Hydra
+override line to paste, about objects outside the anchor range, images with more instances than
+``detections_per_img`` and rare classes, and suggests anchor sizes and ``min_size``.
+``FitReport.format()`` is the printed text, ``FitReport.to_dict()`` the JSON (``dataset_fit.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from maskrcnn.data.anchor_fit import (
+    WARN_FRACTION,
+    Suggestion,
+    anchor_shapes,
+    best_anchor_iou,
+    object_boxes,
+    suggest,
+    training_scale,
+)
+from maskrcnn.data.coco_boxes import CocoBoxes, load_coco_boxes
+
+PERCENTILES = {"min": 0, "p1": 1, "p5": 5, "p50": 50, "p95": 95, "p99": 99, "max": 100}
+
+
+@dataclass
+class FitWarning:
+    """message: what is wrong, with numbers; overrides: Hydra override lines that fix it, best
+    first (empty when no config key does, e.g. a class with too few annotations)."""
+
+    message: str
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def override(self) -> str | None:
+        return self.overrides[0] if self.overrides else None
+
+
+@dataclass
+class SplitStats:
+    """Counts, and object sizes in px at the training scale, of one annotation file."""
+
+    annotation_file: str
+    images: int
+    images_without_instances: int
+    instances: int                  # valid non-crowd annotations
+    crowd: int                      # valid iscrowd=1 regions (ignored in training, not objects)
+    invalid: dict[str, int]         # skipped annotations per reason
+    invalid_examples: list[dict]    # first 5 skipped: annotation_id, image_id, reason
+    instances_per_class: dict[str, int]
+    max_instances: int
+    max_instances_image_id: int | None
+    images_over_detections: int     # images with more instances than detections_per_img
+    image_scale: dict[str, float]   # training resize factor vs. the file's pixels: min, p50, max
+    sizes: dict[str, float] | None  # PERCENTILES of sqrt(w*h); None without instances
+    frac_below_half_smallest: float
+    frac_above_twice_largest: float
+    frac_iou_below_fg: float        # best anchor IoU < rpn fg_iou_thresh
+    frac_iou_below_half: float      # best anchor IoU < 0.5: the object is poorly recalled by the RPN
+    best_iou_median: float | None
+    level_share: list[float]        # fraction of objects whose best anchor is on each FPN level
+
+
+@dataclass
+class FitReport:
+    settings: dict[str, Any]
+    classes: list[str]
+    splits: dict[str, SplitStats]   # "train" and, when given, "val"
+    warnings: list[FitWarning]
+    suggestion: Suggestion
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable (``dataset_fit.json``, W&B run config)."""
+        return asdict(self)
+
+    def format(self) -> str:
+        """Compact fixed-width text report (~25-40 lines)."""
+        return _format(self)
+
+
+def _split_stats(p: CocoBoxes, names: dict[int, str], w: np.ndarray, h: np.ndarray, scale: np.ndarray,
+                 anchor_sizes: list[list[float]], anchors: tuple[np.ndarray, np.ndarray], fg_iou: float,
+                 detections_per_img: int) -> SplitStats:
+    inst = ~p.crowd
+    per_image = np.bincount(p.image_index[inst], minlength=len(p.image_ids))
+    top = int(np.argmax(per_image)) if len(per_image) else None
+    ids, counts = np.unique(p.category[inst], return_counts=True)
+    count_of = dict(zip(ids.tolist(), counts.tolist()))
+    smallest, largest = min(map(min, anchor_sizes)), max(map(max, anchor_sizes))
+    sizes = np.sqrt(w * h)
+    best, arg = best_anchor_iou(w, h, anchors[0])
+    n_levels, frac = len(anchor_sizes), (lambda m: float(np.mean(m)) if len(m) else 0.0)
+    return SplitStats(
+        annotation_file=p.path, images=len(p.image_ids), images_without_instances=int(np.sum(per_image == 0)),
+        instances=int(inst.sum()), crowd=int(p.crowd.sum()), invalid=p.invalid, invalid_examples=p.invalid_examples,
+        instances_per_class={name: count_of.get(cid, 0) for cid, name in names.items()},
+        max_instances=int(per_image[top]) if top is not None else 0,
+        max_instances_image_id=int(p.image_ids[top]) if top is not None and per_image[top] else None,
+        images_over_detections=int(np.sum(per_image > detections_per_img)),
+        image_scale=({k: float(np.percentile(scale, q)) for k, q in (("min", 0), ("p50", 50), ("max", 100))}
+                     if scale.size else {}),
+        sizes={k: float(np.percentile(sizes, q)) for k, q in PERCENTILES.items()} if len(sizes) else None,
+        frac_below_half_smallest=frac(sizes < smallest / 2), frac_above_twice_largest=frac(sizes > 2 * largest),
+        frac_iou_below_fg=frac(best < fg_iou), frac_iou_below_half=frac(best < 0.5),
+        best_iou_median=float(np.median(best)) if len(best) else None,
+        level_share=(np.bincount(anchors[1][arg], minlength=n_levels) / max(len(arg), 1)).tolist(),
+    )
+
+
+def _anchor_override(anchor_sizes: list[list[float]]) -> str:
+    levels = ",".join("[" + ",".join(f"{s:g}" for s in lvl) + "]" for lvl in anchor_sizes)
+    return f"model.rpn.anchor_sizes='[{levels}]'"  # quoted: zsh and bash would glob an unquoted [...]
+
+
+def _scale_override(min_size: int | list[int], max_size: int, configured_max: int) -> str:
+    if isinstance(min_size, list):
+        parts = [f"model.transform.min_size={max(min_size)}",
+                 f"augmentation.multiscale_sizes='[{','.join(map(str, min_size))}]'"]
+    else:
+        parts = [f"model.transform.min_size={min_size}", f"augmentation.min_size={min_size}"]
+    if max_size != configured_max:
+        parts += [f"model.transform.max_size={max_size}", f"augmentation.max_size={max_size}"]
+    return " ".join(parts)
+
+
+def _warnings(splits: dict[str, SplitStats], s: Suggestion, settings: dict[str, Any]) -> list[FitWarning]:
+    out, train = [], splits["train"]
+    anchor_sizes = settings["anchor_sizes"]
+    smallest, largest = min(map(min, anchor_sizes)), max(map(max, anchor_sizes))
+    anchors = [_anchor_override(s.anchor_sizes)] if s.anchor_sizes and not s.keep_anchors else []
+    scale = [_scale_override(s.min_size, s.max_size, settings["max_size"])] if s.min_size is not None else []
+    if train.frac_below_half_smallest >= WARN_FRACTION:
+        out.append(FitWarning(f"{train.frac_below_half_smallest:.1%} of training objects are below {smallest / 2:g} px "
+                              f"(half the smallest anchor) at the training scale; p5 = {train.sizes['p5']:.1f} px",
+                              anchors + scale))
+    if train.frac_above_twice_largest >= WARN_FRACTION:
+        out.append(FitWarning(f"{train.frac_above_twice_largest:.1%} of training objects are above {2 * largest:g} px "
+                              f"(twice the largest anchor) at the training scale; p99 = {train.sizes['p99']:.1f} px",
+                              anchors))
+    limit = settings["detections_per_img"]
+    for name, split in splits.items():
+        if split.max_instances > limit:
+            out.append(FitWarning(
+                f"{name}: image {split.max_instances_image_id} has {split.max_instances} instances > "
+                f"detections_per_img={limit} ({split.images_over_detections} image(s) over it): the excess can never "
+                "be detected",
+                [f"model.roi_heads.detections_per_img={math.ceil(split.max_instances / 100) * 100}"]))
+    few = [(c, n) for c, n in train.instances_per_class.items() if n < settings["class_min_instances"]]
+    if few:
+        listed = ", ".join(f"{c} ({n})" for c, n in few[:10]) + (f", ... {len(few) - 10} more" if len(few) > 10 else "")
+        out.append(FitWarning(f"{len(few)} class(es) with fewer than {settings['class_min_instances']} training "
+                              f"instances: {listed}"))
+    for name, split in splits.items():
+        if split.invalid:
+            example = split.invalid_examples[0]
+            out.append(FitWarning(f"{name}: skipped {sum(split.invalid.values())} invalid annotation(s) ("
+                                  + "; ".join(f"{r}: {n}" for r, n in split.invalid.items())
+                                  + f"), e.g. annotation {example['annotation_id']} of image {example['image_id']}"))
+    return out
+
+
+def compute_fit_report(
+    train_annotation_file: str | Path,
+    val_annotation_file: str | Path | None = None,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    anchor_sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
+    aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),),
+    detections_per_img: int = 100,
+    class_min_instances: int = 10,
+    rpn_fg_iou_thresh: float = 0.7,
+) -> FitReport:
+    """Fit report of a COCO dataset for the given training settings (see the module docstring).
+
+    min_size: shortest edge of the training resize, or the multi-scale list it draws from (each
+    size weighs equally; the val split is measured at the same scales). aspect_ratios: one list
+    per level, or one list for all. Raises ``DatasetError`` (naming the file and image id) for a
+    json the report cannot read; invalid annotations are skipped, counted and warned about.
+    """
+    min_sizes = [int(min_size)] if isinstance(min_size, (int, np.integer)) else [int(m) for m in min_size]
+    sizes = [[float(s) if float(s) != int(s) else int(s) for s in lvl] for lvl in anchor_sizes]
+    ratios = [[float(r) for r in lvl] for lvl in aspect_ratios]
+    anchors = anchor_shapes(sizes, ratios)
+    parsed = {"train": load_coco_boxes(train_annotation_file)}
+    if val_annotation_file is not None:
+        parsed["val"] = load_coco_boxes(val_annotation_file)
+    categories: dict[int, str] = {}
+    for p in parsed.values():
+        for cid, name in p.categories.items():
+            categories.setdefault(cid, name)
+    seen = list(categories.values())
+    names = {cid: (n if seen.count(n) == 1 else f"{n} (id {cid})") for cid, n in sorted(categories.items())}
+    settings = {"min_size": min_sizes if len(min_sizes) > 1 else min_sizes[0], "max_size": int(max_size),
+                "anchor_sizes": sizes, "aspect_ratios": ratios, "detections_per_img": int(detections_per_img),
+                "class_min_instances": int(class_min_instances), "rpn_fg_iou_thresh": float(rpn_fg_iou_thresh)}
+    splits, boxes = {}, {}
+    for name, p in parsed.items():
+        boxes[name] = object_boxes(p, min_sizes, max_size)
+        scale = training_scale(p.widths, p.heights, min_sizes, max_size)
+        splits[name] = _split_stats(p, names, *boxes[name], scale, sizes, anchors, rpn_fg_iou_thresh,
+                                    detections_per_img)
+    suggestion = suggest(*boxes["train"], parsed["train"], min_sizes, max_size, sizes, ratios)
+    return FitReport(settings, list(names.values()), splits, _warnings(splits, suggestion, settings), suggestion)
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _format_counts(r: FitReport) -> list[str]:
+    scale = r.splits["train"].image_scale
+    lines = [f"Training scale: min_size {r.settings['min_size']}, max_size {r.settings['max_size']}" + (
+        f" (train images x{scale['p50']:.2f} median, x{scale['min']:.2f}..x{scale['max']:.2f})" if scale else "")]
+    lines.append(f"{'split':<6}{'images':>8}{'empty':>7}{'instances':>11}{'crowd':>7}{'skipped':>9}  max/image")
+    for name, s in r.splits.items():
+        top = f" (image {s.max_instances_image_id})" if s.max_instances else ""
+        lines.append(f"{name:<6}{s.images:>8}{s.images_without_instances:>7}{s.instances:>11}{s.crowd:>7}"
+                     f"{sum(s.invalid.values()):>9}  {s.max_instances}{top}")
+    counts = {c: [s.instances_per_class[c] for s in r.splits.values()] for c in r.classes}
+    shown = list(counts)
+    if len(shown) > 12:  # the rarest and the most common; to_dict() has them all
+        shown = sorted(shown, key=lambda c: counts[c][0])
+        shown = shown[:6] + ["..."] + shown[-6:]
+    width = max([len(c) for c in shown] + [5])
+    lines.append(f"{'class':<{width}}" + "".join(f"{n:>8}" for n in r.splits))
+    lines += [f"{c:<{width}}" + "".join(f"{n:>8}" for n in counts.get(c, [])) for c in shown]
+    return lines
+
+
+def _format_sizes(r: FitReport) -> list[str]:
+    sizes, fg = r.settings["anchor_sizes"], r.settings["rpn_fg_iou_thresh"]
+    lines = ["Object size sqrt(w*h) at the training scale, px"]
+    lines.append(f"{'split':<6}" + "".join(f"{k:>8}" for k in PERCENTILES))
+    for name, s in r.splits.items():
+        values = "".join(f"{v:>8.1f}" for v in s.sizes.values()) if s.sizes else "  (no instances)"
+        lines.append(f"{name:<6}{values}")
+    ratios = ",".join(f"{x:g}" for x in sorted({x for lvl in r.settings["aspect_ratios"] for x in lvl}))
+    lines.append(f"Anchors {','.join('/'.join(f'{a:g}' for a in lvl) for lvl in sizes)} (ratios {ratios}); "
+                 f"shape-only best IoU, RPN fg >= {fg:g}")
+    below, above = f"<{min(map(min, sizes)) / 2:g}px", f">{2 * max(map(max, sizes)):g}px"
+    levels = "/".join(f"P{i + 2}" for i in range(len(sizes)))
+    lines.append(f"{'split':<6}{below:>9}{above:>9}{f'IoU<{fg:g}':>9}{'IoU<0.5':>9}{'med IoU':>9}"
+                 f"  best level {levels} %")
+    for name, s in r.splits.items():
+        med = f"{s.best_iou_median:.2f}" if s.best_iou_median is not None else "-"
+        lines.append(f"{name:<6}{_pct(s.frac_below_half_smallest):>9}{_pct(s.frac_above_twice_largest):>9}"
+                     f"{_pct(s.frac_iou_below_fg):>9}{_pct(s.frac_iou_below_half):>9}{med:>9}  "
+                     + "/".join(f"{100 * x:.0f}" for x in s.level_share))
+    return lines
+
+
+def _format_advice(r: FitReport) -> list[str]:
+    lines, sug = ["Warnings:" if r.warnings else "Warnings: none"], r.suggestion
+    for w in r.warnings:
+        lines.append(f"  ! {w.message}")
+        lines += [f"    {'fix:' if i == 0 else 'or: '} {o}" for i, o in enumerate(w.overrides)]
+    lines.append("Suggestion (from the training split; fitness = mean best anchor IoU, < 0.5 counting 0):")
+    if sug.anchor_sizes is not None and sug.keep_anchors:
+        best = _anchor_override(sug.best_doubling).split("=")[1].strip("'")
+        lines.append(f"  anchors: keep the configured ones (IoU<0.5 {_pct(sug.frac_iou_below_half)}, fitness "
+                     f"{sug.configured_fitness:.3f}; best doubling set {best} {sug.best_doubling_fitness:.3f})")
+    elif sug.anchor_sizes is not None:
+        lines.append(f"  anchors: {_anchor_override(sug.anchor_sizes)}  (IoU<0.5 -> {_pct(sug.frac_iou_below_half)}, "
+                     f"fitness {sug.best_doubling_fitness:.3f} vs {sug.configured_fitness:.3f} configured)")
+    if sug.min_size is not None:
+        scale = _scale_override(sug.min_size, sug.max_size, r.settings["max_size"])
+        lines.append(f"  {'scale' if sug.keep_anchors else 'or scale'}: {scale}  (p5 -> {sug.p5_at_min_size:.1f} px)")
+    if sug.note:
+        lines.append(f"  {sug.note}")
+    return lines
+
+
+def _format(r: FitReport) -> str:
+    head = [f"Dataset fit report  ({len(r.classes)} classes)"]
+    head += [f"  {name:<5} {s.annotation_file}" for name, s in r.splits.items()]
+    return "\n".join(head + _format_counts(r) + _format_sizes(r) + _format_advice(r))
