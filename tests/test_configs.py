@@ -148,7 +148,7 @@ def test_cli_resnet101_focal_runs(shapes_dir, tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Effective batch size 2" in proc.stdout + proc.stderr
+    assert "= 2 images/step" in proc.stdout + proc.stderr
 
 
 def test_no_arguments_is_the_cpu_demo_and_no_experiment_is_applied(tmp_path):

@@ -81,6 +81,11 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         from maskrcnn.training.callbacks import ValidationImageLogger
 
         callbacks.append(ValidationImageLogger(num_images=int(cfg.log_val_images)))
+    if "optimizer" in cfg and "fn" in cfg.optimizer:  # training runs only
+        from maskrcnn.training.run_summary import RunSummary, describe_config
+
+        output_dir = cfg.paths.get("output_dir")
+        callbacks.append(RunSummary(describe_config(cfg), output_dir, fit_report=bool(cfg.get("dataset_report", True))))
     return callbacks
 
 

@@ -10,12 +10,12 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_info
 
+from maskrcnn.training.third_party_noise import silence_third_party_noise
 from maskrcnn.training.builders import (
     ConfigError,
     build_datamodule,
     build_module,
     build_trainer,
-    effective_batch_size,
     resolve_ckpt_path,
 )
 
@@ -31,16 +31,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
 
     Returns ``(metrics, objects)``: the last logged metrics and ``{"trainer", "module", "datamodule"}``.
     """
+    silence_third_party_noise()
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = build_trainer(cfg)
-    rank_zero_info(
-        f"Effective batch size {effective_batch_size(cfg)} images/step "
-        f"(data.batch_size={cfg.data.batch_size} x devices x nodes x accumulation) -> lr {module.lr:.5g} "
-        f"(optimizer.lr_per_16_images={cfg.optimizer.lr_per_16_images})"
-    )
+    trainer = build_trainer(cfg)  # its RunSummary callback prints batch, LR and schedule at fit start
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _metrics(trainer)
     if cfg.get("validate_after_train") and not trainer.fast_dev_run:
@@ -56,6 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """COCO box/mask AP of ``cfg.ckpt_path`` on the validation split."""
     if not cfg.get("ckpt_path") or cfg.ckpt_path == "???":
         raise ConfigError("ckpt_path must point to a checkpoint (ckpt_path=outputs/.../checkpoints/last.ckpt)")
+    silence_third_party_noise()
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
