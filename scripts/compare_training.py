@@ -36,6 +36,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--arch", default="resnet18")
+    p.add_argument("--min-sizes", type=int, nargs="+", default=list(TrainSettings.min_sizes),
+                   help="training shortest-edge choices; the last one is the evaluation size")
+    p.add_argument("--max-size", type=int, default=TrainSettings.max_size)
     p.add_argument("--anchor-sizes", type=int, nargs=5, default=[32, 64, 128, 256, 512])
     p.add_argument("--detections-per-img", type=int, default=100)
     p.add_argument("--no-reference", action="store_true", help="skip the torchvision loop")
@@ -56,6 +59,7 @@ def main() -> None:
     else:
         p.error("give --dataset, or --train-dir/--train-ann/--val-dir/--val-ann/--num-classes")
     settings = TrainSettings(num_classes=num_classes, arch=args.arch, steps=args.steps,
+                             min_sizes=tuple(args.min_sizes), max_size=args.max_size,
                              anchor_sizes=tuple(args.anchor_sizes), detections_per_img=args.detections_per_img)
     variants = {} if args.no_default else {"ours": []}
     for spec in args.variant:
@@ -64,7 +68,8 @@ def main() -> None:
     start = time.time()
     results = compare(settings, splits["train"], splits["val"], args.seeds, variants, reference=not args.no_reference)
     table = summary_table(results)
-    header = (f"dataset {args.dataset or args.train_ann}, {args.steps} steps, seeds {args.seeds}, "
+    header = (f"dataset {args.dataset or args.train_ann}, {args.steps} steps, sizes {args.min_sizes} max "
+              f"{args.max_size}, seeds {args.seeds}, "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
               f"{torch.get_num_threads()}, {time.time() - start:.0f} s in all")
     print("\n" + header + "\n" + table)
