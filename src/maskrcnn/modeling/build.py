@@ -29,8 +29,6 @@ _ROI_ALIGN_DEFAULTS = {
     "box_output_size": 7,
     "mask_output_size": 14,
 }
-# torchvision resizes training images inside the model; our data pipeline may do it instead
-_TRANSFORM_DEFAULTS = {"min_size": 800, "max_size": 1333, "resize_in_training": True}
 
 
 def _merge(defaults: dict, given: dict | None, part: str) -> dict:
@@ -62,7 +60,7 @@ def build_mask_rcnn(
             positive_fraction, bbox_reg_weights, score_thresh, nms_thresh, detections_per_img)
             plus head shapes: representation_size (1024), mask_layers ((256,)*4), mask_dilation (1).
         transform: kwargs of ``ImageTransform`` (min_size, max_size, image_mean, image_std,
-            size_divisible, resize_in_training (default True, as torchvision)).
+            size_divisible, resize_in_training); its defaults are torchvision's.
         roi_align: aligned (False), sampling_ratio (2), interpolation ("bilinear"|"bicubic"),
             box_output_size (7), mask_output_size (14); applied to both poolers. ``aligned``
             also chooses the mask targets' and the mask paste's geometry (half-pixel-correct
@@ -104,7 +102,7 @@ def build_mask_rcnn(
     rpn_kwargs = dict(rpn or {})
     rpn_kwargs.setdefault("in_channels", channels)
     model = MaskRCNN(
-        transform=ImageTransform(**{**_TRANSFORM_DEFAULTS, **(transform or {})}),
+        transform=ImageTransform(**(transform or {})),
         backbone=body,
         rpn=RegionProposalNetwork(**rpn_kwargs),
         roi_heads=heads,

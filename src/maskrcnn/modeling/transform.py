@@ -65,8 +65,9 @@ class ImageTransform(nn.Module):
         max_size: cap on the longer side after resizing.
         image_mean / image_std: per-channel RGB normalisation of [0, 1] images.
         size_divisible: padded batch height/width are multiples of this (FPN stride).
-        resize_in_training: our data pipeline normally resizes training images itself (so the
-            default is False); set True to resize like torchvision in training too.
+        resize_in_training: resize training images too, as torchvision does (the default). Our
+            configs set False: the data pipeline (the ``augmentation`` group) resizes training
+            images, rasterising polygons at the training size.
 
     No buffers are registered: the module adds nothing to the model's state_dict.
     """
@@ -78,7 +79,7 @@ class ImageTransform(nn.Module):
         image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         image_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
         size_divisible: int = 32,
-        resize_in_training: bool = False,
+        resize_in_training: bool = True,
     ) -> None:
         super().__init__()
         self.min_size = tuple(min_size) if isinstance(min_size, (list, tuple)) else (int(min_size),)
