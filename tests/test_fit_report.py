@@ -77,8 +77,7 @@ def test_golden_numbers(golden_json):
     assert small.message.startswith("15.0% of training objects")
     assert small.overrides == [
         "model.rpn.anchor_sizes='[" + ",".join(f"[{a[0]}]" for a in s.anchor_sizes) + "]'",
-        "model.transform.min_size=1333 augmentation.min_size=1333 "
-        "model.transform.max_size=2221 augmentation.max_size=2221",
+        "model.transform.min_size=1333 model.transform.max_size=2221",
     ]
     assert "train: image 1 has 100 instances > detections_per_img=50" in crowded.message
     assert crowded.overrides == ["model.roi_heads.detections_per_img=100"]
@@ -217,7 +216,7 @@ def test_cli_end_to_end(tmp_path):
                    "--anchor-sizes", "32", "64", "128", "256", "512", "--detections-per-img", "100")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fix: model.roi_heads.detections_per_img=200" in proc.stdout
-    assert "fix: model.rpn.anchor_sizes='[[" in proc.stdout and "augmentation.min_size=" in proc.stdout
+    assert "fix: model.rpn.anchor_sizes='[[" in proc.stdout and "model.transform.min_size=" in proc.stdout
 
     proc = run_cli("--train", str(tmp_path / "nope.json"))
     assert proc.returncode == 2 and "nope.json" in proc.stderr and "Traceback" not in proc.stderr

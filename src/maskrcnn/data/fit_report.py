@@ -126,10 +126,10 @@ def _scale_override(min_size: int | list[int], max_size: int, configured_max: in
     if isinstance(min_size, list):
         parts = [f"model.transform.min_size={max(min_size)}",
                  f"augmentation.multiscale_sizes='[{','.join(map(str, min_size))}]'"]
-    else:
-        parts = [f"model.transform.min_size={min_size}", f"augmentation.min_size={min_size}"]
+    else:  # the augmentation sizes follow model.transform unless set explicitly
+        parts = [f"model.transform.min_size={min_size}"]
     if max_size != configured_max:
-        parts += [f"model.transform.max_size={max_size}", f"augmentation.max_size={max_size}"]
+        parts += [f"model.transform.max_size={max_size}"]
     return " ".join(parts)
 
 
