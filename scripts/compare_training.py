@@ -2,11 +2,14 @@
 
     python scripts/compare_training.py --dataset nuts --seeds 0 1 2
     python scripts/compare_training.py --dataset cells --steps 300 --variant "grouping off=data.aspect_ratio_grouping=false"
+    python scripts/compare_training.py --dataset nuts --variant "tv-style resize=augmentation=hflip model.transform.resize_in_training=true model.transform.min_size=[384,512,640]"
     python scripts/compare_training.py --train-dir D --train-ann A.json --val-dir D2 --val-ann B.json --num-classes 5
 
 Every run trains R18-FPN from scratch with the same settings on both sides (see
 ``maskrcnn.benchmark.reference_loop.TrainSettings``) and is evaluated on the final weights by the
-same evaluator. ``--variant "name=override,override"`` adds a run of ours with extra overrides.
+same evaluator. ``--variant "name=override override ..."`` adds a run of ours with extra Hydra
+overrides (separated by spaces; choosing another option of a group drops the matched settings'
+keys of that group).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def main() -> None:
     p.add_argument("--detections-per-img", type=int, default=100)
     p.add_argument("--no-reference", action="store_true", help="skip the torchvision loop")
     p.add_argument("--no-default", action="store_true", help="skip the run of ours without extra overrides")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[ OVERRIDE...]")
     p.add_argument("--work-dir", default="outputs/compare_training")
     p.add_argument("--out", help="append the markdown table and the raw results (json) here")
     args = p.parse_args()
@@ -64,7 +67,7 @@ def main() -> None:
     variants = {} if args.no_default else {"ours": []}
     for spec in args.variant:
         name, _, overrides = spec.partition("=")
-        variants[name] = [o for o in overrides.split(",") if o]
+        variants[name] = overrides.split()
     start = time.time()
     results = compare(settings, splits["train"], splits["val"], args.seeds, variants, reference=not args.no_reference)
     table = summary_table(results)

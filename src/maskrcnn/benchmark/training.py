@@ -65,8 +65,12 @@ def train_ours(settings: TrainSettings, train_split: dict, val_split: dict, seed
 
     from maskrcnn.training.pipeline import train
 
+    base = our_overrides(settings, train_split, val_split, seed)
+    # A variant that picks another option of a group drops the base's keys of that group.
+    regrouped = {o.split("=", 1)[0] for o in extra_overrides if "." not in o.split("=", 1)[0]}
+    base = [o for o in base if o.lstrip("+").split("=", 1)[0].split(".", 1)[0] not in regrouped]
     with tempfile.TemporaryDirectory(dir=workdir) as out:
-        overrides = [f"paths.output_dir={out}", *our_overrides(settings, train_split, val_split, seed), *extra_overrides]
+        overrides = [f"paths.output_dir={out}", *base, *extra_overrides]
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             cfg = compose(config_name="train", overrides=[*_experiment_off(), *overrides])
         _, objects = train(cfg)

@@ -32,7 +32,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-AUGMENTATIONS = ("none", "default", "multiscale", "lsj", "photometric")
+AUGMENTATIONS = ("none", "hflip", "default", "multiscale", "lsj", "photometric")
 
 
 def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
@@ -165,6 +165,8 @@ def build_transforms(
     Args:
         name: one of ``AUGMENTATIONS``:
             "none" — no change (the dataset only converts to a tensor);
+            "hflip" — horizontal flip only, no resize (for models that resize in training,
+            ``model.transform.resize_in_training=true``, as torchvision's do);
             "default" — resize short side to ``min_size`` (long side <= ``max_size``) + h-flip;
             "multiscale" — like default with the short side drawn from ``multiscale_sizes``
             (defaults to 80%..100% of ``min_size`` in 6 steps);
@@ -180,6 +182,8 @@ def build_transforms(
     if not train or name == "none":
         return None
     flip = A.HorizontalFlip(p=hflip_prob)
+    if name == "hflip":
+        return InstanceAugment([flip])
     if name == "lsj":
         return InstanceAugment([
             ResizeScale(lsj_size, lsj_scale),
