@@ -9,6 +9,7 @@ final weights, no checkpoint selection), so the AP ratio measures the training p
 
 from __future__ import annotations
 
+import re
 import statistics
 import tempfile
 import time
@@ -27,10 +28,13 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 @dataclass
 class RunResult:
+    """One training run. ``metrics`` is None when training diverged (``error`` says where)."""
+
     pipeline: str  # "torchvision loop" or the variant name
     seed: int
-    metrics: dict[str, float]
+    metrics: dict[str, float] | None
     seconds: float
+    error: str | None = None
 
 
 def our_overrides(settings: TrainSettings, train_split: dict, val_split: dict, seed: int) -> list[str]:
@@ -113,42 +117,58 @@ def compare(
 ) -> list[RunResult]:
     """Train the reference loop (optional) and every variant of ours for every seed; evaluate all."""
     results: list[RunResult] = []
-    torch.set_num_threads(torch.get_num_threads())
+    runs = [("torchvision loop", None)] if reference else []
+    runs += list(variants.items())
     for seed in seeds:
-        if reference:
+        for name, overrides in runs:
             start = time.perf_counter()
-            model = train_reference(settings, train_split, seed)
-            metrics = evaluate_net(model, val_split, settings.detections_per_img, returns_dict=False)
-            results.append(RunResult("torchvision loop", seed, metrics, time.perf_counter() - start))
-            log(_row_text(results[-1]))
-        for name, overrides in variants.items():
-            start = time.perf_counter()
-            net = train_ours(settings, train_split, val_split, seed, overrides)
-            metrics = evaluate_net(net, val_split, settings.detections_per_img, returns_dict=True)
-            results.append(RunResult(name, seed, metrics, time.perf_counter() - start))
+            try:
+                if overrides is None:
+                    net, returns_dict = train_reference(settings, train_split, seed), False
+                else:
+                    net, returns_dict = train_ours(settings, train_split, val_split, seed, overrides), True
+            except FloatingPointError as exc:  # a diverged run is a result, not a crash of the comparison
+                results.append(RunResult(name, seed, None, time.perf_counter() - start, str(exc).split(". ")[0]))
+            else:
+                metrics = evaluate_net(net, val_split, settings.detections_per_img, returns_dict=returns_dict)
+                results.append(RunResult(name, seed, metrics, time.perf_counter() - start))
             log(_row_text(results[-1]))
     return results
 
 
 def _row_text(r: RunResult) -> str:
+    if r.metrics is None:
+        return f"{r.pipeline:<40} seed {r.seed:<3} DIVERGED: {r.error}  {r.seconds:6.0f} s"
     m = r.metrics
     return (f"{r.pipeline:<40} seed {r.seed:<3} box AP {m['bbox_AP']:.3f} (AP50 {m['bbox_AP50']:.3f})  "
             f"mask AP {m['segm_AP']:.3f} (AP50 {m['segm_AP50']:.3f})  {r.seconds:6.0f} s")
 
 
+def _value(r: RunResult, key: str) -> float:
+    return 0.0 if r.metrics is None else r.metrics[key]  # a diverged run detects nothing
+
+
 def summary_table(results: list[RunResult], baseline: str = "torchvision loop") -> str:
-    """Markdown table: per pipeline, mean over seeds (and each seed), and the ratio to the baseline."""
+    """Markdown table: per pipeline, mean over seeds (and each seed), and the ratio to the baseline.
+
+    A diverged run counts as AP 0 in the mean and shows as "NaN@step" in the per-seed column.
+    """
     names = list(dict.fromkeys(r.pipeline for r in results))
-    mean = {n: {k: statistics.fmean(r.metrics[k] for r in results if r.pipeline == n)
+    mean = {n: {k: statistics.fmean(_value(r, k) for r in results if r.pipeline == n)
                 for k in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")} for n in names}
     lines = ["| pipeline | seeds | box AP (AP50) | mask AP (AP50) | mask AP per seed | mask AP / baseline |",
              "|---|---|---|---|---|---|"]
     for n in names:
         runs = [r for r in results if r.pipeline == n]
-        per_seed = ", ".join(f"{r.metrics['segm_AP']:.3f}" for r in runs)
+        per_seed = ", ".join(f"{r.metrics['segm_AP']:.3f}" if r.metrics else _diverged_at(r) for r in runs)
         ratio = (f"{mean[n]['segm_AP'] / mean[baseline]['segm_AP']:.2f}"
                  if baseline in mean and mean[baseline]["segm_AP"] > 0 else "-")
         m = mean[n]
         lines.append(f"| {n} | {', '.join(str(r.seed) for r in runs)} | {m['bbox_AP']:.3f} ({m['bbox_AP50']:.3f}) | "
                      f"{m['segm_AP']:.3f} ({m['segm_AP50']:.3f}) | {per_seed} | {ratio} |")
     return "\n".join(lines)
+
+
+def _diverged_at(r: RunResult) -> str:
+    step = re.search(r"step (\d+)", r.error or "")
+    return f"NaN at step {step.group(1)}" if step else "NaN"
