@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from maskrcnn.data.shapes import generate_once
+
 CATEGORIES = [{"id": 1, "name": "nucleus"}]
 _FORMAT_VERSION = 1
 _MAX_TRIES = 30  # placement attempts per blob
@@ -119,19 +121,12 @@ def generate_cells(
     Returns:
         ``{"train": {"image_dir", "annotation_file"}, "val": {...}}`` as for ``generate_shapes``.
     """
-    root = Path(out_dir)
-    meta = {"version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "image_size": list(image_size),
-            "portrait_every": portrait_every, "instances_per_image": list(instances_per_image), "seed": seed}
-    paths = {name: {"image_dir": str(root / name), "annotation_file": str(root / name / "annotations.json")}
-             for name in ("train", "val")}
-    meta_file = root / "meta.json"
-    if meta_file.is_file() and all(Path(p["annotation_file"]).is_file() for p in paths.values()):
-        with open(meta_file, encoding="utf-8") as f:
-            if json.load(f) == meta:
-                return paths
-    meta_file.unlink(missing_ok=True)
-    for split, (name, count) in enumerate((("train", num_train), ("val", num_val))):
-        _write_split(root, split, name, count, tuple(image_size), portrait_every, tuple(instances_per_image), seed)
-    with open(meta_file, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-    return paths
+    meta = {"generator": "cells", "version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
+            "image_size": list(image_size), "portrait_every": portrait_every,
+            "instances_per_image": list(instances_per_image), "seed": seed}
+
+    def write(root: Path) -> None:
+        for split, (name, count) in enumerate((("train", num_train), ("val", num_val))):
+            _write_split(root, split, name, count, tuple(image_size), portrait_every, tuple(instances_per_image), seed)
+
+    return generate_once(out_dir, meta, write)

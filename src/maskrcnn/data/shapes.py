@@ -12,6 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -111,9 +112,22 @@ def generate_shapes(
     """
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
-    root = Path(out_dir)
     meta = {"version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
             "image_size": image_size, "seed": seed, "image_format": image_format}
+
+    def write(root: Path) -> None:
+        for split, (name, count) in enumerate((("train", num_train), ("val", num_val))):
+            _write_split(root, split, name, count, image_size, seed, image_format)
+
+    return generate_once(out_dir, meta, write)
+
+
+def generate_once(out_dir: str | os.PathLike, meta: dict, write: Callable[[Path], None]) -> dict[str, dict[str, str]]:
+    """Run ``write(root)`` unless ``root/meta.json`` already records ``meta`` (same generator and
+    parameters) and both splits' annotation files exist; ``meta.json`` is written last, so an
+    interrupted generation is redone. Returns the ``{"train"|"val": {"image_dir", "annotation_file"}}``
+    paths of ``root/{train,val}/``."""
+    root = Path(out_dir)
     paths = {name: {"image_dir": str(root / name), "annotation_file": str(root / name / "annotations.json")}
              for name in ("train", "val")}
     meta_file = root / "meta.json"
@@ -121,9 +135,8 @@ def generate_shapes(
         with open(meta_file, encoding="utf-8") as f:
             if json.load(f) == meta:
                 return paths
-    meta_file.unlink(missing_ok=True)  # written last, so an interrupted run is redone
-    for split, (name, count) in enumerate((("train", num_train), ("val", num_val))):
-        _write_split(root, split, name, count, image_size, seed, image_format)
+    meta_file.unlink(missing_ok=True)
+    write(root)
     with open(meta_file, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     return paths
