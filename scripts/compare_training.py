@@ -47,11 +47,14 @@ def main() -> None:
     p.add_argument("--no-reference", action="store_true", help="skip the torchvision loop")
     p.add_argument("--no-default", action="store_true", help="skip the run of ours without extra overrides")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[ OVERRIDE...]")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--work-dir", default="outputs/compare_training")
     p.add_argument("--out", help="append the markdown table and the raw results (json) here")
     args = p.parse_args()
 
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
     if args.dataset:
         splits, num_classes = datasets.prepare(args.dataset, work)
