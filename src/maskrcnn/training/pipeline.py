@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_info
 
+from maskrcnn.training.auto_settings import resolve_auto_settings
 from maskrcnn.training.third_party_noise import silence_third_party_noise
 from maskrcnn.training.builders import (
     ConfigError,
@@ -35,6 +36,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
+    resolve_auto_settings(cfg, datamodule)  # e.g. model.rpn.anchor_sizes=auto, before the model exists
     module = build_module(cfg)
     trainer = build_trainer(cfg)  # its RunSummary callback prints batch, LR and schedule at fit start
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

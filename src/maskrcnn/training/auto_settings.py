@@ -1,0 +1,44 @@
+"""Config values that may be ``auto``: filled in from the training data before the model is built.
+
+``model.rpn.anchor_sizes: auto`` takes the dataset-fit report's suggestion (``maskrcnn.data.fit_report``:
+the best doubling-per-level anchor set for the objects at the training scale, or the standard
+32-512 px set when that already fits), as YOLOv5's autoanchor does. The resolved value replaces
+``auto`` in the config before anything is built, so it is what the run summary prints, what the
+checkpoint stores and what eval / predict rebuild. Part of the top-level pipeline (reads ``cfg``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+# What ``auto`` starts from and falls back to: torchvision's / detectron2's FPN anchors.
+STANDARD_ANCHORS = [[32], [64], [128], [256], [512]]
+
+
+def resolve_auto_settings(cfg: DictConfig, datamodule) -> None:
+    """Replace ``auto`` values of ``cfg`` in place (a no-op when there are none)."""
+    if cfg.model.rpn.get("anchor_sizes") != "auto":
+        return
+    from maskrcnn.data.fit_report import compute_fit_report
+
+    train_file = Path(datamodule.train_spec["annotation_file"])
+    if not train_file.is_file():  # a generated dataset (data=shapes) is written by prepare_data
+        datamodule.prepare_data()
+    aug = cfg.augmentation
+    min_size = list(aug.multiscale_sizes) if aug.get("multiscale_sizes") else aug.get("min_size", cfg.model.transform.min_size)
+    report = compute_fit_report(
+        train_file, None, min_size=min_size, max_size=aug.get("max_size", cfg.model.transform.max_size),
+        anchor_sizes=STANDARD_ANCHORS, aspect_ratios=[list(r) for r in cfg.model.rpn.aspect_ratios],
+        detections_per_img=cfg.model.roi_heads.detections_per_img,
+    )
+    chosen = report.suggestion.anchor_sizes or STANDARD_ANCHORS
+    chosen = [[int(s) if float(s).is_integer() else float(s) for s in level] for level in chosen]
+    with open_dict(cfg):
+        cfg.model.rpn.anchor_sizes = chosen
+    why = "the standard set fits" if report.suggestion.keep_anchors else "fitted to the training objects"
+    log.info("model.rpn.anchor_sizes=auto -> %s (%s; dataset-fit report of %s)", chosen, why, train_file)
