@@ -81,6 +81,11 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         from maskrcnn.training.callbacks import ValidationImageLogger
 
         callbacks.append(ValidationImageLogger(num_images=int(cfg.log_val_images)))
+    dashboard = (cfg.get("logger") or {}).get("wandb_dashboard")  # conf/logger/wandb.yaml
+    if dashboard:
+        from maskrcnn.training.wandb_dashboard import WandbDashboard
+
+        callbacks.append(WandbDashboard(**dashboard))
     return callbacks
 
 
