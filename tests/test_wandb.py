@@ -41,7 +41,7 @@ def wandb_run(shapes_dir, tmp_path_factory):
         mp.setenv("WANDB_DATA_DIR", str(out / "wandb_data"))  # artifact staging copies
         mp.setenv("WANDB_CACHE_DIR", str(out / "wandb_cache"))
         cfg = compose(
-            [*TINY, "logger=[wandb,csv]", "log_val_images=3", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
+            [*TINY, "logger=[wandb,csv,tensorboard]", "log_val_images=3", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
              "callbacks=default", "callbacks.rich_progress_bar=null", "logger.wandb.log_model=true",
              "validate_after_train=false", "model.roi_heads.score_thresh=0.0",  # always some detections
              "logger.wandb_dashboard.box_score_thresh=0.0", "logger.wandb_dashboard.mask_score_thresh=0.0"],
@@ -101,8 +101,16 @@ def test_samples_are_native_images_with_prediction_and_ground_truth_layers(wandb
         for layer in ("predictions", "ground_truth"):
             labels = mask_labels[f"{key}_wandb_delimeter_{layer}"]["value"]
             assert labels == {"0": "background", "1": "square", "2": "circle", "3": "triangle"}
-    # TensorBoard/CSV keep burnt-in pictures: here the CSV logger's PNG files (batch 0: 2 images, 2 epochs).
+    # TensorBoard/CSV keep burnt-in pictures (batch 0: 2 images, 2 epochs): PNG files of the CSV
+    # logger, images in the TensorBoard event file.
     assert len(list((wandb_run["out"] / "csv").rglob("val_images/*.png"))) == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((wandb_run["out"] / "tensorboard").rglob("events.out.*")).parent), {"images": 0})
+    events.Reload()
+    tags = events.Tags()["images"]
+    assert sorted(tags) == [f"val/predictions/{i}" for i in sample_ids[:2]]
+    assert all(len(events.Images(tag)) == 2 for tag in tags)
 
 
 def test_per_class_table_matches_the_evaluation(wandb_run):
@@ -164,6 +172,26 @@ def test_run_config_has_the_resolved_config_and_a_dataset_summary(wandb_run):
     assert summary["val"]["images"] == len(val_json["images"]) == 5
     assert summary["train"]["images"] == 12
     assert summary["val"]["instances"] == sum(summary["val"]["instances_per_class"].values()) == len(val_json["annotations"])
+
+
+def test_render_script_draws_the_logged_layers(wandb_run, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_wandb_overlay", ROOT / "scripts" / "render_wandb_overlay.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "overlay.png"
+    script.main([str(wandb_run["out"]), "--out", str(out), "--scale", "2", "--min-score", "0"])
+    grid = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert grid.shape[0] > 3 * 128 and grid.shape[1] > 3 * 128  # 3 images x 3 panels of 64 px x 2
+    # The ground-truth panel is the image with masks painted over it: the two differ.
+    pad, header, side = 6, 18, 128
+    top = header + pad
+    image = grid[top:top + side, pad:pad + side]
+    ground_truth = grid[top:top + side, 2 * pad + side:2 * pad + 2 * side]
+    assert np.abs(image - ground_truth).max() > 50
+    printed = capsys.readouterr().out
+    assert "| class | instances | bbox AP | bbox AP50 | segm AP | segm AP50 |" in printed and "| triangle |" in printed
 
 
 # ------------------------------------------------------------------ the pieces
@@ -301,7 +329,9 @@ def test_wandb_sweep_config_calls_train_with_valid_overrides():
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials_and_reports_the_best_segm_ap(shapes_dir, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    cmd = [sys.executable, "src/train.py", "hparams_search=shapes_optuna", "hydra.sweeper.n_trials=2", *TINY,
+    # A swept key fixed on the command line is not searched: leave TINY's batch_size_per_image out.
+    tiny = [o for o in TINY if not o.startswith("model.roi_heads.batch_size_per_image")]
+    cmd = [sys.executable, "src/train.py", "hparams_search=shapes_optuna", "hydra.sweeper.n_trials=2", *tiny,
            "validate_after_train=false", f"paths.data_dir={shapes_dir}", f"paths.log_dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
