@@ -146,9 +146,11 @@ def test_wandb_offline_logger_writes_a_run(shapes_dir, tmp_path):
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run directory written"
-    # The validation images with predicted masks were logged as media files of the run.
-    pictures = list(runs[0].rglob("media/images/val/predictions*.png"))
+    # The validation images were logged as native W&B images (one key each) with mask layers
+    # (predictions + ground truth); tests/test_wandb.py reads the run back in detail.
+    pictures = list(runs[0].rglob("media/images/val/samples/*.png"))
     assert len(pictures) == 2, sorted(p.name for p in runs[0].rglob("*"))
+    assert len(list(runs[0].rglob("media/images/mask/val/samples/*.mask.png"))) == 4
 
 
 def test_ddp_two_processes_match_single_process_evaluation(shapes_dir, tmp_path):

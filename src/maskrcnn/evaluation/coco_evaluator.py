@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import torch.distributed as dist
 
+from maskrcnn.evaluation import per_category
 from maskrcnn.evaluation.results import ImageResults, detection_to_results
 
 Backend = Literal["faster_coco_eval", "pycocotools"]
@@ -261,3 +262,15 @@ class CocoEvaluator:
                 cells.append(f"  {value:8.3f}" if value > -1 else f"  {'-':>8}")
             lines.append(f"{category['id']:>5}  {str(category['name']):<{name_width}}" + "".join(cells))
         return "\n".join(lines)
+
+    def per_category_results(self) -> list[dict]:
+        """Per-category instances, AP and AP50 of the last `compute()`; see `per_category.per_category_results`."""
+        if self._metrics is None:
+            self.compute()
+        return per_category.per_category_results(self)
+
+    def precision_recall(self, iou_type: str, iou_threshold: float = 0.5):
+        """Per-category PR curves of the last `compute()`; see `per_category.precision_recall`."""
+        if self._metrics is None:
+            self.compute()
+        return per_category.precision_recall(self, iou_type, iou_threshold)

@@ -86,6 +86,11 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
         output_dir = cfg.paths.get("output_dir")
         callbacks.append(RunSummary(describe_config(cfg), output_dir, fit_report=bool(cfg.get("dataset_report", True))))
+    dashboard = (cfg.get("logger") or {}).get("wandb_dashboard")  # conf/logger/wandb.yaml
+    if dashboard:
+        from maskrcnn.training.wandb_dashboard import WandbDashboard
+
+        callbacks.append(WandbDashboard(**dashboard))
     return callbacks
 
 
