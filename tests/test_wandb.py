@@ -172,6 +172,10 @@ def test_run_config_has_the_resolved_config_and_a_dataset_summary(wandb_run):
     assert summary["val"]["images"] == len(val_json["images"]) == 5
     assert summary["train"]["images"] == 12
     assert summary["val"]["instances"] == sum(summary["val"]["instances_per_class"].values()) == len(val_json["annotations"])
+    # The run summary and the dataset-fit report printed at start-up are run config too.
+    assert config["run_summary"]["images_per_step"] == 2 and config["run_summary"]["train_images"] == 12
+    fit = config["dataset_fit"]
+    assert fit["splits"]["val"]["instances"] == len(val_json["annotations"]) and "suggestion" in fit
 
 
 def test_render_script_draws_the_logged_layers(wandb_run, tmp_path, capsys):

@@ -88,6 +88,18 @@ class RunSummary(pl.Callback):
         self._write("run_summary", text, self.summary)
         if self.fit_report and dm is not None:
             self._report(dm)
+        self._to_wandb(trainer)
+
+    def _to_wandb(self, trainer: pl.Trainer) -> None:
+        """The summary and the fit report become part of the W&B run config (searchable, comparable)."""
+        from pytorch_lightning.loggers import WandbLogger
+
+        extra = {"run_summary": self.summary}
+        if self.report is not None:
+            extra["dataset_fit"] = json.loads(json.dumps(self.report.to_dict(), default=str))
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.experiment.config.update(extra, allow_val_change=True)
 
     def _runtime(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm) -> dict[str, Any]:
         world = trainer.world_size
