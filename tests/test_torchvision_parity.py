@@ -261,6 +261,11 @@ def test_bad_inputs_raise():
     bad["boxes"][0] = torch.tensor([10.0, 10.0, 10.0, 20.0])
     with pytest.raises(ValueError, match="image_id=42"):
         model(images, [bad])
+    # checks the RoI heads used to make now happen once, at the entry, naming the image
+    float_labels = {**_target(64, 64, 1, seed=16, image_id=42), "labels": torch.tensor([1.0])}
+    expected = r"^MaskRCNN: labels of target 0 \(image_id=42\) must be int64"
+    with pytest.raises(TypeError, match=expected):
+        model(images, [float_labels])
     with pytest.raises(ValueError, match="mask_format"):
         build_mask_rcnn(3, backbone={"name": "resnet18"}, mask_format="png")
 

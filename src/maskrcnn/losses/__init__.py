@@ -1,4 +1,4 @@
-"""Loss terms of Mask R-CNN; see docs/design.md ("LossInputs", "Criterion")."""
+"""Loss terms of Mask R-CNN; inputs are ``modeling/structures.py``'s LossInputs, see docs/design.md ("Criterion")."""
 
 from .box_regression import GIoUBoxLoss, SmoothL1BoxLoss
 from .classification import CrossEntropyClassifierLoss, FocalClassifierLoss

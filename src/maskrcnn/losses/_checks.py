@@ -1,6 +1,6 @@
 """Input validation shared by the loss modules.
 
-Losses receive sub-dicts of ``LossInputs`` (see docs/design.md). A malformed dict is a bug in
+Losses receive sub-dicts of ``LossInputs`` (``modeling/structures.py``). A malformed dict is a bug in
 the network code, so these helpers raise errors that name the loss, the branch and the key
 instead of letting a broadcasting rule or an empty ``mean`` silently produce a wrong number.
 """
@@ -18,7 +18,7 @@ def require_tensors(branch: Mapping[str, object], keys: Sequence[str], where: st
     Args:
         branch: one sub-dict of LossInputs ("rpn", "roi" or "mask").
         keys: the keys the calling loss reads.
-        where: "<file>:<class>[<branch>]" used in the error message.
+        where: "<class>[<branch>]" (or the function name) used in the error message.
     """
     if not isinstance(branch, Mapping):
         raise TypeError(f"{where}: expected a dict of tensors, got {type(branch).__name__}")

@@ -1,13 +1,9 @@
 """Box regression losses, shared by the RPN and the RoI box branch.
 
-Input: the ``"rpn"`` or ``"roi"`` sub-dict of LossInputs (docs/design.md):
-
-    box_deltas:  Tensor[P, 4] predicted deltas of the positive samples (smooth-L1)
-    box_targets: Tensor[P, 4] encoded regression targets (smooth-L1)
-    pred_boxes:  Tensor[P, 4] decoded predicted boxes, xyxy, absolute pixels (GIoU)
-    gt_boxes:    Tensor[P, 4] matched ground-truth boxes, xyxy, absolute pixels (GIoU)
-    objectness:  Tensor[S]        ("rpn" only)  -> normaliser N = S
-    class_logits: Tensor[R, K+1]  ("roi" only)  -> normaliser N = R
+Input: ``RPNLossInputs`` or ``RoILossInputs`` (``modeling/structures.py``, the single
+specification of their tensors). Smooth-L1 reads ``box_deltas`` / ``box_targets``, GIoU
+``pred_boxes`` / ``gt_boxes``; the normaliser N is the length of ``objectness`` (rpn, N = S) or of
+``class_logits`` (roi, N = R).
 
 Following torchvision, the per-positive losses are SUMMED and divided by the number of SAMPLED
 entries N (positives + negatives), not by the number of positives: the box term then keeps the
@@ -23,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
+from ..modeling.structures import RoILossInputs, RPNLossInputs
 from ._checks import require_ndim, require_same_shape, require_tensors
 
 
@@ -65,12 +62,12 @@ class SmoothL1BoxLoss(nn.Module):
     def __init__(self, beta: float = 1.0 / 9.0) -> None:
         super().__init__()
         if beta < 0:
-            raise ValueError(f"losses/box_regression.py:SmoothL1BoxLoss: beta must be >= 0, got {beta}")
+            raise ValueError(f"{type(self).__name__}: beta must be >= 0, got {beta}")
         self.beta = float(beta)
 
-    def forward(self, branch: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, branch: RPNLossInputs | RoILossInputs) -> Tensor:
         """branch: the "rpn" or "roi" dict. Returns a float32 scalar."""
-        where = "losses/box_regression.py:SmoothL1BoxLoss"
+        where = type(self).__name__
         deltas, targets, n = _paired_boxes(branch, ("box_deltas", "box_targets"), where)
         if deltas.shape[0] == 0:
             return deltas.float().sum() * 0.0
@@ -97,9 +94,9 @@ class GIoUBoxLoss(nn.Module):
         super().__init__()
         self.eps = float(eps)
 
-    def forward(self, branch: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, branch: RPNLossInputs | RoILossInputs) -> Tensor:
         """branch: the "rpn" or "roi" dict. Returns a float32 scalar."""
-        where = "losses/box_regression.py:GIoUBoxLoss"
+        where = type(self).__name__
         pred, gt, n = _paired_boxes(branch, ("pred_boxes", "gt_boxes"), where)
         if pred.shape[0] == 0:
             return pred.float().sum() * 0.0

@@ -1,8 +1,5 @@
-"""RoI classification losses. Input: the ``"roi"`` sub-dict of LossInputs (docs/design.md):
-
-    class_logits: Tensor[R, K+1] logits of the sampled RoIs (column 0 = background)
-    labels:       Tensor[R] int64 in [0, K] (0 = background)
-"""
+"""RoI classification losses. Input: ``RoILossInputs`` (``modeling/structures.py``, the single
+specification of its tensors); they read ``class_logits`` and ``labels``."""
 
 from __future__ import annotations
 
@@ -12,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modeling.structures import RoILossInputs
 from ._checks import require_ndim, require_tensors
 from .focal import softmax_focal_loss
 
@@ -39,12 +37,12 @@ class CrossEntropyClassifierLoss(nn.Module):
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"losses/classification.py: label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ValueError(f"{type(self).__name__}: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
 
-    def forward(self, roi: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, roi: RoILossInputs) -> Tensor:
         """roi: the "roi" dict. Returns a float32 scalar."""
-        logits, labels = _classifier_inputs(roi, "losses/classification.py:CrossEntropyClassifierLoss['roi']")
+        logits, labels = _classifier_inputs(roi, f"{type(self).__name__}['roi']")
         if logits.shape[0] == 0:
             return logits.float().sum() * 0.0
         with torch.autocast(device_type=logits.device.type, enabled=False):
@@ -75,7 +73,7 @@ class FocalClassifierLoss(nn.Module):
         super().__init__()
         if normalizer not in ("mean", "num_foreground"):
             raise ValueError(
-                f"losses/classification.py:FocalClassifierLoss: normalizer must be 'mean' or "
+                f"{type(self).__name__}: normalizer must be 'mean' or "
                 f"'num_foreground', got {normalizer!r}"
             )
         self.gamma = float(gamma)
@@ -90,9 +88,9 @@ class FocalClassifierLoss(nn.Module):
             alpha_tensor = torch.as_tensor(list(alpha), dtype=torch.float32)
             self.register_buffer("alpha_per_class", alpha_tensor, persistent=False)
 
-    def forward(self, roi: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, roi: RoILossInputs) -> Tensor:
         """roi: the "roi" dict. Returns a float32 scalar."""
-        logits, labels = _classifier_inputs(roi, "losses/classification.py:FocalClassifierLoss['roi']")
+        logits, labels = _classifier_inputs(roi, f"{type(self).__name__}['roi']")
         alpha = self.alpha_per_class if self.alpha_per_class is not None else self.alpha_scalar
         if self.normalizer == "mean":
             return softmax_focal_loss(logits, labels, self.gamma, alpha, reduction="mean")

@@ -1,8 +1,8 @@
 """MaskRCNNCriterion: LossInputs -> dict of the five UNWEIGHTED loss terms.
 
-Each term is a separate ``nn.Module`` reading one branch of LossInputs (docs/design.md), so a
-config can swap e.g. the box loss for GIoU without touching the others. Weighting and logging
-belong to the LightningModule (``loss.weights.<term>``).
+Each term is a separate ``nn.Module`` reading one branch of ``LossInputs``
+(``modeling/structures.py``), so a config can swap e.g. the box loss for GIoU without touching the
+others. Weighting and logging belong to the LightningModule (``loss.weights.<term>``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from ..modeling.structures import LossInputs
 from .box_regression import GIoUBoxLoss, SmoothL1BoxLoss
 from .classification import CrossEntropyClassifierLoss, FocalClassifierLoss
 from .mask import BCEMaskLoss
@@ -58,26 +59,25 @@ class MaskRCNNCriterion(nn.Module):
         self.box = box
         self.mask = mask
 
-    def forward(self, loss_inputs: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    def forward(self, loss_inputs: LossInputs) -> dict[str, Tensor]:
         """loss_inputs: LossInputs with branches "rpn", "roi", "mask".
 
         Returns:
             {term: Tensor[] float32} with exactly the keys of ``TERMS``.
         """
+        name = type(self).__name__
         if not isinstance(loss_inputs, Mapping):
-            raise TypeError(f"losses/criterion.py: loss_inputs must be a dict, got {type(loss_inputs).__name__}")
+            raise TypeError(f"{name}: loss_inputs must be a dict, got {type(loss_inputs).__name__}")
         missing = [b for b in _BRANCHES if b not in loss_inputs]
         if missing:
-            raise KeyError(
-                f"losses/criterion.py: LossInputs is missing branch(es) {missing}; got {sorted(loss_inputs)}"
-            )
+            raise KeyError(f"{name}: LossInputs is missing branch(es) {missing}; got {sorted(loss_inputs)}")
         losses: dict[str, Tensor] = {}
         for term, (module_name, branch) in _TERM_SOURCES.items():
             value = getattr(self, module_name)(loss_inputs[branch])
             if not isinstance(value, Tensor) or value.dim() != 0:
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise ValueError(
-                    f"losses/criterion.py: the '{module_name}' loss ({type(getattr(self, module_name)).__name__}) "
+                    f"{name}: the '{module_name}' loss ({type(getattr(self, module_name)).__name__}) "
                     f"must return a scalar tensor for {term}, got {shape}"
                 )
             losses[term] = value.to(torch.float32)
@@ -107,7 +107,7 @@ def _preset(kind: str) -> dict[str, nn.Module]:
         modules = _preset("ce")
         modules["box"] = GIoUBoxLoss()
         return modules
-    raise ValueError(f"losses/criterion.py:build_criterion: kind must be 'ce', 'focal' or 'giou', got {kind!r}")
+    raise ValueError(f"build_criterion: kind must be 'ce', 'focal' or 'giou', got {kind!r}")
 
 
 def build_criterion(kind: str = "ce", **modules: nn.Module) -> MaskRCNNCriterion:
@@ -122,6 +122,6 @@ def build_criterion(kind: str = "ce", **modules: nn.Module) -> MaskRCNNCriterion
     chosen = _preset(kind)
     unknown = sorted(set(modules) - set(chosen))
     if unknown:
-        raise TypeError(f"losses/criterion.py:build_criterion: unknown slot(s) {unknown}; valid: {sorted(chosen)}")
+        raise TypeError(f"build_criterion: unknown slot(s) {unknown}; valid: {sorted(chosen)}")
     chosen.update(modules)
     return MaskRCNNCriterion(**chosen)

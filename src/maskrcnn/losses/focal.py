@@ -59,7 +59,7 @@ def sigmoid_focal_loss(
     Returns:
         Tensor[*] float32 for "none", else a float32 scalar.
     """
-    where = "losses/focal.py:sigmoid_focal_loss"
+    where = "sigmoid_focal_loss"
     require_same_shape(logits, targets, ("logits", "targets"), where)
     check_reduction(reduction, where)
     _check_gamma(gamma, where)
@@ -113,7 +113,7 @@ def softmax_focal_loss(
     Returns:
         Tensor[R] float32 for "none", else a float32 scalar.
     """
-    where = "losses/focal.py:softmax_focal_loss"
+    where = "softmax_focal_loss"
     require_ndim(logits, 2, "logits", where)
     require_ndim(labels, 1, "labels", where)
     if labels.shape[0] != logits.shape[0]:

@@ -1,7 +1,5 @@
-"""Mask losses. Input: the ``"mask"`` sub-dict of LossInputs (docs/design.md):
-
-    logits:  Tensor[Q, M, M] mask logits of the positive RoIs at their gt class (any float dtype)
-    targets: Tensor[Q, M, M] float32 in [0, 1], gt mask RoIAligned onto each RoI (soft at edges)
+"""Mask losses. Input: ``MaskLossInputs`` (``modeling/structures.py``, the single specification
+of its tensors): ``logits`` and ``targets``.
 
 Both losses average over all Q*M*M pixels (torchvision's ``maskrcnn_loss``); Q = 0 gives
 ``logits.sum() * 0``, a zero that keeps the graph.
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modeling.structures import MaskLossInputs
 from ._checks import require_ndim, require_same_shape, require_tensors
 from .focal import sigmoid_focal_loss
 
@@ -29,9 +28,9 @@ def _mask_inputs(mask: Mapping[str, Tensor], where: str) -> tuple[Tensor, Tensor
 class BCEMaskLoss(nn.Module):
     """Per-pixel binary cross-entropy with logits, mean over pixels, computed in float32."""
 
-    def forward(self, mask: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, mask: MaskLossInputs) -> Tensor:
         """mask: the "mask" dict. Returns a float32 scalar."""
-        logits, targets = _mask_inputs(mask, "losses/mask.py:BCEMaskLoss['mask']")
+        logits, targets = _mask_inputs(mask, f"{type(self).__name__}['mask']")
         if logits.numel() == 0:
             return logits.float().sum() * 0.0
         with torch.autocast(device_type=logits.device.type, enabled=False):
@@ -51,9 +50,9 @@ class FocalMaskLoss(nn.Module):
         self.alpha = None if alpha is None else float(alpha)
         self.gamma = float(gamma)
 
-    def forward(self, mask: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, mask: MaskLossInputs) -> Tensor:
         """mask: the "mask" dict. Returns a float32 scalar."""
-        logits, targets = _mask_inputs(mask, "losses/mask.py:FocalMaskLoss['mask']")
+        logits, targets = _mask_inputs(mask, f"{type(self).__name__}['mask']")
         return sigmoid_focal_loss(logits, targets, self.alpha, self.gamma, reduction="mean")
 
     def extra_repr(self) -> str:

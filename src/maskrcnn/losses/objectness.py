@@ -1,8 +1,5 @@
-"""RPN objectness losses. Input: the ``"rpn"`` sub-dict of LossInputs (docs/design.md):
-
-    objectness: Tensor[S] logits of the sampled anchors (any float dtype)
-    labels:     Tensor[S] float32 in {0, 1} (1 = foreground anchor)
-"""
+"""RPN objectness losses. Input: ``RPNLossInputs`` (``modeling/structures.py``, the single
+specification of its tensors); they read ``objectness`` and ``labels``."""
 
 from __future__ import annotations
 
@@ -12,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modeling.structures import RPNLossInputs
 from ._checks import require_ndim, require_same_shape, require_tensors
 from .focal import sigmoid_focal_loss
 
@@ -30,9 +28,9 @@ class BCEObjectnessLoss(nn.Module):
     torchvision would return NaN.
     """
 
-    def forward(self, rpn: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, rpn: RPNLossInputs) -> Tensor:
         """rpn: the "rpn" dict. Returns a float32 scalar."""
-        logits, labels = _objectness_inputs(rpn, "losses/objectness.py:BCEObjectnessLoss['rpn']")
+        logits, labels = _objectness_inputs(rpn, f"{type(self).__name__}['rpn']")
         if logits.numel() == 0:
             return logits.float().sum() * 0.0
         with torch.autocast(device_type=logits.device.type, enabled=False):
@@ -55,9 +53,9 @@ class FocalObjectnessLoss(nn.Module):
         self.alpha = None if alpha is None else float(alpha)
         self.gamma = float(gamma)
 
-    def forward(self, rpn: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, rpn: RPNLossInputs) -> Tensor:
         """rpn: the "rpn" dict. Returns a float32 scalar."""
-        logits, labels = _objectness_inputs(rpn, "losses/objectness.py:FocalObjectnessLoss['rpn']")
+        logits, labels = _objectness_inputs(rpn, f"{type(self).__name__}['rpn']")
         total = sigmoid_focal_loss(logits, labels, self.alpha, self.gamma, reduction="sum")
         num_pos = (labels > 0.5).sum().clamp_min(1)
         return total / num_pos

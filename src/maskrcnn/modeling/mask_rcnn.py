@@ -2,46 +2,16 @@
 
 Submodule names (``transform``, ``backbone``, ``rpn``, ``roi_heads``) equal torchvision's so the
 state_dict keys are torchvision's. The network never computes losses: it returns LossInputs
-(docs/design.md) for ``maskrcnn.losses``.
+(``structures.LossInputs``) for ``maskrcnn.losses``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .postprocess import MASK_FORMATS, paste_masks
+from .postprocess import paste_masks
+from .structures import MASK_FORMATS, Detection, MaskRCNNOutput, RoIDetection, Target, validate_targets
 from .transform import map_boxes_to_original
-
-
-def _describe(target: dict, index: int) -> str:
-    return f"target {index} (image_id={target.get('image_id', '?')})"
-
-
-def check_targets(images: list[Tensor], targets: list[dict]) -> None:
-    """Validate target dicts before anything else touches them (clear errors naming the image)."""
-    if len(targets) != len(images):
-        raise ValueError(f"MaskRCNN: got {len(images)} images but {len(targets)} targets")
-    for i, (image, t) in enumerate(zip(images, targets)):
-        if not isinstance(t, dict):
-            raise TypeError(f"MaskRCNN: target {i} must be a dict, got {type(t).__name__}")
-        for key in ("boxes", "labels", "masks"):
-            if key not in t:
-                raise KeyError(f"MaskRCNN: {_describe(t, i)} has no '{key}' key")
-        boxes, masks = t["boxes"], t["masks"]
-        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4:
-            shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-            raise ValueError(f"MaskRCNN: boxes of {_describe(t, i)} must be a Tensor[N, 4], got {shape}")
-        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
-        if degenerate.any():
-            j = int(degenerate.nonzero()[0, 0])
-            raise ValueError(
-                f"MaskRCNN: {_describe(t, i)} box {j} = {boxes[j].tolist()} has non-positive width or height"
-            )
-        if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(image.shape[-2:]):
-            raise ValueError(
-                f"MaskRCNN: masks of {_describe(t, i)} must be [N, H, W] with (H, W) = {tuple(image.shape[-2:])}, "
-                f"got {tuple(masks.shape)}"
-            )
 
 
 class MaskRCNN(nn.Module):
@@ -53,7 +23,7 @@ class MaskRCNN(nn.Module):
         rpn: RegionProposalNetwork.
         roi_heads: RoIHeads.
         mask_format: how eval masks are returned: "prob" (Tensor[D,1,H,W] float probabilities,
-            torchvision-compatible), "binary" (Tensor[D,1,H,W] bool, > 0.5) or "rle" (list of
+            torchvision-compatible), "binary" (Tensor[D,1,H,W] bool, > MASK_THRESHOLD) or "rle" (list of
             COCO RLE dicts with str counts).
         paste_aligned: paste masks exactly over their boxes (``postprocess.paste_masks``); False
             is torchvision's integer-box paste. Goes with ``roi_align.aligned`` (build.py).
@@ -70,7 +40,7 @@ class MaskRCNN(nn.Module):
     ) -> None:
         super().__init__()
         if mask_format not in MASK_FORMATS:
-            raise ValueError(f"MaskRCNN: mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+            raise ValueError(f"{type(self).__name__}: mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         self.transform = transform
         self.backbone = backbone
         self.rpn = rpn
@@ -78,24 +48,25 @@ class MaskRCNN(nn.Module):
         self.mask_format = mask_format
         self.paste_aligned = paste_aligned
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None) -> dict:
+    def forward(self, images: list[Tensor], targets: list[Target] | None = None) -> MaskRCNNOutput:
         """
         Args:
             images: list of Tensor[3, H_i, W_i] float32 in [0, 1], RGB (sizes may differ).
-            targets: list of target dicts (docs/design.md) in the pixels of ``images``;
-                required in training, optional in eval (then validation loss inputs are returned too).
+            targets: one ``Target`` per image, in the pixels of ``images``; required in training,
+                optional in eval (then validation loss inputs are returned too). Checked here, once,
+                by ``validate_targets``.
 
         Returns:
             training: {"loss_inputs": LossInputs}
-            eval: {"detections": list of {"boxes" [D,4], "labels" [D], "scores" [D], "masks"}} in
-                the pixels of ``images``; eval with targets: both keys.
+            eval: {"detections": list[Detection]} in the pixels of ``images``; eval with targets: both keys.
         """
+        name = type(self).__name__
         if not isinstance(images, (list, tuple)) or len(images) == 0:
-            raise ValueError("MaskRCNN: images must be a non-empty list of Tensor[3, H, W]")
+            raise ValueError(f"{name}: images must be a non-empty list of Tensor[3, H, W]")
         if self.training and targets is None:
-            raise ValueError("MaskRCNN: targets are required in training mode (call model.eval() for inference)")
+            raise ValueError(f"{name}: targets are required in training mode (call model.eval() for inference)")
         if targets is not None:
-            check_targets(list(images), list(targets))
+            validate_targets(list(images), list(targets), where=name)
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
 
         batch, targets = self.transform(list(images), None if targets is None else list(targets))
@@ -103,7 +74,7 @@ class MaskRCNN(nn.Module):
         proposals, rpn_inputs = self.rpn(batch, features, targets)
         detections, roi_inputs = self.roi_heads(features, proposals, batch.image_sizes, targets)
 
-        out: dict = {}
+        out: MaskRCNNOutput = {}
         if targets is not None:
             out["loss_inputs"] = {"rpn": rpn_inputs, "roi": roi_inputs["roi"], "mask": roi_inputs["mask"]}
         if not self.training:
@@ -111,8 +82,11 @@ class MaskRCNN(nn.Module):
         return out
 
     def _to_original(
-        self, detections: list[dict], resized_sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
-    ) -> list[dict]:
+        self,
+        detections: list[RoIDetection],
+        resized_sizes: list[tuple[int, int]],
+        original_sizes: list[tuple[int, int]],
+    ) -> list[Detection]:
         """Map boxes back to input-image pixels and paste the M x M masks into full images."""
         results = []
         for det, resized, original in zip(detections, resized_sizes, original_sizes):

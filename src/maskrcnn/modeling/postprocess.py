@@ -20,7 +20,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-MASK_FORMATS = ("prob", "binary", "rle")  # probabilities, thresholded, COCO RLE
+from .structures import MASK_FORMATS, MASK_THRESHOLD
 
 
 def expand_boxes_to_int(boxes: Tensor, scale: float) -> Tensor:
@@ -126,7 +126,7 @@ def paste_masks(
 
     Returns:
         Tensor[N, 1, H, W] masks.dtype probabilities (0 outside the expanded box), Tensor[N, 1, H, W]
-        bool (``> 0.5``) or a list of N COCO RLE dicts, per ``mask_format``.
+        bool (``> MASK_THRESHOLD``) or a list of N COCO RLE dicts, per ``mask_format``.
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -179,7 +179,7 @@ def _paste_chunk(
     return torch.bmm(torch.bmm(ry, padded), rx.transpose(1, 2), out=out)
 
 
-def masks_to_binary(masks: Tensor, threshold: float = 0.5) -> Tensor:
+def masks_to_binary(masks: Tensor, threshold: float = MASK_THRESHOLD) -> Tensor:
     """Threshold pasted probabilities.
 
     Args:
@@ -191,7 +191,7 @@ def masks_to_binary(masks: Tensor, threshold: float = 0.5) -> Tensor:
     return masks > threshold
 
 
-def masks_to_rle(masks: Tensor, threshold: float = 0.5) -> list[dict]:
+def masks_to_rle(masks: Tensor, threshold: float = MASK_THRESHOLD) -> list[dict]:
     """Encode masks as COCO run-length encodings.
 
     Args:

@@ -3,7 +3,11 @@
 Matching, sampling (including its use of the global RNG), target encoding, mask-target
 projection and the detection post-processing reproduce ``torchvision``'s ``RoIHeads`` step by
 step, so a torchvision checkpoint gives the same detections and the same loss inputs. Losses
-themselves are computed by ``maskrcnn.losses`` from the returned LossInputs.
+themselves are computed by ``maskrcnn.losses`` from the returned loss inputs.
+
+Training reads as torchvision's steps: ``add_gt_proposals`` -> ``assign_targets_to_proposals`` ->
+``subsample`` -> ``box_loss_inputs`` / ``mask_loss_inputs``. Targets reach this module already
+checked by ``structures.validate_targets`` (called by ``MaskRCNN.forward``).
 """
 
 from __future__ import annotations
@@ -15,10 +19,7 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_sm
 
 from .box_coder import BoxCoder
 from .matcher import BalancedSampler, Matcher, ignore_crowd_matches
-
-
-def _image_name(target: dict, index: int) -> str:
-    return f"image {index} (image_id={target.get('image_id', '?')})"
+from .structures import MaskLossInputs, RoIDetection, RoIHeadsLossInputs, RoILossInputs, Target
 
 
 def project_masks_on_boxes(
@@ -101,97 +102,117 @@ class RoIHeads(nn.Module):
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
-        targets: list[dict] | None = None,
-    ) -> tuple[list[dict], dict | None]:
+        targets: list[Target] | None = None,
+    ) -> tuple[list[RoIDetection], RoIHeadsLossInputs | None]:
         """
         Args:
             features: FPN levels name -> Tensor[B, C, h, w].
             proposals: per image Tensor[P_i, 4] float, xyxy, resized-image pixels (detached).
             image_sizes: per image (H, W) of the resized, unpadded image.
-            targets: per image {"boxes" [N,4] float, "labels" [N] int64, "masks" [N,H,W] uint8,
-                optional "crowd_boxes" [M,4]} in resized-image pixels; required in training.
+            targets: one validated ``Target`` per image, in resized-image pixels; required in training.
 
         Returns:
-            detections: in eval mode, per image {"boxes" Tensor[D,4], "labels" Tensor[D] int64,
-                "scores" Tensor[D], "masks" Tensor[D,1,M,M] probabilities} in resized-image
-                pixels; an empty list in training mode.
-            loss_inputs: {"roi": ..., "mask": ...} (docs/design.md) when targets are given, else None.
+            detections: in eval mode one ``RoIDetection`` per image (resized-image pixels, M x M
+                box-relative masks); an empty list in training mode.
+            loss_inputs: ``RoIHeadsLossInputs`` ({"roi", "mask"}) when targets are given, else None.
         """
+        name = type(self).__name__
         if len(proposals) != len(image_sizes):
-            raise ValueError(f"RoIHeads: {len(proposals)} proposal sets but {len(image_sizes)} image sizes")
+            raise ValueError(f"{name}: {len(proposals)} proposal sets but {len(image_sizes)} image sizes")
         if self.training and targets is None:
-            raise ValueError("RoIHeads: targets are required in training mode")
-        loss_inputs = None
-        if targets is not None:
-            self._check_targets(targets, len(proposals))
-            loss_inputs = self._loss_inputs(features, proposals, image_sizes, targets)
+            raise ValueError(f"{name}: targets are required in training mode")
+        if targets is not None and len(targets) != len(proposals):
+            raise ValueError(f"{name}: {len(proposals)} images but {len(targets)} targets")
+        loss_inputs = None if targets is None else self._loss_inputs(features, proposals, image_sizes, targets)
         detections = [] if self.training else self._detect(features, proposals, image_sizes)
         return detections, loss_inputs
 
     # ----------------------------------------------------------------------------- training
-    def _check_targets(self, targets: list[dict], num_images: int) -> None:
-        if len(targets) != num_images:
-            raise ValueError(f"RoIHeads: {num_images} images but {len(targets)} targets")
-        for i, t in enumerate(targets):
-            for key in ("boxes", "labels", "masks"):
-                if key not in t:
-                    raise KeyError(f"RoIHeads: target of {_image_name(t, i)} has no '{key}' key")
-            if not t["boxes"].is_floating_point():
-                raise TypeError(f"RoIHeads: boxes of {_image_name(t, i)} must be float, got {t['boxes'].dtype}")
-            if t["labels"].dtype != torch.int64:
-                raise TypeError(f"RoIHeads: labels of {_image_name(t, i)} must be int64, got {t['labels'].dtype}")
-            if not (t["boxes"].shape[0] == t["labels"].shape[0] == t["masks"].shape[0]):
-                raise ValueError(
-                    f"RoIHeads: {_image_name(t, i)} has {t['boxes'].shape[0]} boxes, {t['labels'].shape[0]} "
-                    f"labels and {t['masks'].shape[0]} masks"
-                )
-
-    def _label_proposals(self, proposals: Tensor, target: dict) -> tuple[Tensor, Tensor]:
-        """
-        Returns:
-            labels: Tensor[P] int64, class id for fg, 0 bg, -1 ignored (between thresholds / on crowd).
-            matched_idx: Tensor[P] int64 gt index (clamped to >= 0; meaningless unless labels > 0).
-        """
-        gt_boxes, gt_labels = target["boxes"].to(proposals.dtype), target["labels"]
-        if gt_boxes.shape[0] == 0:
-            matched_idx = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
-            labels = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
-        else:
-            matched = self.matcher(box_iou(gt_boxes, proposals))
-            matched_idx = matched.clamp(min=0)
-            labels = gt_labels[matched_idx].clone()
-            labels[matched == Matcher.BELOW_LOW] = 0
-            labels[matched == Matcher.BETWEEN] = -1
-        labels = ignore_crowd_matches(labels, proposals, target.get("crowd_boxes"))
-        return labels, matched_idx
-
     def _loss_inputs(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
-        targets: list[dict],
-    ) -> dict:
-        # gt boxes join the proposals so every gt has at least one perfectly matching RoI
-        proposals = [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
-        labels, matched = zip(*(self._label_proposals(p, t) for p, t in zip(proposals, targets)))
-        pos_per_image, neg_per_image = self.sampler(list(labels))
-        # torchvision keeps the sampled RoIs of an image in ascending index order
-        sampled = [torch.cat([p, n]).sort().values for p, n in zip(pos_per_image, neg_per_image)]
+        targets: list[Target],
+    ) -> RoIHeadsLossInputs:
+        proposals = self.add_gt_proposals(proposals, targets)
+        labels, matched_idx = self.assign_targets_to_proposals(proposals, targets)
+        sampled = self.subsample(labels)
         rois = [p[s] for p, s in zip(proposals, sampled)]
-        roi_labels = [lab[s] for lab, s in zip(labels, sampled)]
-        roi_matched = [m[s] for m, s in zip(matched, sampled)]
+        labels = [lab[s] for lab, s in zip(labels, sampled)]
+        matched_idx = [m[s] for m, s in zip(matched_idx, sampled)]
+        roi = self.box_loss_inputs(features, rois, labels, matched_idx, image_sizes, targets)
+        mask = self.mask_loss_inputs(features, rois, labels, matched_idx, image_sizes, targets)
+        return {"roi": roi, "mask": mask}
 
+    def add_gt_proposals(self, proposals: list[Tensor], targets: list[Target]) -> list[Tensor]:
+        """Append each image's gt boxes to its proposals, so every gt has a perfectly matching RoI.
+
+        Returns:
+            per image Tensor[P_i + N_i, 4], proposals first.
+        """
+        return [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
+
+    def assign_targets_to_proposals(
+        self, proposals: list[Tensor], targets: list[Target]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Match every proposal to its best gt box.
+
+        Returns:
+            labels: per image Tensor[P_i] int64, gt class for fg, 0 bg, -1 ignored (between the
+                thresholds, or background on a crowd region).
+            matched_idx: per image Tensor[P_i] int64 gt index (clamped to >= 0; meaningless unless
+                labels > 0).
+        """
+        all_labels, all_matched = [], []
+        for boxes, target in zip(proposals, targets):
+            gt_boxes, gt_labels = target["boxes"].to(boxes.dtype), target["labels"]
+            if gt_boxes.shape[0] == 0:
+                matched_idx = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+                labels = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+            else:
+                matched = self.matcher(box_iou(gt_boxes, boxes))
+                matched_idx = matched.clamp(min=0)
+                labels = gt_labels[matched_idx].clone()
+                labels[matched == Matcher.BELOW_LOW] = 0
+                labels[matched == Matcher.BETWEEN] = -1
+            all_labels.append(ignore_crowd_matches(labels, boxes, target.get("crowd_boxes")))
+            all_matched.append(matched_idx)
+        return all_labels, all_matched
+
+    def subsample(self, labels: list[Tensor]) -> list[Tensor]:
+        """Sample fg/bg RoIs per image (draws from the global RNG exactly as torchvision does).
+
+        Returns:
+            per image Tensor[R_i] int64 indices of the sampled RoIs, ascending (torchvision's order).
+        """
+        pos_per_image, neg_per_image = self.sampler(labels)
+        return [torch.cat([p, n]).sort().values for p, n in zip(pos_per_image, neg_per_image)]
+
+    def box_loss_inputs(
+        self,
+        features: dict[str, Tensor],
+        rois: list[Tensor],
+        labels: list[Tensor],
+        matched_idx: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[Target],
+    ) -> RoILossInputs:
+        """Run the box branch on the sampled RoIs and pair its outputs with the encoded targets.
+
+        Args:
+            rois: per image Tensor[R_i, 4] sampled RoIs; labels, matched_idx: per image Tensor[R_i]
+                int64 from ``assign_targets_to_proposals``, restricted to the sampled RoIs.
+        """
         class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler(features, rois, image_sizes)))
-        all_labels = torch.cat(roi_labels)
+        all_labels = torch.cat(labels)
         pos = torch.where(all_labels > 0)[0]
-        pos_labels = all_labels[pos]
-        pos_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[pos, pos_labels]
+        pos_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[pos, all_labels[pos]]
         pos_rois = torch.cat(rois)[pos]
         gt_boxes = torch.cat(
-            [t["boxes"].to(r.dtype)[m[lab > 0]] for t, r, m, lab in zip(targets, rois, roi_matched, roi_labels)]
+            [t["boxes"].to(r.dtype)[m[lab > 0]] for t, r, m, lab in zip(targets, rois, matched_idx, labels)]
         )
-        roi = {
+        return {
             "class_logits": class_logits,
             "labels": all_labels,
             "box_deltas": pos_deltas,
@@ -200,9 +221,21 @@ class RoIHeads(nn.Module):
             "gt_boxes": gt_boxes,
         }
 
-        # mask branch: positive RoIs only
+    def mask_loss_inputs(
+        self,
+        features: dict[str, Tensor],
+        rois: list[Tensor],
+        labels: list[Tensor],
+        matched_idx: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[Target],
+    ) -> MaskLossInputs:
+        """Run the mask branch on the positive sampled RoIs and project their gt masks onto them.
+
+        Args: as ``box_loss_inputs``.
+        """
         mask_rois, mask_targets = [], []
-        for r, m, lab, t in zip(rois, roi_matched, roi_labels, targets):
+        for r, m, lab, t in zip(rois, matched_idx, labels, targets):
             keep = torch.where(lab > 0)[0]
             mask_rois.append(r[keep])
             if keep.numel() > 0:
@@ -211,12 +244,12 @@ class RoIHeads(nn.Module):
                 ))
             else:
                 mask_targets.append(r.new_zeros((0, self.mask_size, self.mask_size)))
+        pos_labels = torch.cat([lab[lab > 0] for lab in labels])
         mask_logits = self._mask_logits(features, mask_rois, image_sizes)
-        mask = {
+        return {
             "logits": mask_logits[torch.arange(pos_labels.shape[0], device=pos_labels.device), pos_labels],
             "targets": torch.cat(mask_targets),
         }
-        return {"roi": roi, "mask": mask}
 
     def _mask_logits(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
@@ -225,15 +258,15 @@ class RoIHeads(nn.Module):
         logits = self.mask_predictor(self.mask_head(self.mask_pooler(features, boxes, image_sizes)))
         if logits.shape[-1] != self.mask_size:
             raise ValueError(
-                f"RoIHeads: mask predictor outputs {logits.shape[-1]}x{logits.shape[-1]} logits but mask_size is "
-                f"{self.mask_size}; set mask_size = 2 * mask pooler output_size"
+                f"{type(self).__name__}: mask predictor outputs {logits.shape[-1]}x{logits.shape[-1]} logits but "
+                f"mask_size is {self.mask_size}; set mask_size = 2 * mask pooler output_size"
             )
         return logits
 
     # ---------------------------------------------------------------------------- inference
     def _detect(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
-    ) -> list[dict]:
+    ) -> list[RoIDetection]:
         class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler(features, proposals, image_sizes)))
         num_classes = class_logits.shape[-1]
         boxes_all = self.box_coder.decode(box_deltas, torch.cat(proposals))  # [R, K+1, 4]

@@ -2,8 +2,9 @@
 
 Proposal selection and anchor sampling reproduce torchvision's RegionProposalNetwork (same
 ops in the same order, same RNG use), so torchvision weights give identical proposals and
-seeded training samples the same anchors. Losses are NOT computed here: the RPN returns the
-"rpn" part of LossInputs (docs/design.md) and losses/criterion.py turns it into scalars.
+seeded training samples the same anchors. Losses are NOT computed here: the RPN returns
+``structures.RPNLossInputs`` (the "rpn" part of LossInputs) and losses/criterion.py turns it into
+scalars. Targets arrive already checked by ``structures.validate_targets``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_sm
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .matcher import BalancedSampler, Matcher, ignore_crowd_matches
+from .structures import RPNLossInputs, Target
 from .transform import ImageBatch
 
 
@@ -118,25 +120,24 @@ class RegionProposalNetwork(nn.Module):
         self.min_size = min_size
 
     def forward(
-        self, batch: ImageBatch, features: dict[str, Tensor], targets: list[dict] | None = None
-    ) -> tuple[list[Tensor], dict | None]:
+        self, batch: ImageBatch, features: dict[str, Tensor], targets: list[Target] | None = None
+    ) -> tuple[list[Tensor], RPNLossInputs | None]:
         """
         Args:
             batch: the padded images (only sizes are used).
             features: FPN levels in order, each Tensor[B, C, H_l, W_l].
-            targets: per image dict with "boxes" Tensor[N,4] xyxy (in ``batch`` pixels) and
-                optionally "crowd_boxes" Tensor[M,4]; when given, loss inputs are computed
-                (in train or eval mode).
+            targets: one validated ``Target`` per image (``batch`` pixels; "boxes" and the optional
+                "crowd_boxes" are read); when given, loss inputs are computed (in train or eval mode).
 
         Returns:
             proposals: per image Tensor[P_i, 4] float xyxy (detached), sorted by score per level
                 group as torchvision's batched NMS returns them.
-            loss_inputs: the "rpn" dict of LossInputs (docs/design.md), or None without targets.
+            loss_inputs: ``RPNLossInputs``, or None without targets.
         """
         feats = list(features.values())
         num_images = batch.tensors.shape[0]
         if targets is not None and len(targets) != num_images:
-            raise ValueError(f"RPN: {num_images} images but {len(targets)} targets")
+            raise ValueError(f"{type(self).__name__}: {num_images} images but {len(targets)} targets")
         logits_per_level, deltas_per_level = self.head(feats)
         anchors = self.anchor_generator(tuple(batch.tensors.shape[-2:]), feats)
         num_per_level = [int(t.shape[1] * t.shape[2] * t.shape[3]) for t in logits_per_level]
@@ -186,7 +187,7 @@ class RegionProposalNetwork(nn.Module):
             out.append(boxes[keep])
         return out
 
-    def _label_anchors(self, anchors: Tensor, target: dict) -> tuple[Tensor, Tensor]:
+    def _label_anchors(self, anchors: Tensor, target: Target) -> tuple[Tensor, Tensor]:
         """
         Returns:
             labels: Tensor[A_total] float32, 1 fg / 0 bg / -1 ignored (between thresholds or on crowd).
@@ -205,16 +206,15 @@ class RegionProposalNetwork(nn.Module):
         labels = ignore_crowd_matches(labels, anchors, target.get("crowd_boxes"))
         return labels, matched_idx
 
-    def _loss_inputs(self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets: list[dict]) -> dict:
+    def _loss_inputs(
+        self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets: list[Target]
+    ) -> RPNLossInputs:
         """Label anchors, sample them, and gather predictions/targets of the sampled anchors.
 
         Order of the sampled anchors (== torchvision): positives of all images (image-major,
         ascending anchor index), then negatives likewise.
         """
         num_anchors = anchors.shape[0]
-        for i, t in enumerate(targets):
-            if "boxes" not in t or t["boxes"].dim() != 2 or t["boxes"].shape[-1] != 4:
-                raise ValueError(f"RPN: target {i} (image_id {t.get('image_id')}) needs 'boxes' of shape [N, 4]")
         labels, matched = zip(*(self._label_anchors(anchors, t) for t in targets))
         pos_per_image, neg_per_image = self.sampler(list(labels))
 

@@ -97,7 +97,7 @@ class ImageTransform(nn.Module):
         """
         Args:
             images: list of Tensor[3, H_i, W_i] float in [0, 1].
-            targets: optional per-image dicts (design.md); ``boxes`` [N,4], ``crowd_boxes`` [M,4]
+            targets: optional ``structures.Target`` dicts; ``boxes`` [N,4], ``crowd_boxes`` [C,4]
                 and ``masks`` [N,H,W] uint8 are resized along with the image. The input dicts are
                 not modified (shallow copies are returned).
 
