@@ -1,4 +1,4 @@
-"""COCO-format instance-segmentation dataset producing the training target dict of docs/design.md."""
+"""COCO-format instance-segmentation dataset producing ``maskrcnn.modeling.structures.Target`` dicts."""
 
 from __future__ import annotations
 

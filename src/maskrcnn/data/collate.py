@@ -10,7 +10,7 @@ def collate(batch: list[tuple[Tensor, dict] | None]) -> tuple[list[Tensor], list
 
     Args:
         batch: items of ``CocoInstanceDataset``: image ``Tensor[3, H_i, W_i] float32`` in [0, 1]
-            and its target dict (docs/design.md "Training target dict"), or ``None`` for an image
+            and its target dict (``maskrcnn.modeling.structures.Target``), or ``None`` for an image
             the dataset skipped as unreadable (``bad_images="skip"``; the dataset already listed
             it in ``skipped_images_{split}.jsonl``). ``None`` items are dropped, so a batch may be
             smaller than ``batch_size`` or even empty (the LightningModule skips empty batches).
