@@ -150,6 +150,11 @@ class InstanceAugment:
         return f"InstanceAugment(resize={self.resize!r}, then {self.compose!r})"
 
 
+def default_multiscale_sizes(min_size: int) -> list[int]:
+    """detectron2's multi-scale choices scaled to ``min_size``: 80%..100% in 6 steps (800 -> 640..800)."""
+    return sorted({round(min_size * f) for f in (0.8, 0.84, 0.88, 0.92, 0.96, 1.0)})
+
+
 def build_transforms(
     name: str,
     train: bool,
@@ -192,7 +197,7 @@ def build_transforms(
             flip,
         ])
     if name == "multiscale":
-        sizes = multiscale_sizes or sorted({round(min_size * f) for f in (0.8, 0.84, 0.88, 0.92, 0.96, 1.0)})
+        sizes = multiscale_sizes or default_multiscale_sizes(min_size)
         return InstanceAugment([ResizeShortestEdge(sizes, max_size), flip])
     ops: list[A.BasicTransform] = [ResizeShortestEdge([min_size], max_size), flip]
     if name == "photometric":

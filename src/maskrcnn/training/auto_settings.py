@@ -24,18 +24,12 @@ def resolve_auto_settings(cfg: DictConfig, datamodule) -> None:
     """Replace ``auto`` values of ``cfg`` in place (a no-op when there are none)."""
     if cfg.model.rpn.get("anchor_sizes") != "auto":
         return
-    from maskrcnn.data.fit_report import compute_fit_report
+    from maskrcnn.training.run_summary import describe_config, fit_report
 
     train_file = Path(datamodule.train_spec["annotation_file"])
     if not train_file.is_file():  # a generated dataset (data=shapes) is written by prepare_data
         datamodule.prepare_data()
-    aug = cfg.augmentation
-    min_size = list(aug.multiscale_sizes) if aug.get("multiscale_sizes") else aug.get("min_size", cfg.model.transform.min_size)
-    report = compute_fit_report(
-        train_file, None, min_size=min_size, max_size=aug.get("max_size", cfg.model.transform.max_size),
-        anchor_sizes=STANDARD_ANCHORS, aspect_ratios=[list(r) for r in cfg.model.rpn.aspect_ratios],
-        detections_per_img=cfg.model.roi_heads.detections_per_img,
-    )
+    report = fit_report(describe_config(cfg), train_file, anchor_sizes=STANDARD_ANCHORS)
     chosen = report.suggestion.anchor_sizes or STANDARD_ANCHORS
     chosen = [[int(s) if float(s).is_integer() else float(s) for s in level] for level in chosen]
     with open_dict(cfg):

@@ -19,6 +19,8 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from maskrcnn.data.transforms import default_multiscale_sizes
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,9 @@ def describe_config(cfg: DictConfig) -> dict[str, Any]:
     """The settings that decide what a run trains, as plain values."""
     model, aug = cfg.model, cfg.augmentation
     backbone = model.backbone
-    train_sizes = list(aug.multiscale_sizes) if aug.get("multiscale_sizes") else aug.get("min_size")
+    train_sizes = aug.get("min_size")
+    if aug.name == "multiscale":
+        train_sizes = list(aug.multiscale_sizes) if aug.get("multiscale_sizes") else default_multiscale_sizes(train_sizes)
     if aug.name == "lsj":
         train_sizes = f"large-scale jitter of {aug.lsj_size} px x {list(aug.lsj_scale)}"
     elif aug.name == "none":
@@ -40,7 +44,8 @@ def describe_config(cfg: DictConfig) -> dict[str, Any]:
         "train_max_size": aug.get("max_size"),
         "augmentation": aug.name,
         "eval_size": [model.transform.min_size, model.transform.max_size],
-        "anchor_sizes": [list(level) for level in model.rpn.anchor_sizes],
+        "anchor_sizes": model.rpn.anchor_sizes if isinstance(model.rpn.anchor_sizes, str)
+        else [list(level) for level in model.rpn.anchor_sizes],
         "aspect_ratios": [list(level) for level in model.rpn.aspect_ratios],
         "rpn_fg_iou_thresh": model.rpn.fg_iou_thresh,
         "detections_per_img": model.roi_heads.detections_per_img,
@@ -121,16 +126,7 @@ class RunSummary(pl.Callback):
         return out
 
     def _report(self, dm) -> None:
-        from maskrcnn.data.fit_report import compute_fit_report
-
-        s = self.settings
-        sizes = s["train_min_size"] if isinstance(s["train_min_size"], (int, list)) else s["eval_size"][0]
-        self.report = compute_fit_report(
-            dm.train_dataset.annotation_file, dm.val_annotation_file, min_size=sizes,
-            max_size=s["train_max_size"] or s["eval_size"][1], anchor_sizes=s["anchor_sizes"],
-            aspect_ratios=s["aspect_ratios"], detections_per_img=s["detections_per_img"],
-            rpn_fg_iou_thresh=s["rpn_fg_iou_thresh"],
-        )
+        self.report = fit_report(self.settings, dm.train_dataset.annotation_file, dm.val_annotation_file)
         text = self.report.format()
         log.info("%s", text)
         for warning in self.report.warnings:
@@ -144,6 +140,20 @@ class RunSummary(pl.Callback):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
         (self.output_dir / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+
+
+def fit_report(settings: dict[str, Any], train_file, val_file=None, anchor_sizes=None):
+    """The dataset-fit report of the annotation files for the run's training scale and anchors
+    (``anchor_sizes`` replaces the configured ones, e.g. to evaluate a candidate set)."""
+    from maskrcnn.data.fit_report import compute_fit_report
+
+    s = settings
+    sizes = s["train_min_size"] if isinstance(s["train_min_size"], (int, list)) else s["eval_size"][0]
+    return compute_fit_report(
+        train_file, val_file, min_size=sizes, max_size=s["train_max_size"] or s["eval_size"][1],
+        anchor_sizes=anchor_sizes or s["anchor_sizes"], aspect_ratios=s["aspect_ratios"],
+        detections_per_img=s["detections_per_img"], rpn_fg_iou_thresh=s["rpn_fg_iou_thresh"],
+    )
 
 
 def format_summary(s: dict[str, Any]) -> str:
