@@ -34,6 +34,8 @@ class ValidationImageLogger(pl.Callback):
     """Sends the first ``num_images`` validation images, with predicted masks drawn, to every
     logger that can show images (W&B), once per validation epoch, from rank 0 only."""
 
+    requires_logger = True  # left out by build_trainer when there is no logger
+
     def __init__(self, num_images: int = 4, score_thresh: float = 0.5) -> None:
         self.num_images = num_images
         self.score_thresh = score_thresh
