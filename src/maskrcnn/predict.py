@@ -87,7 +87,10 @@ def load_for_model(path: Path, min_size: int, max_size: int) -> tuple[np.ndarray
         DatasetError: missing, empty, corrupt, truncated or not an image.
     """
     with open_image(path) as header:
-        original = exif_size(header)
+        try:
+            original = exif_size(header)
+        except Exception as exc:  # a broken EXIF block
+            raise DatasetError(f"image file {str(path)!r}: cannot read its header: {exc}") from exc
     image = load_rgb(path, at_least=(min_size, max_size))  # JPEG: DCT-scaled decode
     h, w = image.shape[:2]
     # The model will scale by s; shrink by the largest integer factor k <= 1/s, still 8-bit
