@@ -11,7 +11,7 @@ import pytest
 from hydra.errors import InstantiationException
 
 from conftest import ROOT, TINY
-from maskrcnn.cli import error_message, exit_on_expected_errors
+from maskrcnn.cli import error_message, exit_on_expected_errors, expected_error
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.training.config_checks import ConfigError
 from random_checkpoint import save_random_checkpoint
@@ -58,6 +58,18 @@ def test_dataloader_worker_errors_keep_only_the_original_message():
             '  File "coco.py", line 3, in load\n    raise DatasetError(...)\n'
             "maskrcnn.data.errors.DatasetError: image file 'a.jpg' (image id 3) is corrupt or truncated")
     assert error_message(DatasetError(text)) == "DatasetError: image file 'a.jpg' (image id 3) is corrupt or truncated"
+
+
+def test_errors_of_ddp_spawn_workers_are_recognised():
+    from torch.multiprocessing import ProcessRaisedException
+
+    text = ("\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+            '  File "module.py", line 134, in _is_nonfinite\n'
+            "maskrcnn.training.nonfinite.NonFiniteLossError: nonfinite_loss=skip: 5 of the last 5 training steps")
+    found = expected_error(ProcessRaisedException(text, 1, 123))
+    assert error_message(found) == "NonFiniteLossError: nonfinite_loss=skip: 5 of the last 5 training steps"
+    assert expected_error(ProcessRaisedException(text.replace("maskrcnn.training.nonfinite.NonFiniteLossError",
+                                                              "RuntimeError"), 1, 123)) is None
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

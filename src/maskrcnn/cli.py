@@ -52,16 +52,31 @@ def expected_error_types() -> tuple[type[BaseException], ...]:
 
 def expected_error(exc: BaseException) -> BaseException | None:
     """``exc`` itself if expected, or the expected error that Hydra's ``instantiate`` wrapped
-    (``InstantiationException: Error in call to target ...`` raised ``from`` it); else None."""
+    (``InstantiationException: Error in call to target ...`` raised ``from`` it), or the one a
+    DDP-spawn worker raised (``ProcessRaisedException``, which only carries its traceback as
+    text); else None."""
     expected, seen = expected_error_types(), set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, expected):
             return exc
+        if type(exc).__name__ == "ProcessRaisedException":
+            return _from_traceback_text(str(exc), expected)
         if not isinstance(exc, InstantiationException):
             return None
         exc = exc.__cause__
     return None
+
+
+def _from_traceback_text(text: str, expected: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The expected error a formatted traceback ends with ("pkg.module.DatasetError: message"), rebuilt."""
+    found, where = None, -1
+    for cls in expected:
+        marker = f"{cls.__module__}.{cls.__qualname__}: " if cls.__module__ != "builtins" else f"{cls.__name__}: "
+        at = text.rfind("\n" + marker)
+        if at > where:
+            found, where = cls(text[at + 1 + len(marker):].strip()), at
+    return found
 
 
 def error_message(exc: BaseException) -> str:
