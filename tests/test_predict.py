@@ -215,3 +215,21 @@ def test_predict_results_equal_the_network_output(checkpoint, images, tmp_path):
         assert row["score"] == pytest.approx(score, abs=1e-6)
         assert row["bbox"] == pytest.approx([box[0], box[1], box[2] - box[0], box[3] - box[1]], abs=1e-4)
         assert row["segmentation"] == rle
+
+
+def test_box_cropped_rle_pasting_equals_full_image_pasting():
+    """predict pastes each mask over its box only; the RLEs equal the full-image paste's, also
+    for boxes reaching outside the image or lying entirely outside it."""
+    import torch
+
+    from maskrcnn.modeling.postprocess import paste_masks
+    from maskrcnn.predict import paste_masks_to_rles
+
+    g = torch.Generator().manual_seed(0)
+    for height, width, n in [(37, 53, 60), (200, 120, 60), (5, 5, 10)]:
+        masks = torch.rand(n, 1, 28, 28, generator=g)  # some all below 0.5 after pasting: empty RLEs
+        size = torch.tensor([width, height])
+        xy = torch.rand(n, 2, generator=g) * size * 1.4 - size * 0.2
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * size * 0.6 + 0.3], dim=1)
+        expected = paste_masks(masks, boxes, (height, width), mask_format="rle")
+        assert paste_masks_to_rles(masks, boxes, (height, width)) == expected

@@ -97,7 +97,8 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
         callbacks.append(ValidationImageLogger(num_images=int(cfg.log_val_images)))
     if "optimizer" in cfg and "fn" in cfg.optimizer:  # training: warn when the LR's batch cannot be filled
-        callbacks.append(checks.BatchFitsDatasetCheck(int(cfg.data.batch_size), effective_batch_size(cfg), scaled_lr(cfg)))
+        batch = int(cfg.data.batch_size)
+        callbacks.append(checks.BatchFitsDatasetCheck(batch, effective_batch_size(cfg), scaled_lr(cfg)))
     return callbacks
 
 
