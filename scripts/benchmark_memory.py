@@ -1,4 +1,5 @@
-"""Peak memory of mask pasting with many instances on large images: ours (chunked) vs torchvision.
+"""Peak memory of mask pasting with many instances on large images: ours (chunked) vs torchvision;
+and of ``src/predict.py`` on one large photo (``--predict-photo 6000x4000``).
 
 Every case runs in a fresh Python process so that its peak resident set size belongs to that case
 alone. The child records its resident memory before pasting (interpreter + torch + inputs), resets
@@ -6,6 +7,12 @@ the kernel's high-water mark, pastes, and reads the peak (VmHWM), so ``peak - ba
 pasting itself needed; the float32 output alone is ``N * H * W * 4`` bytes (``output_mb``).
 
     python scripts/benchmark_memory.py --instances 100 300 --sizes 1333x800 3000x2000
+    python scripts/benchmark_memory.py --predict-photo 6000x4000
+
+The predict case writes a random-init ResNet-18-FPN checkpoint (800/1333 input, 100 detections per
+image) and a noisy JPEG, then runs ``maskrcnn.predict.predict`` on it: with ``score_thresh=0.5``
+(a random model keeps nothing, the case of the original report) and ``0.0`` (all 100 masks pasted
+at full resolution). Its peak includes the interpreter, torch and the model.
 """
 
 from __future__ import annotations
@@ -98,14 +105,8 @@ def paste_case(impl: str, num: int, width: int, height: int, chunk_size: int = 6
 def measure_paste(impl: str, num: int, width: int, height: int, chunk_size: int = 64, threads: int = 2,
                   timeout: float = 600) -> dict:
     """Run ``paste_case`` in a fresh interpreter (clean RSS peak) and return its result dict."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child",
-           json.dumps({"impl": impl, "num": num, "width": width, "height": height, "chunk_size": chunk_size,
-                       "threads": threads})]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory case {impl} N={num} {width}x{height} failed "
-                           f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_child({"impl": impl, "num": num, "width": width, "height": height, "chunk_size": chunk_size,
+                       "threads": threads}, timeout)
 
 
 def run_memory_benchmark(instances=(100, 300), sizes=((1333, 800),), chunk_size: int = 64,
@@ -130,11 +131,64 @@ def run_memory_benchmark(instances=(100, 300), sizes=((1333, 800),), chunk_size:
     return rows
 
 
+def predict_case(width: int, height: int, score_thresh: float, min_size: int = 800, max_size: int = 1333) -> dict:
+    """``predict`` on one ``width x height`` JPEG with a random-init model IN THIS PROCESS.
+
+    Returns:
+        {"peak_mb" (whole process), "baseline_mb" (before predict), "seconds", "detections"}.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from maskrcnn.predict import predict
+
+    torch.manual_seed(0)
+    model = {"_target_": "maskrcnn.modeling.build.build_mask_rcnn", "num_classes": 3, "roi_heads": {"score_thresh": 0.0},
+             "backbone": {"name": "resnet18", "pretrained": False, "norm": "bn", "trainable_layers": 5},
+             "transform": {"min_size": min_size, "max_size": max_size}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        net = instantiate(model, _convert_="all")
+        torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "run_config": {"model": model},
+                    "class_names": ["__background__", "a", "b", "c"]}, tmp / "random.ckpt")
+        del net
+        small = np.random.default_rng(0).integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        (tmp / "in").mkdir()
+        Image.fromarray(small).resize((width, height), Image.BILINEAR).save(tmp / "in" / "photo.jpg", quality=90)
+        del small
+        cfg = OmegaConf.create({"ckpt_path": str(tmp / "random.ckpt"), "input": str(tmp / "in"), "output": str(tmp / "out"),
+                                "device": "cpu", "batch_size": 1, "score_thresh": score_thresh})
+        baseline = _status_mb("VmRSS") or _peak_rss_mb()
+        _reset_peak()
+        start = time.perf_counter()
+        predict(cfg)
+        seconds = time.perf_counter() - start
+        detections = len(json.loads((tmp / "out" / "predictions.json").read_text()))
+    return {"peak_mb": _peak_rss_mb(), "baseline_mb": baseline, "seconds": seconds, "detections": detections}
+
+
+def _run_child(case: dict, timeout: float = 900) -> dict:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(case)],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory case {case} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _child(spec: str) -> None:
     args = json.loads(spec)
     import torch
 
     torch.set_num_threads(args.pop("threads"))
+    if args.pop("case", "paste") == "predict":
+        print(json.dumps(predict_case(**args)))
+        return
     print(json.dumps(paste_case(**args)))
 
 
@@ -147,7 +201,17 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1333x800"], help="WIDTHxHEIGHT")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--predict-photo", default=None, help="WIDTHxHEIGHT: measure src/predict.py on one JPEG instead")
     args = parser.parse_args()
+    if args.predict_photo:
+        width, height = parse_size(args.predict_photo)
+        print(f"{'src/predict.py on one JPEG':<34}{'kept':>6}{'peak RSS MB':>13}{'before predict MB':>19}{'s':>8}")
+        for thresh in (0.5, 0.0):
+            r = _run_child({"case": "predict", "width": width, "height": height, "score_thresh": thresh,
+                            "threads": args.threads})
+            print(f"{f'{width}x{height}, score_thresh={thresh}':<34}{r['detections']:>6}{r['peak_mb']:>13.0f}"
+                  f"{r['baseline_mb']:>19.0f}{r['seconds']:>8.1f}")
+        return
     sizes = [parse_size(s) for s in args.sizes]
     print(f"{'impl':<12}{'N':>5}{'image':>11}{'output MB':>11}{'peak RSS MB':>13}{'peak-base MB':>14}{'s':>8}")
     for r in run_memory_benchmark(args.instances, sizes, args.chunk_size, args.threads):

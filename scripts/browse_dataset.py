@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from maskrcnn.cli import exit_on_expected_errors
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.draw import draw_instances
 from maskrcnn.data.image_io import image_to_uint8
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
 
 
+@exit_on_expected_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, help="image folder")

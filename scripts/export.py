@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from maskrcnn.cli import exit_on_expected_errors
 from maskrcnn.data.image_io import image_to_tensor, load_rgb
 from maskrcnn.export import FORMATS, build_tiny_model, example_image, export_model, max_abs_diff
 
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@exit_on_expected_errors
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     height = args.height or (96 if args.tiny else 800)

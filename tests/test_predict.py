@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -12,22 +13,17 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools import mask as mask_utils
 
-from conftest import ROOT, TINY, compose
-from maskrcnn.predict import list_images, load_checkpoint_model, predict
-from maskrcnn.training.pipeline import train
+from conftest import ROOT, compose
+from maskrcnn.data.errors import DatasetError
+from maskrcnn.predict import list_images, load_checkpoint_model, load_for_model, predict
+from random_checkpoint import save_random_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(shapes_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = compose(
-        [*TINY, "trainer.max_steps=2", "callbacks=default", "callbacks.rich_progress_bar=null",
-         "callbacks.model_checkpoint.monitor=null", "trainer.limit_val_batches=0", "validate_after_train=false",
-         "model.roi_heads.score_thresh=0.0"],
-        output_dir=out, data_dir=shapes_dir,
-    )
-    train(cfg)
-    return out / "checkpoints" / "last.ckpt"
+    """A tiny random-init model that finds something everywhere (score_thresh=0)."""
+    return save_random_checkpoint(tmp_path_factory.mktemp("run") / "random.ckpt", ["model.roi_heads.score_thresh=0.0"],
+                                  data_dir=shapes_dir)
 
 
 @pytest.fixture
@@ -105,3 +101,135 @@ def test_predict_cli(checkpoint, images, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(out.glob("*.png"))) == 2 and (out / "predictions.json").is_file()
+
+
+def _jpeg(path, size, quality=90):
+    """A smooth colour gradient (compresses well, so big files stay small)."""
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+    rgb = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                          np.broadcast_to((x + y) / 2, (h, w, 1))], axis=2).astype(np.uint8)
+    Image.fromarray(rgb).save(path, quality=quality)
+    return path
+
+
+def _predict(checkpoint, folder, out, *extra):
+    cfg = compose([f"ckpt_path={checkpoint}", f"input={folder}", f"output={out}", "score_thresh=0.0", "device=cpu",
+                   *extra], config_name="predict", output_dir=out.parent)
+    return predict(cfg)
+
+
+def test_unreadable_inputs_are_skipped_listed_and_the_rest_written(checkpoint, images, tmp_path):
+    (images / "zz_corrupt.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    truncated = _jpeg(tmp_path / "t.jpg", (64, 48)).read_bytes()
+    (images / "zz_truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
+    (images / "zz_empty.png").write_bytes(b"")
+    (images / "notes.txt").write_text("not an image, ignored by suffix")
+    out = tmp_path / "out"
+    _predict(checkpoint, images, out)
+    meta = json.loads((out / "images.json").read_text())
+    assert [Path(m["file_name"]).name for m in meta] == ["000000.png", "000001.png", "rotated.jpg"]
+    results = json.loads((out / "predictions.json").read_text())
+    assert {r["image_id"] for r in results} == {1, 2, 3}
+    skipped = [json.loads(line) for line in (out / "skipped_inputs.jsonl").read_text().splitlines()]
+    reasons = {Path(e["file"]).name: e["reason"] for e in skipped}
+    assert set(reasons) == {"zz_corrupt.jpg", "zz_truncated.jpg", "zz_empty.png"}
+    assert "cannot be read as an image" in reasons["zz_corrupt.jpg"]
+    assert "truncated" in reasons["zz_truncated.jpg"] and "empty (0 bytes)" in reasons["zz_empty.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["000000.png", "000001.png", "rotated.png"]
+
+
+def test_strict_stops_at_the_first_unreadable_input_keeping_earlier_results(checkpoint, images, tmp_path):
+    (images / "b_bad.jpg").write_bytes(b"garbage")  # sorted after the two PNGs, before rotated.jpg
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match=r"b_bad\.jpg.*strict=true"):
+        _predict(checkpoint, images, out, "strict=true", "batch_size=3")
+    meta = json.loads((out / "images.json").read_text())
+    assert [Path(m["file_name"]).name for m in meta] == ["000000.png", "000001.png"]
+    assert json.loads((out / "predictions.json").read_text())
+
+
+def test_a_crash_late_keeps_the_results_so_far(checkpoint, images, tmp_path, monkeypatch):
+    import maskrcnn.predict as module
+
+    real, calls = module._predict_batch, []
+
+    def crash_on_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash (out of memory, ...)")
+        real(*args)
+
+    monkeypatch.setattr(module, "_predict_batch", crash_on_second)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _predict(checkpoint, images, out, "batch_size=2")
+    assert len(json.loads((out / "images.json").read_text())) == 2
+    assert {r["image_id"] for r in json.loads((out / "predictions.json").read_text())} == {1, 2}
+
+
+def test_large_photos_are_decoded_small_and_results_are_at_full_size(checkpoint, tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    _jpeg(folder / "photo.jpg", (3000, 2000))
+    Image.open(_jpeg(tmp_path / "tmp.jpg", (1600, 1200))).save(folder / "scan.png")
+    # The tiny model's input is 64 px: the JPEG is DCT-decoded at 1/8, then shrunk x5 still as uint8.
+    image, original = load_for_model(folder / "photo.jpg", 64, 64)
+    assert original == (2000, 3000) and image.shape == (50, 75, 3)
+    image, original = load_for_model(folder / "scan.png", 64, 64)
+    assert original == (1200, 1600) and image.shape == (48, 64, 3)  # not a JPEG: decoded, then shrunk x25
+    out = tmp_path / "out"
+    _predict(checkpoint, folder, out)
+    meta = {m["id"]: m for m in json.loads((out / "images.json").read_text())}
+    assert sorted((m["height"], m["width"]) for m in meta.values()) == [(1200, 1600), (2000, 3000)]
+    results = json.loads((out / "predictions.json").read_text())
+    assert len({r["image_id"] for r in results}) == 2
+    for r in results:  # boxes and masks at the original resolution
+        height, width = meta[r["image_id"]]["height"], meta[r["image_id"]]["width"]
+        assert r["segmentation"]["size"] == [height, width]
+        x, y, w, h = r["bbox"]
+        assert -1e-3 <= x and x + w <= width + 1e-3 and -1e-3 <= y and y + h <= height + 1e-3
+        box_of_mask = mask_utils.toBbox(r["segmentation"])
+        if mask_utils.area(r["segmentation"]) > 0:  # the mask lies in its (expanded) box
+            assert box_of_mask[0] >= x - w and box_of_mask[0] + box_of_mask[2] <= x + 2 * w
+    assert Image.open(out / "photo.png").size == (75, 50)  # overlays at the decoded size
+
+
+def test_predict_results_equal_the_network_output(checkpoint, images, tmp_path):
+    """Images no larger than the model input go through predict's own pasting unchanged."""
+    import torch
+
+    from maskrcnn.data.image_io import image_to_tensor, load_rgb
+
+    out = tmp_path / "out"
+    _predict(checkpoint, images, out)
+    results = json.loads((out / "predictions.json").read_text())
+    net, _ = load_checkpoint_model(checkpoint, mask_format="rle")
+    path = sorted(images.glob("*.png"))[0]
+    with torch.no_grad():
+        det = net([image_to_tensor(load_rgb(path))])["detections"][0]
+    rows = [r for r in results if r["image_id"] == 1]
+    assert len(rows) == len(det["scores"]) > 0
+    for row, box, score, rle in zip(rows, det["boxes"].tolist(), det["scores"].tolist(), det["masks"]):
+        assert row["score"] == pytest.approx(score, abs=1e-6)
+        assert row["bbox"] == pytest.approx([box[0], box[1], box[2] - box[0], box[3] - box[1]], abs=1e-4)
+        assert row["segmentation"] == rle
+
+
+def test_box_cropped_rle_pasting_equals_full_image_pasting():
+    """predict pastes each mask over its box only; the RLEs equal the full-image paste's, also
+    for boxes reaching outside the image or lying entirely outside it."""
+    import torch
+
+    from maskrcnn.modeling.postprocess import paste_masks
+    from maskrcnn.predict import paste_masks_to_rles
+
+    g = torch.Generator().manual_seed(0)
+    for height, width, n in [(37, 53, 60), (200, 120, 60), (5, 5, 10)]:
+        masks = torch.rand(n, 1, 28, 28, generator=g)  # some all below 0.5 after pasting: empty RLEs
+        size = torch.tensor([width, height])
+        xy = torch.rand(n, 2, generator=g) * size * 1.4 - size * 0.2
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * size * 0.6 + 0.3], dim=1)
+        expected = paste_masks(masks, boxes, (height, width), mask_format="rle")
+        assert paste_masks_to_rles(masks, boxes, (height, width)) == expected

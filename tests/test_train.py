@@ -101,7 +101,8 @@ def test_nonfinite_loss_stops_naming_step_and_term(shapes_dir, tmp_path):
 
 def test_nonfinite_loss_skip_policy_skips_steps(shapes_dir, tmp_path):
     cfg = compose(
-        [*TINY, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "trainer.limit_val_batches=0", "validate_after_train=false"],
+        [*TINY, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "nonfinite_max_skip_fraction=1.0",
+         "trainer.limit_val_batches=0", "validate_after_train=false"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
     _, objects = train(cfg)

@@ -2,6 +2,11 @@
 
 ``predict(cfg)`` is called by ``src/predict.py``; the model is rebuilt from the config stored in
 the checkpoint, so only ``ckpt_path``, ``input`` and ``output`` are needed.
+
+Large photos cost about what the model input costs: a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+when that still covers the model's input size (DCT scaling, ``image_io.load_rgb(at_least=...)``),
+other formats are shrunk by an integer factor while still 8-bit, and masks are pasted at the
+original resolution straight into RLE, each over its box only. Overlays are drawn at the decoded size.
 """
 
 from __future__ import annotations
@@ -9,28 +14,42 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from PIL import Image
+from pycocotools import mask as mask_utils
 from rich.progress import track
+from torch import Tensor, nn
 
-from maskrcnn.data.image_io import image_to_tensor, load_rgb
 from maskrcnn.data.draw import draw_instances
-from maskrcnn.training.callbacks import detections_to_numpy
+from maskrcnn.data.errors import DatasetError
+from maskrcnn.data.image_io import exif_size, image_to_tensor, load_rgb, open_image
+from maskrcnn.modeling.postprocess import _paste_chunk, expand_boxes_to_int, paste_masks
+from maskrcnn.modeling.transform import map_boxes_to_original
+from maskrcnn.training.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, read_run_checkpoint
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Float elements one mask-pasting chunk may hold (x4 bytes): 2 masks of a 24-megapixel photo.
+PASTE_BUDGET = 2**26
+# predictions.json is rewritten at most this often during a run (and always at the end, even
+# after an error), so that a run killed late keeps most of its results.
+SAVE_EVERY_S = 60.0
 
 
 def list_images(spec: str) -> list[Path]:
     """A directory (its images, sorted), a glob pattern, or a single file."""
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+        if len(entries) > len(files):
+            log.info("input=%s: ignoring %d file(s) without an image suffix", spec, len(entries) - len(files))
     elif path.is_file():
         files = [path]
     else:
@@ -40,26 +59,15 @@ def list_images(spec: str) -> list[Path]:
     return files
 
 
-def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tuple[torch.nn.Module, dict]:
+def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tuple[nn.Module, dict]:
     """Rebuild the network from a training checkpoint. Returns ``(net, meta)`` where meta holds
-    ``class_names`` and ``label_to_category_id``."""
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    run_config = ckpt.get("run_config")
-    if not run_config or "model" not in run_config:
-        raise ValueError(f"{ckpt_path} has no stored run config; was it written by src/train.py?")
-    model_cfg = dict(run_config["model"], mask_format=mask_format, init_from=None)
-    model_cfg["backbone"] = dict(model_cfg["backbone"], pretrained=False)
-    net = instantiate(model_cfg, _convert_="all")
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state, strict=True)
-    meta = {
-        "class_names": ckpt.get("class_names") or [],
-        "label_to_category_id": {int(k): int(v) for k, v in (ckpt.get("label_to_category_id") or {}).items()},
-    }
-    return net.eval(), meta
+    ``class_names`` and ``label_to_category_id``.
+
+    Raises:
+        FileNotFoundError / CheckpointError: naming the path (see ``training.run_checkpoint``).
+    """
+    ckpt = read_run_checkpoint(ckpt_path)
+    return build_net_from_checkpoint(ckpt, ckpt_path, mask_format=mask_format), checkpoint_meta(ckpt)
 
 
 def _device(name: str) -> torch.device:
@@ -68,42 +76,207 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def load_for_model(path: Path, min_size: int, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` no larger than needed for a model resizing to ``min_size`` / ``max_size``.
+
+    Returns:
+        image: ``np.ndarray[h, w, 3] uint8`` RGB, at least the model's input size when the file is
+            larger (then a reduced copy), else the full image; EXIF orientation applied.
+        original_size: ``(H, W)`` of the full image after EXIF orientation.
+
+    Raises:
+        DatasetError: missing, empty, corrupt, truncated or not an image.
+    """
+    with open_image(path) as header:
+        try:
+            original = exif_size(header)
+        except Exception as exc:  # a broken EXIF block
+            raise DatasetError(f"image file {str(path)!r}: cannot read its header: {exc}") from exc
+    image = load_rgb(path, at_least=(min_size, max_size))  # JPEG: DCT-scaled decode
+    h, w = image.shape[:2]
+    # The model will scale by s; shrink by the largest integer factor k <= 1/s, still 8-bit
+    # (box filter), so the float copies the model makes are of about its input size.
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    factor = int(1.0 / scale) if scale < 1.0 else 1
+    if factor >= 2:
+        image = np.asarray(Image.fromarray(image).reduce(factor))
+    return image, original
+
+
+def _detect(net: nn.Module, images: list[Tensor]) -> tuple[list[dict], list[tuple[int, int]]]:
+    """``MaskRCNN.forward``'s inference path, stopped before mask pasting: the M x M masks are pasted
+    here at the size of the original file rather than of the (reduced) input tensor.
+
+    Returns:
+        detections: per image {"boxes" Tensor[D, 4] xyxy in resized pixels, "labels" [D],
+            "scores" [D], "masks" Tensor[D, 1, M, M] probabilities}; resized (h, w) per image.
+    """
+    batch, _ = net.transform(images, None)
+    features = net.backbone(batch.tensors)
+    proposals, _ = net.rpn(batch, features, None)
+    detections, _ = net.roi_heads(features, proposals, batch.image_sizes, None)
+    return detections, list(batch.image_sizes)
+
+
+def _chunk(size: tuple[int, int]) -> int:
+    return max(1, PASTE_BUDGET // (size[0] * size[1]))
+
+
+def paste_masks_to_rles(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> list[dict]:
+    """``paste_masks(..., mask_format="rle")`` at a cost that grows with the boxes, not the image.
+
+    Each mask is pasted only over its (expanded, integer) box, with the very interpolation weights
+    ``paste_masks`` uses there (the box is shifted by whole pixels), and its RLE is assembled from
+    that crop: the image's columns left and right of the box are zero runs. A 24-megapixel photo
+    with 100 detections then costs the area of 100 boxes instead of 100 full images.
+
+    Args:
+        masks: Tensor[N, 1, M, M] float probabilities; boxes: Tensor[N, 4] float xyxy in the
+            pixels of the ``image_size`` = (H, W) image.
+
+    Returns:
+        N COCO RLE dicts ``{"size": [H, W], "counts": str}``, equal to ``paste_masks``' RLEs.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    size = masks.shape[-1]
+    padded = torch.nn.functional.pad(masks[:, 0], (padding,) * 4)  # [N, M+2p, M+2p]
+    int_boxes = expand_boxes_to_int(boxes, float(size + 2 * padding) / size).tolist()
+    rles = []
+    for i, (x0, y0, x1, y1) in enumerate(int_boxes):
+        c0, c1, r0, r1 = max(x0, 0), min(x1, width - 1), max(y0, 0), min(y1, height - 1)
+        runs = [height * width]
+        if c0 <= c1 and r0 <= r1:
+            shifted = torch.tensor([[x0 - c0, y0 - r0, x1 - c0, y1 - r0]], device=masks.device)
+            crop = _paste_chunk(padded[i : i + 1], shifted, r1 - r0 + 1, c1 - c0 + 1)[0] > 0.5  # [h, w] bool
+            runs = _column_runs(crop.cpu().numpy(), r0, c0, height, width)
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+        rles.append({"size": [height, width], "counts": rle["counts"].decode("ascii")})
+    return rles
+
+
+def _column_runs(crop: np.ndarray, top: int, left: int, height: int, width: int) -> list[int]:
+    """Uncompressed COCO RLE counts (column-major, starting with zeros) of an H x W mask that is
+    zero except for ``crop`` (``ndarray[h, w] bool``) placed at row ``top``, column ``left``."""
+    strip = np.zeros((crop.shape[1], height), dtype=bool)  # the box's columns, full height
+    strip[:, top : top + crop.shape[0]] = crop.T
+    flat = strip.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
+    if flat[0]:
+        runs.insert(0, 0)  # counts start with a (here empty) run of zeros
+    runs[0] += left * height  # the columns left of the box
+    after = (width - left - crop.shape[1]) * height  # and right of it
+    if len(runs) % 2:  # the last run is zeros
+        runs[-1] += after
+    elif after:
+        runs.append(after)
+    return runs
+
+
+class _Outputs:
+    """predictions.json + images.json (rewritten atomically) and skipped_inputs.jsonl (appended)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.results: list[dict] = []
+        self.images: list[dict] = []
+        self.skipped: list[dict] = []
+        self.skipped_path = out_dir / "skipped_inputs.jsonl"
+        self.skipped_path.unlink(missing_ok=True)  # a list from an earlier run into this folder
+        self._saved_at = time.monotonic()
+
+    def skip(self, path: Path, error: Exception) -> None:
+        entry = {"file": str(path), "reason": str(error)}
+        self.skipped.append(entry)
+        with open(self.skipped_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        log.warning("Skipping unreadable input %s: %s", path, error)
+
+    def _write(self, name: str, obj, indent: int | None = None) -> None:
+        tmp = self.out_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=indent))
+        os.replace(tmp, self.out_dir / name)  # readers never see a half-written file
+
+    def save(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._saved_at > SAVE_EVERY_S:
+            self._write("predictions.json", self.results)
+            self._write("images.json", self.images, indent=1)
+            self._saved_at = time.monotonic()
+
+
 @torch.inference_mode()
 def predict(cfg) -> Path:
-    """Writes ``<output>/<stem>.png`` overlays, ``predictions.json`` (COCO results with RLE masks)
-    and ``images.json`` (the image list those results refer to). Returns the output folder."""
+    """Writes ``<output>/<stem>.png`` overlays, ``predictions.json`` (COCO results with RLE masks at
+    the original resolution), ``images.json`` (the image list those results refer to) and, when
+    inputs could not be read, ``skipped_inputs.jsonl``. Returns the output folder.
+
+    Raises:
+        DatasetError: no input could be read, or (``strict=true``) the first unreadable input.
+    """
     files = list_images(str(cfg.input))
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.get("device", "auto"))
-    net, meta = load_checkpoint_model(cfg.ckpt_path, mask_format="rle")
+    net, meta = load_checkpoint_model(cfg.ckpt_path)
     net.to(device)
-    names, to_cat = meta["class_names"], meta["label_to_category_id"]
+    min_size, max_size = int(net.transform.min_size[-1]), int(net.transform.max_size)
     thresh = float(cfg.get("score_thresh", 0.5))
-    results, images_meta = [], []
-    batch_size = int(cfg.get("batch_size", 2))
-    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    for batch in track(batches, description="predict"):
-        arrays = [load_rgb(p) for p in batch]
-        tensors = [image_to_tensor(a).to(device) for a in arrays]
-        detections = net(tensors)["detections"]
-        for path, array, det in zip(batch, arrays, detections):
-            image_id = len(images_meta) + 1
-            images_meta.append({"id": image_id, "file_name": str(path), "height": array.shape[0], "width": array.shape[1]})
-            d = detections_to_numpy(det, thresh)
-            rles = [r for r, s in zip(det["masks"], det["scores"].tolist()) if s >= thresh]
-            for box, label, score, rle in zip(d["boxes"], d["labels"], d["scores"], rles):
-                x0, y0, x1, y1 = (float(v) for v in box)
-                results.append({
-                    "image_id": image_id,
-                    "category_id": to_cat.get(int(label), int(label)),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": float(score),
-                    "segmentation": rle,
-                })
-            picture = draw_instances(array, d["boxes"], d["masks"], d["labels"], names, scores=d["scores"])
-            Image.fromarray(np.ascontiguousarray(picture)).save(out_dir / f"{path.stem}.png")
-    (out_dir / "predictions.json").write_text(json.dumps(results))
-    (out_dir / "images.json").write_text(json.dumps(images_meta, indent=1))
-    log.info("Wrote %d detections for %d images to %s", len(results), len(files), out_dir)
+    batch_size, strict = int(cfg.get("batch_size", 2)), bool(cfg.get("strict", False))
+    outputs = _Outputs(out_dir)
+    try:
+        batch: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
+        for index, path in enumerate(track(files, description="predict")):
+            try:
+                batch.append((path, *load_for_model(path, min_size, max_size)))
+            except DatasetError as error:
+                outputs.skip(path, error)
+                if strict:
+                    if batch:  # the inputs read before this one still get their results
+                        _predict_batch(net, batch, device, thresh, meta, outputs)
+                    raise DatasetError(f"{error} (strict=true stops at the first unreadable input)") from error
+            if batch and (len(batch) == batch_size or index == len(files) - 1):
+                _predict_batch(net, batch, device, thresh, meta, outputs)
+                batch = []
+                outputs.save()
+    finally:
+        outputs.save(force=True)
+    summary = f"{len(outputs.results)} detections for {len(outputs.images)} images to {out_dir}"
+    if outputs.skipped:
+        summary += f"; skipped {len(outputs.skipped)} unreadable input(s), listed in {outputs.skipped_path}"
+    log.info("Wrote %s", summary)
+    if not outputs.images:
+        raise DatasetError(
+            f"input={str(cfg.input)!r}: none of the {len(files)} image file(s) could be read "
+            f"(reasons in {outputs.skipped_path})"
+        )
     return out_dir
+
+
+def _predict_batch(
+    net: nn.Module, batch: list, device: torch.device, thresh: float, meta: dict, outputs: _Outputs
+) -> None:
+    """Detect on a batch of ``(path, decoded image, original size)``; add rows and write overlays."""
+    names, to_cat = meta["class_names"], meta["label_to_category_id"]
+    tensors = [image_to_tensor(array).to(device) for _, array, _ in batch]
+    detections, resized_sizes = _detect(net, tensors)
+    for (path, array, original), det, resized in zip(batch, detections, resized_sizes):
+        image_id = len(outputs.images) + 1
+        outputs.images.append({"id": image_id, "file_name": str(path), "height": original[0], "width": original[1]})
+        keep = det["scores"] >= thresh
+        masks, labels, scores = det["masks"][keep], det["labels"][keep], det["scores"][keep]
+        boxes = map_boxes_to_original(det["boxes"][keep], resized, original)  # Tensor[D, 4] xyxy, file pixels
+        rles = paste_masks_to_rles(masks, boxes, original)
+        for box, label, score, rle in zip(boxes.tolist(), labels.tolist(), scores.tolist(), rles):
+            x0, y0, x1, y1 = box
+            outputs.results.append({
+                "image_id": image_id,
+                "category_id": to_cat.get(int(label), int(label)),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": float(score),
+                "segmentation": rle,
+            })
+        decoded = array.shape[:2]
+        drawn_boxes = map_boxes_to_original(det["boxes"][keep], resized, decoded)
+        drawn_masks = paste_masks(masks, drawn_boxes, decoded, mask_format="binary", chunk_size=_chunk(decoded))
+        picture = draw_instances(array, drawn_boxes.cpu(), drawn_masks.cpu(), labels.cpu(), names, scores=scores.cpu())
+        Image.fromarray(np.ascontiguousarray(picture)).save(outputs.out_dir / f"{path.stem}.png")

@@ -18,6 +18,11 @@ from pycocotools import mask as mask_utils
 # doing the same keeps AP numbers comparable with torchvision's published results.
 MASK_THRESHOLD = 0.5
 
+# pycocotools' ``mask.area`` sizes a scratch array with a uint8 (``np.array((n,), dtype=np.uint8)``),
+# which numpy 2 rejects for n > 255 ("Python integer 300 out of bounds for uint8"): call it in
+# chunks so that images with hundreds of detections (detections_per_img=300) evaluate.
+_AREA_CHUNK = 255
+
 
 @dataclass
 class ImageResults:
@@ -67,6 +72,14 @@ class ImageResults:
                 )
             ]
         raise ValueError(f"unsupported iou_type {iou_type!r}; expected 'bbox' or 'segm'")
+
+
+def rle_areas(rles: list[dict]) -> np.ndarray:
+    """Pixel areas of any number of COCO RLEs: ``ndarray[D] float64``."""
+    if not rles:
+        return np.zeros(0)
+    chunks = [mask_utils.area(rles[i : i + _AREA_CHUNK]) for i in range(0, len(rles), _AREA_CHUNK)]
+    return np.concatenate(chunks).astype(np.float64)
 
 
 def _as_numpy(value, name: str, image_id: int) -> np.ndarray:
@@ -172,6 +185,6 @@ def detection_to_results(
         if len(rles) != len(scores):
             raise ValueError(f"image {image_id}: {len(rles)} masks for {len(scores)} detections")
         result.rles = rles
-        result.mask_areas = mask_utils.area(rles).astype(np.float64) if rles else np.zeros(0)
+        result.mask_areas = rle_areas(rles)
         result.mask_boxes = mask_utils.toBbox(rles).astype(np.float64) if rles else np.zeros((0, 4))
     return result

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
+from .weights_download import explain_download_errors
+
 # name -> (torchvision constructor name, ImageNet weight enum name)
 _TRUNKS: dict[str, tuple[str, str]] = {
     "resnet18": ("resnet18", "ResNet18_Weights"),
@@ -105,7 +107,8 @@ def build_backbone(
 
     Args:
         name: one of resnet18, resnet34, resnet50, resnet101, resnext101_32x8d.
-        pretrained: load torchvision's ImageNet (IMAGENET1K_V1) trunk weights (downloads them).
+        pretrained: load torchvision's ImageNet (IMAGENET1K_V1) trunk weights (downloads them once
+            into the torch hub cache; offline, a WeightsDownloadError explains how to pre-fetch).
         trainable_layers: 0..5 trunk stages left trainable counted from layer4 (5 = all, including
             conv1/bn1), frozen exactly like torchvision. Only applied with ``pretrained=True``:
             a randomly initialised trunk must train entirely (torchvision does the same).
@@ -125,7 +128,11 @@ def build_backbone(
 
     fn_name, enum_name = _TRUNKS[name]
     weights = getattr(torchvision.models, enum_name).IMAGENET1K_V1 if pretrained else None
-    trunk = getattr(torchvision.models, fn_name)(weights=weights, norm_layer=norm_layer)
+    with explain_download_errors(
+        weights, f"ImageNet weights of the {name} backbone (model.backbone.pretrained=true)",
+        "Or train the backbone from scratch with model.backbone.pretrained=false.",
+    ):
+        trunk = getattr(torchvision.models, fn_name)(weights=weights, norm_layer=norm_layer)
 
     if pretrained:
         freeze_trunk_layers(trunk, trainable_layers)

@@ -33,8 +33,14 @@ def _read_state_dict(path: str | Path) -> OrderedDict[str, Tensor]:
     if str(path) == TORCHVISION_COCO:
         from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
+        from .weights_download import fetch_state_dict
+
         # Downloads once into the torch hub cache (~170 MB); 37.9 box / 34.6 mask AP on COCO val2017.
-        return OrderedDict(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.get_state_dict(progress=True))
+        return OrderedDict(fetch_state_dict(
+            MaskRCNN_ResNet50_FPN_Weights.COCO_V1, f"COCO Mask R-CNN weights (model.init_from={TORCHVISION_COCO})",
+            "Or start without them: model.init_from=null (ImageNet backbone only, or from scratch with "
+            "model.backbone.pretrained=false).",
+        ))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_torchvision_checkpoint: no checkpoint file at {path}")

@@ -10,13 +10,20 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from maskrcnn.training import config_checks as checks
+from maskrcnn.training.config_checks import ConfigError
 from maskrcnn.training.module import MaskRCNNModule
 
 log = logging.getLogger(__name__)
 
+__all__ = [  # ConfigError is re-exported: it lived here first
+    "ConfigError", "build_callbacks", "build_datamodule", "build_loggers", "build_module", "build_trainer",
+    "effective_batch_size", "resolve_ckpt_path", "scaled_lr",
+]
 
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the config key."""
+# Callbacks that raise without a logger (Lightning: "Cannot use LearningRateMonitor callback with
+# Trainer that has no logger"); our own declare it with a ``requires_logger = True`` attribute.
+_NEED_A_LOGGER = (pl.callbacks.LearningRateMonitor, pl.callbacks.DeviceStatsMonitor)
 
 
 def _num_devices(trainer_cfg: DictConfig) -> int:
@@ -35,8 +42,9 @@ def _num_devices(trainer_cfg: DictConfig) -> int:
 
 def effective_batch_size(cfg: DictConfig) -> int:
     """Images per optimizer step over all processes: batch x devices x nodes x accumulation."""
+    checks.check_trainer(cfg.trainer)
     return (
-        int(cfg.data.batch_size)
+        checks.positive_int(cfg.data.batch_size, "data.batch_size")
         * _num_devices(cfg.trainer)
         * int(cfg.trainer.get("num_nodes", 1))
         * int(cfg.trainer.get("accumulate_grad_batches", 1))
@@ -45,20 +53,24 @@ def effective_batch_size(cfg: DictConfig) -> int:
 
 def scaled_lr(cfg: DictConfig) -> float:
     """Linear scaling rule (Goyal et al. 2017): lr grows with the effective batch size."""
-    return float(cfg.optimizer.lr_per_16_images) * effective_batch_size(cfg) / 16.0
+    lr_per_16 = checks.positive_float(cfg.optimizer.lr_per_16_images, "optimizer.lr_per_16_images")
+    return lr_per_16 * effective_batch_size(cfg) / 16.0
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    if cfg.data.get("num_classes") in (None, "???"):
-        raise ConfigError("data.num_classes must be set (number of foreground categories in the dataset)")
+    checks.check_num_classes(cfg.data.get("num_classes"))
+    checks.positive_int(cfg.data.get("batch_size", 1), "data.batch_size")
     return instantiate(cfg.data, _convert_="all")
 
 
 def build_module(cfg: DictConfig) -> MaskRCNNModule:
-    net = instantiate(cfg.model, _convert_="all")
-    criterion = instantiate(cfg.loss.criterion)
     # The eval config has no optimizer/scheduler groups (an experiment may still set a few keys).
     training = "fn" in cfg.get("optimizer", {})
+    lr = scaled_lr(cfg) if training else 0.0  # checks batch size and LR before the model is built
+    checks.check_num_classes(cfg.model.get("num_classes"), "model.num_classes")
+    checks.check_transform_sizes(cfg.model.get("transform"))
+    net = instantiate(cfg.model, _convert_="all")
+    criterion = instantiate(cfg.loss.criterion)
     optimizer = instantiate(cfg.optimizer.fn) if training else None
     scheduler = instantiate(cfg.scheduler) if "_target_" in cfg.get("scheduler", {}) else None
     module = MaskRCNNModule(
@@ -67,9 +79,12 @@ def build_module(cfg: DictConfig) -> MaskRCNNModule:
         loss_weights=OmegaConf.to_container(cfg.loss.weights),
         optimizer=optimizer,
         scheduler=scheduler,
-        lr=scaled_lr(cfg) if training else 0.0,
+        lr=lr,
         nonfinite_loss=cfg.get("nonfinite_loss", "raise"),
         eval_backend=cfg.get("eval_backend", "faster_coco_eval"),
+        nonfinite_max_skip_fraction=cfg.get("nonfinite_max_skip_fraction", 0.2),
+        nonfinite_skip_window=cfg.get("nonfinite_skip_window", 100),
+        nonfinite_min_skipped=cfg.get("nonfinite_min_skipped", 5),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     return module
@@ -86,6 +101,8 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
         output_dir = cfg.paths.get("output_dir")
         callbacks.append(RunSummary(describe_config(cfg), output_dir, fit_report=bool(cfg.get("dataset_report", True))))
+        # warn when the batch the LR is scaled for cannot be filled by the training set
+        callbacks.append(checks.BatchFitsDatasetCheck(int(cfg.data.batch_size), effective_batch_size(cfg), scaled_lr(cfg)))
     dashboard = (cfg.get("logger") or {}).get("wandb_dashboard")  # conf/logger/wandb.yaml
     if dashboard:
         from maskrcnn.training.wandb_dashboard import WandbDashboard
@@ -94,15 +111,23 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return callbacks
 
 
+def _needs_logger(callback: pl.Callback) -> bool:
+    return bool(getattr(callback, "requires_logger", False)) or isinstance(callback, _NEED_A_LOGGER)
+
+
 def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
     loggers = build_loggers(cfg)
-    return instantiate(
-        cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False, **overrides
-    )
+    callbacks = build_callbacks(cfg)
+    if not loggers:
+        dropped = [type(c).__name__ for c in callbacks if _needs_logger(c)]
+        if dropped:
+            log.info("No logger (logger=none): leaving out the callbacks that need one: %s", ", ".join(dropped))
+        callbacks = [c for c in callbacks if not _needs_logger(c)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:

@@ -41,6 +41,8 @@ class ValidationImageLogger(pl.Callback):
     other logger with ``log_image``. W&B gets native, toggleable overlays from
     ``maskrcnn.training.wandb_dashboard.WandbDashboard`` instead."""
 
+    requires_logger = True  # left out by build_trainer when there is no logger
+
     def __init__(self, num_images: int = 4, score_thresh: float = 0.5) -> None:
         self.num_images = num_images
         self.score_thresh = score_thresh

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.losses.criterion import TERMS
+from maskrcnn.training.nonfinite import NonFiniteLossError, SkipLimit
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class MaskRCNNModule(pl.LightningModule):
         scheduler: ``scheduler(optimizer, total_steps=...)`` or None; stepped every optimizer step.
         lr: base learning rate after the linear scaling rule (computed by the pipeline).
         nonfinite_loss: "raise" stops with the step and the offending term; "skip" skips the step.
+        nonfinite_max_skip_fraction / nonfinite_skip_window / nonfinite_min_skipped: with "skip",
+            stop (NonFiniteLossError) once more than this share of the last ``window`` steps, and at
+            least ``min_skipped`` of them, were skipped (see ``training.nonfinite.SkipLimit``).
         eval_backend: "faster_coco_eval" or "pycocotools".
     """
 
@@ -47,6 +51,9 @@ class MaskRCNNModule(pl.LightningModule):
         lr: float = 0.02,
         nonfinite_loss: str = "raise",
         eval_backend: str = "faster_coco_eval",
+        nonfinite_max_skip_fraction: float = 0.2,
+        nonfinite_skip_window: int = 100,
+        nonfinite_min_skipped: int = 5,
     ) -> None:
         super().__init__()
         unknown = set(loss_weights) - set(TERMS)
@@ -67,6 +74,10 @@ class MaskRCNNModule(pl.LightningModule):
         self.eval_backend = eval_backend
         self.evaluator: CocoEvaluator | None = None
         self.skipped_steps = 0
+        self.skip_limit = (
+            SkipLimit(nonfinite_max_skip_fraction, nonfinite_skip_window, nonfinite_min_skipped)
+            if nonfinite_loss == "skip" else None
+        )
         # Filled by the pipeline and stored in checkpoints so predict/eval can rebuild the model.
         self.run_config: dict | None = None
         self.class_names: list[str] | None = None
@@ -89,10 +100,11 @@ class MaskRCNNModule(pl.LightningModule):
         images, targets = batch
         if not images:  # every image of the batch was unreadable and skipped (data.bad_images=skip)
             log.warning("Skipping training batch %d: all its images were unreadable", batch_idx)
+            self._is_nonfinite(None)  # keeps the skip-limit collective in step on every rank
             return self._skipped_step()
         terms = self.criterion(self.net(images, targets)["loss_inputs"])
         loss = self._weighted(terms)
-        if not torch.isfinite(loss):
+        if self._is_nonfinite(loss):
             return self._nonfinite(terms, batch_idx)
         n = len(images)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=n)
@@ -107,13 +119,32 @@ class MaskRCNNModule(pl.LightningModule):
             images = len(batch[0]) * self.trainer.world_size
             self.log("train/images_per_sec", images / elapsed, batch_size=len(batch[0]))
 
+    def _is_nonfinite(self, loss: Tensor | None) -> bool:
+        """Whether this rank's loss is NaN/inf (None: no loss, an all-unreadable batch); with
+        nonfinite_loss=skip also counts the step for the skip limit. Under DDP a step counts as
+        skipped when any rank skipped it (one all-reduce of a scalar per step), so that every
+        rank sees the same counts and the limit stops all ranks at the same step."""
+        bad = loss is not None and not bool(torch.isfinite(loss))
+        if self.skip_limit is None:
+            return bad
+        skipped = bad
+        if self.trainer.world_size > 1:
+            flag = torch.tensor(float(bad), device=self.device)
+            skipped = bool(self.trainer.strategy.reduce(flag, reduce_op="sum") > 0)
+        self.skip_limit.record(skipped, where=f"global step {self.global_step}")
+        return bad
+
+    def on_train_end(self) -> None:
+        if self.skip_limit is not None and self.trainer.is_global_zero:
+            log.info(self.skip_limit.summary())
+
     def _nonfinite(self, terms: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         # Weighted, so that a NaN/inf weight in the config is caught and named too.
         weighted = {k: (self.loss_weights[k] * v).detach() for k, v in terms.items()}
         bad = {k: float(v) for k, v in weighted.items() if not torch.isfinite(v)}
         where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.nonfinite_loss == "raise":
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"Non-finite loss at {where}: {bad}. Lower optimizer.lr_per_16_images, set "
                 "trainer.gradient_clip_val, check the data (bad boxes) or use nonfinite_loss=skip."
             )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
 from maskrcnn.training.auto_settings import resolve_auto_settings
@@ -19,6 +21,7 @@ from maskrcnn.training.builders import (
     build_trainer,
     resolve_ckpt_path,
 )
+from maskrcnn.training.run_checkpoint import inference_model_config, load_net_state, read_run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +53,72 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """COCO box/mask AP of ``cfg.ckpt_path`` on the validation split."""
+def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """COCO box/mask AP of ``cfg.ckpt_path`` on the validation split.
+
+    Model, data and loss are rebuilt from the config stored in the checkpoint; ``overrides`` (the
+    command line's, ``src/eval.py`` passes Hydra's task overrides) change it: see
+    :func:`config_from_checkpoint`. Trainer, logger, paths and ``eval_backend`` are this run's.
+    """
     if not cfg.get("ckpt_path") or cfg.ckpt_path == "???":
         raise ConfigError("ckpt_path must point to a checkpoint (ckpt_path=outputs/.../checkpoints/last.ckpt)")
     silence_third_party_noise()
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
+    ckpt = read_run_checkpoint(ckpt_path)
+    cfg = config_from_checkpoint(cfg, ckpt["run_config"], overrides)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
+    load_net_state(module.net, ckpt, ckpt_path)
+    del ckpt  # the weights now live in the module
     trainer = build_trainer(cfg)
-    trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=True)
+    trainer.validate(module, datamodule=datamodule, verbose=True)
     _print_coco_summary(module)
     return _metrics(trainer)
+
+
+# Sections of the stored training config that evaluation rebuilds from the checkpoint.
+FROM_CHECKPOINT = ("model", "data", "loss")
+
+
+def config_from_checkpoint(cfg: DictConfig, run_config: dict, overrides: Sequence[str] = ()) -> DictConfig:
+    """``cfg`` with its model, data and loss sections taken from ``run_config`` (a checkpoint's).
+
+    Only what the user wrote changes them, never a default of eval.yaml: a key override
+    (``model.roi_heads.score_thresh=0.01``, ``data.val.annotation_file=...``, ``~data.x``) is applied
+    on top of the stored section, with the value Hydra composed for it; choosing a group
+    (``data=coco``) replaces the whole section by this run's composition.
+    """
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    replaced = {o.key_or_group for o in parsed if o.key_or_group in FROM_CHECKPOINT}
+    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    applied = []
+    for section in FROM_CHECKPOINT:
+        if section in replaced or not isinstance(run_config.get(section), dict):
+            continue
+        stored = run_config[section] if section != "model" else inference_model_config(run_config)
+        merged[section] = stored
+        for override in parsed:
+            key = override.key_or_group
+            if not key.startswith(section + "."):
+                continue
+            if override.is_delete():
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(merged, parent)
+                if isinstance(node, DictConfig) and leaf in node:
+                    del node[leaf]
+            else:
+                value = OmegaConf.select(cfg, key)
+                value = OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+                OmegaConf.update(merged, key, value, merge=False, force_add=True)
+            applied.append(override.input_line)
+    if "data" not in replaced and "data" in merged:
+        merged.data.skipped_log_dir = cfg.paths.output_dir  # this run's directory, not the training run's
+    rank_zero_info(
+        f"Evaluating with the checkpoint's stored {', '.join(s for s in FROM_CHECKPOINT if s not in replaced)} "
+        f"config; applied on top: {applied or 'nothing'}"
+        + (f"; this run's composition for {sorted(replaced)}" if replaced else "")
+    )
+    return merged
 
 
 def _print_coco_summary(module) -> None:

@@ -1,0 +1,83 @@
+"""Documented run options end to end: every logger choice works with the default callbacks, and
+``nonfinite_loss=skip`` stops a run that skips too many steps and reports what it skipped."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import pytest
+import torch
+
+from conftest import TINY, compose
+from maskrcnn.training.module import MaskRCNNModule
+from maskrcnn.training.nonfinite import NonFiniteLossError, SkipLimit
+from maskrcnn.training.pipeline import train
+
+# The default callbacks (checkpointing, LearningRateMonitor), without the terminal progress bar.
+CALLBACKS = ["callbacks=default", "callbacks.rich_progress_bar=null", "trainer.max_steps=3",
+             "trainer.limit_val_batches=1", "validate_after_train=false"]
+
+
+def test_logger_none_trains_without_the_callbacks_that_need_a_logger(shapes_dir, tmp_path, caplog):
+    cfg = compose([*TINY, *CALLBACKS, "logger=none", "log_val_images=2"], output_dir=tmp_path, data_dir=shapes_dir)
+    with caplog.at_level(logging.INFO):
+        metrics, objects = train(cfg)
+    trainer = objects["trainer"]
+    assert trainer.global_step == 3 and not trainer.loggers
+    assert "leaving out the callbacks that need one: LearningRateMonitor, ValidationImageLogger" in caplog.text
+    assert trainer.checkpoint_callback is not None and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_logger_csv_keeps_the_lr_monitor(shapes_dir, tmp_path):
+    cfg = compose([*TINY, *CALLBACKS, "logger=csv"], output_dir=tmp_path, data_dir=shapes_dir)
+    _, objects = train(cfg)
+    assert any(type(c).__name__ == "LearningRateMonitor" for c in objects["trainer"].callbacks)
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    lrs = [float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")]
+    assert len(lrs) == 3 and lrs[0] < lrs[-1]  # logged every step, rising during warm-up
+
+
+def test_skip_limit_counts_over_a_window():
+    limit = SkipLimit(max_fraction=0.2, window=10, min_skipped=3)
+    for step in range(30):  # one skip in every 5 steps: exactly 20%, tolerated
+        limit.record(step % 5 == 0)
+    assert (limit.total_skipped, limit.total_steps) == (6, 30)
+    assert limit.summary() == "nonfinite_loss=skip: skipped 6 of 30 training steps (20.0%) for a non-finite loss"
+    limit = SkipLimit(max_fraction=0.2, window=10, min_skipped=3)
+    limit.record(True)
+    limit.record(True)  # 2 of 2, but fewer than min_skipped
+    with pytest.raises(NonFiniteLossError, match=r"3 of the last 3 training steps .*\(3 of 3 in this run\) at step 2"):
+        limit.record(True, where="step 2")
+    never = SkipLimit(max_fraction=1.0, window=10, min_skipped=1)
+    for _ in range(20):
+        never.record(True)
+    with pytest.raises(ValueError, match="nonfinite_max_skip_fraction"):
+        SkipLimit(max_fraction=1.5)
+
+
+def test_a_run_skipping_most_steps_stops_naming_the_count(shapes_dir, tmp_path):
+    cfg = compose([*TINY, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "trainer.limit_val_batches=0",
+                   "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+    with pytest.raises(NonFiniteLossError, match=r"5 of the last 5 training steps had a non-finite loss.*"
+                                                 r"nonfinite_max_skip_fraction=0\.2"):
+        train(cfg)
+
+
+def test_a_run_skipping_few_steps_finishes_with_a_summary(shapes_dir, tmp_path, monkeypatch, caplog):
+    weighted, calls = MaskRCNNModule._weighted, []
+
+    def every_third_nan(self, terms):
+        calls.append(1)
+        loss = weighted(self, terms)
+        return loss * float("nan") if len(calls) % 3 == 1 else loss
+
+    monkeypatch.setattr(MaskRCNNModule, "_weighted", every_third_nan)
+    # 2 of 6 steps: above the 20% share, but below the default minimum of 5 skipped steps.
+    cfg = compose([*TINY, "nonfinite_loss=skip",
+                   "trainer.limit_val_batches=0", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+    with caplog.at_level(logging.INFO):
+        _, objects = train(cfg)
+    assert objects["module"].skipped_steps == 2
+    assert "nonfinite_loss=skip: skipped 2 of 6 training steps (33.3%) for a non-finite loss" in caplog.text
