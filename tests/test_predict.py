@@ -217,13 +217,13 @@ def test_predict_results_equal_the_network_output(checkpoint, images, tmp_path):
         assert row["segmentation"] == rle
 
 
-def test_box_cropped_rle_pasting_equals_full_image_pasting():
-    """predict pastes each mask over its box only; the RLEs equal the full-image paste's, also
-    for boxes reaching outside the image or lying entirely outside it."""
+@pytest.mark.parametrize("aligned", [False, True])
+def test_box_cropped_rle_pasting_equals_full_image_pasting(aligned):
+    """mask_format="rle" pastes each mask over its box only; the RLEs equal those of the full-image
+    paste, in both geometries, also for boxes reaching outside the image or lying entirely outside it."""
     import torch
 
-    from maskrcnn.modeling.postprocess import paste_masks
-    from maskrcnn.predict import paste_masks_to_rles
+    from maskrcnn.modeling.postprocess import masks_to_rle, paste_masks
 
     g = torch.Generator().manual_seed(0)
     for height, width, n in [(37, 53, 60), (200, 120, 60), (5, 5, 10)]:
@@ -231,5 +231,5 @@ def test_box_cropped_rle_pasting_equals_full_image_pasting():
         size = torch.tensor([width, height])
         xy = torch.rand(n, 2, generator=g) * size * 1.4 - size * 0.2
         boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * size * 0.6 + 0.3], dim=1)
-        expected = paste_masks(masks, boxes, (height, width), mask_format="rle")
-        assert paste_masks_to_rles(masks, boxes, (height, width)) == expected
+        expected = masks_to_rle(paste_masks(masks, boxes, (height, width), aligned=aligned))
+        assert paste_masks(masks, boxes, (height, width), mask_format="rle", aligned=aligned) == expected

@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from rich.progress import track
 from torch import Tensor, nn
 
 from maskrcnn.data.draw import draw_instances
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.image_io import exif_size, image_to_tensor, load_rgb, open_image
-from maskrcnn.modeling.postprocess import _paste_chunk, expand_boxes_to_int, paste_masks
+from maskrcnn.modeling.postprocess import paste_masks
 from maskrcnn.modeling.transform import map_boxes_to_original
 from maskrcnn.training.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, read_run_checkpoint
 
@@ -120,57 +119,6 @@ def _detect(net: nn.Module, images: list[Tensor]) -> tuple[list[dict], list[tupl
 
 def _chunk(size: tuple[int, int]) -> int:
     return max(1, PASTE_BUDGET // (size[0] * size[1]))
-
-
-def paste_masks_to_rles(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> list[dict]:
-    """``paste_masks(..., mask_format="rle")`` at a cost that grows with the boxes, not the image.
-
-    Each mask is pasted only over its (expanded, integer) box, with the very interpolation weights
-    ``paste_masks`` uses there (the box is shifted by whole pixels), and its RLE is assembled from
-    that crop: the image's columns left and right of the box are zero runs. A 24-megapixel photo
-    with 100 detections then costs the area of 100 boxes instead of 100 full images.
-
-    Args:
-        masks: Tensor[N, 1, M, M] float probabilities; boxes: Tensor[N, 4] float xyxy in the
-            pixels of the ``image_size`` = (H, W) image.
-
-    Returns:
-        N COCO RLE dicts ``{"size": [H, W], "counts": str}``, equal to ``paste_masks``' RLEs.
-    """
-    height, width = int(image_size[0]), int(image_size[1])
-    size = masks.shape[-1]
-    padded = torch.nn.functional.pad(masks[:, 0], (padding,) * 4)  # [N, M+2p, M+2p]
-    int_boxes = expand_boxes_to_int(boxes, float(size + 2 * padding) / size).tolist()
-    rles = []
-    for i, (x0, y0, x1, y1) in enumerate(int_boxes):
-        c0, c1, r0, r1 = max(x0, 0), min(x1, width - 1), max(y0, 0), min(y1, height - 1)
-        runs = [height * width]
-        if c0 <= c1 and r0 <= r1:
-            shifted = torch.tensor([[x0 - c0, y0 - r0, x1 - c0, y1 - r0]], device=masks.device)
-            crop = _paste_chunk(padded[i : i + 1], shifted, r1 - r0 + 1, c1 - c0 + 1)[0] > 0.5  # [h, w] bool
-            runs = _column_runs(crop.cpu().numpy(), r0, c0, height, width)
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
-        rles.append({"size": [height, width], "counts": rle["counts"].decode("ascii")})
-    return rles
-
-
-def _column_runs(crop: np.ndarray, top: int, left: int, height: int, width: int) -> list[int]:
-    """Uncompressed COCO RLE counts (column-major, starting with zeros) of an H x W mask that is
-    zero except for ``crop`` (``ndarray[h, w] bool``) placed at row ``top``, column ``left``."""
-    strip = np.zeros((crop.shape[1], height), dtype=bool)  # the box's columns, full height
-    strip[:, top : top + crop.shape[0]] = crop.T
-    flat = strip.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
-    if flat[0]:
-        runs.insert(0, 0)  # counts start with a (here empty) run of zeros
-    runs[0] += left * height  # the columns left of the box
-    after = (width - left - crop.shape[1]) * height  # and right of it
-    if len(runs) % 2:  # the last run is zeros
-        runs[-1] += after
-    elif after:
-        runs.append(after)
-    return runs
 
 
 class _Outputs:
@@ -265,7 +213,8 @@ def _predict_batch(
         keep = det["scores"] >= thresh
         masks, labels, scores = det["masks"][keep], det["labels"][keep], det["scores"][keep]
         boxes = map_boxes_to_original(det["boxes"][keep], resized, original)  # Tensor[D, 4] xyxy, file pixels
-        rles = paste_masks_to_rles(masks, boxes, original)
+        # box-cropped RLEs: the cost grows with the boxes, not with a 24-megapixel photo
+        rles = paste_masks(masks, boxes, original, mask_format="rle", aligned=net.paste_aligned)
         for box, label, score, rle in zip(boxes.tolist(), labels.tolist(), scores.tolist(), rles):
             x0, y0, x1, y1 = box
             outputs.results.append({
@@ -277,6 +226,7 @@ def _predict_batch(
             })
         decoded = array.shape[:2]
         drawn_boxes = map_boxes_to_original(det["boxes"][keep], resized, decoded)
-        drawn_masks = paste_masks(masks, drawn_boxes, decoded, mask_format="binary", chunk_size=_chunk(decoded))
+        drawn_masks = paste_masks(masks, drawn_boxes, decoded, mask_format="binary", chunk_size=_chunk(decoded),
+                                  aligned=net.paste_aligned)
         picture = draw_instances(array, drawn_boxes.cpu(), drawn_masks.cpu(), labels.cpu(), names, scores=scores.cpu())
         Image.fromarray(np.ascontiguousarray(picture)).save(outputs.out_dir / f"{path.stem}.png")

@@ -15,6 +15,7 @@ of masks is pasted with two batched matmuls.
 
 from __future__ import annotations
 
+import math
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
@@ -71,19 +72,23 @@ def _resize_weights(start: Tensor, end: Tensor, out_len: int, in_len: int, dtype
     return weights.to(dtype)
 
 
-def _aligned_resize_weights(lo: Tensor, hi: Tensor, out_len: int, size: int, dtype: torch.dtype) -> Tensor:
+def _aligned_resize_weights(
+    lo: Tensor, hi: Tensor, out_len: int, size: int, dtype: torch.dtype, start: int = 0
+) -> Tensor:
     """Interpolation matrix placing an M-bin mask exactly over the float extent ``[lo, hi]``.
 
     Args:
         lo, hi: Tensor[n] float, box extent along the axis (pixel ``p`` covers ``[p, p + 1)``).
-        out_len: image length along the axis.
+        out_len: number of image pixels along the axis, from pixel ``start`` on.
         size: M; the matrix reads the mask padded by one zero on both sides (M + 2 columns).
+        start: first image pixel (a crop of the image); the weights of a pixel are bit-identical
+            whatever the crop, so a crop-wise paste equals the full one.
 
     Returns:
         Tensor[n, out_len, M + 2]: bilinear weights of image pixel ``p``; zero rows where both
         neighbours are padding (more than one bin outside the box).
     """
-    centres = torch.arange(out_len, device=lo.device, dtype=torch.float32) + 0.5
+    centres = torch.arange(start, start + out_len, device=lo.device, dtype=torch.float32) + 0.5
     lo, hi = lo.to(torch.float32), hi.to(torch.float32)
     bins_per_pixel = size / (hi - lo).clamp(min=1e-6)
     # +1: index into the padded mask, whose bin centres sit at 1..M.
@@ -118,9 +123,9 @@ def paste_masks(
             which lets the mask fade out at the box edge instead of being cut.
         chunk_size: masks pasted per batched matmul; bounds the temporary memory to
             ``chunk_size * H * max(W, M + 2)`` elements besides the output.
-        mask_format: "prob" returns Tensor[N, 1, H, W] probabilities; "binary" and "rle" are
-            converted chunk by chunk, so no float [N, H, W] tensor is ever held (the cheap way
-            to return 300 masks of a large image).
+        mask_format: "prob" returns Tensor[N, 1, H, W] probabilities; "binary" is converted
+            chunk by chunk, so no float [N, H, W] tensor is ever held; "rle" pastes each mask
+            over its box only (the cheap way to return 300 masks of a 24-megapixel photo).
         aligned: exact placement (see the module docstring); False is torchvision's paste.
             ``padding`` must be 1 when aligned (the zero border the bilinear fade reads).
 
@@ -149,10 +154,7 @@ def paste_masks(
         # the chunk loop would be unrolled for the example's mask count; one chunk keeps N dynamic
         return format_masks(paste(0, num)[:, None], mask_format)
     if mask_format == "rle":
-        rles: list[dict] = []
-        for lo in range(0, num, chunk_size):
-            rles += masks_to_rle(paste(lo, min(lo + chunk_size, num))[:, None])
-        return rles
+        return [_paste_rle(padded[i], place[i], height, width, aligned) for i in range(num)]
     dtype = torch.bool if mask_format == "binary" else masks.dtype
     out = torch.zeros((num, 1, height, width), dtype=dtype, device=masks.device)
     for lo in range(0, num, chunk_size):
@@ -162,6 +164,58 @@ def paste_masks(
         else:
             out[lo:hi, 0] = masks_to_binary(paste(lo, hi))
     return out
+
+
+def _paste_rle(padded: Tensor, place: Tensor, height: int, width: int, aligned: bool) -> dict:
+    """One mask pasted over the image pixels its weights reach, as a full-image COCO RLE.
+
+    padded: Tensor[S, S]; place: Tensor[4], as for ``_paste_chunk``. The cost grows with the box,
+    not the image: a 24-megapixel photo with 100 detections costs the area of 100 boxes. The
+    pixels outside the crop are zero in the full paste too, and each pixel's weights are the same
+    as there (integer shifts of the legacy box; absolute pixel positions when aligned), so the
+    RLE equals ``masks_to_rle`` of the full paste.
+    """
+    if aligned:  # weights reach one bin beyond the box on each side
+        x0, y0, x1, y1 = place.tolist()
+        bin_w, bin_h = (x1 - x0) / (padded.shape[-1] - 2), (y1 - y0) / (padded.shape[-1] - 2)
+        c0, r0 = max(math.floor(x0 - bin_w), 0), max(math.floor(y0 - bin_h), 0)
+        c1, r1 = min(math.ceil(x1 + bin_w), width - 1), min(math.ceil(y1 + bin_h), height - 1)
+    else:
+        x0, y0, x1, y1 = (int(v) for v in place.tolist())
+        c0, c1, r0, r1 = max(x0, 0), min(x1, width - 1), max(y0, 0), min(y1, height - 1)
+    runs = [height * width]
+    if c0 <= c1 and r0 <= r1:
+        h, w = r1 - r0 + 1, c1 - c0 + 1
+        if aligned:
+            size = padded.shape[-1] - 2
+            ry = _aligned_resize_weights(place[None, 1], place[None, 3], h, size, padded.dtype, start=r0)
+            rx = _aligned_resize_weights(place[None, 0], place[None, 2], w, size, padded.dtype, start=c0)
+            crop = torch.bmm(torch.bmm(ry, padded[None]), rx.transpose(1, 2))[0]
+        else:
+            shifted = torch.tensor([[x0 - c0, y0 - r0, x1 - c0, y1 - r0]], device=padded.device)
+            crop = _paste_chunk(padded[None], shifted, h, w, aligned=False)[0]
+        runs = _column_runs((crop > MASK_THRESHOLD).cpu().numpy(), r0, c0, height, width)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def _column_runs(crop: np.ndarray, top: int, left: int, height: int, width: int) -> list[int]:
+    """Uncompressed COCO RLE counts (column-major, starting with zeros) of an H x W mask that is
+    zero except for ``crop`` (``ndarray[h, w] bool``) placed at row ``top``, column ``left``."""
+    strip = np.zeros((crop.shape[1], height), dtype=bool)  # the crop's columns, full height
+    strip[:, top : top + crop.shape[0]] = crop.T
+    flat = strip.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
+    if flat[0]:
+        runs.insert(0, 0)  # counts start with a (here empty) run of zeros
+    runs[0] += left * height  # the columns left of the crop
+    after = (width - left - crop.shape[1]) * height  # and right of it
+    if len(runs) % 2:  # the last run is zeros
+        runs[-1] += after
+    elif after:
+        runs.append(after)
+    return runs
 
 
 def _paste_chunk(
