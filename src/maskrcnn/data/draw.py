@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from maskrcnn.modeling.structures import MASK_THRESHOLD
+
 _PALETTE = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
      [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [170, 110, 40]],
@@ -31,7 +33,7 @@ def draw_instances(
     class_names: Sequence[str] | None = None,
     scores: np.ndarray | torch.Tensor | None = None,
     alpha: float = 0.45,
-    mask_threshold: float = 0.5,
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> np.ndarray:
     """Overlay instances on an image.
 

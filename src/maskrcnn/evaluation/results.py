@@ -1,6 +1,6 @@
 """Conversion of network detections into compact COCO result rows.
 
-A `Detection` (see docs/design.md) holds GPU tensors and, for masks, full-image probability
+A `Detection` (``maskrcnn.modeling.structures.Detection``) holds GPU tensors and, for masks, full-image probability
 maps; keeping thousands of those until the end of validation would exhaust memory. The
 evaluator therefore converts every detection immediately into an `ImageResults`: a few small
 numpy arrays plus compressed RLE strings, which are also cheap to pickle for DDP gathering.
@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-# torchvision's reference evaluation binarises mask probabilities with a strict "> 0.5";
-# doing the same keeps AP numbers comparable with torchvision's published results.
-MASK_THRESHOLD = 0.5
+# One binarisation (> MASK_THRESHOLD, torchvision's "> 0.5", so AP stays comparable with its
+# published results) and one RLE encoder for the whole project.
+from maskrcnn.modeling.postprocess import masks_to_rle
+from maskrcnn.modeling.structures import MASK_THRESHOLD
+
 
 # pycocotools' ``mask.area`` sizes a scratch array with a uint8 (``np.array((n,), dtype=np.uint8)``),
 # which numpy 2 rejects for n > 255 ("Python integer 300 out of bounds for uint8"): call it in
@@ -131,16 +133,7 @@ def masks_to_rles(masks, image_id: int, image_size: tuple[int, int]) -> list[dic
             f"image {image_id}: masks of shape {tuple(masks.shape)} do not match the original image "
             f"size ({height}, {width}) from the annotation file"
         )
-    if len(masks) == 0:
-        return []
-    # Threshold on the tensor's own device so only one byte per pixel crosses to the CPU.
-    binary = masks if masks.dtype == torch.bool else masks > MASK_THRESHOLD
-    array = binary.to(torch.uint8).cpu().numpy()
-    # pycocotools wants a Fortran-ordered [H, W, D] uint8 array.
-    rles = mask_utils.encode(np.asfortranarray(array.transpose(1, 2, 0)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    return masks_to_rle(masks[:, None])  # the one encoder (thresholds with > MASK_THRESHOLD)
 
 
 def detection_to_results(

@@ -277,3 +277,26 @@ def format_masks(masks: Tensor, mask_format: str) -> Tensor | list[dict]:
     if mask_format == "rle":
         return masks_to_rle(masks)
     raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+
+
+def detections_to_numpy(det: dict, score_thresh: float) -> dict[str, np.ndarray | None]:
+    """A ``Detection`` as numpy, for drawing and logging: detections with ``score >= score_thresh``.
+
+    Returns boxes ``[D, 4]`` float xyxy, labels ``[D]``, scores ``[D]`` and masks ``[D, H, W]`` bool
+    (probabilities thresholded with ``> MASK_THRESHOLD``, binary masks as they are, RLE decoded;
+    None for an RLE list with nothing kept).
+    """
+    keep = det["scores"] >= score_thresh
+    masks = det["masks"]
+    if isinstance(masks, Tensor):
+        masks = masks[keep][:, 0]
+        masks = (masks if masks.dtype == torch.bool else masks_to_binary(masks)).cpu().numpy()
+    else:  # RLE list
+        kept = [m for m, k in zip(masks, keep.tolist()) if k]
+        masks = mask_utils.decode(kept).transpose(2, 0, 1).astype(bool) if kept else None
+    return {
+        "boxes": det["boxes"][keep].cpu().numpy(),
+        "labels": det["labels"][keep].cpu().numpy(),
+        "scores": det["scores"][keep].cpu().numpy(),
+        "masks": masks,
+    }

@@ -6,32 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from maskrcnn.data.image_io import image_to_uint8
-
-
-def detections_to_numpy(det: dict, score_thresh: float) -> dict[str, np.ndarray]:
-    """Keep detections with ``score >= score_thresh``; masks ``[D,1,H,W]`` probabilities → bool ``[D,H,W]``."""
-    keep = det["scores"] >= score_thresh
-    masks = det["masks"]
-    if isinstance(masks, Tensor):
-        masks = masks[keep][:, 0]
-        masks = (masks > 0.5 if masks.dtype != torch.bool else masks).cpu().numpy()
-    else:  # RLE list
-        from pycocotools import mask as mask_utils
-
-        kept = [m for m, k in zip(masks, keep.tolist()) if k]
-        masks = mask_utils.decode(kept).transpose(2, 0, 1).astype(bool) if kept else None
-    return {
-        "boxes": det["boxes"][keep].cpu().numpy(),
-        "labels": det["labels"][keep].cpu().numpy(),
-        "scores": det["scores"][keep].cpu().numpy(),
-        "masks": masks,
-    }
+from maskrcnn.modeling.postprocess import detections_to_numpy
 
 
 class ValidationImageLogger(pl.Callback):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from maskrcnn.data.image_io import image_to_uint8
-from maskrcnn.training.callbacks import detections_to_numpy
+from maskrcnn.modeling.postprocess import detections_to_numpy
 
 # W&B stores a mask layer as an 8-bit PNG after casting to int8: labels above 127 would wrap.
 MAX_MASK_LABEL = 127
