@@ -1,0 +1,35 @@
+"""What a user sees in a redirected log (nohup, SLURM, CI): progress lines, AP lines, no third-party noise."""
+
+import subprocess
+import sys
+
+from conftest import ROOT, TINY
+
+NOISE = (
+    "LeafSpec",                          # torch's pytree deprecation, from Lightning
+    "💡 Tip",                            # Lightning's litlogger / litmodels adverts
+    "anonymous setting has no effect",   # wandb, from Lightning's WandbLogger arguments
+    "Images sizes do not match",         # wandb, mixed-size images under one key
+)
+
+
+def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(shapes_dir, tmp_path):
+    overrides = [o for o in TINY if not o.startswith(("logger=", "callbacks=", "log_val_images="))]
+    cmd = [
+        sys.executable, "src/train.py", *overrides, "logger=wandb", "callbacks=default", "log_val_images=2",
+        "trainer.max_epochs=2", "trainer.limit_train_batches=4", "callbacks.progress_log.every_n_steps=2",
+        f"paths.data_dir={shapes_dir}", f"hydra.run.dir={tmp_path}",
+    ]
+    # stdout is a pipe, not a terminal: the "auto" progress lines must appear.
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    progress = [line.split(" - ", 1)[1] for line in out.splitlines() if "maskrcnn.progress" in line]
+    steps = [p for p in progress if p.startswith("step ")]
+    assert [p.split()[1].split("/")[0] for p in steps] == ["2", "4", "6", "8"]
+    assert all("loss" in p and "lr" in p and "img/s" in p and "ETA" in p for p in steps)
+    assert sum(p.startswith("validation (epoch") for p in progress) == 2  # one per epoch
+    assert "validation of the checkpoint" in out and "Run summary" in out and "Dataset fit report" in out
+    for noise in NOISE:
+        assert noise not in out, f"third-party noise in the log: {noise!r}"
