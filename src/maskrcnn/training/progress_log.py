@@ -16,6 +16,7 @@ import datetime
 import logging
 import sys
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -87,9 +88,12 @@ class ProgressLog(pl.Callback):
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
         if "val/segm_AP" not in m:
             return
-        what = "validation" if trainer.state.fn == "fit" else "validation of the checkpoint"
+        if trainer.state.fn == "fit":
+            what = f"validation (epoch {trainer.current_epoch}, step {trainer.global_step})"
+        else:
+            # Lightning restores only the weights here: the loop's epoch/step are not the checkpoint's.
+            what = f"validation of the checkpoint {Path(trainer.ckpt_path).name}" if trainer.ckpt_path else "validation"
         log.info(
-            "%s (epoch %d, step %d): bbox AP %.3f (AP50 %.3f)  segm AP %.3f (AP50 %.3f)",
-            what, trainer.current_epoch, trainer.global_step,
+            "%s: bbox AP %.3f (AP50 %.3f)  segm AP %.3f (AP50 %.3f)", what,
             m.get("val/bbox_AP", 0.0), m.get("val/bbox_AP50", 0.0), m["val/segm_AP"], m.get("val/segm_AP50", 0.0),
         )
