@@ -35,7 +35,8 @@ def test_logger_csv_keeps_the_lr_monitor(shapes_dir, tmp_path):
     _, objects = train(cfg)
     assert any(type(c).__name__ == "LearningRateMonitor" for c in objects["trainer"].callbacks)
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
-    lrs = [float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")]
+    key = next(k for k in rows[0] if k.startswith("lr-"))  # lr-<optimizer class>
+    lrs = [float(r[key]) for r in rows if r.get(key)]
     assert len(lrs) == 3 and lrs[0] < lrs[-1]  # logged every step, rising during warm-up
 
 

@@ -130,7 +130,7 @@ def test_gradient_accumulation_and_clipping(shapes_dir, tmp_path, capsys):
     )
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 3  # 6 batches / 2
-    assert objects["module"].lr == pytest.approx(0.08 * 4 / 16)  # batch 2 x accumulation 2
+    assert objects["module"].lr == pytest.approx(cfg.optimizer.lr_per_16_images * 4 / 16)  # batch 2 x accumulation 2
 
 
 def test_wrong_num_classes_is_rejected_before_training(shapes_dir, tmp_path):

@@ -165,7 +165,7 @@ def test_checkpoints_are_artifacts_with_the_metric_in_the_alias(wandb_run):
 def test_run_config_has_the_resolved_config_and_a_dataset_summary(wandb_run):
     config, val_json = wandb_run["run"].config, wandb_run["val_json"]
     assert config["model"]["num_classes"] == 3 and config["data"]["batch_size"] == 2
-    assert config["optimizer"]["lr_per_16_images"] == 0.08
+    assert config["optimizer"]["lr_per_16_images"] == 0.004 and config["optimizer"]["fn"]["_target_"] == "torch.optim.AdamW"
     assert "${" not in json.dumps({k: v for k, v in config.items() if k != "_wandb"})  # resolved
     summary = config["dataset"]
     assert summary["class_names"] == NAMES[1:]
