@@ -171,3 +171,16 @@ def test_export_of_the_fast_copy_matches_eager(tmp_path):
     torch.testing.assert_close(exported[0], eager[0], atol=1e-3, rtol=0)
     torch.testing.assert_close(exported[2], eager[2], atol=1e-4, rtol=0)
     torch.testing.assert_close(exported[3], eager[3], atol=1e-3, rtol=0)
+
+
+def test_predict_inference_groups():
+    """conf/inference/{eager,fast}.yaml: eager keeps the net, fast's options build the fast copy."""
+    from conftest import compose
+    from maskrcnn.modeling.fast_inference import InferenceRoIHeads
+
+    base = ["ckpt_path=unused.ckpt", "input=unused"]
+    assert compose(base, config_name="predict").inference.options is None  # the default: eager
+    options = compose([*base, "inference=fast"], config_name="predict").inference.options
+    fast = optimize_for_inference(build_net("frozen_bn"), **options)
+    assert isinstance(fast.roi_heads, InferenceRoIHeads)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())

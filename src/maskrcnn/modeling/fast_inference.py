@@ -164,7 +164,8 @@ def _float32(value):
 
 
 def _autocast_forward(forward, *args, **kwargs):
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
         out = forward(*args, **kwargs)
     return _float32(out)  # the non-autocast rest (RoIAlign, NMS, box decoding) stays float32
 
