@@ -7,6 +7,10 @@ and can be exported (``maskrcnn.export``) like the original. It cannot be traine
 BatchNorm layers are gone (replaced by ``nn.Identity``) and their statistics live in the conv
 weights.
 
+Always done (exact up to float32 summation order): the mask branch computes only the logits of
+each detection's class (``InferenceRoIHeads``), and with ``channels_last`` the FPN features are
+made NCHW once before the RoI heads (torchvision's CPU roi_align would copy them per call).
+
 Numerics (measured numbers in docs/benchmark_cpu.md and tests/test_fast_inference.py):
 
 - ``fold_bn`` and ``channels_last`` only reorder float32 arithmetic: identical labels, boxes within

@@ -295,15 +295,8 @@ class RoIHeads(nn.Module):
     def mask_probs(
         self, features: dict[str, Tensor], boxes: list[Tensor], labels: Tensor, image_sizes: list[tuple[int, int]]
     ) -> Tensor:
-        """Mask probabilities of each detection's own class.
-
-        Args:
-            boxes: per image Tensor[D_i, 4] float, xyxy, resized-image pixels.
-            labels: Tensor[sum D_i] int64, class of each box (boxes concatenated).
-
-        Returns:
-            Tensor[sum D_i, 1, M, M] float32 in (0, 1).
-        """
+        """Tensor[sum D_i, 1, M, M] float32: mask probabilities of each box's own class, for per-image
+        ``boxes`` Tensor[D_i, 4] (xyxy, resized-image pixels) and ``labels`` Tensor[sum D_i] int64."""
         mask_logits = self._mask_logits(features, boxes, image_sizes)
         # index before the sigmoid: the same values, for 1/(K+1) of the work
         return mask_logits[torch.arange(labels.shape[0], device=labels.device), labels][:, None].sigmoid()
