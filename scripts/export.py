@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=None, help="fixed input width (default 1088, --tiny 128)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
     parser.add_argument("--example", default=None, help="image file to trace with (must give detections)")
+    parser.add_argument("--inference", choices=("eager", "fast"), default="eager",
+                        help="fast: export optimize_for_inference(net) (BatchNorm folded, channels_last)")
     return parser.parse_args(argv)
 
 
@@ -54,6 +56,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         net, _ = load_checkpoint_model(args.ckpt, mask_format="prob")
     net = net.eval()
+    if args.inference == "fast":
+        from maskrcnn.modeling.fast_inference import optimize_for_inference
+
+        net = optimize_for_inference(net)  # exact options only: bf16 / compile are not for tracing
     example = load_example(args.example, height, width) if args.example else example_image((height, width))
     path = export_model(net, args.out, args.format, (height, width), opset=args.opset, example=example)
     diffs = max_abs_diff(net, path, example, args.format)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from maskrcnn.data.draw import draw_instances
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.image_io import exif_size, image_to_tensor, load_rgb, open_image
+from maskrcnn.modeling.fast_inference import optimize_for_inference
 from maskrcnn.modeling.postprocess import paste_masks
 from maskrcnn.modeling.transform import map_boxes_to_original
 from maskrcnn.training.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, read_run_checkpoint
@@ -167,6 +168,9 @@ def predict(cfg) -> Path:
     device = _device(cfg.get("device", "auto"))
     net, meta = load_checkpoint_model(cfg.ckpt_path)
     net.to(device)
+    options = cfg.get("inference", {}).get("options")  # conf/inference/{eager,fast}.yaml
+    if options is not None:
+        net = optimize_for_inference(net, **options)
     min_size, max_size = int(net.transform.min_size[-1]), int(net.transform.max_size)
     thresh = float(cfg.get("score_thresh", 0.5))
     batch_size, strict = int(cfg.get("batch_size", 2)), bool(cfg.get("strict", False))

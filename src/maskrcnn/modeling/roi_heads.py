@@ -286,9 +286,17 @@ class RoIHeads(nn.Module):
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
 
-        mask_logits = self._mask_logits(features, [d["boxes"] for d in detections], image_sizes)
-        labels = torch.cat([d["labels"] for d in detections])
-        probs = mask_logits.sigmoid()[torch.arange(labels.shape[0], device=labels.device), labels][:, None]
+        probs = self.mask_probs(features, [d["boxes"] for d in detections], torch.cat([d["labels"] for d in detections]),
+                                image_sizes)
         for det, p in zip(detections, probs.split([d["boxes"].shape[0] for d in detections])):
             det["masks"] = p
         return detections
+
+    def mask_probs(
+        self, features: dict[str, Tensor], boxes: list[Tensor], labels: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """Tensor[sum D_i, 1, M, M] float32: mask probabilities of each box's own class, for per-image
+        ``boxes`` Tensor[D_i, 4] (xyxy, resized-image pixels) and ``labels`` Tensor[sum D_i] int64."""
+        mask_logits = self._mask_logits(features, boxes, image_sizes)
+        # index before the sigmoid: the same values, for 1/(K+1) of the work
+        return mask_logits[torch.arange(labels.shape[0], device=labels.device), labels][:, None].sigmoid()

@@ -1,0 +1,236 @@
+"""An inference-only copy of a MaskRCNN: BatchNorm folded into the convolutions, channels_last
+memory format, optional bf16 autocast and ``torch.compile``.
+
+``optimize_for_inference(net)`` never changes ``net``: it deep-copies it, puts the copy in eval
+mode and rewrites the copy. The copy keeps ``MaskRCNN``'s interface (``copy(images)["detections"]``)
+and can be exported (``maskrcnn.export``) like the original. It cannot be trained: the folded
+BatchNorm layers are gone (replaced by ``nn.Identity``) and their statistics live in the conv
+weights.
+
+Always done (exact up to float32 summation order): the mask branch computes only the logits of
+each detection's class (``InferenceRoIHeads``), and with ``channels_last`` the FPN features are
+made NCHW once before the RoI heads (torchvision's CPU roi_align would copy them per call).
+
+Numerics (measured numbers in docs/benchmark_cpu.md and tests/test_fast_inference.py):
+
+- ``fold_bn`` and ``channels_last`` only reorder float32 arithmetic: identical labels, boxes within
+  1e-3 px, scores within 1e-4, mask probabilities within 1e-3 of eager mode.
+- ``bf16`` runs the convolutions / linear layers in bfloat16 (8-bit mantissa): boxes move by
+  pixels, scores by ~1e-2, and the detection list itself may change. Use it only where that is
+  acceptable, and measure on your data.
+- ``compile`` (inductor) fuses and reorders float32 arithmetic; differences are of the order of
+  ``channels_last``'s, but compiling takes minutes on a small CPU and is repeated per input size.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FrozenBatchNorm2d
+
+from .backbone import ResNetBody
+from .heads import MaskRCNNPredictor
+from .roi_heads import RoIHeads
+
+_BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
+
+# Measured bf16 deviation from float32 eager (tests/test_fast_inference.py, tiny R18 model with
+# trained-like BatchNorm; docs/benchmark_cpu.md for R50 at 800 px): each of eager's 5 best
+# detections has a bf16 detection of the same label with at least this IoU, and its score moves
+# by at most this much. Not a guarantee for other weights: measure on your data.
+BF16_TOLERANCE = {"top5_iou": 0.9, "score": 0.05}
+
+
+def _conv_bn_pairs(module: nn.Module) -> Iterator[tuple[str, str]]:
+    """(conv attribute, norm attribute) pairs of ``module`` where the norm directly follows the conv
+    in the data flow. Only modules whose forward is known are listed: a conv registered before a
+    norm in an arbitrary module need not feed it."""
+    if isinstance(module, Bottleneck):
+        yield from (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+    elif isinstance(module, BasicBlock):
+        yield from (("conv1", "bn1"), ("conv2", "bn2"))
+    elif isinstance(module, ResNetBody) or type(module).__name__ == "ResNet":
+        yield ("conv1", "bn1")
+    elif isinstance(module, nn.Sequential):
+        # a Sequential runs its children in order: torchvision's downsample = Sequential(conv, bn)
+        names = [name for name, _ in module.named_children()]
+        for first, second in zip(names, names[1:]):
+            yield (first, second)
+
+
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, _BN_TYPES):
+        return False
+    if isinstance(norm, nn.BatchNorm2d) and (norm.training or norm.running_mean is None):
+        return False  # batch statistics at run time: nothing fixed to fold
+    return conv.out_channels == norm.running_mean.shape[0]  # FrozenBatchNorm2d has no num_features
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, norm: nn.Module) -> None:
+    """Fold an eval-mode BatchNorm2d / FrozenBatchNorm2d that follows ``conv`` into ``conv`` (in place).
+
+    ``norm(conv(x)) == conv'(x)`` with ``W' = W * s`` and ``b' = (b - mean) * s + beta`` where
+    ``s = gamma / sqrt(var + eps)`` per output channel. Computed in float64, stored in the
+    conv's dtype.
+    """
+    eps = norm.eps
+    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
+    beta = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
+    scale = weight.double() * (norm.running_var.double() + eps).rsqrt()  # [C_out]
+    conv_bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    new_weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    new_bias = (conv_bias - norm.running_mean.double()) * scale + beta.double()
+    dtype, device = conv.weight.dtype, conv.weight.device
+    conv.weight = nn.Parameter(new_weight.to(dtype=dtype, device=device), requires_grad=False)
+    conv.bias = nn.Parameter(new_bias.to(dtype=dtype, device=device), requires_grad=False)
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a conv in a known block (ResNet stem, Bottleneck,
+    BasicBlock, Sequential e.g. the downsample path) into that conv and replace it by nn.Identity.
+
+    BatchNorm2d layers in training mode are left alone. Returns the number of folded layers.
+    """
+    folded = 0
+    for parent in list(module.modules()):
+        for conv_name, norm_name in list(_conv_bn_pairs(parent)):
+            conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
+            if _foldable(conv, norm):
+                fold_conv_bn(conv, norm)
+                setattr(parent, norm_name, nn.Identity())
+                folded += 1
+    return folded
+
+
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the padded image batch Tensor[B, 3, H, W] enters the backbone as channels_last."""
+    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, Tensor) and a.dim() == 4 else a
+                 for a in args)
+
+
+def _features_to_nchw(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of the RoI heads: torchvision's CPU roi_align makes its input contiguous
+    (NCHW) on every call; converting each FPN level once here saves one copy per pooler."""
+    features, *rest = args
+    return ({name: f.contiguous() for name, f in features.items()}, *rest)
+
+
+class InferenceRoIHeads(RoIHeads):
+    """RoIHeads whose mask branch computes the logits of each detection's own class only.
+
+    The last 1x1 conv of ``MaskRCNNPredictor`` maps C channels to K+1 class logits per pixel, and
+    inference keeps one of them: gathering that class's weights first does 1/(K+1) of the work
+    (for COCO, 1/91 of ~3.6 GFLOP per 100 detections) with the same arithmetic per logit.
+    """
+
+    def mask_probs(
+        self, features: dict[str, Tensor], boxes: list[Tensor], labels: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """As ``RoIHeads.mask_probs``: Tensor[D, 1, M, M] float32 probabilities of each box's class."""
+        predictor = self.mask_predictor
+        x = predictor.relu(predictor.conv5_mask(self.mask_head(self.mask_pooler(features, boxes, image_sizes))))
+        num, channels, size = x.shape[0], x.shape[1], x.shape[-1]  # x: Tensor[D, C, M, M]
+        if size != self.mask_size:
+            return super().mask_probs(features, boxes, labels, image_sizes)  # raises the size error
+        weight = predictor.mask_fcn_logits.weight[labels, :, 0, 0].to(x.dtype)  # [D, C]
+        bias = predictor.mask_fcn_logits.bias[labels].to(x.dtype)  # [D]
+        pixels = x.permute(0, 2, 3, 1).reshape(num, size * size, channels)  # a view when x is channels_last
+        logits = torch.bmm(pixels, weight[:, :, None]).view(num, 1, size, size) + bias.view(-1, 1, 1, 1)
+        return logits.float().sigmoid()
+
+
+def _selected_class_masks(heads: nn.Module) -> bool:
+    """Switch ``heads`` to InferenceRoIHeads where its mask predictor has the known layout."""
+    predictor = getattr(heads, "mask_predictor", None)
+    if type(heads) is not RoIHeads or not isinstance(predictor, MaskRCNNPredictor):
+        return False
+    if predictor.mask_fcn_logits.kernel_size != (1, 1) or predictor.mask_fcn_logits.bias is None:
+        return False
+    heads.__class__ = InferenceRoIHeads  # same attributes, one method overridden
+    return True
+
+
+def _float32(value):
+    """Cast every floating Tensor in a (nested) output back to float32."""
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return type(value)((k, _float32(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float32(v) for v in value)
+    return value
+
+
+def _autocast_forward(forward, *args, **kwargs):
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        out = forward(*args, **kwargs)
+    return _float32(out)  # the non-autocast rest (RoIAlign, NMS, box decoding) stays float32
+
+
+def _heavy_parts(net: nn.Module) -> dict[str, nn.Module]:
+    """The convolution / linear stacks that hold nearly all FLOPs, by attribute path."""
+    parts = {"backbone": net.backbone, "rpn.head": net.rpn.head}
+    heads = net.roi_heads
+    for name in ("box_head", "box_predictor", "mask_head", "mask_predictor"):
+        parts[f"roi_heads.{name}"] = getattr(heads, name)
+    if isinstance(heads, InferenceRoIHeads):  # calls the predictor's upsampling conv, not its forward
+        parts["roi_heads.mask_predictor"] = heads.mask_predictor.conv5_mask
+    return parts
+
+
+def optimize_for_inference(
+    net: nn.Module,
+    *,
+    fold_bn: bool = True,
+    channels_last: bool = True,
+    compile: bool = False,  # noqa: A002 (mirrors torch.compile / nn.Module.compile)
+    bf16: bool = False,
+) -> nn.Module:
+    """An eval-mode, inference-only copy of a MaskRCNN (``net`` itself is not changed).
+
+    Args:
+        net: a ``MaskRCNN`` (its backbone, rpn.head and roi_heads box/mask heads are rewritten).
+        fold_bn: fold FrozenBatchNorm2d and eval-mode BatchNorm2d into the preceding conv.
+        channels_last: NHWC memory format for the backbone + FPN, the RPN head and the mask head
+            (and the image batch entering the backbone); oneDNN convolutions then skip the
+            NCHW <-> blocked reorders around every conv.
+        compile: ``nn.Module.compile()`` the backbone, RPN head and box / mask heads (inductor;
+            the data-dependent NMS / sampling code between them stays eager).
+        bf16: run the backbone, RPN head and box / mask heads under CPU bfloat16 autocast, with
+            their outputs cast back to float32. Changes detections (module docstring).
+
+    Always (exact up to float32 summation order): the mask branch computes only the logits of
+    each detection's class (``InferenceRoIHeads``).
+
+    Returns:
+        the optimised copy, in eval mode, with ``requires_grad=False`` everywhere.
+    """
+    missing = [name for name in ("backbone", "rpn", "roi_heads") if not hasattr(net, name)]
+    if missing:
+        raise TypeError(f"optimize_for_inference: expected a MaskRCNN, {type(net).__name__} has no {missing}")
+    fast = copy.deepcopy(net).eval()
+    fast.requires_grad_(False)
+    _selected_class_masks(fast.roi_heads)
+    parts = _heavy_parts(fast)
+    if fold_bn:
+        fold_batchnorm(fast.backbone)
+    if channels_last:
+        for name in ("backbone", "rpn.head", "roi_heads.mask_head", "roi_heads.mask_predictor"):
+            parts[name].to(memory_format=torch.channels_last)
+        fast.backbone.register_forward_pre_hook(_to_channels_last)
+        fast.roi_heads.register_forward_pre_hook(_features_to_nchw)
+    if bf16:
+        for module in parts.values():
+            # an instance attribute shadows the class's forward for nn.Module.__call__
+            module.forward = functools.partial(_autocast_forward, module.forward)
+    if compile:
+        for module in parts.values():
+            module.compile(dynamic=False)
+    return fast
