@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from maskrcnn.data.transforms import build_transforms
 SQUARE = [[2, 2, 12, 2, 12, 10, 2, 10]]  # rows 2..9, cols 2..11 -> box [2, 2, 12, 10]
 
 
-def make(tmp_path, images=None, annotations=None, categories=None, write_images=True, **kwargs):
-    """Write a COCO file (default: one 20x16 image with one square) and build the dataset."""
+def write_coco(tmp_path, images=None, annotations=None, categories=None, write_images=True):
+    """Write a COCO file (default: one 20x16 image with one square) and its images; returns its path."""
     images = images if images is not None else [{"id": 1, "file_name": "a.png", "width": 20, "height": 16}]
     if annotations is None:
         annotations = [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": SQUARE, "iscrowd": 0}]
@@ -30,7 +31,12 @@ def make(tmp_path, images=None, annotations=None, categories=None, write_images=
                 Image.new("RGB", (img["width"], img["height"]), (10, 20, 30)).save(tmp_path / img["file_name"])
     ann_file = tmp_path / "ann.json"
     ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return CocoInstanceDataset(tmp_path, ann_file, **kwargs)
+    return ann_file
+
+
+def make(tmp_path, images=None, annotations=None, categories=None, write_images=True, **kwargs):
+    """Write a COCO file (see ``write_coco``) and build the dataset."""
+    return CocoInstanceDataset(tmp_path, write_coco(tmp_path, images, annotations, categories, write_images), **kwargs)
 
 
 def ann(id_, segmentation, image_id=1, category_id=1, **extra):
@@ -228,3 +234,320 @@ def test_instance_cropped_away_is_dropped_consistently(tmp_path):
     assert target["labels"].tolist() == [1] and target["boxes"].tolist() == [[2, 2, 12, 10]]
     assert target["masks"].shape == (1, 16, 13) and target["crowd_boxes"].shape == (0, 4)
     assert target["orig_size"] == (16, 20)
+
+
+# ---------------------------------------------------------------- JSON types: ids, iscrowd, top-level keys
+IMG = {"id": 1, "file_name": "a.png", "width": 20, "height": 16}
+
+
+@pytest.mark.parametrize("images, annotations, categories, pattern", [
+    ([{**IMG, "id": "img1"}], [], None, r"image id 'img1' \(images\[0\], file_name 'a\.png'\) must be a JSON integer, got a string \(ids are not converted"),
+    ([{**IMG, "id": 3.0}], [], None, r"image id 3\.0 \(images\[0\], .*\) must be a JSON integer, got a float"),
+    ([{**IMG, "id": True}], [], None, r"image id True \(images\[0\], .*\) must be a JSON integer, got a boolean"),
+    ([IMG, {**IMG, "id": "1", "file_name": "b.png"}], [], None, r"image id '1' \(images\[1\], file_name 'b\.png'\) must be a JSON integer"),
+    (None, [ann("5", SQUARE)], None, r"annotation id '5' \(annotations\[0\]\) must be a JSON integer"),
+    (None, [ann(5, SQUARE, image_id="1")], None, r"annotation id 5: image_id '1' must be a JSON integer"),
+    (None, [ann(5, SQUARE, category_id="1")], None, r"annotation id 5 \(image id 1\): category_id '1' must be"),
+    (None, None, [{"id": 1, "name": "a"}, {"id": "2", "name": "b"}], r"category id '2' \(categories\[1\], name 'b'\) must be a JSON integer"),
+    (None, None, [{"id": -1, "name": "a"}], r"category id -1 \('a'\) is negative"),
+    (None, None, [{"id": 1, "name": None}], r"category id 1 has name None; names must be non-empty strings"),
+    (None, [ann(2**70, SQUARE)], None, r"annotation id 1180591620717411303424 \(annotations\[0\]\) is outside the 64-bit integer range"),
+])
+def test_ids_must_be_json_integers_and_are_never_converted(tmp_path, images, annotations, categories, pattern):
+    """Converting "1" to 1 could merge two images; mixed int / str ids must not end in "'<' not supported"."""
+    with pytest.raises(DatasetError, match=r"ann\.json: " + pattern):
+        make(tmp_path, images=images, annotations=annotations, categories=categories)
+
+
+def test_iscrowd_must_be_zero_or_one(tmp_path):
+    for value, pattern in [("0", r"annotation id 1 \(image id 1\) has iscrowd '0' \(a string\); it must be 0 or 1"),
+                           (2, r".*iscrowd 2 \(an integer\)"), (None, r".*iscrowd None \(null\)"), (1.0, r".*iscrowd 1\.0")]:
+        with pytest.raises(DatasetError, match=r"ann\.json: " + pattern):
+            make(tmp_path, annotations=[{**ann(1, SQUARE), "iscrowd": value}])
+    ds = make(tmp_path, annotations=[{**ann(1, SQUARE), "iscrowd": True}, {**ann(2, SQUARE), "iscrowd": False}])
+    _, target = ds[0]  # true / false are unambiguous: one crowd region, one instance
+    assert len(target["labels"]) == 1 and len(target["crowd_boxes"]) == 1
+
+
+@pytest.mark.parametrize("key, value, pattern", [
+    ("images", None, r"'images' must be a list, got null"),
+    ("images", {"1": IMG}, r"'images' must be a list, got an object"),
+    ("annotations", "none", r"'annotations' must be a list, got a string"),
+    ("categories", None, r"'categories' must be a list, got null"),
+    ("images", [], r"'images' is empty$"),
+    ("images", [[1, "a.png", 20, 16]], r"images\[0\] must be a JSON object, got a list"),
+    ("annotations", [None], r"annotations\[0\] must be a JSON object, got null"),
+])
+def test_top_level_keys_of_the_wrong_type_are_named(tmp_path, key, value, pattern):
+    Image.new("RGB", (20, 16)).save(tmp_path / "a.png")
+    doc = {"images": [IMG], "annotations": [], "categories": [{"id": 1, "name": "thing"}], key: value}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    with pytest.raises(DatasetError, match=r"ann\.json: " + pattern):
+        CocoInstanceDataset(tmp_path, tmp_path / "ann.json")
+
+
+@pytest.mark.parametrize("change, pattern", [
+    ({"file_name": 7}, r"image id 1 has file_name 7; it must be a non-empty string"),
+    ({"file_name": None}, r"image id 1 has file_name None"),
+    ({"file_name": ""}, r"image id 1 has file_name ''"),
+    ({"width": "20"}, r"image id 1 \('a\.png'\) has width '20'; width and height must be positive integers"),
+    ({"height": 0}, r"image id 1 \('a\.png'\) has height 0"),
+    ({"width": 20.5}, r"image id 1 \('a\.png'\) has width 20\.5"),
+    ({"width": 10**6, "height": 10**6}, r"image id 1 \('a\.png'\) is 1000000x1000000 \(1e\+12 pixels\), more than the image loader decodes"),
+])
+def test_image_fields_are_checked(tmp_path, change, pattern):
+    Image.new("RGB", (20, 16)).save(tmp_path / "a.png")
+    with pytest.raises(DatasetError, match=r"ann\.json: " + pattern):
+        make(tmp_path, images=[{**IMG, **change}], write_images=False)
+
+
+def test_integral_float_sizes_are_a_counted_conversion(tmp_path, caplog):
+    Image.new("RGB", (20, 16)).save(tmp_path / "a.png")
+    with caplog.at_level(logging.WARNING, logger="maskrcnn.data.coco"):
+        ds = make(tmp_path, images=[{**IMG, "width": 20.0, "height": 16.0}], write_images=False)
+    assert ds.images[0]["width"] == 20 and type(ds.images[0]["width"]) is int
+    assert "converted 1 image width written as an integral float (e.g. image id 1: 20.0) to int" in caplog.text
+    assert "converted 1 image height" in caplog.text
+    assert ds[0][0].shape == (3, 16, 20)
+
+
+# ---------------------------------------------------------------- segmentation shapes and values
+@pytest.mark.parametrize("segmentation, reason", [
+    ([2, 2, 12, 2, 12, 10], "segmentation must be a list of polygons; wrap it in another list"),
+    ([[[2, 2], [12, 2], [12, 10]]], "polygon 0 is a list of [x, y] point pairs; COCO polygons are flat lists"),
+    ([SQUARE[0], "2 2 12 2 12 10"], "polygon 1 is a string, expected a flat list"),
+    ([[2, 2, 12, 2, 12]], "polygon 0 has an odd number of coordinates (5)"),
+    ([[2, 2, 12, "2", 12, 10]], "polygon 0 has non-numeric coordinates (e.g. '2')"),
+    ([[2, 2, 12, None, 12, 10]], "polygon 0 has non-numeric coordinates (e.g. None)"),
+    ([[2, 2, 12, 2, 12, 10**400]], "polygon 0 has a coordinate too large for a 64-bit float"),
+    ([], "empty polygon list"),
+    ("polygon", "segmentation is a string; expected a list of polygons or an RLE object"),
+    (None, "segmentation is null"),
+    ({"size": [16, 20]}, "RLE must have 'size' and 'counts'"),
+    ({"size": [16.0, 20], "counts": "PP"}, "RLE size [16.0, 20] must be [height, width]"),
+    ({"size": [16, 20], "counts": 5}, "RLE counts is an integer"),
+    ({"size": [16, 20], "counts": [100, "20", 200]}, "uncompressed RLE counts must be a list of non-negative integers"),
+    ({"size": [16, 20], "counts": [100, 20]}, "uncompressed RLE counts sum to 120, not height*width = 320"),
+    ({"size": [16, 20], "counts": [400, -80]}, "uncompressed RLE counts must be non-negative"),
+    ({"size": [16, 20], "counts": "garbage!!"}, "character 'r' at position 2 is not in the RLE alphabet"),
+    ({"size": [16, 20], "counts": ";4"}, "compressed RLE counts string cannot be decoded: its runs sum to 15 pixels"),
+    ({"size": [16, 20], "counts": "PPPP"}, "compressed RLE counts string cannot be decoded: it ends inside a number"),
+    ({"size": [16, 20], "counts": ""}, "compressed RLE counts string is empty"),
+    ({"size": [1000000, 1000000], "counts": [10**12]}, "RLE size [1000000, 1000000] does not match image size [16, 20]"),
+    ([[0, 0, 1e8, 0, 1e8, 1e8, 0, 1e8]], "polygon coordinates reach far outside the 20x16 image (x from 0 to 1e+08"),
+])
+def test_malformed_segmentations_are_skipped_with_a_precise_reason(tmp_path, segmentation, reason):
+    """Each one used to crash or mislead later: pycocotools aborts the process on some RLE strings
+    (';4': "free(): invalid size"), and a polygon reaching 1e8 made it allocate gigabytes."""
+    ds = make(tmp_path, annotations=[ann(1, SQUARE), ann(2, segmentation)])
+    assert [s["annotation_id"] for s in ds.skipped] == [2]
+    assert reason in ds.skipped[0]["reason"]
+    _, target = ds[0]  # the rest of the image still loads
+    assert target["boxes"].tolist() == [[2, 2, 12, 10]]
+
+
+def test_boxes_far_outside_or_of_the_wrong_type_are_skipped(tmp_path):
+    ds = make(tmp_path, annotations=[ann(1, SQUARE, bbox=[2, 2, 10, 8]), ann(2, SQUARE, bbox=[2, 2, 1e9, 8]),
+                                     ann(3, SQUARE, bbox=["2", 2, 10, 8]), ann(4, SQUARE, bbox=None)])
+    reasons = {s["annotation_id"]: s["reason"] for s in ds.skipped}
+    assert "reaches far outside the 20x16 image" in reasons[2]
+    assert "bbox ['2', 2, 10, 8] must be a list of 4 numbers" in reasons[3] and "bbox None must be" in reasons[4]
+    assert len(ds[0][1]["labels"]) == 1
+
+
+def test_validation_split_rejects_what_coco_evaluation_cannot_read(tmp_path):
+    """COCO evaluation reads the val json itself: NaN polygons make faster-coco-eval throw
+    std::bad_alloc and pycocotools segfault, flat polygons and garbage RLE raise; skipping them in
+    the loader would leave the crash for the end of the first epoch."""
+    bad = [ann(2, [2, 2, 12, 2, 12, 10], bbox=[2, 2, 10, 8], area=80),
+           ann(3, {"size": [16, 20], "counts": "garbage!!"}, bbox=[2, 2, 10, 8], area=80)]
+    good = [ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80), ann(4, [[1, 1, 5, 5, 9, 9]], bbox=[1, 1, 8, 8], area=1)]
+    with pytest.raises(DatasetError) as info:
+        make(tmp_path, annotations=good + bad, for_evaluation=True)
+    message = str(info.value)
+    assert "ann.json: 2 annotation(s) cannot be read as COCO ground truth" in message
+    assert "annotation id 2 (image id 1): segmentation must be a list of polygons" in message
+    assert "annotation id 3 (image id 1): compressed RLE counts string cannot be decoded" in message
+    ds = make(tmp_path, annotations=good, for_evaluation=True)  # zero-area geometry: skipped, evaluation copes
+    assert [s["annotation_id"] for s in ds.skipped] == [4]
+    with pytest.raises(DatasetError, match=r"ann\.json: annotation id 0 .*ids must be >= 1"):
+        make(tmp_path, annotations=[ann(0, SQUARE, bbox=[2, 2, 10, 8], area=80)], for_evaluation=True)
+    with pytest.raises(DatasetError, match=r"ann\.json: annotation id 1 \(image id 1\) has area '80'; COCO evaluation needs a number"):
+        make(tmp_path, annotations=[ann(1, SQUARE, bbox=[2, 2, 10, 8], area="80")], for_evaluation=True)
+
+
+def test_few_surviving_annotations_warn_loudly(tmp_path, caplog):
+    anns = [ann(1, SQUARE)] + [ann(i, [[1, 1, 5, 5]]) for i in range(2, 202)]
+    with caplog.at_level(logging.WARNING, logger="maskrcnn.data.coco"):
+        make(tmp_path, annotations=anns, skipped_log=tmp_path / "skipped_train.jsonl")
+    assert f"only 1 of 201 annotations (0.50%) passed the checks" in caplog.text
+    assert str(tmp_path / "skipped_train.jsonl") in caplog.text
+
+
+# ---------------------------------------------------------------- compressed RLE strings vs pycocotools
+def _reference_runs(counts: str) -> list[int]:
+    """pycocotools' rleFrString in Python, with its unsigned 32-bit runs."""
+    runs, p = [], 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << 5 * k
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << 5 * k
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x % 2**32)
+    return runs
+
+
+def test_compressed_rle_check_agrees_with_pycocotools():
+    """Valid strings pass with their exact area; of mutated strings exactly those whose runs sum
+    to height*width pass, and pycocotools decodes every one that passes into a clean 0/1 mask."""
+    from maskrcnn.data.rle_checks import MAX_NUMBER_CHARS, compressed_rle_problems
+
+    rng = np.random.default_rng(0)
+    strings, totals, masks = [], [], []
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        strings.append(mask_utils.encode(np.asfortranarray(mask))["counts"].decode("ascii"))
+        totals.append(h * w)
+        masks.append(mask)
+    for problem, mask in zip(compressed_rle_problems(strings, totals), masks):
+        assert (problem is None) == bool(mask.any())  # an empty mask is skipped as empty, not as broken
+    mutated, mutated_totals, passed = [], [], 0
+    for s, total in zip(strings, totals):
+        for _ in range(20):
+            chars = list(s)
+            pos = int(rng.integers(0, len(chars)))
+            op = rng.integers(0, 3)
+            if op == 0:
+                chars[pos] = chr(int(rng.integers(48, 112)))
+            elif op == 1 and len(chars) > 1:
+                del chars[pos]
+            else:
+                chars.insert(pos, chr(int(rng.integers(48, 112))))
+            mutated.append("".join(chars))
+            mutated_totals.append(total)
+    for s, total, problem in zip(mutated, mutated_totals, compressed_rle_problems(mutated, mutated_totals)):
+        closed = (ord(s[-1]) - 48) & 0x20 == 0
+        longest = max(len(n) for n in re.findall(r"[\x50-\x6f]*[\x30-\x4f]", s)) if closed else 0
+        expected = closed and longest <= MAX_NUMBER_CHARS and sum(_reference_runs(s)) == total
+        assert (problem is None or not problem.malformed) == expected, s
+        if expected:
+            passed += 1
+            h = next(h for h in range(1, total + 1) if total % h == 0)
+            decoded = mask_utils.decode({"size": [h, total // h], "counts": s})
+            assert set(np.unique(decoded).tolist()) <= {0, 1}
+            assert int(decoded.sum()) == sum(_reference_runs(s)[1::2])
+    assert passed > 20  # the mutations do produce valid strings too
+
+
+# ---------------------------------------------------------------- the data module: setup checks
+def _split(root, name, annotations, categories=None, images=2):
+    folder = root / name
+    folder.mkdir()
+    imgs = [{"id": i, "file_name": f"{i}.png", "width": 40, "height": 32} for i in range(1, images + 1)]
+    for img in imgs:
+        Image.new("RGB", (40, 32), (90, 20, 30)).save(folder / img["file_name"])
+    cats = categories or [{"id": 1, "name": "thing"}]
+    (folder / "ann.json").write_text(json.dumps({"images": imgs, "annotations": annotations, "categories": cats}))
+    return {"image_dir": str(folder), "annotation_file": str(folder / "ann.json")}
+
+
+def _datamodule(tmp_path, train_annotations, val_annotations=None, train_categories=None, val_categories=None, **kwargs):
+    from maskrcnn.data.datamodule import CocoDataModule
+
+    val_annotations = [ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80)] if val_annotations is None else val_annotations
+    options = {"num_workers": 0, "augmentation": {"name": "default", "min_size": 32, "max_size": 64},
+               "skipped_log_dir": str(tmp_path / "run"), **kwargs}
+    return CocoDataModule(train=_split(tmp_path, "train", train_annotations, train_categories),
+                          val=_split(tmp_path, "val", val_annotations, val_categories), **options)
+
+
+@pytest.mark.parametrize("annotations, reason", [
+    ([], r"the file has 2 image\(s\) but no annotations"),
+    ([{**ann(1, SQUARE), "iscrowd": 1}, {**ann(2, SQUARE, image_id=2), "iscrowd": 1}],
+     r"of its 2 annotation\(s\), 2 are crowd regions \(iscrowd=1\), which are never training instances"),
+    ([ann(1, [[1, 1, 5, 5]]), ann(2, [[1, 1, 5, 5, 9, 9]])],
+     r"2 were skipped as unusable \(most often: polygon with fewer than 3 points \(2\); all listed in .*skipped_train\.jsonl\)"),
+])
+def test_zero_training_instances_stop_setup(tmp_path, annotations, reason):
+    dm = _datamodule(tmp_path, annotations)
+    with pytest.raises(DatasetError, match=r"train split \(.*train/ann\.json\): no training instance left: .*" + reason):
+        dm.setup("fit")
+
+
+def test_zero_training_instances_after_unreadable_images(tmp_path):
+    dm = _datamodule(tmp_path, [ann(1, SQUARE)])
+    (tmp_path / "train" / "1.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"train split .*: no training instance left: of its 1 annotation\(s\), 1 are on images that were excluded as unreadable"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("augmentation, pattern", [
+    ({"name": "default", "min_size": 0, "max_size": 64}, r"augmentation\.min_size=0: must be a whole number of pixels in 1\.\.16384"),
+    ({"name": "default", "min_size": 32, "max_size": "big"}, r"augmentation\.max_size='big'"),
+    ({"name": "default", "min_size": 800.5, "max_size": 1333}, r"augmentation\.min_size=800\.5"),
+    ({"name": "multiscale", "multiscale_sizes": [640, -1]}, r"augmentation\.multiscale_sizes=-1"),
+    ({"name": "lsj", "lsj_scale": [2.0, 0.1]}, r"augmentation\.lsj_scale=\[2\.0, 0\.1\]: must be \[low, high\]"),
+])
+def test_augmentation_sizes_are_checked_where_read(tmp_path, augmentation, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        _datamodule(tmp_path, [ann(1, SQUARE)], augmentation=augmentation)
+
+
+def test_resize_that_loses_every_instance_stops_setup(tmp_path):
+    """min_size=1 keeps the config valid but shrinks the 40x32 images to 1 px: no instance survives."""
+    anns = [ann(1, [[2, 2, 6, 2, 6, 6, 2, 6]]), ann(2, [[30, 20, 34, 20, 34, 24]], image_id=2)]
+    dm = _datamodule(tmp_path, anns, augmentation={"name": "default", "min_size": 1, "max_size": 2})
+    with pytest.raises(DatasetError, match=r"train split .*with augmentation 'default' \(augmentation\.min_size=1, "
+                                           r"augmentation\.max_size=2\) even the largest instances have no pixel left"):
+        dm.setup("fit")
+    (tmp_path / "ok").mkdir()
+    dm = _datamodule(tmp_path / "ok", anns, augmentation={"name": "default", "min_size": 8, "max_size": 16})
+    dm.setup("fit")  # 8 px keeps the larger square: training starts
+    assert sum(len(t["labels"]) for _, t in (dm.train_dataset[i] for i in range(2))) >= 1
+
+
+def test_category_names_must_agree_across_splits(tmp_path):
+    dm = _datamodule(tmp_path, [ann(1, SQUARE)], train_categories=[{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+                     val_categories=[{"id": 1, "name": "cat"}, {"id": 2, "name": "wolf"}])
+    with pytest.raises(DatasetError, match=r"train \(.*train/ann\.json\) and val \(.*val/ann\.json\) annotation files "
+                                           r"give categories different names \(train vs val: id 2: 'dog' vs 'wolf'\)"):
+        dm.setup("fit")
+
+
+# ---------------------------------------------------------------- browse_dataset.py on the same inputs
+def _browse(tmp_path, annotations, images=None):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_coco(tmp_path, annotations=annotations, images=images)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "browse_dataset.py"
+    return subprocess.run([sys.executable, str(script), "--images", str(tmp_path), "--ann", str(tmp_path / "ann.json"),
+                           "--min-size", "32", "--max-size", "64", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_browse_dataset_reports_bad_json_without_traceback(tmp_path):
+    proc = _browse(tmp_path, [ann(1, SQUARE, image_id="1")])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "ann.json: annotation id 1: image_id '1' must be a JSON integer" in proc.stderr
+
+
+def test_browse_dataset_skips_bad_annotations_and_names_unreadable_images(tmp_path):
+    images = [IMG, {**IMG, "id": 2, "file_name": "b.png"}]
+    anns = [ann(1, SQUARE), ann(2, {"size": [16, 20], "counts": ";4"}), ann(3, SQUARE, image_id=2)]
+    write_coco(tmp_path, annotations=anns, images=images)
+    (tmp_path / "b.png").write_bytes(b"truncated")
+    proc = _browse(tmp_path, anns, images)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "skipped 1 item(s) (1x compressed RLE counts string cannot be decoded" in proc.stderr
+    assert "b.png' (image id 2) cannot be read as an image" in proc.stderr
+    assert "1 of 2 picked image(s) could not be read" in proc.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1

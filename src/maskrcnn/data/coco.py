@@ -88,11 +88,16 @@ class CocoInstanceDataset(Dataset):
         try:
             with open(annotation_file, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
             raise DatasetError(f"cannot read annotation file {self.annotation_file!r}: {exc}") from exc
         index = validate_coco(data, self.annotation_file, for_evaluation=for_evaluation)
         self._instances, self._crowds = index.instances, index.crowds
         self._categories = index.categories
+        self._extents = index.extents
+        self.num_annotations = index.num_annotations
+        self.skipped_log = None if skipped_log is None else str(skipped_log)
+        for what, n in index.converted.items():
+            logger.warning("%s: converted %d %s to int", self.annotation_file, n, what)
         self._cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self._categories)}
         self.skipped: list[dict] = index.skipped
         self.images: list[dict] = []
@@ -112,12 +117,17 @@ class CocoInstanceDataset(Dataset):
             with open(skipped_log, "w", encoding="utf-8") as f:
                 for item in self.skipped:
                     f.write(json.dumps({"annotation_file": self.annotation_file, **item}) + "\n")
+        where = f"; details in {skipped_log}" if skipped_log is not None else ""
         if self.skipped:
             counts = Counter(item["reason"] for item in self.skipped)
-            summary = "; ".join(f"{n}x {reason}" for reason, n in counts.most_common())
+            summary = "; ".join(f"{n}x {reason}" for reason, n in counts.most_common(10))
+            logger.warning("%s: skipped %d item(s) (%s)%s", self.annotation_file, len(self.skipped), summary, where)
+        usable = self.num_annotations - sum(item["annotation_id"] is not None for item in self.skipped)
+        if self.num_annotations and usable < 0.01 * self.num_annotations:
             logger.warning(
-                "%s: skipped %d item(s) (%s)%s", self.annotation_file, len(self.skipped), summary,
-                f"; details in {skipped_log}" if skipped_log is not None else "",
+                "!!! %s: only %d of %d annotations (%.2f%%) passed the checks; the rest were skipped as unusable%s. "
+                "Is this the right file?", self.annotation_file, usable, self.num_annotations,
+                100.0 * usable / self.num_annotations, where,
             )
 
     # ------------------------------------------------------------------ category mapping

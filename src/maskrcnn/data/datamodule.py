@@ -19,6 +19,9 @@ from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
+from maskrcnn.data.setup_checks import (
+    check_resize_keeps_instances, check_same_categories, check_training_instances, validate_augmentation_sizes,
+)
 from maskrcnn.data.shapes import generate_shapes
 from maskrcnn.data.transforms import build_transforms
 
@@ -117,13 +120,16 @@ class CocoDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.expected_num_classes = num_classes
         self.augmentation_kwargs = {"min_size": min_size, "max_size": max_size}
+        config_keys: set[str] = set()  # keys that came from the augmentation config group
         if isinstance(augmentation, dict):
             augmentation = dict(augmentation)
             name = augmentation.pop("name", None)
             if name is None:
                 raise ValueError("augmentation: the config needs a 'name' (none|default|multiscale|lsj|photometric)")
             self.augmentation_kwargs.update(augmentation)
+            config_keys = set(augmentation)
             augmentation = name
+        validate_augmentation_sizes(self.augmentation_kwargs, config_keys)
         self.augmentation = augmentation
         self.aspect_ratio_grouping, self.keep_empty = aspect_ratio_grouping, keep_empty
         self.skipped_log_dir, self.drop_last, self.seed = skipped_log_dir, drop_last, seed
@@ -165,8 +171,14 @@ class CocoDataModule(pl.LightningDataModule):
             self.val_dataset = self._dataset("val", self.val_spec, keep_empty=True, for_evaluation=True)
             new.append(("val", self.val_dataset))
         self._check_num_classes()  # cheap json-level checks first, then the image files
+        training = [dataset for split, dataset in new if split == "train"]
+        for dataset in training:
+            check_training_instances(dataset)
+            check_resize_keeps_instances(dataset, self.augmentation, self.augmentation_kwargs)
         for split, dataset in new:
             self._check_image_files(split, dataset)
+        for dataset in training:  # unreadable images may have held every instance
+            check_training_instances(dataset)
 
     def _decode_min_size(self) -> tuple[int, int] | None:
         """Largest (short, long) output of the training resize, for reduced-scale JPEG decoding."""
@@ -204,11 +216,8 @@ class CocoDataModule(pl.LightningDataModule):
                     f"data.num_classes={self.expected_num_classes} (model.num_classes) but {split} annotations "
                     f"{dataset.annotation_file} have {dataset.num_categories} categories: {dataset.class_names[1:]}"
                 )
-        if self.train_dataset is not None and self.train_dataset.label_to_category_id != self.val_dataset.label_to_category_id:
-            raise ValueError(
-                f"train ({self.train_spec['annotation_file']}) and val ({self.val_spec['annotation_file']}) "
-                "annotation files have different category lists"
-            )
+        if self.train_dataset is not None and self.val_dataset is not None:
+            check_same_categories(self.train_dataset, self.val_dataset)
 
     # ------------------------------------------------------------------ dataset metadata
     def _any_dataset(self) -> CocoInstanceDataset:
