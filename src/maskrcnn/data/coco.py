@@ -96,8 +96,6 @@ class CocoInstanceDataset(Dataset):
         self._extents = index.extents
         self.num_annotations = index.num_annotations
         self.skipped_log = None if skipped_log is None else str(skipped_log)
-        for what, n in index.converted.items():
-            logger.warning("%s: converted %d %s to int", self.annotation_file, n, what)
         self._cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self._categories)}
         self.skipped: list[dict] = index.skipped
         self.images: list[dict] = []

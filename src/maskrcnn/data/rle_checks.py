@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskrcnn.data.segmentation_checks import Problem, short_repr
+from maskrcnn.data.segmentation_checks import Problem, json_type, short_repr
 
 # pycocotools shifts each 5-bit group in a 32-bit int, so a 7th character overflows: its decoder reads
 # numbers of at most 6 characters (30 bits, |run| < 2**29) correctly.
@@ -30,6 +30,43 @@ def rle_size_problem(rle: dict, width: int, height: int) -> Problem | None:
     if size != [height, width]:
         return Problem(f"RLE size {size!r} does not match image size [{height}, {width}]", True)
     return None
+
+
+class RleBatch:
+    """RLE segmentations of many annotations: sizes and uncompressed counts are checked in ``add``,
+    compressed strings all together in ``run``."""
+
+    def __init__(self) -> None:
+        self.slots: list[int] = []  # annotations with a compressed string, checked by run()
+        self.strings: list[str] = []
+        self.totals: list[int] = []
+        self.valid: list[int] = []  # annotations whose RLE passed (after run())
+
+    def add(self, slot: int, rle: dict, width: int, height: int) -> Problem | None:
+        problem = rle_size_problem(rle, width, height)
+        if problem is not None:
+            return problem
+        counts = rle["counts"]
+        if type(counts) is str:
+            self.slots.append(slot)
+            self.strings.append(counts)
+            self.totals.append(width * height)
+            return None
+        if type(counts) is not list:
+            return Problem(f"RLE counts is {json_type(counts)} (expected a list of integers or a string)", True)
+        problem = uncompressed_rle_problem(counts, height, width)
+        if problem is None:
+            self.valid.append(slot)
+        return problem
+
+    def run(self) -> dict[int, Problem]:
+        problems = {}
+        for slot, problem in zip(self.slots, compressed_rle_problems(self.strings, self.totals)):
+            if problem is None:
+                self.valid.append(slot)
+            else:
+                problems[slot] = problem
+        return problems
 
 
 def uncompressed_rle_problem(counts: list, height: int, width: int) -> Problem | None:

@@ -112,19 +112,20 @@ class PolygonBatch:
         inside = (np.minimum(x1, width) > np.maximum(x0, 0.0)) & (np.minimum(y1, height) > np.maximum(y0, 0.0))
         nxt = np.arange(1, len(xs) + 1)
         nxt[np.cumsum(lengths // 2) - 1] = starts  # the last vertex closes the polygon
-        area = 0.5 * np.abs(np.add.reduceat(xs * ys[nxt] - xs[nxt] * ys, starts))
+        with np.errstate(invalid="ignore", over="ignore"):  # far-away polygons are rejected above anyway
+            area = 0.5 * np.abs(np.add.reduceat(xs * ys[nxt] - xs[nxt] * ys, starts))
         # Malformed problems first: an annotation keeps its first problem unless a later one is malformed.
         for p in np.flatnonzero(~finite):
-            _note(problems, int(owners[p]), Problem("polygon has NaN / inf coordinates", True))
+            note_problem(problems, int(owners[p]), Problem("polygon has NaN / inf coordinates", True))
         for p in np.flatnonzero(finite & ~near):
             reason = (f"polygon coordinates reach far outside the {int(width[p])}x{int(height[p])} image (x from "
                       f"{x0[p]:.6g} to {x1[p]:.6g}, y from {y0[p]:.6g} to {y1[p]:.6g}; at most one image size "
                       "beyond an edge is accepted)")
-            _note(problems, int(owners[p]), Problem(reason, True))
+            note_problem(problems, int(owners[p]), Problem(reason, True))
         for p in np.flatnonzero(~inside):
-            _note(problems, int(owners[p]), Problem("polygon lies entirely outside the image (zero area after clipping)", False))
+            note_problem(problems, int(owners[p]), Problem("polygon lies entirely outside the image (zero area after clipping)", False))
         for p in np.flatnonzero(~(area > 0)):
-            _note(problems, int(owners[p]), Problem("degenerate polygon (zero area)", False))
+            note_problem(problems, int(owners[p]), Problem("degenerate polygon (zero area)", False))
         # Extent of each annotation (over all its polygons), for the augmentation check of the data module.
         order = np.flatnonzero(np.concatenate([[True], owners[1:] != owners[:-1]]))
         ext = np.minimum(np.maximum.reduceat(x1, order) - np.minimum.reduceat(x0, order),
@@ -145,7 +146,7 @@ class PolygonBatch:
                 bad = [v for v in poly if type(v) not in NUMBER_TYPES][:1]
                 what = f"non-numeric coordinates (e.g. {short_repr(bad[0], 40)})" if bad else \
                     "a coordinate too large for a 64-bit float"
-                _note(problems, slot, Problem(f"polygon {k} has {what}", True))
+                note_problem(problems, slot, Problem(f"polygon {k} has {what}", True))
                 keep[p] = False
             else:
                 parts.append(values)
@@ -164,8 +165,9 @@ def _numeric(values: list) -> np.ndarray | None:
         return array.astype(np.float64)
 
 
-def _note(problems: dict[int, Problem], slot: int, problem: Problem) -> None:
-    """Keep the first problem of an annotation, unless a later one is malformed and it was not."""
+def note_problem(problems: dict[int, Problem], slot: int, problem: Problem) -> None:
+    """Record ``problem`` for annotation ``slot``: the first one found is kept, unless a later one is
+    malformed and it was not (a validation split must then reject the annotation)."""
     old = problems.get(slot)
     if old is None or (problem.malformed and not old.malformed):
         problems[slot] = problem

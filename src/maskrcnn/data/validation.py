@@ -9,27 +9,27 @@ Policy:
   not a JSON integer (``"3"``, ``3.0``, ``true``; never converted, since converted ids could merge
   distinct images), a duplicate or unknown id, ``iscrowd`` other than 0 / 1 / true / false, an empty
   or non-string ``file_name`` or category ``name``, a width / height that is not a positive integer
-  or beyond what the image decoder accepts;
+  or beyond what the image decoder accepts (``640.0`` is an error too: faster-coco-eval rejects it);
 - per-annotation geometry problems skip that annotation and are listed in ``CocoIndex.skipped``
   (see ``segmentation_checks`` for the list). With ``for_evaluation=True`` the *malformed* ones
   (unreadable segmentation or box) are errors instead: COCO evaluation reads the file itself and
-  would crash on them at the end of the first validation epoch;
-- counted conversion (documented, reported in ``CocoIndex.converted``): a width or height written
-  as an integral float (``640.0``) is used as the integer.
+  would crash on them at the end of the first validation epoch.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from maskrcnn.data.errors import DatasetError
 from maskrcnn.data import image_io  # noqa: F401  (sets PIL's pixel limit, read below)
-from maskrcnn.data.rle_checks import compressed_rle_problems, rle_size_problem, uncompressed_rle_problem
-from maskrcnn.data.segmentation_checks import BoxBatch, PolygonBatch, Problem, json_type, polygon_structure_problem, short_repr
+from maskrcnn.data.errors import DatasetError
+from maskrcnn.data.rle_checks import RleBatch
+from maskrcnn.data.segmentation_checks import (
+    BoxBatch, PolygonBatch, Problem, json_type, note_problem, polygon_structure_problem, short_repr,
+)
 
 EVALUATION_KEYS = ("bbox", "area")  # read from the ground truth by COCO evaluation (pycocotools, faster-coco-eval)
 _INT64 = 2**63  # ids go into int64 arrays in evaluation
@@ -43,7 +43,7 @@ class CocoIndex:
     categories: category dicts sorted by id.
     instances / crowds: image id -> valid annotations (iscrowd == 0 / iscrowd == 1).
     skipped: one dict per skipped annotation: annotation_id, image_id, file_name, reason.
-    num_annotations: annotations in the file; converted: what was converted, with counts.
+    num_annotations: annotations in the file.
     extents: image id -> shorter bbox side (json pixels) of its largest valid instance (polygon or RLE).
     """
 
@@ -53,7 +53,6 @@ class CocoIndex:
     crowds: dict[int, list[dict]] = field(default_factory=lambda: defaultdict(list))
     skipped: list[dict] = field(default_factory=list)
     num_annotations: int = 0
-    converted: Counter = field(default_factory=Counter)
     extents: dict[int, float] = field(default_factory=dict)
 
 
@@ -104,14 +103,11 @@ def _categories(raw: list, source: str) -> dict[int, dict]:
     return categories
 
 
-def _size(img: dict, key: str, source: str, converted: Counter) -> int:
+def _size(img: dict, key: str, source: str) -> int:
     value = img[key]
-    if type(value) is float and value.is_integer() and value > 0:
-        converted[f"image {key} written as an integral float (e.g. image id {img['id']}: {value!r})"] += 1
-        return int(value)
     if type(value) is not int or value <= 0:
         raise DatasetError(f"{source}: image id {img['id']} ({img['file_name']!r}) has {key} {short_repr(value, 40)}; "
-                           "width and height must be positive integers")
+                           "width and height must be positive JSON integers")
     return value
 
 
@@ -120,7 +116,7 @@ def _max_pixels() -> float:
     return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else float("inf")
 
 
-def _images(raw: list, source: str, converted: Counter) -> dict[int, dict]:
+def _images(raw: list, source: str) -> dict[int, dict]:
     images: dict[int, dict] = {}
     for k, img in enumerate(raw):
         _require(img, ("id", "file_name", "width", "height"), f"images[{k}]", source)
@@ -130,12 +126,12 @@ def _images(raw: list, source: str, converted: Counter) -> dict[int, dict]:
                                "it must be a non-empty string (a path relative to the image folder)")
         if img["id"] in images:
             raise DatasetError(f"{source}: duplicate image id {img['id']} ({img['file_name']!r})")
-        width, height = _size(img, "width", source, converted), _size(img, "height", source, converted)
+        width, height = _size(img, "width", source), _size(img, "height", source)
         if width * height > _max_pixels():
             raise DatasetError(f"{source}: image id {img['id']} ({img['file_name']!r}) is {width}x{height} "
                                f"({width * height:.3g} pixels), more than the image loader decodes "
                                f"({_max_pixels():.3g}); is width / height wrong?")
-        images[img["id"]] = {**img, "width": width, "height": height}
+        images[img["id"]] = img
     return images
 
 
@@ -176,18 +172,15 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
     """
     _top_level(data, source)
     categories = _categories(data["categories"], source)
-    converted: Counter = Counter()
-    images = _images(data["images"], source, converted)
+    images = _images(data["images"], source)
     index = CocoIndex(images=list(images.values()), categories=sorted(categories.values(), key=lambda c: c["id"]),
-                      num_annotations=len(data["annotations"]), converted=converted)
+                      num_annotations=len(data["annotations"]))
 
     # One pass: ids, types and structure (errors raise at once); geometry is batched by slot
     # (the annotation's position in ``kept``).
     kept: list[tuple[dict, dict, int]] = []  # (annotation, image, iscrowd)
     problems: dict[int, Problem] = {}
-    polygons, boxes = PolygonBatch(), BoxBatch()
-    rle_slots, rle_strings, rle_totals = [], [], []
-    rle_extent_slots = []
+    polygons, boxes, rles = PolygonBatch(), BoxBatch(), RleBatch()
     seen_ids: set = set()
     for k, ann in enumerate(data["annotations"]):
         _require(ann, ("id", "image_id", "category_id"), f"annotations[{k}]", source)
@@ -217,17 +210,7 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
             if problem is None:
                 polygons.add(slot, seg, width, height)
         elif type(seg) is dict:
-            problem = rle_size_problem(seg, width, height)
-            counts = seg.get("counts")
-            if problem is None and type(counts) is str:
-                rle_slots.append(slot)
-                rle_strings.append(counts)
-                rle_totals.append(width * height)
-            elif problem is None and type(counts) is list:
-                problem = uncompressed_rle_problem(counts, height, width)
-                rle_extent_slots.append(slot)
-            elif problem is None:
-                problem = Problem(f"RLE counts is {json_type(counts)} (expected a list of integers or a string)", True)
+            problem = rles.add(slot, seg, width, height)
         elif "segmentation" not in ann:
             problem = Problem("missing segmentation (Mask R-CNN needs polygon or RLE masks)", True)
         else:
@@ -237,13 +220,9 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
 
     # Batched geometry: a malformed problem wins over an earlier geometric one of the same annotation.
     polygon_problems, extents = polygons.run()
-    rle_results = compressed_rle_problems(rle_strings, rle_totals)
-    rle_extent_slots += [s for s, p in zip(rle_slots, rle_results) if p is None]
-    for found in (boxes.run(), polygon_problems, {s: p for s, p in zip(rle_slots, rle_results) if p is not None}):
+    for found in (boxes.run(), polygon_problems, rles.run()):
         for slot, problem in found.items():
-            old = problems.get(slot)
-            if old is None or (problem.malformed and not old.malformed):
-                problems[slot] = problem
+            note_problem(problems, slot, problem)
 
     malformed = []
     for slot, (ann, image, crowd) in enumerate(kept):
@@ -259,7 +238,7 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
             index.instances[ann["image_id"]].append(ann)
     if malformed:
         raise DatasetError(_rejection(malformed, source))
-    _record_extents(index, kept, extents, [s for s in rle_extent_slots if s not in problems])
+    _record_extents(index, kept, extents, [s for s in rles.valid if s not in problems])
     return index
 
 
