@@ -326,10 +326,12 @@ def test_image_fields_are_checked(tmp_path, change, pattern):
     ({"size": [16, 20], "counts": ""}, "compressed RLE counts string is empty"),
     ({"size": [1000000, 1000000], "counts": [10**12]}, "RLE size [1000000, 1000000] does not match image size [16, 20]"),
     ([[0, 0, 1e8, 0, 1e8, 1e8, 0, 1e8]], "polygon coordinates reach far outside the 20x16 image (x from 0 to 1e+08"),
+    ([[0, 0, 20, 16] * 1000], "polygon outline is 4e+04 px long (2000 points), more than 100 perimeters of the 20x16"),
 ])
 def test_malformed_segmentations_are_skipped_with_a_precise_reason(tmp_path, segmentation, reason):
     """Each one used to crash or mislead later: pycocotools aborts the process on some RLE strings
-    (';4': "free(): invalid size"), and a polygon reaching 1e8 made it allocate gigabytes."""
+    (';4': "free(): invalid size"), and a polygon reaching 1e8 (or zig-zagging across the image
+    many times) made it allocate gigabytes."""
     ds = make(tmp_path, annotations=[ann(1, SQUARE), ann(2, segmentation)])
     assert [s["annotation_id"] for s in ds.skipped] == [2]
     assert reason in ds.skipped[0]["reason"]
@@ -545,3 +547,36 @@ def test_browse_dataset_skips_bad_annotations_and_names_unreadable_images(tmp_pa
     assert "b.png' (image id 2) cannot be read as an image" in err
     assert "1 of 2 picked image(s) could not be read" in err
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+# ---------------------------------------------------------------- through the config and train(cfg)
+def _folder_cfg(tmp_path, train_annotations, *overrides):
+    from conftest import TINY, compose
+
+    root = tmp_path / "data"
+    root.mkdir()
+    train, val = _split(root, "train", train_annotations), _split(root, "val", [ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80)])
+    folder = [o for o in TINY if not o.startswith("data.generate_shapes")]
+    return compose([*folder, "data=folder", "data.num_classes=1", f"data.root={root}",
+                    f"data.train.annotation_file={train['annotation_file']}",
+                    f"data.val.annotation_file={val['annotation_file']}", *overrides], output_dir=tmp_path / "run")
+
+
+def test_augmentation_size_from_the_command_line_is_named(tmp_path):
+    from maskrcnn.training.builders import build_datamodule
+
+    with pytest.raises(Exception) as info:  # Hydra's instantiate wraps it in an InstantiationException
+        build_datamodule(_folder_cfg(tmp_path, [ann(1, SQUARE)], "augmentation.min_size=0"))
+    cause = info.value if isinstance(info.value, ValueError) else info.value.__cause__
+    assert isinstance(cause, ValueError) and str(cause).startswith("augmentation.min_size=0: must be a whole number")
+
+
+def test_crowd_only_training_data_stops_before_the_first_step(tmp_path, monkeypatch):
+    """Used to train a full run on zero instances and exit 0."""
+    from maskrcnn.training.module import MaskRCNNModule
+    from maskrcnn.training.pipeline import train
+
+    monkeypatch.setattr(MaskRCNNModule, "training_step", lambda *args: pytest.fail("training started"))
+    cfg = _folder_cfg(tmp_path, [{**ann(1, SQUARE), "iscrowd": 1}, {**ann(2, SQUARE, image_id=2), "iscrowd": 1}])
+    with pytest.raises(DatasetError, match=r"train split \(.*train/ann\.json\): no training instance left: .*2 are crowd"):
+        train(cfg)

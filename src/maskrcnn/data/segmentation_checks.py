@@ -23,6 +23,9 @@ NUMBER_TYPES = (int, float, bool)  # JSON numbers (json.load gives bool for true
 # time and memory in proportion to its outline (pycocotools walks every upsampled edge pixel), so a
 # vertex at 1e8 would allocate gigabytes; real annotations stay within a few pixels of the image.
 MARGIN = 1.0
+# For the same reason a polygon's outline may be at most this many image perimeters long: a zig-zag
+# of 1e5 vertices across a 1000 px image would need ~10 GB in pycocotools; real outlines are < 10.
+MAX_OUTLINE_PERIMETERS = 100
 
 
 class Problem(NamedTuple):
@@ -112,8 +115,10 @@ class PolygonBatch:
         inside = (np.minimum(x1, width) > np.maximum(x0, 0.0)) & (np.minimum(y1, height) > np.maximum(y0, 0.0))
         nxt = np.arange(1, len(xs) + 1)
         nxt[np.cumsum(lengths // 2) - 1] = starts  # the last vertex closes the polygon
-        with np.errstate(invalid="ignore", over="ignore"):  # far-away polygons are rejected above anyway
+        with np.errstate(invalid="ignore", over="ignore"):  # far-away polygons are rejected anyway
             area = 0.5 * np.abs(np.add.reduceat(xs * ys[nxt] - xs[nxt] * ys, starts))
+            outline = np.add.reduceat(np.maximum(np.abs(xs[nxt] - xs), np.abs(ys[nxt] - ys)), starts)
+        tangled = outline > MAX_OUTLINE_PERIMETERS * 2 * (width + height)
         # Malformed problems first: an annotation keeps its first problem unless a later one is malformed.
         for p in np.flatnonzero(~finite):
             note_problem(problems, int(owners[p]), Problem("polygon has NaN / inf coordinates", True))
@@ -121,6 +126,10 @@ class PolygonBatch:
             reason = (f"polygon coordinates reach far outside the {int(width[p])}x{int(height[p])} image (x from "
                       f"{x0[p]:.6g} to {x1[p]:.6g}, y from {y0[p]:.6g} to {y1[p]:.6g}; at most one image size "
                       "beyond an edge is accepted)")
+            note_problem(problems, int(owners[p]), Problem(reason, True))
+        for p in np.flatnonzero(finite & near & tangled):
+            reason = (f"polygon outline is {outline[p]:.3g} px long ({lengths[p] // 2} points), more than "
+                      f"{MAX_OUTLINE_PERIMETERS} perimeters of the {int(width[p])}x{int(height[p])} image")
             note_problem(problems, int(owners[p]), Problem(reason, True))
         for p in np.flatnonzero(~inside):
             note_problem(problems, int(owners[p]), Problem("polygon lies entirely outside the image (zero area after clipping)", False))
