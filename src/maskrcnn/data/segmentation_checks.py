@@ -171,7 +171,7 @@ def _numeric(values: list) -> np.ndarray | None:
     if array.ndim != 1 or array.dtype.kind not in "biuf":
         return None
     with np.errstate(over="ignore"):
-        return array.astype(np.float64)
+        return array.astype(np.float64, copy=False)
 
 
 def note_problem(problems: dict[int, Problem], slot: int, problem: Problem) -> None:

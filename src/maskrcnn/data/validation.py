@@ -183,7 +183,8 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
     polygons, boxes, rles = PolygonBatch(), BoxBatch(), RleBatch()
     seen_ids: set = set()
     for k, ann in enumerate(data["annotations"]):
-        _require(ann, ("id", "image_id", "category_id"), f"annotations[{k}]", source)
+        if type(ann) is not dict or "id" not in ann or "image_id" not in ann or "category_id" not in ann:
+            _require(ann, ("id", "image_id", "category_id"), f"annotations[{k}]", source)  # raises
         ann_id = ann["id"]
         _require_id(ann_id, "annotation id", f" (annotations[{k}])", source)
         if ann_id in seen_ids:
