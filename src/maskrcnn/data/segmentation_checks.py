@@ -1,4 +1,4 @@
-"""Checks of annotation geometry (bbox, polygons; RLE in ``rle_checks``), batched so that COCO-size files stay fast.
+"""Checks of annotation geometry (bbox, polygons; RLE in ``rle_checks``), batched for COCO-size files.
 
 Every check returns, per annotation, why it is unusable as a ``Problem(reason, malformed)``:
 - ``malformed=True``: the value cannot be read as a COCO segmentation / box at all (wrong nesting or
@@ -8,8 +8,8 @@ Every check returns, per annotation, why it is unusable as a ``Problem(reason, m
 - ``malformed=False``: well-formed but useless geometry (outside the image, zero area, empty mask,
   negative box size): skipped and listed everywhere.
 
-Polygons and boxes are collected while the file is walked once and then
-checked together with a few numpy passes; only flagged annotations get per-item Python work.
+Polygons and boxes are collected while the file is walked once and then checked together with a
+few numpy passes; only flagged annotations get per-item Python work.
 """
 
 from __future__ import annotations
