@@ -521,6 +521,7 @@ def _browse(tmp_path, monkeypatch, capsys, caplog):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "browse_dataset.py"
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # conftest sets it; the script must end as a user sees it
     monkeypatch.setattr("sys.argv", ["browse_dataset.py", "--images", str(tmp_path), "--ann", str(tmp_path / "ann.json"),
                                      "--min-size", "32", "--max-size", "64", "--out", str(tmp_path / "out")])
     with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as info:
@@ -533,7 +534,8 @@ def test_browse_dataset_reports_bad_json_without_traceback(tmp_path, monkeypatch
     write_coco(tmp_path, annotations=[ann(1, SQUARE, image_id="1")])
     code, err = _browse(tmp_path, monkeypatch, capsys, caplog)
     assert code == 1  # a DatasetError is printed, not raised (no traceback)
-    assert "error: " in err and "ann.json: annotation id 1: image_id '1' must be a JSON integer" in err
+    assert "Traceback" not in err
+    assert "DatasetError: " in err and "ann.json: annotation id 1: image_id '1' must be a JSON integer" in err
 
 
 def test_browse_dataset_skips_bad_annotations_and_names_unreadable_images(tmp_path, monkeypatch, capsys, caplog):
