@@ -489,7 +489,9 @@ def test_zero_training_instances_after_unreadable_images(tmp_path):
     ({"name": "lsj", "lsj_scale": [2.0, 0.1]}, r"augmentation\.lsj_scale=\[2\.0, 0\.1\]: must be \[low, high\]"),
 ])
 def test_augmentation_sizes_are_checked_where_read(tmp_path, augmentation, pattern):
-    with pytest.raises(ValueError, match=pattern):
+    from maskrcnn.training.config_checks import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):  # an expected error: one message, no traceback
         _datamodule(tmp_path, [ann(1, SQUARE)], augmentation=augmentation)
 
 
@@ -569,8 +571,10 @@ def test_augmentation_size_from_the_command_line_is_named(tmp_path):
 
     with pytest.raises(Exception) as info:  # Hydra's instantiate wraps it in an InstantiationException
         build_datamodule(_folder_cfg(tmp_path, [ann(1, SQUARE)], "augmentation.min_size=0"))
-    cause = info.value if isinstance(info.value, ValueError) else info.value.__cause__
-    assert isinstance(cause, ValueError) and str(cause).startswith("augmentation.min_size=0: must be a whole number")
+    from maskrcnn.cli import expected_error
+
+    cause = expected_error(info.value)  # what src/train.py prints as its one message
+    assert cause is not None and str(cause).startswith("augmentation.min_size=0: must be a whole number")
 
 
 def test_crowd_only_training_data_stops_before_the_first_step(tmp_path, monkeypatch):
@@ -582,3 +586,173 @@ def test_crowd_only_training_data_stops_before_the_first_step(tmp_path, monkeypa
     cfg = _folder_cfg(tmp_path, [{**ann(1, SQUARE), "iscrowd": 1}, {**ann(2, SQUARE, image_id=2), "iscrowd": 1}])
     with pytest.raises(DatasetError, match=r"train split \(.*train/ann\.json\): no training instance left: .*2 are crowd"):
         train(cfg)
+
+
+# ---------------------------------------------------------------- data-module config values are expected errors
+@pytest.mark.parametrize("options, pattern", [
+    ({"bad_images": "ignore"}, r"data\.bad_images='ignore': expected one of"),
+    ({"check_images": "fast"}, r"data\.check_images='fast': expected one of"),
+    ({"augmentation": {"min_size": 32}}, r"augmentation\.name must be set"),
+    ({"augmentation": {"name": "default", "min_size": 32, "max_size": 64, "flip": 0.5}},
+     r"augmentation='default' with .*'flip': 0\.5.*unexpected keyword"),
+])
+def test_data_options_are_config_errors_naming_the_key(tmp_path, options, pattern):
+    """A ConfigError ends src/train.py with its one message; a plain ValueError kept Hydra's traceback."""
+    from maskrcnn.training.config_checks import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):
+        _datamodule(tmp_path, [ann(1, SQUARE)], **options)
+
+
+def test_num_classes_mismatch_is_a_config_error(tmp_path):
+    from maskrcnn.training.config_checks import ConfigError
+
+    dm = _datamodule(tmp_path, [ann(1, SQUARE)], num_classes=7)
+    with pytest.raises(ConfigError, match=r"data\.num_classes=7 \(model\.num_classes\) but train annotations "
+                                          r".*train/ann\.json have 1 categories: \['thing'\]"):
+        dm.setup("fit")
+
+
+# ---------------------------------------------------------------- every tool reads the same json the same way
+def _report(path, monkeypatch, capsys, *extra):
+    """Run scripts/dataset_report.py in this process; returns (exit status, stdout, stderr)."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "dataset_report.py"
+    monkeypatch.setattr("sys.argv", ["dataset_report.py", "--train", str(path), "--min-size", "32", "--max-size", "64",
+                                     *extra])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def _with(**changes):
+    """A mutation of the default document of ``write_coco``: top-level keys replaced."""
+    return lambda doc: doc.update(changes)
+
+
+def _all(key, fn, *where):
+    def mutate(doc):
+        for name in where:
+            for item in doc[name]:
+                if key in item:
+                    item[key] = fn(item[key])
+    return mutate
+
+
+HOSTILE_JSON = [  # (mutation of a valid two-image document, what every tool must say)
+    (lambda d: (_all("id", lambda v: f"img{v}", "images")(d), _all("image_id", lambda v: f"img{v}", "annotations")(d)),
+     r"image id 'img1' \(images\[0\], file_name 'a\.png'\) must be a JSON integer, got a string"),
+    (lambda d: (_all("id", str, "categories")(d), _all("category_id", str, "annotations")(d)),
+     r"category id '1' \(categories\[0\], name 'thing'\) must be a JSON integer, got a string"),
+    (lambda d: d["categories"].append({"id": "2", "name": "other"}),
+     r"category id '2' \(categories\[1\], name 'other'\) must be a JSON integer"),
+    (lambda d: d["images"][1].update(id="1"), r"image id '1' \(images\[1\], file_name 'b\.png'\) must be a JSON integer"),
+    (_all("iscrowd", lambda v: "0", "annotations"), r"annotation id 1 \(image id 1\) has iscrowd '0' \(a string\)"),
+    (_with(images=None), r"'images' must be a list, got null"),
+    (_with(images=[], annotations=[]), r"'images' is empty"),
+    (lambda d: d["images"][0].update(file_name=7), r"image id 1 has file_name 7; it must be a non-empty string"),
+    (lambda d: d["images"][0].update(file_name=None), r"image id 1 has file_name None"),
+    (lambda d: d["images"][0].update(width=10**9, height=10**9), r"image id 1 \('a\.png'\) is 1000000000x1000000000"),
+]
+
+
+@pytest.mark.parametrize("tool", ["train", "eval", "browse", "report"])
+@pytest.mark.parametrize("mutate, pattern", HOSTILE_JSON, ids=[
+    "image-ids-str", "category-ids-str", "category-ids-mixed", "image-id-1-and-'1'", "iscrowd-'0'", "images-null",
+    "images-empty", "file_name-number", "file_name-null", "width-absurd"])
+def test_every_tool_rejects_the_same_json_naming_file_and_key(tmp_path, monkeypatch, capsys, caplog, tool, mutate, pattern):
+    """train / eval (the data module's two datasets), browse_dataset.py and dataset_report.py read the
+    same json with the same checks: never a conversion, never a deep traceback."""
+    images = [IMG, {**IMG, "id": 2, "file_name": "b.png"}]
+    path = write_coco(tmp_path, images=images, annotations=[ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80),
+                                                            ann(2, SQUARE, image_id=2, bbox=[2, 2, 10, 8], area=80)])
+    doc = json.loads(path.read_text())
+    mutate(doc)
+    path.write_text(json.dumps(doc))
+    if tool in ("train", "eval"):
+        with pytest.raises(DatasetError, match=r"ann\.json: " + pattern):
+            CocoInstanceDataset(tmp_path, path, for_evaluation=tool == "eval")
+        return
+    if tool == "browse":
+        code, err = _browse(tmp_path, monkeypatch, capsys, caplog)
+    else:
+        code, _, err = _report(path, monkeypatch, capsys)
+    assert code == (1 if tool == "browse" else 2) and "Traceback" not in err
+    assert re.search(r"ann\.json: " + pattern, err), err
+
+
+def test_dataset_report_runs_the_training_checks(tmp_path, monkeypatch, capsys, caplog):
+    """Skipped annotations are listed as in training; a file training refuses is refused."""
+    path = write_coco(tmp_path, annotations=[ann(1, SQUARE, bbox=[2, 2, 10, 8]),
+                                             ann(2, {"size": [16, 20], "counts": "garbage!!"}, bbox=[2, 2, 10, 8])])
+    with caplog.at_level(logging.WARNING):  # the script's warnings (pytest owns the root logger's handlers)
+        code, out, err = _report(path, monkeypatch, capsys)
+    assert code == 0 and "Dataset fit report" in out
+    assert re.search(r"ann\.json: skipped 1 item\(s\) \(1x compressed RLE counts string cannot be decoded", caplog.text)
+    write_coco(tmp_path, annotations=[{**ann(1, SQUARE), "iscrowd": 1}])
+    code, _, err = _report(path, monkeypatch, capsys)
+    assert code == 2 and "no training instance left: of its 1 annotation(s), 1 are crowd regions" in err
+    write_coco(tmp_path, annotations=[ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80)])
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps({**json.loads(path.read_text()), "categories": [{"id": 1, "name": "other"}]}))
+    code, _, err = _report(path, monkeypatch, capsys, "--val", str(val))
+    assert code == 2 and "give categories different names (train vs val: id 1: 'thing' vs 'other')" in err
+
+
+# ---------------------------------------------------------------- memory: what passes setup must load
+def test_masks_of_a_crowded_image_are_checked_against_memory(tmp_path, caplog):
+    """N masks of one image are allocated together (plus the model's float copy): thousands of
+    instances passed setup and then killed the process without a message."""
+    from maskrcnn.data.setup_checks import MASK_BYTES_PER_PIXEL, check_mask_memory, pipeline_scale
+
+    images = [IMG, {**IMG, "id": 2, "file_name": "b.png"}]
+    anns = [ann(k, SQUARE) for k in range(1, 51)] + [ann(51, SQUARE, image_id=2)]
+    ds = make(tmp_path, images=images, annotations=anns)
+    need = 50 * 32 * 40 * MASK_BYTES_PER_PIXEL  # image 1 at twice its size (min_size 32 on a 20x16 image)
+    scale = pipeline_scale("default", {"min_size": 32, "max_size": 64})
+    check_mask_memory(ds, "train", scale, limit=need, warn=need)  # exactly fits: silent
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        check_mask_memory(ds, "train", scale, limit=need, warn=need - 1)
+    assert re.search(r"train split \(.*ann\.json\): image id 1 \('a\.png'\) has 50 instance and crowd masks; at 40x32 px", caplog.text)
+    with pytest.raises(DatasetError, match=r"image id 1 .* has 50 .* need about 0\.0 GiB .*more than this machine's "
+                                           r"0\.0 GiB of memory; lower augmentation\.min_size / max_size"):
+        check_mask_memory(ds, "train", scale, limit=need - 1, warn=0)
+    with pytest.raises(DatasetError, match=r"val split .* at 20x16 px.*resize the validation images on disk"):
+        check_mask_memory(ds, "val", pipeline_scale("none", {}), limit=need // 4 - 1, warn=0)
+
+
+def test_images_sharing_a_file_are_warned(tmp_path, caplog):
+    """Two records of one photo each train with only their own objects: the others become background."""
+    images = [IMG, {**IMG, "id": 2}, {**IMG, "id": 3, "file_name": "b.png"}]
+    with caplog.at_level(logging.WARNING):
+        make(tmp_path, images=images, annotations=[ann(1, SQUARE), ann(2, SQUARE, image_id=2)])
+    assert re.search(r"ann\.json: 1 file name\(s\) are used by more than one image record, each of which is loaded "
+                     r"with only its own annotations \('a\.png': image ids \[1, 2\]\)", caplog.text)
+
+
+# ---------------------------------------------------------------- evaluation: the checkpoint's categories
+def test_eval_rejects_a_val_file_whose_categories_differ_from_the_checkpoint(tmp_path, shapes_dir):
+    """The checkpoint's class names label the predictions; a val file naming the ids differently
+    would give an AP table under the wrong names."""
+    import shutil
+
+    from conftest import compose
+    from random_checkpoint import save_random_checkpoint
+    from maskrcnn.training.pipeline import evaluate
+
+    ckpt = save_random_checkpoint(tmp_path / "random.ckpt", data_dir=shapes_dir)
+    val_dir = tmp_path / "val"
+    shutil.copytree(shapes_dir / "shapes" / "val", val_dir)
+    doc = json.loads((val_dir / "annotations.json").read_text())
+    doc["categories"] = [{**c, "name": "hexagon"} if c["id"] == 2 else c for c in doc["categories"]]
+    (val_dir / "annotations.json").write_text(json.dumps(doc))
+    overrides = [f"ckpt_path={ckpt}", f"data.val.image_dir={val_dir}",
+                 f"data.val.annotation_file={val_dir / 'annotations.json'}", "data.num_workers=0"]
+    cfg = compose(overrides, config_name="eval", output_dir=tmp_path / "eval", data_dir=tmp_path / "nothing")
+    with pytest.raises(DatasetError, match=r"checkpoint \(.*random\.ckpt\) and the val annotations \(.*val/annotations"
+                                           r"\.json\) give categories different names \(checkpoint vs val: id 2: 'circle' vs 'hexagon'\)"):
+        evaluate(cfg, overrides=overrides)

@@ -108,6 +108,10 @@ class CocoInstanceDataset(Dataset):
                      "reason": "image has no valid instance annotations (keep_empty=False)"}
                 )
         self._report_skipped(skipped_log)
+        if index.shared_files:  # each record would train with only its own share of the objects
+            examples = "; ".join(f"{name!r}: image ids {ids}" for name, ids in list(index.shared_files.items())[:5])
+            logger.warning("%s: %d file name(s) are used by more than one image record, each of which is loaded "
+                           "with only its own annotations (%s)", self.annotation_file, len(index.shared_files), examples)
 
     def _report_skipped(self, skipped_log: str | os.PathLike | None) -> None:
         if skipped_log is not None:

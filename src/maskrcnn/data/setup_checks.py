@@ -1,24 +1,37 @@
 """Checks the data module runs in ``setup``, before any training step.
 
 - the augmentation's resize sizes are positive integers of sane size (named by config key);
-- train and val define the same categories (ids and names);
+- train and val define the same categories (ids and names), and so do the checkpoint and the
+  evaluated split;
 - the training split holds at least one usable instance (not all crowd, not all skipped, not an
   empty annotation list, not all on unreadable images);
-- the training resize leaves some instance with a pixel (``augmentation.min_size=1`` would not).
+- the training resize leaves some instance with a pixel (``augmentation.min_size=1`` would not);
+- the masks of the most crowded image fit in memory (thousands of instances on one image at the
+  training scale, or on a large validation photo, which is never resized in the data pipeline).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.masks import decode_segmentation
+from maskrcnn.training.config_checks import ConfigError
+
+log = logging.getLogger(__name__)
 
 # A resized training image beyond this (plus one mask per instance at that size) is a typo, not a plan.
 MAX_TRAINING_SIZE = 16384
 RESIZE_KEYS = ("min_size", "max_size", "multiscale_sizes", "lsj_size", "lsj_scale")
+# Bytes per mask pixel while one image is processed: the uint8 mask of the data pipeline plus the
+# float32 copy the model makes of all of an image's masks (the resize in ``modeling/transform.py``,
+# the mask targets in ``modeling/roi_heads.py``). A lower bound: batches and workers multiply it.
+MASK_BYTES_PER_PIXEL = 1 + 4
+MASK_MEMORY_WARN = 2 << 30  # one image's masks above this get a warning
 
 
 def validate_augmentation_sizes(kwargs: dict[str, Any], config_keys: set[str]) -> None:
@@ -32,7 +45,7 @@ def validate_augmentation_sizes(kwargs: dict[str, Any], config_keys: set[str]) -
 
     def pixels(name: str, value: Any) -> None:
         if type(value) is not int or not 0 < value <= MAX_TRAINING_SIZE:
-            raise ValueError(f"{key(name)}={value!r}: must be a whole number of pixels in 1..{MAX_TRAINING_SIZE}")
+            raise ConfigError(f"{key(name)}={value!r}: must be a whole number of pixels in 1..{MAX_TRAINING_SIZE}")
 
     pixels("min_size", kwargs["min_size"])
     pixels("max_size", kwargs["max_size"])
@@ -41,7 +54,7 @@ def validate_augmentation_sizes(kwargs: dict[str, Any], config_keys: set[str]) -
     sizes = kwargs.get("multiscale_sizes")
     if sizes is not None:
         if not isinstance(sizes, (list, tuple)) or not sizes:
-            raise ValueError(f"{key('multiscale_sizes')}={sizes!r}: must be a non-empty list of sizes in pixels")
+            raise ConfigError(f"{key('multiscale_sizes')}={sizes!r}: must be a non-empty list of sizes in pixels")
         for value in sizes:
             pixels("multiscale_sizes", value)
     scale = kwargs.get("lsj_scale")
@@ -49,24 +62,35 @@ def validate_augmentation_sizes(kwargs: dict[str, Any], config_keys: set[str]) -
         isinstance(scale, (list, tuple)) and len(scale) == 2
         and all(type(v) in (int, float) and 0 < v < float("inf") for v in scale) and scale[0] <= scale[1]
     ):
-        raise ValueError(f"{key('lsj_scale')}={scale!r}: must be [low, high] with 0 < low <= high")
+        raise ConfigError(f"{key('lsj_scale')}={scale!r}: must be [low, high] with 0 < low <= high")
+
+
+def category_names(dataset: CocoInstanceDataset) -> dict[int, str]:
+    """Category id -> name of ``dataset``."""
+    return dict(zip(dataset.label_to_category_id.values(), dataset.class_names[1:]))
+
+
+def check_categories_agree(first: dict[int, str], second: dict[int, str], what: str, names: str) -> None:
+    """Raise unless ``first`` and ``second`` (category id -> name) are equal.
+
+    ``what`` names the two sources ("train (a.json) and val (b.json) annotation files"), ``names``
+    the order of the names in the message ("train vs val").
+    """
+    if first.keys() != second.keys():
+        only_first, only_second = sorted(first.keys() - second.keys()), sorted(second.keys() - first.keys())
+        a, b = names.split(" vs ")
+        raise DatasetError(f"{what} have different category ids: only in {a} {only_first}, only in {b} {only_second}")
+    differ = [f"id {i}: {first[i]!r} vs {second[i]!r}" for i in sorted(first) if first[i] != second[i]]
+    if differ:
+        more = "; ..." if len(differ) > 10 else ""
+        raise DatasetError(f"{what} give categories different names ({names}: {'; '.join(differ[:10])}{more})")
 
 
 def check_same_categories(train: CocoInstanceDataset, val: CocoInstanceDataset) -> None:
     """Train and val must define the same categories, ids and names: the model's class names come
     from one file and the AP table from the other, so a difference would go unnoticed."""
-    names = {split: dict(zip(ds.label_to_category_id.values(), ds.class_names[1:]))
-             for split, ds in (("train", train), ("val", val))}
     files = f"train ({train.annotation_file}) and val ({val.annotation_file}) annotation files"
-    if names["train"].keys() != names["val"].keys():
-        only_train = sorted(names["train"].keys() - names["val"].keys())
-        only_val = sorted(names["val"].keys() - names["train"].keys())
-        raise DatasetError(f"{files} have different category ids: only in train {only_train}, only in val {only_val}")
-    differ = [f"id {i}: {names['train'][i]!r} vs {names['val'][i]!r}" for i in sorted(names["train"])
-              if names["train"][i] != names["val"][i]]
-    if differ:
-        more = "; ..." if len(differ) > 10 else ""
-        raise DatasetError(f"{files} give categories different names (train vs val: {'; '.join(differ[:10])}{more})")
+    check_categories_agree(category_names(train), category_names(val), files, "train vs val")
 
 
 def no_instance_reason(dataset: CocoInstanceDataset) -> str | None:
@@ -132,7 +156,7 @@ def any_instance_survives(dataset: CocoInstanceDataset, augmentation: str, kwarg
 
 def check_resize_keeps_instances(dataset: CocoInstanceDataset, augmentation: str, kwargs: dict[str, Any]) -> None:
     """Reject resize settings under which no training instance keeps a pixel."""
-    if augmentation == "none" or any_instance_survives(dataset, augmentation, kwargs):
+    if augmentation in ("none", "hflip") or any_instance_survives(dataset, augmentation, kwargs):
         return
     keys = ", ".join(f"augmentation.{k}={kwargs[k]}" for k in RESIZE_KEYS if kwargs.get(k) is not None)
     raise DatasetError(
@@ -140,3 +164,52 @@ def check_resize_keeps_instances(dataset: CocoInstanceDataset, augmentation: str
         "instances have no pixel left after resizing, so training would see no instance; raise augmentation.min_size "
         "/ max_size"
     )
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_mask_memory(dataset: CocoInstanceDataset, split: str, scale: Callable[[int, int], float],
+                      limit: int | None = None, warn: int = MASK_MEMORY_WARN) -> None:
+    """Reject a split whose most crowded image needs more memory for its masks than ``limit``
+    (default: this machine's RAM), and warn above ``warn`` bytes.
+
+    The masks of an image are allocated together (``N x H x W``) at the size the pipeline gives the
+    image, ``scale(height, width)`` times its json size: a few thousand instances on one image
+    would pass every other check and then kill the process (the OOM killer leaves no message).
+    """
+    limit = physical_memory() if limit is None else limit
+    worst, worst_img = 0, None
+    for img in dataset.images:
+        n = len(dataset._instances.get(img["id"], ())) + len(dataset._crowds.get(img["id"], ()))
+        if not n:
+            continue
+        k = scale(img["height"], img["width"])
+        need = n * max(1, round(img["height"] * k)) * max(1, round(img["width"] * k)) * MASK_BYTES_PER_PIXEL
+        if need > worst:
+            worst, worst_img = need, img
+    if worst_img is None or worst <= warn:
+        return
+    img, k = worst_img, scale(worst_img["height"], worst_img["width"])
+    n = len(dataset._instances.get(img["id"], ())) + len(dataset._crowds.get(img["id"], ()))
+    size = f"{max(1, round(img['width'] * k))}x{max(1, round(img['height'] * k))}"
+    message = (f"{split} split ({dataset.annotation_file}): image id {img['id']} ({img['file_name']!r}) has {n} "
+               f"instance and crowd masks; at {size} px, the size the {split} pipeline gives it, they need about "
+               f"{worst / 2**30:.1f} GiB (uint8 masks plus the model's float32 copy)")
+    fix = ("lower augmentation.min_size / max_size" if split == "train" else
+           "resize the validation images on disk") + ", or split the image into tiles"
+    if limit is not None and worst > limit:
+        raise DatasetError(f"{message}, more than this machine's {limit / 2**30:.1f} GiB of memory; {fix}")
+    log.warning("%s; memory may run out (%s)", message, fix)
+
+
+def pipeline_scale(augmentation: str, kwargs: dict[str, Any]) -> Callable[[int, int], float]:
+    """``(height, width) -> factor`` the training pipeline resizes an image by at most."""
+    if augmentation in ("none", "hflip"):  # no resize in the data pipeline
+        return lambda height, width: 1.0
+    return lambda height, width: training_scale(augmentation, kwargs, height, width)

@@ -45,6 +45,7 @@ class CocoIndex:
     skipped: one dict per skipped annotation: annotation_id, image_id, file_name, reason.
     num_annotations: annotations in the file.
     extents: image id -> shorter bbox side (json pixels) of its largest valid instance (polygon or RLE).
+    shared_files: file_name -> ids of the images (two or more) that name the same file.
     """
 
     images: list[dict]
@@ -54,6 +55,7 @@ class CocoIndex:
     skipped: list[dict] = field(default_factory=list)
     num_annotations: int = 0
     extents: dict[int, float] = field(default_factory=dict)
+    shared_files: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _require(d: Any, keys: tuple[str, ...], what: str, source: str) -> None:
@@ -116,8 +118,11 @@ def _max_pixels() -> float:
     return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else float("inf")
 
 
-def _images(raw: list, source: str) -> dict[int, dict]:
+def _images(raw: list, source: str) -> tuple[dict[int, dict], dict[str, list[int]]]:
+    """Image id -> image, and the file names that several images share (with their ids)."""
     images: dict[int, dict] = {}
+    first_id: dict[str, int] = {}
+    shared: dict[str, list[int]] = {}
     for k, img in enumerate(raw):
         _require(img, ("id", "file_name", "width", "height"), f"images[{k}]", source)
         _require_id(img["id"], "image id", f" (images[{k}], file_name {short_repr(img['file_name'], 60)})", source)
@@ -132,7 +137,10 @@ def _images(raw: list, source: str) -> dict[int, dict]:
                                f"({width * height:.3g} pixels), more than the image loader decodes "
                                f"({_max_pixels():.3g}); is width / height wrong?")
         images[img["id"]] = img
-    return images
+        owner = first_id.setdefault(img["file_name"], img["id"])
+        if owner != img["id"]:
+            shared.setdefault(img["file_name"], [owner]).append(img["id"])
+    return images, shared
 
 
 def _iscrowd(ann: dict, source: str) -> int:
@@ -172,9 +180,9 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
     """
     _top_level(data, source)
     categories = _categories(data["categories"], source)
-    images = _images(data["images"], source)
+    images, shared_files = _images(data["images"], source)
     index = CocoIndex(images=list(images.values()), categories=sorted(categories.values(), key=lambda c: c["id"]),
-                      num_annotations=len(data["annotations"]))
+                      num_annotations=len(data["annotations"]), shared_files=shared_files)
 
     # One pass: ids, types and structure (errors raise at once); geometry is batched by slot
     # (the annotation's position in ``kept``).
