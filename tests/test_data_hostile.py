@@ -308,6 +308,7 @@ def test_image_fields_are_checked(tmp_path, change, pattern):
     ([[[2, 2], [12, 2], [12, 10]]], "polygon 0 is a list of [x, y] point pairs; COCO polygons are flat lists"),
     ([SQUARE[0], "2 2 12 2 12 10"], "polygon 1 is a string, expected a flat list"),
     ([[2, 2, 12, 2, 12]], "polygon 0 has an odd number of coordinates (5)"),
+    ([[1, 1, 2, 1, 1, 2]] * 1001, "1001 polygons in one annotation, more than 1000 (pycocotools merges them in quadratic time"),
     ([[2, 2, 12, "2", 12, 10]], "polygon 0 has non-numeric coordinates (e.g. '2')"),
     ([[2, 2, 12, None, 12, 10]], "polygon 0 has non-numeric coordinates (e.g. None)"),
     ([[2, 2, 12, 2, 12, 10**400]], "polygon 0 has a coordinate too large for a 64-bit float"),
