@@ -6,16 +6,30 @@ python scripts/dataset_report.py --train tests/data/nuts/annotations.json \
 
 Prints counts per split and class, object sizes at the training scale against the anchors, warnings
 with the Hydra override line to paste, and suggested anchor sizes / min_size
-(``maskrcnn.data.fit_report``). Exit status 0 even with warnings; 2 when a json cannot be read.
+(``maskrcnn.data.fit_report``). The json files first get the checks training runs on them (ids,
+types, structure, categories equal across the splits, at least one training instance; no image is
+opened): a file training would reject is rejected here with the same message. Skipped annotations
+are summarised as warnings. Exit status 0 even with warnings; 2 when a json cannot be used.
 """
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
+from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.fit_report import compute_fit_report
+from maskrcnn.data.setup_checks import check_same_categories, check_training_instances
+
+
+def check_like_training(train: str, val: str | None) -> None:
+    """Raise the DatasetError training would raise for these files (json checks only)."""
+    train_set = CocoInstanceDataset(Path(train).parent, train)
+    check_training_instances(train_set)
+    if val is not None:
+        check_same_categories(train_set, CocoInstanceDataset(Path(val).parent, val, for_evaluation=True))
 
 
 def main() -> int:
@@ -34,8 +48,10 @@ def main() -> int:
     parser.add_argument("--class-min-instances", type=int, default=10, help="warn for classes with fewer")
     parser.add_argument("--out", help="also write the report as JSON here")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     try:
+        check_like_training(args.train, args.val)
         report = compute_fit_report(
             args.train, args.val,
             min_size=args.min_size[0] if len(args.min_size) == 1 else args.min_size,

@@ -28,10 +28,12 @@ CHECK_MODES = ("none", "header", "full")
 
 def validate_options(bad_images: str, check_images: str) -> None:
     """Reject unknown option values, naming the config key (``data.bad_images`` / ``data.check_images``)."""
+    from maskrcnn.training.config_checks import ConfigError  # here: keeps Lightning out of dataset-only imports
+
     if bad_images not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"data.bad_images={bad_images!r}: expected one of {BAD_IMAGE_POLICIES}")
+        raise ConfigError(f"data.bad_images={bad_images!r}: expected one of {BAD_IMAGE_POLICIES}")
     if check_images not in CHECK_MODES:
-        raise ValueError(f"data.check_images={check_images!r}: expected one of {CHECK_MODES}")
+        raise ConfigError(f"data.check_images={check_images!r}: expected one of {CHECK_MODES}")
 
 
 def rejection_message(bad: list[dict], split: str, annotation_file: str, limit: int = 5) -> str:

@@ -88,11 +88,14 @@ class CocoInstanceDataset(Dataset):
         try:
             with open(annotation_file, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
             raise DatasetError(f"cannot read annotation file {self.annotation_file!r}: {exc}") from exc
         index = validate_coco(data, self.annotation_file, for_evaluation=for_evaluation)
         self._instances, self._crowds = index.instances, index.crowds
         self._categories = index.categories
+        self._extents = index.extents
+        self.num_annotations = index.num_annotations
+        self.skipped_log = None if skipped_log is None else str(skipped_log)
         self._cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self._categories)}
         self.skipped: list[dict] = index.skipped
         self.images: list[dict] = []
@@ -105,6 +108,10 @@ class CocoInstanceDataset(Dataset):
                      "reason": "image has no valid instance annotations (keep_empty=False)"}
                 )
         self._report_skipped(skipped_log)
+        if index.shared_files:  # each record would train with only its own share of the objects
+            examples = "; ".join(f"{name!r}: image ids {ids}" for name, ids in list(index.shared_files.items())[:5])
+            logger.warning("%s: %d file name(s) are used by more than one image record, each of which is loaded "
+                           "with only its own annotations (%s)", self.annotation_file, len(index.shared_files), examples)
 
     def _report_skipped(self, skipped_log: str | os.PathLike | None) -> None:
         if skipped_log is not None:
@@ -112,12 +119,17 @@ class CocoInstanceDataset(Dataset):
             with open(skipped_log, "w", encoding="utf-8") as f:
                 for item in self.skipped:
                     f.write(json.dumps({"annotation_file": self.annotation_file, **item}) + "\n")
+        where = f"; details in {skipped_log}" if skipped_log is not None else ""
         if self.skipped:
             counts = Counter(item["reason"] for item in self.skipped)
-            summary = "; ".join(f"{n}x {reason}" for reason, n in counts.most_common())
+            summary = "; ".join(f"{n}x {reason}" for reason, n in counts.most_common(10))
+            logger.warning("%s: skipped %d item(s) (%s)%s", self.annotation_file, len(self.skipped), summary, where)
+        usable = self.num_annotations - sum(item["annotation_id"] is not None for item in self.skipped)
+        if self.num_annotations and usable < 0.01 * self.num_annotations:
             logger.warning(
-                "%s: skipped %d item(s) (%s)%s", self.annotation_file, len(self.skipped), summary,
-                f"; details in {skipped_log}" if skipped_log is not None else "",
+                "!!! %s: only %d of %d annotations (%.2f%%) passed the checks; the rest were skipped as unusable%s. "
+                "Is this the right file?", self.annotation_file, usable, self.num_annotations,
+                100.0 * usable / self.num_annotations, where,
             )
 
     # ------------------------------------------------------------------ category mapping

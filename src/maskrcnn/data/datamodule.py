@@ -19,8 +19,13 @@ from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
+from maskrcnn.data.setup_checks import (
+    category_names, check_categories_agree, check_mask_memory, check_resize_keeps_instances, check_same_categories,
+    check_training_instances, pipeline_scale, validate_augmentation_sizes,
+)
 from maskrcnn.data.shapes import generate_shapes
-from maskrcnn.data.transforms import build_transforms
+from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
+from maskrcnn.training.config_checks import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -110,27 +115,36 @@ class CocoDataModule(pl.LightningDataModule):
             paths = self._shapes_paths()
             train, val = train or paths["train"], val or paths["val"]
         if not train or not val:
-            raise ValueError("CocoDataModule needs `train` and `val` dicts (image_dir, annotation_file)")
+            raise ConfigError("data.train and data.val must be set: {image_dir: ..., annotation_file: ...} each")
         self.train_spec, self.val_spec = dict(train), dict(val)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.expected_num_classes = num_classes
         self.augmentation_kwargs = {"min_size": min_size, "max_size": max_size}
+        config_keys: set[str] = set()  # keys that came from the augmentation config group
         if isinstance(augmentation, dict):
             augmentation = dict(augmentation)
             name = augmentation.pop("name", None)
             if name is None:
-                raise ValueError("augmentation: the config needs a 'name' (none|default|multiscale|lsj|photometric)")
+                raise ConfigError(f"augmentation.name must be set (one of {AUGMENTATIONS})")
             self.augmentation_kwargs.update(augmentation)
+            config_keys = set(augmentation)
             augmentation = name
+        validate_augmentation_sizes(self.augmentation_kwargs, config_keys)
         self.augmentation = augmentation
         self.aspect_ratio_grouping, self.keep_empty = aspect_ratio_grouping, keep_empty
         self.skipped_log_dir, self.drop_last, self.seed = skipped_log_dir, drop_last, seed
         # Fail fast on an unknown augmentation name or option.
-        build_transforms(augmentation, train=True, **self.augmentation_kwargs)
+        try:
+            build_transforms(augmentation, train=True, **self.augmentation_kwargs)
+        except (TypeError, ValueError) as exc:  # unknown name, unknown or mistyped key
+            raise ConfigError(f"augmentation={augmentation!r} with {self.augmentation_kwargs}: {exc}") from exc
         self.train_dataset: CocoInstanceDataset | None = None
         self.val_dataset: CocoInstanceDataset | None = None
+        # (where they come from, category id -> name) the splits must match; evaluation sets it from
+        # the checkpoint, whose class names label the predictions.
+        self.expected_categories: tuple[str, dict[int, str]] | None = None
 
     def _shapes_paths(self) -> dict[str, dict[str, str]]:
         root = Path(self.generate_shapes_kwargs["out_dir"])
@@ -165,8 +179,17 @@ class CocoDataModule(pl.LightningDataModule):
             self.val_dataset = self._dataset("val", self.val_spec, keep_empty=True, for_evaluation=True)
             new.append(("val", self.val_dataset))
         self._check_num_classes()  # cheap json-level checks first, then the image files
+        training = [dataset for split, dataset in new if split == "train"]
+        for dataset in training:
+            check_training_instances(dataset)
+            check_resize_keeps_instances(dataset, self.augmentation, self.augmentation_kwargs)
+        for split, dataset in new:  # validation images keep their size in the data pipeline
+            scale = pipeline_scale(self.augmentation, self.augmentation_kwargs) if split == "train" else pipeline_scale("none", {})
+            check_mask_memory(dataset, split, scale)
         for split, dataset in new:
             self._check_image_files(split, dataset)
+        for dataset in training:  # unreadable images may have held every instance
+            check_training_instances(dataset)
 
     def _decode_min_size(self) -> tuple[int, int] | None:
         """Largest (short, long) output of the training resize, for reduced-scale JPEG decoding."""
@@ -195,20 +218,24 @@ class CocoDataModule(pl.LightningDataModule):
                 logger.warning("%s split: %d unreadable image(s) skipped in total%s", split, n, where)
 
     def _check_num_classes(self) -> None:
-        """Reject a model/dataset class-count mismatch before any training step."""
+        """Reject a model/dataset class-count or category mismatch before any training step."""
         for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
             if dataset is None:
                 continue
             if self.expected_num_classes is not None and dataset.num_categories != self.expected_num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"data.num_classes={self.expected_num_classes} (model.num_classes) but {split} annotations "
                     f"{dataset.annotation_file} have {dataset.num_categories} categories: {dataset.class_names[1:]}"
                 )
-        if self.train_dataset is not None and self.train_dataset.label_to_category_id != self.val_dataset.label_to_category_id:
-            raise ValueError(
-                f"train ({self.train_spec['annotation_file']}) and val ({self.val_spec['annotation_file']}) "
-                "annotation files have different category lists"
-            )
+        if self.train_dataset is not None and self.val_dataset is not None:
+            check_same_categories(self.train_dataset, self.val_dataset)
+        if self.expected_categories is not None:
+            source, expected = self.expected_categories
+            for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
+                if dataset is not None:
+                    check_categories_agree(expected, category_names(dataset),
+                                           f"{source} and the {split} annotations ({dataset.annotation_file})",
+                                           f"{source.split(' ')[0]} vs {split}")
 
     # ------------------------------------------------------------------ dataset metadata
     def _any_dataset(self) -> CocoInstanceDataset:

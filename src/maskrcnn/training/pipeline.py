@@ -21,7 +21,12 @@ from maskrcnn.training.builders import (
     build_trainer,
     resolve_ckpt_path,
 )
-from maskrcnn.training.run_checkpoint import inference_model_config, load_net_state, read_run_checkpoint
+from maskrcnn.training.run_checkpoint import (
+    checkpoint_meta,
+    inference_model_config,
+    load_net_state,
+    read_run_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,10 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     ckpt = read_run_checkpoint(ckpt_path)
     cfg = config_from_checkpoint(cfg, ckpt["run_config"], overrides)
     datamodule = build_datamodule(cfg)
+    meta = checkpoint_meta(ckpt)
+    if meta["class_names"] and meta["label_to_category_id"]:  # the names the model was trained with
+        names = {cat: meta["class_names"][label] for label, cat in meta["label_to_category_id"].items()}
+        datamodule.expected_categories = (f"checkpoint ({ckpt_path})", names)
     module = build_module(cfg)
     load_net_state(module.net, ckpt, ckpt_path)
     del ckpt  # the weights now live in the module
