@@ -10,7 +10,7 @@ pasting itself needed; the float32 output alone is ``N * H * W * 4`` bytes (``ou
     python scripts/benchmark_memory.py --predict-photo 6000x4000
 
 The predict case writes a random-init ResNet-18-FPN checkpoint (800/1333 input, 100 detections per
-image) and a noisy JPEG, then runs ``maskrcnn.predict.predict`` on it: with ``score_thresh=0.5``
+image) and a noisy JPEG, then runs ``maskrcnn.inference.predict_images.predict`` on it: with ``score_thresh=0.5``
 (a random model keeps nothing, the case of the original report) and ``0.0`` (all 100 masks pasted
 at full resolution). Its peak includes the interpreter, torch and the model.
 """
@@ -146,7 +146,7 @@ def predict_case(width: int, height: int, score_thresh: float, min_size: int = 8
     from omegaconf import OmegaConf
     from PIL import Image
 
-    from maskrcnn.predict import predict
+    from maskrcnn.inference.predict_images import predict
 
     torch.manual_seed(0)
     model = {"_target_": "maskrcnn.modeling.build.build_mask_rcnn", "num_classes": 3, "roi_heads": {"score_thresh": 0.0},

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT
+from helpers.config import ROOT
 
 NUTS = ROOT / "tests" / "data" / "nuts"
 
