@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python scripts/benchmark.py $(ARGS)
 
 # COCO 2017 (~20 GB) into data/coco.
 coco:

@@ -1,11 +1,10 @@
 """Export a Mask R-CNN for inference (ONNX or TorchScript, fixed image size) and check it against eager.
 
     python scripts/export.py --ckpt outputs/.../last.ckpt --format onnx --out model.onnx --height 800 --width 1088
-    python scripts/export.py --tiny --format torchscript --out tiny.pt
 
-Interface of the exported graph (see ``maskrcnn.export``): input "image" Tensor[3, H, W] float32
-RGB in [0, 1] at exactly the export size; outputs "boxes" [D, 4], "labels" [D] int64, "scores" [D],
-"masks" [D, 1, H, W] probabilities, D dynamic. After exporting, the file is run once on the
+Interface of the exported graph (see ``maskrcnn.inference.export_graph``): input "image"
+Tensor[3, H, W] float32 RGB in [0, 1] at exactly the export size; outputs "boxes" [D, 4], "labels"
+[D] int64, "scores" [D], "masks" [D, 1, H, W] probabilities, D dynamic. After exporting, the file is run once on the
 example image and the max absolute difference to eager mode is printed per output.
 """
 
@@ -19,7 +18,8 @@ import torch.nn.functional as F
 
 from maskrcnn.cli import exit_on_expected_errors
 from maskrcnn.data.image_io import image_to_tensor, load_rgb
-from maskrcnn.export import FORMATS, build_tiny_model, example_image, export_model, max_abs_diff
+from maskrcnn.inference.export_graph import FORMATS, example_image, export_model, max_abs_diff
+from maskrcnn.inference.predict_images import load_checkpoint_model
 
 
 def load_example(path: str, height: int, width: int) -> torch.Tensor:
@@ -30,13 +30,11 @@ def load_example(path: str, height: int, width: int) -> torch.Tensor:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="training checkpoint written by src/train.py")
-    source.add_argument("--tiny", action="store_true", help="random tiny resnet18 model (smoke test)")
+    parser.add_argument("--ckpt", required=True, help="training checkpoint written by src/train.py")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--out", required=True, help="output file (.onnx / .pt)")
-    parser.add_argument("--height", type=int, default=None, help="fixed input height (default 800, --tiny 96)")
-    parser.add_argument("--width", type=int, default=None, help="fixed input width (default 1088, --tiny 128)")
+    parser.add_argument("--height", type=int, default=800, help="fixed input height")
+    parser.add_argument("--width", type=int, default=1088, help="fixed input width")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
     parser.add_argument("--example", default=None, help="image file to trace with (must give detections)")
     parser.add_argument("--inference", choices=("eager", "fast"), default="eager",
@@ -47,14 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_expected_errors
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    height = args.height or (96 if args.tiny else 800)
-    width = args.width or (128 if args.tiny else 1088)
-    if args.tiny:
-        net = build_tiny_model()
-    else:
-        from maskrcnn.predict import load_checkpoint_model
-
-        net, _ = load_checkpoint_model(args.ckpt, mask_format="prob")
+    height, width = args.height, args.width
+    net, _ = load_checkpoint_model(args.ckpt, mask_format="prob")
     net = net.eval()
     if args.inference == "fast":
         from maskrcnn.modeling.fast_inference import optimize_for_inference

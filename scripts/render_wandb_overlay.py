@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from maskrcnn.training.wandb_run_reader import OfflineRun, read_offline_run  # noqa: E402
+from maskrcnn.training.wandb_run_reader import OfflineRun, read_offline_run
 
 PALETTE = np.array(
     [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],

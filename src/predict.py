@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from maskrcnn.cli import exit_on_expected_errors
-from maskrcnn.predict import predict
+from maskrcnn.inference.predict_images import predict
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

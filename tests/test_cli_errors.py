@@ -10,11 +10,11 @@ import sys
 import pytest
 from hydra.errors import InstantiationException
 
-from conftest import ROOT, TINY
+from helpers.config import ROOT
 from maskrcnn.cli import error_message, exit_on_expected_errors, expected_error
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.training.config_checks import ConfigError
-from random_checkpoint import save_random_checkpoint
+from helpers.random_checkpoint import save_random_checkpoint
 
 
 def _raising(exc: BaseException):
@@ -84,10 +84,10 @@ def _one_message(proc: subprocess.CompletedProcess, expected: str) -> None:
     assert sum("[ERROR]" in line for line in output.splitlines()) == 1, output[-3000:]
 
 
-def test_entry_points_end_with_one_message(tmp_path, shapes_dir):
+def test_entry_points_end_with_one_message(tiny, tmp_path, shapes_dir):
     # src/eval.py uses the same wrapper; its CheckpointError is tested in test_eval_from_checkpoint.py.
     hydra_dir = f"hydra.run.dir={tmp_path / 'run'}"
-    _one_message(_run("src/train.py", *TINY, "data.batch_size=-1", f"paths.data_dir={shapes_dir}", hydra_dir),
+    _one_message(_run("src/train.py", *tiny, "data.batch_size=-1", f"paths.data_dir={shapes_dir}", hydra_dir),
                  "ConfigError: data.batch_size=-1 must be a positive integer")
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from conftest import TINY, compose
+from helpers.config import compose
 from maskrcnn.training.builders import ConfigError
 from maskrcnn.training.config_checks import check_transform_sizes, positive_float, positive_int
 from maskrcnn.training.module import MaskRCNNModule
@@ -52,14 +52,14 @@ def test_value_checks():
         ("trainer.accumulate_grad_batches=0", r"trainer\.accumulate_grad_batches=0 must be a positive integer"),
     ],
 )
-def test_bad_values_are_rejected_naming_the_key(shapes_dir, tmp_path, no_training, override, message):
-    cfg = compose([*TINY, override], output_dir=tmp_path, data_dir=shapes_dir)
+def test_bad_values_are_rejected_naming_the_key(tiny, shapes_dir, tmp_path, no_training, override, message):
+    cfg = compose([*tiny, override], output_dir=tmp_path, data_dir=shapes_dir)
     with pytest.raises(ConfigError, match=message):
         train(cfg)
 
 
-def test_a_batch_larger_than_the_training_set_is_named(shapes_dir, tmp_path, caplog):
-    cfg = compose([*TINY, "data.batch_size=1000", "trainer.max_steps=1", "trainer.limit_val_batches=0",
+def test_a_batch_larger_than_the_training_set_is_named(tiny, shapes_dir, tmp_path, caplog):
+    cfg = compose([*tiny, "data.batch_size=1000", "trainer.max_steps=1", "trainer.limit_val_batches=0",
                    "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
     with caplog.at_level(logging.WARNING):
         _, objects = train(cfg)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose
+from helpers.config import CONF, compose
 
 SNAPSHOT = Path(__file__).parent / "data" / "config_snapshot.json"
 FOLDER = ["data.root=/DATA/mine", "data.num_classes=2"]

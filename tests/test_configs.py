@@ -11,7 +11,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT, TINY, compose
+from helpers.config import CONF, ROOT, compose
 from maskrcnn.losses.criterion import TERMS
 from maskrcnn.training.builders import ConfigError, build_datamodule, build_loggers, effective_batch_size, scaled_lr
 
@@ -141,11 +141,11 @@ def test_big_model_configs_build(model, tmp_path):
     assert sum(p.numel() for p in net.parameters()) > 40e6
 
 
-def test_cli_resnet101_focal_runs(shapes_dir, tmp_path):
+def test_cli_resnet101_focal_runs(tiny, shapes_dir, tmp_path):
     """The README's headline command composes and runs end to end (one batch, from scratch)."""
     cmd = [
         sys.executable, "src/train.py", "model=resnet101_fpn", "loss=focal", "model.backbone.pretrained=false",
-        "debug=fast_dev_run", *[o for o in TINY if not o.startswith(("model=", "experiment="))],
+        "debug=fast_dev_run", *[o for o in tiny if not o.startswith(("model=", "experiment="))],
         f"paths.data_dir={shapes_dir}", f"hydra.run.dir={tmp_path}",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

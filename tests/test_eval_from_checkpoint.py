@@ -9,22 +9,19 @@ import logging
 import pytest
 import torch
 
-from conftest import TINY, compose
-from maskrcnn.predict import load_checkpoint_model
+from helpers.config import compose
+from maskrcnn.inference.predict_images import load_checkpoint_model
 from maskrcnn.training.builders import ConfigError
 from maskrcnn.training.pipeline import config_from_checkpoint, evaluate, train
 from maskrcnn.training.run_checkpoint import CheckpointError, read_run_checkpoint
 
-# A run whose model (32-channel FPN, 64 px) and data (its own shapes folder) differ from every
-# eval.yaml default: evaluating it with eval.yaml's composition would not even load the weights.
-RUN = [*TINY, "model.roi_heads.score_thresh=0.0"]
-
-
 @pytest.fixture(scope="module")
-def trained(shapes_dir, tmp_path_factory):
+def trained(tiny, shapes_dir, tmp_path_factory):
     """(checkpoint path, the training run's final validation metrics)."""
+    # A run whose model (32-channel FPN, 64 px) and data (its own shapes folder) differ from every
+    # eval.yaml default: evaluating it with eval.yaml's composition would not even load the weights.
     out = tmp_path_factory.mktemp("run")
-    cfg = compose([*RUN, "trainer.max_steps=3", "callbacks=default", "callbacks.rich_progress_bar=null",
+    cfg = compose([*tiny, "model.roi_heads.score_thresh=0.0", "trainer.max_steps=3", "callbacks=default", "callbacks.rich_progress_bar=null",
                    "callbacks.model_checkpoint.monitor=null", "validate_after_train=true"],
                   output_dir=out, data_dir=shapes_dir)
     metrics, _ = train(cfg)
@@ -57,8 +54,8 @@ def test_overrides_apply_on_top_of_the_stored_config(trained, tmp_path, caplog):
     assert "model.roi_heads.detections_per_img=300" in caplog.text
 
 
-def test_config_from_checkpoint_takes_only_what_the_user_wrote(tmp_path):
-    stored = compose([*TINY, "data.batch_size=3", "model.roi_heads.score_thresh=0.2"], output_dir=tmp_path)
+def test_config_from_checkpoint_takes_only_what_the_user_wrote(tiny, tmp_path):
+    stored = compose([*tiny, "data.batch_size=3", "model.roi_heads.score_thresh=0.2"], output_dir=tmp_path)
     from omegaconf import OmegaConf
 
     run_config = OmegaConf.to_container(stored, resolve=True)

@@ -1,21 +1,19 @@
-"""ONNX / TorchScript export (maskrcnn.export, scripts/export.py): exported == eager on a tiny model.
+"""ONNX / TorchScript export (maskrcnn.inference.export_graph, scripts/export.py): exported == eager
+on a tiny model.
 
 The graph is traced on ONE image and then run on OTHER images whose proposal and detection
 counts differ, so a count frozen into the graph would show up as a mismatch.
 """
 
 import copy
-import importlib.util
 import warnings
-from pathlib import Path
 
 import onnx
 import pytest
 import torch
 
-from maskrcnn.export import (
+from maskrcnn.inference.export_graph import (
     ExportWrapper,
-    build_tiny_model,
     example_image,
     export_onnx,
     export_torchscript,
@@ -23,8 +21,11 @@ from maskrcnn.export import (
 )
 from maskrcnn.modeling.postprocess import paste_masks
 
+from helpers.random_checkpoint import save_random_checkpoint
+from helpers.scripts import load_script
+from helpers.tiny_model import build_tiny_model
+
 SIZE = (96, 128)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _box_image(height: int, width: int) -> torch.Tensor:
@@ -167,11 +168,10 @@ def test_export_errors(net, tmp_path):
         run_exported(tmp_path / "e.bin", example_image(SIZE), fmt="tflite")
 
 
-def test_cli_tiny_torchscript(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("export_script", REPO / "scripts" / "export.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_cli_exports_a_training_checkpoint_to_torchscript(tmp_path, capsys):
+    ckpt = save_random_checkpoint(tmp_path / "random.ckpt", ["model.roi_heads.score_thresh=0.0"])
     out = tmp_path / "cli.pt"
-    diffs = script.main(["--tiny", "--format", "torchscript", "--out", str(out), "--height", "64", "--width", "96"])
+    diffs = load_script("export").main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(out),
+                                        "--height", "64", "--width", "96"])
     assert out.is_file() and max(diffs.values()) < 1e-4
     assert "max |exported - eager| masks" in capsys.readouterr().out

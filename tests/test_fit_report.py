@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers.config import ROOT
 from maskrcnn.data.anchor_fit import anchor_shapes, best_anchor_iou, fitness, training_scale
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.fit_report import compute_fit_report

@@ -18,13 +18,11 @@ import pytest
 from hydra.errors import HydraException
 from PIL import Image
 
-from conftest import TINY, compose
+from helpers.config import compose
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.pipeline import train
 
-# data=folder has no synthetic generator; TINY's model=resnet18_fpn_slim keeps small anchors.
-FOLDER = [o for o in TINY if not o.startswith("data.generate_shapes")] + ["data=folder", "data.num_classes=3"]
 SQUARE = [10, 10, 40, 10, 40, 40, 10, 40]  # a 30x30 square polygon
 
 
@@ -125,8 +123,10 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _cfg(hostile, tmp_path, *extra):
-    return compose([*FOLDER, f"data.root={hostile['root']}", "validate_after_train=false", *extra], output_dir=tmp_path)
+def _cfg(tiny, hostile, tmp_path, *extra):
+    # data=folder has no synthetic generator; tiny's model=resnet18_fpn_slim keeps small anchors.
+    folder = [o for o in tiny if not o.startswith("data.generate_shapes")] + ["data=folder", "data.num_classes=3"]
+    return compose([*folder, f"data.root={hostile['root']}", "validate_after_train=false", *extra], output_dir=tmp_path)
 
 
 @pytest.fixture
@@ -137,9 +137,9 @@ def no_training(monkeypatch):
     monkeypatch.setattr(MaskRCNNModule, "training_step", step)
 
 
-def test_bad_files_and_annotations_are_skipped_listed_and_counted(hostile, tmp_path, caplog):
+def test_bad_files_and_annotations_are_skipped_listed_and_counted(tiny, hostile, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="maskrcnn"):
-        metrics, objects = train(_cfg(hostile, tmp_path, "data.num_workers=1", "data.persistent_workers=false"))
+        metrics, objects = train(_cfg(tiny, hostile, tmp_path, "data.num_workers=1", "data.persistent_workers=false"))
     skipped_train = {e["image_id"]: e for e in _jsonl(tmp_path / "skipped_images_train.jsonl")}
     assert set(skipped_train) == set(hostile["check"]) | set(hostile["load"])
     for image_id, reason in hostile["check"].items():
@@ -172,9 +172,9 @@ def test_bad_files_and_annotations_are_skipped_listed_and_counted(hostile, tmp_p
         a["image_id"] == 2 and a["id"] not in hostile["bad_anns"] for a in hostile["train"].coco["annotations"])
 
 
-def test_bad_images_raise_rejects_before_training_naming_files(hostile, tmp_path, no_training):
+def test_bad_images_raise_rejects_before_training_naming_files(tiny, hostile, tmp_path, no_training):
     with pytest.raises(DatasetError) as info:
-        train(_cfg(hostile, tmp_path, "data.bad_images=raise", "data.check_images=full"))
+        train(_cfg(tiny, hostile, tmp_path, "data.bad_images=raise", "data.check_images=full"))
     message = str(info.value)
     assert "6 unreadable image(s) in the train split" in message and "data.bad_images=skip" in message
     culprits = [*hostile["check"], *hostile["load"]]  # dataset order
@@ -184,42 +184,42 @@ def test_bad_images_raise_rejects_before_training_naming_files(hostile, tmp_path
     assert f"image id {culprits[5]} " not in message and "... and 1 more" in message
 
 
-def test_duplicate_image_ids_are_rejected_naming_id_and_file(hostile, tmp_path, no_training):
+def test_duplicate_image_ids_are_rejected_naming_id_and_file(tiny, hostile, tmp_path, no_training):
     first, second, *rest = hostile["train"].coco["images"]
     dup = hostile["train"].save("dup.json", images=[first, {**second, "id": first["id"]}, *rest])
     name = second["file_name"].replace(".", r"\.")
     with pytest.raises(DatasetError, match=rf"dup\.json: duplicate image id {first['id']} \('{name}'\)"):
-        train(_cfg(hostile, tmp_path, f"data.train.annotation_file={dup}"))
+        train(_cfg(tiny, hostile, tmp_path, f"data.train.annotation_file={dup}"))
 
 
-def test_empty_categories_are_rejected(hostile, tmp_path, no_training):
+def test_empty_categories_are_rejected(tiny, hostile, tmp_path, no_training):
     empty = hostile["val"].save("nocats.json", categories=[], annotations=[])
     with pytest.raises(DatasetError, match=r"nocats\.json: 'categories' is empty"):
-        train(_cfg(hostile, tmp_path, f"data.val.annotation_file={empty}"))
+        train(_cfg(tiny, hostile, tmp_path, f"data.val.annotation_file={empty}"))
 
 
-def test_val_annotation_without_bbox_is_rejected_before_training(hostile, tmp_path, no_training):
+def test_val_annotation_without_bbox_is_rejected_before_training(tiny, hostile, tmp_path, no_training):
     anns = [dict(a) for a in hostile["val"].coco["annotations"]]
     del anns[1]["bbox"]
     path = hostile["val"].save("nobbox.json", annotations=anns)
     with pytest.raises(DatasetError, match=rf"nobbox\.json: annotation id {anns[1]['id']} .*COCO evaluation.*\['bbox'\]"):
-        train(_cfg(hostile, tmp_path, f"data.val.annotation_file={path}"))
+        train(_cfg(tiny, hostile, tmp_path, f"data.val.annotation_file={path}"))
 
 
-def test_wrong_num_classes_is_rejected_naming_the_key(hostile, tmp_path, no_training):
+def test_wrong_num_classes_is_rejected_naming_the_key(tiny, hostile, tmp_path, no_training):
     with pytest.raises(ValueError, match=r"data\.num_classes=7 .* have 3 categories"):
-        train(_cfg(hostile, tmp_path, "data.num_classes=7"))
+        train(_cfg(tiny, hostile, tmp_path, "data.num_classes=7"))
 
 
-def test_bad_option_values_name_the_key(hostile, tmp_path):
+def test_bad_option_values_name_the_key(tiny, hostile, tmp_path):
     with pytest.raises(Exception, match=r"data\.bad_images='ignore'"):
-        train(_cfg(hostile, tmp_path, "data.bad_images=ignore"))
+        train(_cfg(tiny, hostile, tmp_path, "data.bad_images=ignore"))
     with pytest.raises(Exception, match=r"data\.check_images='fast'"):
-        train(_cfg(hostile, tmp_path, "data.check_images=fast"))
+        train(_cfg(tiny, hostile, tmp_path, "data.check_images=fast"))
 
 
-def test_unknown_config_group_or_option_is_named(hostile, tmp_path):
+def test_unknown_config_group_or_option_is_named(tiny, hostile, tmp_path):
     with pytest.raises(HydraException, match=r"(?s)model/resnet9_fpn.*Available options in 'model'.*resnet18_fpn"):
-        _cfg(hostile, tmp_path, "model=resnet9_fpn")
+        _cfg(tiny, hostile, tmp_path, "model=resnet9_fpn")
     with pytest.raises(HydraException, match=r"modle"):
-        _cfg(hostile, tmp_path, "modle=resnet18_fpn")
+        _cfg(tiny, hostile, tmp_path, "modle=resnet18_fpn")

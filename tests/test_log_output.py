@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, TINY
+from helpers.config import ROOT
 
 NOISE = (
     "LeafSpec",                          # torch's pytree deprecation, from Lightning
@@ -14,8 +14,8 @@ NOISE = (
 )
 
 
-def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(shapes_dir, tmp_path):
-    overrides = [o for o in TINY if not o.startswith(("logger=", "callbacks=", "log_val_images="))]
+def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(tiny, shapes_dir, tmp_path):
+    overrides = [o for o in tiny if not o.startswith(("logger=", "callbacks=", "log_val_images="))]
     cmd = [
         sys.executable, "src/train.py", *overrides, "logger=wandb", "callbacks=default", "log_val_images=2",
         "trainer.max_epochs=2", "trainer.limit_train_batches=4", "callbacks.progress_log.every_n_steps=2",

@@ -11,7 +11,7 @@ import urllib.error
 import pytest
 import torch.hub
 
-from conftest import TINY, compose
+from helpers.config import compose
 from maskrcnn.cli import error_message, expected_error
 from maskrcnn.modeling.backbone import build_backbone
 from maskrcnn.modeling.build import build_mask_rcnn
@@ -65,8 +65,8 @@ def test_torchvision_init_from_error_names_the_key(offline):
         exec(_prefetch_code(message))
 
 
-def test_train_on_an_offline_node_ends_with_that_message(offline, shapes_dir, tmp_path):
-    cfg = compose([*TINY, "model.backbone.pretrained=true"], output_dir=tmp_path, data_dir=shapes_dir)
+def test_train_on_an_offline_node_ends_with_that_message(tiny, offline, shapes_dir, tmp_path):
+    cfg = compose([*tiny, "model.backbone.pretrained=true"], output_dir=tmp_path, data_dir=shapes_dir)
     with pytest.raises(Exception) as info:  # Hydra's instantiate wraps it ...
         train(cfg)
     found = expected_error(info.value)  # ... and the entry points unwrap it for the one-line message

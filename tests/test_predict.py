@@ -13,10 +13,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools import mask as mask_utils
 
-from conftest import ROOT, compose
+from helpers.config import ROOT, compose
 from maskrcnn.data.errors import DatasetError
-from maskrcnn.predict import list_images, load_checkpoint_model, load_for_model, predict
-from random_checkpoint import save_random_checkpoint
+from maskrcnn.inference.predict_images import list_images, load_checkpoint_model, load_for_model, predict
+from helpers.random_checkpoint import save_random_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_strict_stops_at_the_first_unreadable_input_keeping_earlier_results(chec
 
 
 def test_a_crash_late_keeps_the_results_so_far(checkpoint, images, tmp_path, monkeypatch):
-    import maskrcnn.predict as module
+    import maskrcnn.inference.predict_images as module
 
     real, calls = module._predict_batch, []
 

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from conftest import TINY, compose
+from helpers.config import compose
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.nonfinite import NonFiniteLossError, SkipLimit
 from maskrcnn.training.pipeline import train
@@ -19,8 +19,8 @@ CALLBACKS = ["callbacks=default", "callbacks.rich_progress_bar=null", "trainer.m
              "trainer.limit_val_batches=1", "validate_after_train=false"]
 
 
-def test_logger_none_trains_without_the_callbacks_that_need_a_logger(shapes_dir, tmp_path, caplog):
-    cfg = compose([*TINY, *CALLBACKS, "logger=none", "log_val_images=2"], output_dir=tmp_path, data_dir=shapes_dir)
+def test_logger_none_trains_without_the_callbacks_that_need_a_logger(tiny, shapes_dir, tmp_path, caplog):
+    cfg = compose([*tiny, *CALLBACKS, "logger=none", "log_val_images=2"], output_dir=tmp_path, data_dir=shapes_dir)
     with caplog.at_level(logging.INFO):
         metrics, objects = train(cfg)
     trainer = objects["trainer"]
@@ -30,8 +30,8 @@ def test_logger_none_trains_without_the_callbacks_that_need_a_logger(shapes_dir,
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
-def test_logger_csv_keeps_the_lr_monitor(shapes_dir, tmp_path):
-    cfg = compose([*TINY, *CALLBACKS, "logger=csv"], output_dir=tmp_path, data_dir=shapes_dir)
+def test_logger_csv_keeps_the_lr_monitor(tiny, shapes_dir, tmp_path):
+    cfg = compose([*tiny, *CALLBACKS, "logger=csv"], output_dir=tmp_path, data_dir=shapes_dir)
     _, objects = train(cfg)
     assert any(type(c).__name__ == "LearningRateMonitor" for c in objects["trainer"].callbacks)
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
@@ -58,15 +58,15 @@ def test_skip_limit_counts_over_a_window():
         SkipLimit(max_fraction=1.5)
 
 
-def test_a_run_skipping_most_steps_stops_naming_the_count(shapes_dir, tmp_path):
-    cfg = compose([*TINY, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "trainer.limit_val_batches=0",
+def test_a_run_skipping_most_steps_stops_naming_the_count(tiny, shapes_dir, tmp_path):
+    cfg = compose([*tiny, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "trainer.limit_val_batches=0",
                    "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
     with pytest.raises(NonFiniteLossError, match=r"5 of the last 5 training steps had a non-finite loss.*"
                                                  r"nonfinite_max_skip_fraction=0\.2"):
         train(cfg)
 
 
-def test_a_run_skipping_few_steps_finishes_with_a_summary(shapes_dir, tmp_path, monkeypatch, caplog):
+def test_a_run_skipping_few_steps_finishes_with_a_summary(tiny, shapes_dir, tmp_path, monkeypatch, caplog):
     weighted, calls = MaskRCNNModule._weighted, []
 
     def every_third_nan(self, terms):
@@ -76,7 +76,7 @@ def test_a_run_skipping_few_steps_finishes_with_a_summary(shapes_dir, tmp_path, 
 
     monkeypatch.setattr(MaskRCNNModule, "_weighted", every_third_nan)
     # 2 of 6 steps: above the 20% share, but below the default minimum of 5 skipped steps.
-    cfg = compose([*TINY, "nonfinite_loss=skip",
+    cfg = compose([*tiny, "nonfinite_loss=skip",
                    "trainer.limit_val_batches=0", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
     with caplog.at_level(logging.INFO):
         _, objects = train(cfg)

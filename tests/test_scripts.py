@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT
+from helpers.config import ROOT
 
 NUTS = ROOT / "tests" / "data" / "nuts"
 
@@ -40,3 +40,14 @@ def test_browse_dataset_renders_augmented_ground_truth(tmp_path):
         assert min(array.shape[:2]) == 300  # resized by the augmentation, not the original 600
         # Masks are drawn: the picture is not just the photo (some strongly tinted pixels exist).
         assert array.std() > 10
+
+
+def test_benchmark_cli_prints_one_table_per_run(tmp_path):
+    out = tmp_path / "bench.md"
+    proc = run("scripts/benchmark.py", "--task", "eval", "--eval-images", "4", "--eval-dets-per-image", "5",
+               "--out", str(out))
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| section | metric | ours | baseline | ours / baseline |")
+    assert len(table) == 2 and table[1].startswith("| eval | COCOeval bbox+segm, 4 images [s] |")
+    written = out.read_text()
+    assert "python scripts/benchmark.py --task eval" in written and all(line in written for line in table)

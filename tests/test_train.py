@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, TINY_EVAL, compose
+from helpers.config import ROOT, compose
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.pipeline import evaluate, train
 
@@ -20,9 +20,9 @@ def _train_losses(run_dir: Path) -> list[float]:
     return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
 
 
-def test_training_reduces_loss_and_reports_coco_ap(shapes_dir, tmp_path):
+def test_training_reduces_loss_and_reports_coco_ap(tiny, tiny_eval, shapes_dir, tmp_path):
     cfg = compose(
-        [*TINY, "trainer.max_epochs=4", "callbacks=default", "callbacks.rich_progress_bar=null", "validate_after_train=true"],
+        [*tiny, "trainer.max_epochs=4", "callbacks=default", "callbacks.rich_progress_bar=null", "validate_after_train=true"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
     metrics, objects = train(cfg)
@@ -39,7 +39,7 @@ def test_training_reduces_loss_and_reports_coco_ap(shapes_dir, tmp_path):
     assert (ckpt_dir / "last.ckpt").is_file()
     # The best checkpoint is re-evaluated by src/eval.py's code path to the same numbers.
     best = objects["trainer"].checkpoint_callback.best_model_path
-    eval_cfg = compose([*TINY_EVAL, f"ckpt_path={best}"], config_name="eval", output_dir=tmp_path / "eval", data_dir=shapes_dir)
+    eval_cfg = compose([*tiny_eval, f"ckpt_path={best}"], config_name="eval", output_dir=tmp_path / "eval", data_dir=shapes_dir)
     eval_metrics = evaluate(eval_cfg)
     for key in AP_KEYS:
         assert eval_metrics[key] == pytest.approx(metrics[key], abs=1e-9)
@@ -49,17 +49,17 @@ def test_training_reduces_loss_and_reports_coco_ap(shapes_dir, tmp_path):
     assert ckpt["run_config"]["model"]["num_classes"] == 3
 
 
-def _resume_cfg(tmp_path, shapes_dir, extra=()):
+def _resume_cfg(tiny, tmp_path, shapes_dir, extra=()):
     return compose(
-        [*TINY, "trainer.max_epochs=-1", "trainer.max_steps=8", "callbacks=default", "callbacks.rich_progress_bar=null",
+        [*tiny, "trainer.max_epochs=-1", "trainer.max_steps=8", "callbacks=default", "callbacks.rich_progress_bar=null",
          "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.every_n_train_steps=1",
          "trainer.limit_val_batches=0", "validate_after_train=false", "scheduler.warmup_steps=5", *extra],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
 
 
-def test_resume_after_crash_matches_uninterrupted_run(shapes_dir, tmp_path, monkeypatch):
-    _, ref = train(_resume_cfg(tmp_path / "ref", shapes_dir))
+def test_resume_after_crash_matches_uninterrupted_run(tiny, shapes_dir, tmp_path, monkeypatch):
+    _, ref = train(_resume_cfg(tiny, tmp_path / "ref", shapes_dir))
     ref_trainer = ref["trainer"]
     ref_lr = ref_trainer.optimizers[0].param_groups[0]["lr"]
     assert ref_trainer.global_step == 8
@@ -74,11 +74,11 @@ def test_resume_after_crash_matches_uninterrupted_run(shapes_dir, tmp_path, monk
     with monkeypatch.context() as m:
         m.setattr(MaskRCNNModule, "on_train_batch_start", crash)
         with pytest.raises(Crash):
-            train(_resume_cfg(tmp_path / "crashed", shapes_dir))
+            train(_resume_cfg(tiny, tmp_path / "crashed", shapes_dir))
     saved = torch.load(tmp_path / "crashed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 5
 
-    _, resumed = train(_resume_cfg(tmp_path / "crashed", shapes_dir, ["ckpt_path=last"]))
+    _, resumed = train(_resume_cfg(tiny, tmp_path / "crashed", shapes_dir, ["ckpt_path=last"]))
     trainer = resumed["trainer"]
     assert trainer.global_step == ref_trainer.global_step
     assert trainer.current_epoch == ref_trainer.current_epoch
@@ -86,22 +86,22 @@ def test_resume_after_crash_matches_uninterrupted_run(shapes_dir, tmp_path, monk
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == ref_trainer.lr_scheduler_configs[0].scheduler.last_epoch
 
 
-def test_missing_resume_checkpoint_is_a_clear_error(shapes_dir, tmp_path):
+def test_missing_resume_checkpoint_is_a_clear_error(tiny, shapes_dir, tmp_path):
     from maskrcnn.training.builders import ConfigError
 
     with pytest.raises(ConfigError, match="ckpt_path='last'.*last.ckpt does not exist"):
-        train(_resume_cfg(tmp_path, shapes_dir, ["ckpt_path=last"]))
+        train(_resume_cfg(tiny, tmp_path, shapes_dir, ["ckpt_path=last"]))
 
 
-def test_nonfinite_loss_stops_naming_step_and_term(shapes_dir, tmp_path):
-    cfg = compose([*TINY, "loss.weights.loss_mask=nan", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+def test_nonfinite_loss_stops_naming_step_and_term(tiny, shapes_dir, tmp_path):
+    cfg = compose([*tiny, "loss.weights.loss_mask=nan", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
     with pytest.raises(FloatingPointError, match=r"global step 0 .*loss_mask"):
         train(cfg)
 
 
-def test_nonfinite_loss_skip_policy_skips_steps(shapes_dir, tmp_path):
+def test_nonfinite_loss_skip_policy_skips_steps(tiny, shapes_dir, tmp_path):
     cfg = compose(
-        [*TINY, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "nonfinite_max_skip_fraction=1.0",
+        [*tiny, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "nonfinite_max_skip_fraction=1.0",
          "trainer.limit_val_batches=0", "validate_after_train=false"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
@@ -112,9 +112,9 @@ def test_nonfinite_loss_skip_policy_skips_steps(shapes_dir, tmp_path):
     assert len(objects["trainer"].optimizers[0].state) == 0
 
 
-def test_bf16_autocast_training_step_is_finite(shapes_dir, tmp_path):
+def test_bf16_autocast_training_step_is_finite(tiny, shapes_dir, tmp_path):
     cfg = compose(
-        [*TINY, "trainer.precision=bf16-mixed", "trainer.max_steps=2", "trainer.limit_val_batches=0", "validate_after_train=false"],
+        [*tiny, "trainer.precision=bf16-mixed", "trainer.max_steps=2", "trainer.limit_val_batches=0", "validate_after_train=false"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
     metrics, objects = train(cfg)
@@ -122,9 +122,9 @@ def test_bf16_autocast_training_step_is_finite(shapes_dir, tmp_path):
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
-def test_gradient_accumulation_and_clipping(shapes_dir, tmp_path, capsys):
+def test_gradient_accumulation_and_clipping(tiny, shapes_dir, tmp_path, capsys):
     cfg = compose(
-        [*TINY, "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "trainer.limit_val_batches=0",
+        [*tiny, "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "trainer.limit_val_batches=0",
          "validate_after_train=false"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
@@ -133,15 +133,15 @@ def test_gradient_accumulation_and_clipping(shapes_dir, tmp_path, capsys):
     assert objects["module"].lr == pytest.approx(cfg.optimizer.lr_per_16_images * 4 / 16)  # batch 2 x accumulation 2
 
 
-def test_wrong_num_classes_is_rejected_before_training(shapes_dir, tmp_path):
-    cfg = compose([*TINY, "data.num_classes=5"], output_dir=tmp_path, data_dir=shapes_dir)
+def test_wrong_num_classes_is_rejected_before_training(tiny, shapes_dir, tmp_path):
+    cfg = compose([*tiny, "data.num_classes=5"], output_dir=tmp_path, data_dir=shapes_dir)
     with pytest.raises(ValueError, match=r"num_classes.*5.*3"):
         train(cfg)
 
 
-def test_wandb_offline_logger_writes_a_run(shapes_dir, tmp_path):
+def test_wandb_offline_logger_writes_a_run(tiny, shapes_dir, tmp_path):
     cfg = compose(
-        [*TINY, "logger=wandb", "log_val_images=2", "trainer.limit_val_batches=1", "validate_after_train=false"],
+        [*tiny, "logger=wandb", "log_val_images=2", "trainer.limit_val_batches=1", "validate_after_train=false"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
     train(cfg)
@@ -154,34 +154,32 @@ def test_wandb_offline_logger_writes_a_run(shapes_dir, tmp_path):
     assert len(list(runs[0].rglob("media/images/mask/val/samples/*.mask.png"))) == 4
 
 
-def test_ddp_two_processes_match_single_process_evaluation(shapes_dir, tmp_path):
+def test_ddp_two_processes_match_single_process_evaluation(tiny, tiny_eval, shapes_dir, tmp_path):
     """2 CPU processes (gloo) train and validate; AP equals a 1-process evaluation of the same
     checkpoint (5 val images: not divisible by the world size, each counted once)."""
     cfg = compose(
-        [*TINY, "trainer=ddp_sim", "trainer.max_epochs=1", "callbacks=default", "callbacks.rich_progress_bar=null",
+        [*tiny, "trainer=ddp_sim", "trainer.max_epochs=1", "callbacks=default", "callbacks.rich_progress_bar=null",
          "validate_after_train=false"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )
     train(cfg)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    ddp = evaluate(compose([*TINY_EVAL, "trainer=ddp_sim", f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e2", data_dir=shapes_dir))
-    single = evaluate(compose([*TINY_EVAL, f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e1", data_dir=shapes_dir))
+    ddp = evaluate(compose([*tiny_eval, "trainer=ddp_sim", f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e2", data_dir=shapes_dir))
+    single = evaluate(compose([*tiny_eval, f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e1", data_dir=shapes_dir))
     for key in AP_KEYS:
         assert ddp[key] == pytest.approx(single[key], abs=1e-9), key
 
 
-def test_cli_ddp_subprocess_launcher_uses_one_run_dir(shapes_dir, tmp_path):
+def test_cli_ddp_subprocess_launcher_uses_one_run_dir(tiny, shapes_dir, tmp_path):
     """`strategy=ddp` (what trainer=ddp/multinode use) re-launches the script per rank; every rank
     must write into the one Hydra run directory, and rank 0 alone writes the checkpoints."""
     import subprocess
     import sys
 
-    from conftest import ROOT
-
     log_dir = tmp_path / "logs"
     cmd = [
-        sys.executable, "src/train.py", *TINY, "trainer=ddp_sim", "trainer.strategy=ddp", "trainer.max_epochs=1",
+        sys.executable, "src/train.py", *tiny, "trainer=ddp_sim", "trainer.strategy=ddp", "trainer.max_epochs=1",
         "callbacks=default", "callbacks.rich_progress_bar=null", "validate_after_train=false",
         f"paths.data_dir={shapes_dir}", f"paths.log_dir={log_dir}",
     ]

@@ -19,7 +19,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import CONF, ROOT, TINY, compose
+from helpers.config import CONF, ROOT, compose
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.training.wandb_media import flatten_masks, make_sample, to_wandb_image
 from maskrcnn.training.wandb_run_reader import latest_offline_run, read_offline_run
@@ -30,7 +30,7 @@ NAMES = ["__background__", "square", "circle", "triangle"]
 
 # ------------------------------------------------------------------ the offline run, end to end
 @pytest.fixture(scope="module")
-def wandb_run(shapes_dir, tmp_path_factory):
+def wandb_run(tiny, shapes_dir, tmp_path_factory):
     """A tiny 2-epoch run logging to W&B (offline) and CSV, read back from disk."""
     import wandb
 
@@ -41,7 +41,7 @@ def wandb_run(shapes_dir, tmp_path_factory):
         mp.setenv("WANDB_DATA_DIR", str(out / "wandb_data"))  # artifact staging copies
         mp.setenv("WANDB_CACHE_DIR", str(out / "wandb_cache"))
         cfg = compose(
-            [*TINY, "logger=[wandb,csv,tensorboard]", "log_val_images=3", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
+            [*tiny, "logger=[wandb,csv,tensorboard]", "log_val_images=3", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
              "callbacks=default", "callbacks.rich_progress_bar=null", "logger.wandb.log_model=true",
              "validate_after_train=false", "model.roi_heads.score_thresh=0.0",  # always some detections
              "logger.wandb_dashboard.box_score_thresh=0.0", "logger.wandb_dashboard.mask_score_thresh=0.0"],
@@ -179,11 +179,9 @@ def test_run_config_has_the_resolved_config_and_a_dataset_summary(wandb_run):
 
 
 def test_render_script_draws_the_logged_layers(wandb_run, tmp_path, capsys):
-    import importlib.util
+    from helpers.scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("render_wandb_overlay", ROOT / "scripts" / "render_wandb_overlay.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("render_wandb_overlay")
     out = tmp_path / "overlay.png"
     script.main([str(wandb_run["out"]), "--out", str(out), "--scale", "2", "--min-score", "0"])
     grid = np.asarray(Image.open(out).convert("RGB")).astype(int)
@@ -331,11 +329,11 @@ def test_wandb_sweep_config_calls_train_with_valid_overrides():
 
 
 @pytest.mark.slow
-def test_optuna_sweep_runs_two_trials_and_reports_the_best_segm_ap(shapes_dir, tmp_path):
+def test_optuna_sweep_runs_two_trials_and_reports_the_best_segm_ap(tiny, shapes_dir, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    # A swept key fixed on the command line is not searched: leave TINY's batch_size_per_image out.
-    tiny = [o for o in TINY if not o.startswith("model.roi_heads.batch_size_per_image")]
-    cmd = [sys.executable, "src/train.py", "hparams_search=shapes_optuna", "hydra.sweeper.n_trials=2", *tiny,
+    # A swept key fixed on the command line is not searched: leave tiny's batch_size_per_image out.
+    unswept = [o for o in tiny if not o.startswith("model.roi_heads.batch_size_per_image")]
+    cmd = [sys.executable, "src/train.py", "hparams_search=shapes_optuna", "hydra.sweeper.n_trials=2", *unswept,
            "validate_after_train=false", f"paths.data_dir={shapes_dir}", f"paths.log_dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -345,7 +343,7 @@ def test_optuna_sweep_runs_two_trials_and_reports_the_best_segm_ap(shapes_dir, t
 
 
 @pytest.mark.slow
-def test_ddp_rank_zero_logs_the_samples_of_every_rank(shapes_dir, tmp_path, monkeypatch):
+def test_ddp_rank_zero_logs_the_samples_of_every_rank(tiny, shapes_dir, tmp_path, monkeypatch):
     """2 CPU processes: the 5 val images split 3 + 2 over the ranks; all 5 samples (log_val_images=5)
     reach rank 0, which alone writes one W&B run."""
     import wandb
@@ -353,7 +351,7 @@ def test_ddp_rank_zero_logs_the_samples_of_every_rank(shapes_dir, tmp_path, monk
     from maskrcnn.training.pipeline import train
 
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
-    cfg = compose([*TINY, "trainer=ddp_sim", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "logger=wandb",
+    cfg = compose([*tiny, "trainer=ddp_sim", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "logger=wandb",
                    "log_val_images=5", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
     train(cfg)
     wandb.finish()

@@ -1,29 +1,27 @@
 """Peak memory of mask pasting with many instances on large images: ours (chunked) vs torchvision;
-and of ``src/predict.py`` on one large photo (``--predict-photo 6000x4000``).
+and of ``src/predict.py`` on one large photo (``--task memory``, ``--predict-photo 6000x4000``).
 
-Every case runs in a fresh Python process so that its peak resident set size belongs to that case
-alone. The child records its resident memory before pasting (interpreter + torch + inputs), resets
-the kernel's high-water mark, pastes, and reads the peak (VmHWM), so ``peak - baseline`` is what
-pasting itself needed; the float32 output alone is ``N * H * W * 4`` bytes (``output_mb``).
-
-    python scripts/benchmark_memory.py --instances 100 300 --sizes 1333x800 3000x2000
-    python scripts/benchmark_memory.py --predict-photo 6000x4000
+Every case runs in a fresh Python process (``python -m maskrcnn.benchmark.peak_memory CASE_JSON``)
+so that its peak resident set size belongs to that case alone. The child records its resident
+memory before pasting (interpreter + torch + inputs), resets the kernel's high-water mark, pastes,
+and reads the peak (VmHWM), so ``peak - baseline`` is what pasting itself needed; the float32
+output alone is ``N * H * W * 4`` bytes (``output_mb``).
 
 The predict case writes a random-init ResNet-18-FPN checkpoint (800/1333 input, 100 detections per
-image) and a noisy JPEG, then runs ``maskrcnn.predict.predict`` on it: with ``score_thresh=0.5``
-(a random model keeps nothing, the case of the original report) and ``0.0`` (all 100 masks pasted
-at full resolution). Its peak includes the interpreter, torch and the model.
+image) and a noisy JPEG, then runs ``maskrcnn.inference.predict_images.predict`` on it: with
+``score_thresh=0.5`` (a random model keeps nothing, the case of the original report) and ``0.0``
+(all 100 masks pasted at full resolution). Its peak includes the interpreter, torch and the model.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 IMPLS = ("ours", "torchvision")
 
@@ -138,7 +136,6 @@ def predict_case(width: int, height: int, score_thresh: float, min_size: int = 8
         {"peak_mb" (whole process), "baseline_mb" (before predict), "seconds", "detections"}.
     """
     import tempfile
-    from pathlib import Path
 
     import numpy as np
     import torch
@@ -146,7 +143,7 @@ def predict_case(width: int, height: int, score_thresh: float, min_size: int = 8
     from omegaconf import OmegaConf
     from PIL import Image
 
-    from maskrcnn.predict import predict
+    from maskrcnn.inference.predict_images import predict
 
     torch.manual_seed(0)
     model = {"_target_": "maskrcnn.modeling.build.build_mask_rcnn", "num_classes": 3, "roi_heads": {"score_thresh": 0.0},
@@ -174,8 +171,11 @@ def predict_case(width: int, height: int, score_thresh: float, min_size: int = 8
 
 
 def _run_child(case: dict, timeout: float = 900) -> dict:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(case)],
-                          capture_output=True, text=True, timeout=timeout)
+    # the child imports maskrcnn from where this process found it, installed or not
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "maskrcnn.benchmark.peak_memory", json.dumps(case)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory case {case} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -192,32 +192,41 @@ def _child(spec: str) -> None:
     print(json.dumps(paste_case(**args)))
 
 
-def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        _child(sys.argv[2])
-        return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--instances", type=int, nargs="+", default=[100, 300])
-    parser.add_argument("--sizes", nargs="+", default=["1333x800"], help="WIDTHxHEIGHT")
-    parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--predict-photo", default=None, help="WIDTHxHEIGHT: measure src/predict.py on one JPEG instead")
-    args = parser.parse_args()
-    if args.predict_photo:
-        width, height = parse_size(args.predict_photo)
-        print(f"{'src/predict.py on one JPEG':<34}{'kept':>6}{'peak RSS MB':>13}{'before predict MB':>19}{'s':>8}")
-        for thresh in (0.5, 0.0):
-            r = _run_child({"case": "predict", "width": width, "height": height, "score_thresh": thresh,
-                            "threads": args.threads})
-            print(f"{f'{width}x{height}, score_thresh={thresh}':<34}{r['detections']:>6}{r['peak_mb']:>13.0f}"
-                  f"{r['baseline_mb']:>19.0f}{r['seconds']:>8.1f}")
-        return
-    sizes = [parse_size(s) for s in args.sizes]
-    print(f"{'impl':<12}{'N':>5}{'image':>11}{'output MB':>11}{'peak RSS MB':>13}{'peak-base MB':>14}{'s':>8}")
-    for r in run_memory_benchmark(args.instances, sizes, args.chunk_size, args.threads):
-        print(f"{r['impl']:<12}{r['num']:>5}{r['width']:>6}x{r['height']:<4}{r['output_mb']:>11.0f}"
-              f"{r['peak_mb']:>13.0f}{r['delta_mb']:>14.0f}{r['seconds']:>8.2f}")
+def memory_rows(instances, sizes, chunk_size: int, threads: int, max_output_gb: float) -> list[tuple]:
+    """Report rows: pasting peak RSS and time per (size, instances) case, ours vs torchvision.
+
+    Cases whose float32 output is above ``max_output_gb`` are skipped: torchvision holds the output
+    twice (per-mask list + stacked copy), which would take a shared machine down.
+    """
+    too_big = [(w, h, n) for w, h in sizes for n in instances if n * w * h * 4 / 2**30 > max_output_gb]
+    for w, h, n in too_big:
+        print(f"memory: skipping {n} masks into {w}x{h} (output > --mem-max-output-gb {max_output_gb})")
+    results = run_memory_benchmark(instances, sizes, chunk_size, threads, skip_cases=too_big)
+    rows = []
+    for i in range(0, len(results), 2):
+        ours, tv = results[i], results[i + 1]
+        case = f"paste {ours['num']} masks into {ours['width']}x{ours['height']}"
+        rows.append(("memory", f"{case}: peak RSS above pre-paste RSS [MB]", ours["delta_mb"], tv["delta_mb"],
+                     f"torchvision paste_masks_in_image; float32 output alone {ours['output_mb']:.0f} MB; "
+                     f"absolute peak RSS {ours['peak_mb']:.0f} vs {tv['peak_mb']:.0f} MB; ours chunk_size="
+                     f"{chunk_size}; fresh process each; lower is better"))
+        rows.append(("memory", f"{case}: time [s]", ours["seconds"], tv["seconds"], "same cases; lower is better"))
+    return rows
+
+
+def predict_rows(width: int, height: int, threads: int, thresholds=(0.5, 0.0)) -> list[tuple]:
+    """Report rows: peak RSS of ``predict`` on one ``width x height`` JPEG per score threshold (no baseline)."""
+    rows = []
+    for thresh in thresholds:
+        r = _run_child({"case": "predict", "width": width, "height": height, "score_thresh": thresh, "threads": threads})
+        print(f"memory: src/predict.py {width}x{height}, score_thresh={thresh}: {r['detections']} kept, "
+              f"peak RSS {r['peak_mb']:.0f} MB", flush=True)
+        rows.append(("memory", f"src/predict.py on one {width}x{height} JPEG, score_thresh={thresh}: peak RSS [MB]",
+                     r["peak_mb"], None,
+                     f"random-init R18-FPN at 800/1333; {r['detections']} detections kept; {r['baseline_mb']:.0f} MB "
+                     f"before predict (interpreter, torch, model); {r['seconds']:.1f} s; fresh process; lower is better"))
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    _child(sys.argv[1])

@@ -1,19 +1,16 @@
-"""Data-pipeline throughput per worker: ours vs a torchvision ``references/detection``-style pipeline.
+"""Data-pipeline throughput per worker: ours vs a torchvision ``references/detection``-style
+pipeline (``--task data``).
 
 Both pipelines produce the same thing per image, in one process (num_workers=0, one thread, as
 inside a DataLoader worker): the JPEG decoded, resized so the short edge is 800 (long edge <= 1333),
 randomly h-flipped, as a float tensor, with one mask per polygon at that size. The baseline
 rasterises each polygon over the whole original image and resizes the masks; ours rasterises the
-scaled polygons at the output size, over their bounding boxes only.
-
-    python scripts/benchmark_data.py --images 64 --repeats 3
-    python scripts/benchmark_data.py --image-dir data/coco/val2017 \
-        --annotations data/coco/annotations/instances_val2017.json --images 500   # real COCO images
+scaled polygons at the output size, over their bounding boxes only. The images are synthetic
+JPEGs (``make_synthetic_coco``) or the first images of a COCO-format dataset (``run_on_dataset``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -197,23 +194,21 @@ def run_on_dataset(image_dir: str | Path, annotation_file: str | Path, num_image
         return time_pipelines(build_pipelines(Path(image_dir), ann_file, min_size, max_size), repeats)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--min-size", type=int, default=800)
-    parser.add_argument("--image-dir", help="measure on this COCO-format dataset instead of synthetic JPEGs")
-    parser.add_argument("--annotations", help="its annotation json (with --image-dir)")
-    args = parser.parse_args()
-    if (args.image_dir is None) != (args.annotations is None):
-        parser.error("--image-dir and --annotations go together")
-    if args.image_dir is not None:
-        rates = run_on_dataset(args.image_dir, args.annotations, args.images, args.repeats, args.min_size)
+DATA_TARGET = 50.0  # images/s per worker the data pipeline should reach
+
+
+def data_rows(num_images: int, repeats: int, min_size: int = 800, image_dir: str | None = None,
+              annotation_file: str | None = None) -> list[tuple]:
+    """Report row: images/s per worker, ours vs torchvision-style, on synthetic JPEGs or on
+    ``image_dir`` + ``annotation_file`` when given."""
+    if image_dir is not None:
+        rates = run_on_dataset(image_dir, annotation_file, num_images, repeats, min_size)
+        images = f"first {num_images} annotated images of {annotation_file}"
     else:
-        rates = run_data_benchmark(args.images, args.repeats, args.min_size)
-    for name, rate in rates.items():
-        print(f"{name:<12} {rate:8.1f} images/s per worker")
-
-
-if __name__ == "__main__":
-    main()
+        rates = run_data_benchmark(num_images, repeats, min_size)
+        images = f"{num_images} JPEG 640x480, 7 polygons each"
+    print(f"data: ours {rates['ours']:.1f}, torchvision-style {rates['torchvision']:.1f} images/s", flush=True)
+    verdict = "meets" if rates["ours"] >= DATA_TARGET else "MISSES"
+    return [("data", f"images/s per worker (decode+masks+resize {min_size}+flip)", rates["ours"], rates["torchvision"],
+             f"torchvision CocoDetection + pycocotools masks + v2 Resize/Flip; {images}; "
+             f"1 thread; higher is better; {verdict} target >= {DATA_TARGET:.0f}")]

@@ -1,20 +1,17 @@
-"""Speed / memory of our Mask R-CNN vs torchvision's maskrcnn_resnet50_fpn, same random weights.
+"""Speed (and peak memory) of our Mask R-CNN vs torchvision's, same random weights (``--task model``).
 
 ``arch="resnet101"`` compares against torchvision's ``MaskRCNN(resnet_fpn_backbone("resnet101"))``
 built the way ``maskrcnn_resnet50_fpn(weights=None)`` builds its R50 (BatchNorm, all layers trainable).
 
-Two entry points:
-- ``time_model_pair`` (used by scripts/benchmark.py): both models in ONE process, iterations
-  interleaved ours / torchvision so that background load slows both equally; CPU or CUDA, AMP.
-- ``main`` (this script): each (implementation, mode) in a fresh subprocess so that its peak RSS
-  is its own.
-
-    python scripts/benchmark_model.py --size 512 --iters 5 --threads 2
+Two ways to measure:
+- ``time_model_pair`` / ``model_rows``: both models in ONE process, iterations interleaved
+  ours / torchvision so that background load slows both equally; CPU or CUDA, AMP.
+- ``measure_in_fresh_process`` / ``model_peak_rss_rows`` (``--model-peak-rss``): each
+  (implementation, mode) in a fresh subprocess so that its peak RSS is its own; CPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import multiprocessing as mp
 import resource
@@ -156,21 +153,27 @@ def time_model_pair(
     return {impl: statistics.median(t) for impl, t in times.items()}
 
 
-def _worker(impl: str, mode: str, args: argparse.Namespace, weights: str, queue: mp.Queue) -> None:
-    torch.set_num_threads(args.threads)
+def _worker(impl: str, mode: str, size: int, iters: int, warmup: int, threads: int, arch: str, weights: str,
+            queue: mp.Queue) -> None:
+    torch.set_num_threads(threads)
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    model, loss_fn = _build(impl, args.size, state)
-    images, targets = make_batch(args.size)
+    model, loss_fn = _build(impl, size, state, arch)
+    images, targets = make_batch(size)
     times = [_step(model, loss_fn, images, targets, mode, "cpu", None, seed=step)
-             for step in range(args.warmup + args.iters)][args.warmup:]
+             for step in range(warmup + iters)][warmup:]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     queue.put((statistics.median(times), peak_mb))
 
 
-def _measure(impl: str, mode: str, args: argparse.Namespace, weights: str) -> tuple[float, float]:
+def measure_in_fresh_process(impl: str, mode: str, size: int, weights: str, iters: int = 5, warmup: int = 1,
+                             threads: int = 2, arch: str = "resnet50") -> tuple[float, float]:
+    """(median s per call, peak RSS MB) of one implementation and mode in a spawned process (CPU).
+
+    ``weights`` is a file holding ``reference_state(arch=arch)`` (both implementations load it).
+    """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(impl, mode, args, weights, queue))
+    proc = ctx.Process(target=_worker, args=(impl, mode, size, iters, warmup, threads, arch, weights, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -179,28 +182,51 @@ def _measure(impl: str, mode: str, args: argparse.Namespace, weights: str) -> tu
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512, help="image side (2 square images per batch)")
-    parser.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each worker")
-    args = parser.parse_args()
+def _names(arch: str) -> tuple[str, str]:
+    """("R50-FPN", "maskrcnn_resnet50_fpn"): our row label and torchvision's model."""
+    name = "R" + arch.removeprefix("resnet") + "-FPN"
+    return name, "maskrcnn_resnet50_fpn" if arch == "resnet50" else f"MaskRCNN({arch} FPN)"
 
+
+def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
+               archs: tuple[str, ...] = ("resnet50",)) -> list[tuple]:
+    """Report rows: train step [s/iter] and inference [s/image] per arch and size (interleaved timing)."""
+    where = f"{device}{', autocast ' + amp if amp else ''}"
+    rows = []
+    for arch in archs:
+        state = reference_state(arch=arch)
+        name, baseline = _names(arch)
+        for size in sizes:
+            for mode, label, per in (("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", 2)):
+                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch)
+                print(f"model {name} {size}px {mode}: ours {t['ours']:.3f} s, torchvision {t['torchvision']:.3f} s",
+                      flush=True)
+                rate = f"= {2 / t['ours']:.1f} vs {2 / t['torchvision']:.1f} images/s; " if mode == "train" else ""
+                rows.append(("model", f"{name} {label}, 2 img {size}x{size}", t["ours"] / per,
+                             t["torchvision"] / per,
+                             f"torchvision {baseline}, same weights; {where}; median of {iters}; {rate}lower is better"))
+    return rows
+
+
+def model_peak_rss_rows(sizes, iters: int, warmup: int, threads: int,
+                        archs: tuple[str, ...] = ("resnet50",)) -> list[tuple]:
+    """Report rows: time and peak RSS per mode, each implementation and mode in its own process (CPU)."""
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        weights = str(Path(tmp) / "weights.pth")
-        torch.save(reference_state(), weights)
-        rows = []
-        for mode, label, per_image in (("train", "train step [s]", 1.0), ("eval", "inference [s/image]", 0.5)):
-            results = {impl: _measure(impl, mode, args, weights) for impl in IMPLS}
-            rows.append((label, results["ours"][0] * per_image, results["torchvision"][0] * per_image))
-            rows.append((f"peak RSS {mode} [MB]", results["ours"][1], results["torchvision"][1]))
-
-    print(f"batch: 2 images {args.size}x{args.size}, CPU, {args.threads} threads, median of {args.iters}")
-    print(f"{'metric':<26}{'ours':>12}{'torchvision':>14}{'ours/tv':>10}")
-    for label, ours, theirs in rows:
-        print(f"{label:<26}{ours:>12.3f}{theirs:>14.3f}{ours / theirs:>10.2f}")
-
-
-if __name__ == "__main__":
-    main()
+        for arch in archs:
+            weights = str(Path(tmp) / f"{arch}.pth")
+            torch.save(reference_state(arch=arch), weights)
+            name, baseline = _names(arch)
+            for size in sizes:
+                for mode, label, per in (("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", 2)):
+                    r = {impl: measure_in_fresh_process(impl, mode, size, weights, iters, warmup, threads, arch)
+                         for impl in IMPLS}
+                    print(f"model {name} {size}px {mode} (own process): ours {r['ours'][0]:.3f} s "
+                          f"{r['ours'][1]:.0f} MB, torchvision {r['torchvision'][0]:.3f} s {r['torchvision'][1]:.0f} MB",
+                          flush=True)
+                    notes = f"torchvision {baseline}, same weights; cpu, {threads} threads; fresh process each"
+                    rows.append(("model", f"{name} {label}, 2 img {size}x{size}", r["ours"][0] / per,
+                                 r["torchvision"][0] / per, f"{notes}; median of {iters}; lower is better"))
+                    rows.append(("model", f"{name} peak RSS {mode} [MB], 2 img {size}x{size}", r["ours"][1],
+                                 r["torchvision"][1], f"{notes}; whole process; lower is better"))
+    return rows

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import TINY, compose
+from helpers.config import TINY, compose
 
 SHAPES_CLASSES = ["__background__", "square", "circle", "triangle"]
 

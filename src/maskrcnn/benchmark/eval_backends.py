@@ -1,16 +1,13 @@
-"""Benchmark COCO evaluation (bbox + segm): pycocotools vs faster-coco-eval on the same data.
+"""COCO evaluation (bbox + segm): faster-coco-eval (our default backend) vs pycocotools on the same
+detections (``--task eval``).
 
 Generates a synthetic COCO split (elliptic polygon ground truth) and Mask R-CNN-like detections
 (jittered copies of the ground truth plus random false positives, rectangular RLE masks), then
-times `CocoEvaluator.compute()` with both backends and checks that they report the same AP.
-
-    python scripts/benchmark_eval.py                # 5000 images, 100 detections each
-    python scripts/benchmark_eval.py --images 500
+times ``CocoEvaluator.compute()`` with both backends and checks that they report the same AP.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -135,28 +132,14 @@ def run_eval_benchmark(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--gt-per-image", type=int, default=7)
-    parser.add_argument("--dets-per-image", type=int, default=100)
-    parser.add_argument("--categories", type=int, default=20)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    result = run_eval_benchmark(args.images, args.gt_per_image, args.dets_per_image, args.categories,
-                                args.height, args.width, args.seed)
-    print(f"{result['num_images']} images, {result['num_gt']} gt, {result['num_detections']} detections")
-    timings, metrics = result["seconds"], result["metrics"]
-    print(f"\n{'backend':<18} {'bbox+segm eval [s]':>18} {'bbox_AP':>8} {'segm_AP':>8}")
-    for backend, seconds in timings.items():
-        m = metrics[backend]
-        print(f"{backend:<18} {seconds:>18.2f} {m['bbox_AP']:>8.4f} {m['segm_AP']:>8.4f}")
-    print(f"{'speed-up':<18} {timings['pycocotools'] / timings['faster_coco_eval']:>17.1f}x")
-    print(f"largest metric difference between backends: {result['max_metric_diff']:.2e}")
-
-
-if __name__ == "__main__":
-    main()
+def eval_rows(num_images: int = 5000, gt_per_image: int = 7, dets_per_image: int = 100, categories: int = 20,
+              height: int = 480, width: int = 640, seed: int = 0) -> list[tuple]:
+    """Report row: seconds of bbox + segm COCOeval, faster-coco-eval (ours) vs pycocotools."""
+    r = run_eval_benchmark(num_images, gt_per_image, dets_per_image, categories, height, width, seed)
+    s, m = r["seconds"], r["metrics"]["faster_coco_eval"]
+    print(f"eval: faster-coco-eval {s['faster_coco_eval']:.2f} s, pycocotools {s['pycocotools']:.2f} s, "
+          f"bbox AP {m['bbox_AP']:.4f}, segm AP {m['segm_AP']:.4f}", flush=True)
+    return [("eval", f"COCOeval bbox+segm, {r['num_images']} images [s]", s["faster_coco_eval"], s["pycocotools"],
+             f"pycocotools (ours = faster-coco-eval backend); {r['num_detections']} detections, {r['num_gt']} gt; "
+             f"bbox/segm AP {m['bbox_AP']:.4f}/{m['segm_AP']:.4f}; "
+             f"max metric diff {r['max_metric_diff']:.1e}; lower is better")]
