@@ -11,6 +11,7 @@ measured in one run on one machine, printed as one markdown table.
     python scripts/benchmark.py --task train --dataset cells --steps 300 --variant "grouping off=data.aspect_ratio_grouping=false"
     python scripts/benchmark.py --task train --train-dir D --train-ann A.json --val-dir D2 --val-ann B.json --num-classes 5
     python scripts/benchmark.py --eval-images 1000 --out docs/benchmark_cpu.md
+    python scripts/benchmark.py --task inference --iters 5 --score-thresh 0.0 [--compile]
 
 Tasks; the measuring code is in src/maskrcnn/benchmark/, and this file only maps options onto it:
   model   model_speed.py    train step (forward + backward, 2 images) and inference per image, ours
@@ -31,6 +32,10 @@ Tasks; the measuring code is in src/maskrcnn/benchmark/, and this file only maps
                             --variant "name=override override ..." adds a run of ours with extra
                             Hydra overrides (choosing another option of a group drops the matched
                             settings' keys of that group).
+  inference inference.py    R50-FPN inference at --size px: torchvision vs ours eager vs the fast
+                            path (optimize_for_inference: fold_bn, channels_last, bf16, compile),
+                            same weights, detections compared with torchvision's in the same run
+                            (its own table; runs alone; options after --task inference go to it).
 """
 
 from __future__ import annotations
@@ -69,9 +74,9 @@ TABLE_TASKS = {
     "eval": lambda a: eval_backends.eval_rows(a.eval_images, a.eval_gt_per_image, a.eval_dets_per_image,
                                               a.eval_categories, a.eval_height, a.eval_width, a.eval_seed),
     "memory": _memory,
-    # "inference": inference speed, measured by src/maskrcnn/benchmark/inference.py (added separately).
 }
-TASKS = (*TABLE_TASKS, "train")
+# Tasks with their own table and options, each run alone.
+TASKS = (*TABLE_TASKS, "train", "inference")
 
 
 def _table_options(p: argparse.ArgumentParser) -> None:
@@ -196,6 +201,12 @@ def run_train(args: argparse.Namespace, argv=None) -> str:
 
 
 def main(argv=None) -> str:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for i in range(len(argv) - 1):
+        if argv[i] == "--task" and argv[i + 1] == "inference":  # its own options: hand them over
+            from maskrcnn.benchmark import inference
+
+            return inference.format_table(inference.main(argv[:i] + argv[i + 2:]))
     args = parse_args(argv)
     if args.task == ["train"]:
         return run_train(args, argv)

@@ -188,3 +188,16 @@ def test_train_task_trains_evaluates_and_records_each_run(cli, tmp_path, capsys)
     assert "dataset nuts, 2 steps, sizes [64] max 96, seeds [0]" in capsys.readouterr().out
     assert table in out.read_text() and "--task train" in out.read_text()
     assert len(out.with_suffix(".jsonl").read_text().splitlines()) == 1
+
+
+def test_inference_task_times_torchvision_and_the_fast_path_and_compares_detections(cli, capsys):
+    table = cli.main(["--task", "inference", "--size", "96", "--iters", "1", "--threads", "1", "--score-thresh", "0.0"])
+    rows = _table_rows(table)
+    names = [r[0] for r in rows]
+    assert names[0].startswith("torchvision") and "ours, eager" in names
+    assert any(n.startswith("ours, fast") for n in names)
+    assert all(_positive(float(r[1])) for r in rows)  # ms/image
+    assert rows[0][2] == "1.00"  # ratios are to torchvision
+    eager = rows[names.index("ours, eager")]
+    assert eager[4] == "True"  # same weights, same labels as torchvision
+    assert "machine at start" in capsys.readouterr().out

@@ -556,7 +556,7 @@ def test_browse_dataset_skips_bad_annotations_and_names_unreadable_images(tmp_pa
 
 # ---------------------------------------------------------------- through the config and train(cfg)
 def _folder_cfg(tmp_path, train_annotations, *overrides):
-    from conftest import TINY, compose
+    from helpers.config import TINY, compose
 
     root = tmp_path / "data"
     root.mkdir()
@@ -741,7 +741,7 @@ def test_eval_rejects_a_val_file_whose_categories_differ_from_the_checkpoint(tmp
     would give an AP table under the wrong names."""
     import shutil
 
-    from conftest import compose
+    from helpers.config import compose
     from random_checkpoint import save_random_checkpoint
     from maskrcnn.training.pipeline import evaluate
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from maskrcnn.export import ExportWrapper, export_torchscript, run_exported
+from maskrcnn.inference.export_graph import ExportWrapper, export_torchscript, run_exported
 from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.modeling.fast_inference import BF16_TOLERANCE, fold_batchnorm, optimize_for_inference
 
@@ -37,7 +37,7 @@ def trained_like_norms(net: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def build_net(norm: str, seed: int = 0) -> nn.Module:
-    """A tiny R18-FPN (32 channels) giving a few dozen detections on noise images (cf. export.build_tiny_model)."""
+    """A tiny R18-FPN (32 channels) giving a few dozen detections on noise images (cf. tests/helpers/tiny_model.py)."""
     torch.manual_seed(seed)
     net = build_mask_rcnn(
         3,
@@ -175,7 +175,7 @@ def test_export_of_the_fast_copy_matches_eager(tmp_path):
 
 def test_predict_inference_groups():
     """conf/inference/{eager,fast}.yaml: eager keeps the net, fast's options build the fast copy."""
-    from conftest import compose
+    from helpers.config import compose
     from maskrcnn.modeling.fast_inference import InferenceRoIHeads
 
     base = ["ckpt_path=unused.ckpt", "input=unused"]

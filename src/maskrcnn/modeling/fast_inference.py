@@ -3,7 +3,7 @@ memory format, optional bf16 autocast and ``torch.compile``.
 
 ``optimize_for_inference(net)`` never changes ``net``: it deep-copies it, puts the copy in eval
 mode and rewrites the copy. The copy keeps ``MaskRCNN``'s interface (``copy(images)["detections"]``)
-and can be exported (``maskrcnn.export``) like the original. It cannot be trained: the folded
+and can be exported (``maskrcnn.inference.export_graph``) like the original. It cannot be trained: the folded
 BatchNorm layers are gone (replaced by ``nn.Identity``) and their statistics live in the conv
 weights.
 
