@@ -742,7 +742,7 @@ def test_eval_rejects_a_val_file_whose_categories_differ_from_the_checkpoint(tmp
     import shutil
 
     from helpers.config import compose
-    from random_checkpoint import save_random_checkpoint
+    from helpers.random_checkpoint import save_random_checkpoint
     from maskrcnn.training.pipeline import evaluate
 
     ckpt = save_random_checkpoint(tmp_path / "random.ckpt", data_dir=shapes_dir)

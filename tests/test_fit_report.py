@@ -150,7 +150,10 @@ def dense_small_json(path: Path, images: int = 4, per_image: int = 150) -> Path:
         side, aspect = rng.uniform(3, 30, per_image), rng.uniform(0.5, 2.0, per_image)
         w, h = side / np.sqrt(aspect), side * np.sqrt(aspect)
         x, y = rng.uniform(0, 800 - w), rng.uniform(0, 800 - h)
-        anns += [{"image_id": i, "category_id": int(c), "bbox": [float(a), float(b), float(c2), float(d)]}
+        # The box as a polygon: the report reads boxes, the json checks want a mask per object.
+        anns += [{"image_id": i, "category_id": int(c), "bbox": [float(a), float(b), float(c2), float(d)],
+                  "segmentation": [[float(a), float(b), float(a + c2), float(b), float(a + c2), float(b + d),
+                                    float(a), float(b + d)]]}
                  for a, b, c2, d, c in zip(x, y, w, h, rng.integers(1, 3, per_image))]
     return write_coco(path, [(i, 800, 800) for i in range(1, images + 1)], anns, {1: "cell", 2: "debris"})
 
