@@ -176,7 +176,6 @@ def test_to_markdown_ratio_and_cli_validation(cli):
     assert train.threads is None and train.steps == 150 and train.work_dir == "outputs/compare_training"
 
 
-@pytest.mark.slow  # trains R18-FPN from scratch (2 steps, 64 px) and evaluates it: minutes on a busy 2-core machine
 def test_train_task_trains_evaluates_and_records_each_run(cli, tmp_path, capsys):
     out = tmp_path / "compare.md"
     table = cli.main(["--task", "train", "--dataset", "nuts", "--seeds", "0", "--steps", "2", "--no-reference",
