@@ -54,6 +54,16 @@ def test_model_pair_train_times_are_positive():
 
 
 @pytest.mark.slow
+def test_model_rows_add_a_channels_last_train_row():
+    rows = model_speed.model_rows([64], iters=1, warmup=0, device="cpu", amp=None)
+    assert [r[1] for r in rows] == [
+        "R50-FPN train step [s/iter], 2 img 64x64", "R50-FPN train step [s/iter] (model.channels_last=true), 2 img 64x64",
+        "R50-FPN inference [s/image], 2 img 64x64"]
+    assert all(_positive(r[2]) and _positive(r[3]) for r in rows)
+    assert rows[0][3] == rows[1][3]  # both against the same torchvision timing
+
+
+@pytest.mark.slow
 def test_model_pair_resnet101_train_times_are_positive():
     times = model_speed.time_model_pair(64, "train", iters=1, warmup=0, arch="resnet101")
     assert set(times) == {"ours", "torchvision"} and all(_positive(t) for t in times.values())

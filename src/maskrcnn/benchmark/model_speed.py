@@ -24,6 +24,7 @@ import torch
 
 NUM_CLASSES_INCL_BG = 91
 IMPLS = ("ours", "torchvision")
+CHANNELS_LAST = "ours, channels_last"  # model.channels_last=true (modeling/memory_format.py)
 ARCHS = ("resnet50", "resnet101")
 
 
@@ -77,6 +78,10 @@ def _build(impl: str, size: int, state: dict, arch: str = "resnet50") -> tuple[t
     model = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size},
                                              backbone_name=arch)
     model.load_state_dict(state)
+    if impl == CHANNELS_LAST:
+        from maskrcnn.modeling.memory_format import use_channels_last
+
+        use_channels_last(model)
     criterion = build_criterion("ce")
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
 
@@ -117,7 +122,7 @@ def _step(model, loss_fn, images, targets, mode: str, device: str, amp: str | No
 
 def time_model_pair(
     size: int, mode: str, iters: int = 5, warmup: int = 1, device: str = "cpu", amp: str | None = None,
-    state: dict | None = None, arch: str = "resnet50",
+    state: dict | None = None, arch: str = "resnet50", impls: tuple[str, ...] = IMPLS,
 ) -> dict[str, float]:
     """Median seconds per call of ours vs torchvision (same weights), iterations interleaved.
 
@@ -129,9 +134,10 @@ def time_model_pair(
         amp: None, "fp16" or "bf16" (autocast).
         state: weights to load (default: ``reference_state(arch=arch)``).
         arch: "resnet50" or "resnet101" backbone.
+        impls: which models to time: "ours", "torchvision", ``CHANNELS_LAST``.
 
     Returns:
-        {"ours": median s per call, "torchvision": median s per call}.
+        {impl: median s per call} for every impl of ``impls``.
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"time_model_pair: mode must be 'train' or 'eval', got {mode!r}")
@@ -139,12 +145,12 @@ def time_model_pair(
     images, targets = make_batch(size)
     images = [im.to(device) for im in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    models = {impl: _build(impl, size, state, arch) for impl in IMPLS}
+    models = {impl: _build(impl, size, state, arch) for impl in impls}
     for model, _ in models.values():
         model.to(device)
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
     for step in range(warmup + iters):
-        order = IMPLS if step % 2 == 0 else IMPLS[::-1]
+        order = impls if step % 2 == 0 else impls[::-1]
         for impl in order:
             model, loss_fn = models[impl]
             seconds = _step(model, loss_fn, images, targets, mode, device, amp, seed=step)
@@ -198,13 +204,15 @@ def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
         name, baseline = _names(arch)
         for size in sizes:
             for mode, label, per in (("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", 2)):
-                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch)
-                print(f"model {name} {size}px {mode}: ours {t['ours']:.3f} s, torchvision {t['torchvision']:.3f} s",
-                      flush=True)
-                rate = f"= {2 / t['ours']:.1f} vs {2 / t['torchvision']:.1f} images/s; " if mode == "train" else ""
-                rows.append(("model", f"{name} {label}, 2 img {size}x{size}", t["ours"] / per,
-                             t["torchvision"] / per,
-                             f"torchvision {baseline}, same weights; {where}; median of {iters}; {rate}lower is better"))
+                impls = (*IMPLS, CHANNELS_LAST) if mode == "train" else IMPLS
+                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch, impls=impls)
+                print(f"model {name} {size}px {mode}: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.items()), flush=True)
+                for impl, suffix in ((i, "" if i == "ours" else " (model.channels_last=true)") for i in impls
+                                     if i != "torchvision"):
+                    rate = f"= {2 / t[impl]:.1f} vs {2 / t['torchvision']:.1f} images/s; " if mode == "train" else ""
+                    rows.append(("model", f"{name} {label}{suffix}, 2 img {size}x{size}", t[impl] / per,
+                                 t["torchvision"] / per,
+                                 f"torchvision {baseline}, same weights; {where}; median of {iters}; {rate}lower is better"))
     return rows
 
 

@@ -8,8 +8,8 @@ BatchNorm layers are gone (replaced by ``nn.Identity``) and their statistics liv
 weights.
 
 Always done (exact up to float32 summation order): the mask branch computes only the logits of
-each detection's class (``InferenceRoIHeads``), and with ``channels_last`` the FPN features are
-made NCHW once before the RoI heads (torchvision's CPU roi_align would copy them per call).
+each detection's class (``InferenceRoIHeads``). ``channels_last`` is ``memory_format.use_channels_last``,
+the same switch that ``model.channels_last`` applies in training.
 
 Numerics (measured numbers in docs/benchmark_cpu.md and tests/test_fast_inference.py):
 
@@ -35,6 +35,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from .backbone import ResNetBody
 from .heads import MaskRCNNPredictor
+from .memory_format import use_channels_last
 from .roi_heads import RoIHeads
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
@@ -106,19 +107,6 @@ def fold_batchnorm(module: nn.Module) -> int:
                 setattr(parent, norm_name, nn.Identity())
                 folded += 1
     return folded
-
-
-def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: the padded image batch Tensor[B, 3, H, W] enters the backbone as channels_last."""
-    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, Tensor) and a.dim() == 4 else a
-                 for a in args)
-
-
-def _features_to_nchw(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook of the RoI heads: torchvision's CPU roi_align makes its input contiguous
-    (NCHW) on every call; converting each FPN level once here saves one copy per pooler."""
-    features, *rest = args
-    return ({name: f.contiguous() for name, f in features.items()}, *rest)
 
 
 class InferenceRoIHeads(RoIHeads):
@@ -222,15 +210,14 @@ def optimize_for_inference(
     if fold_bn:
         fold_batchnorm(fast.backbone)
     if channels_last:
-        for name in ("backbone", "rpn.head", "roi_heads.mask_head", "roi_heads.mask_predictor"):
-            parts[name].to(memory_format=torch.channels_last)
-        fast.backbone.register_forward_pre_hook(_to_channels_last)
-        fast.roi_heads.register_forward_pre_hook(_features_to_nchw)
+        use_channels_last(fast)
     if bf16:
         for module in parts.values():
             # an instance attribute shadows the class's forward for nn.Module.__call__
             module.forward = functools.partial(_autocast_forward, module.forward)
     if compile:
         for module in parts.values():
-            module.compile(dynamic=False)
+            # freezing: weights become constants, so inductor pre-packs them for oneDNN once
+            # instead of reordering them on every call (the conv weights are fixed here anyway)
+            module.compile(dynamic=False, options={"freezing": True})
     return fast
