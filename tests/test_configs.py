@@ -201,3 +201,17 @@ def test_real_data_options_get_the_standard_recipe(data, tmp_path):
     assert (cfg.augmentation.min_size, cfg.augmentation.max_size) == (800, 1333)
     assert cfg.model.rpn.anchor_sizes[0] == [32] and cfg.model.roi_heads.representation_size == 1024
     assert cfg.optimizer.lr_per_16_images == 0.02
+
+
+def test_small_data_recipe_settings_and_user_choices_win(tmp_path):
+    """experiment=small_data on a user's folder: the measured recipe (AdamW 0.004 per 16 images +
+    warm-up/cosine, fitted anchors, 300 detections, 2000 steps); a group the user picks still wins."""
+    folder = ["data=folder", "data.root=/some/where", "data.num_classes=2"]
+    cfg = compose(["experiment=small_data", *folder], output_dir=tmp_path)
+    assert cfg.optimizer.fn._target_ == "torch.optim.AdamW" and cfg.optimizer.lr_per_16_images == 0.004
+    assert cfg.scheduler._target_.endswith("warmup_cosine") and cfg.scheduler.warmup_steps == 100
+    assert cfg.model.rpn.anchor_sizes == "auto" and cfg.model.roi_heads.detections_per_img == 300
+    assert cfg.trainer.max_steps == 2000 and cfg.trainer.val_check_interval == 200
+    assert cfg.model.backbone.name == "resnet50"  # the model stays the user's (default) choice
+    mine = compose(["experiment=small_data", *folder, "optimizer=sgd", "model=resnet18_fpn"], output_dir=tmp_path)
+    assert mine.optimizer.fn._target_ == "torch.optim.SGD" and mine.model.backbone.name == "resnet18"

@@ -82,3 +82,20 @@ def test_a_run_skipping_few_steps_finishes_with_a_summary(tiny, shapes_dir, tmp_
         _, objects = train(cfg)
     assert objects["module"].skipped_steps == 2
     assert "nonfinite_loss=skip: skipped 2 of 6 training steps (33.3%) for a non-finite loss" in caplog.text
+
+
+def test_small_data_recipe_trains_and_validates_by_steps(tiny, shapes_dir, tmp_path):
+    """experiment=small_data end to end (tiny sizes): AdamW + cosine steps, fitted anchors, validation
+    by step count; the run summary names what the recipe chose."""
+    steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+             "scheduler.warmup_steps=2"]
+    cfg = compose(["experiment=small_data", *tiny, *steps, "augmentation.multiscale_sizes=[56,64]",
+                   "augmentation.max_size=64"], output_dir=tmp_path, data_dir=shapes_dir)
+    metrics, objects = train(cfg)
+    trainer = objects["trainer"]
+    assert trainer.global_step == 4
+    assert type(trainer.optimizers[0]).__name__ == "AdamW"
+    assert objects["module"].net.rpn.anchor_generator.sizes != ((32,), (64,), (128,), (256,), (512,))
+    assert "val/segm_AP" in metrics
+    summary = (tmp_path / "run_summary.txt").read_text()
+    assert "AdamW" in summary
