@@ -9,6 +9,7 @@ by whole pixels. Checked with FrozenBatchNorm2d and eval-mode BatchNorm2d, at tw
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -184,3 +185,15 @@ def test_predict_inference_groups():
     fast = optimize_for_inference(build_net("frozen_bn"), **options)
     assert isinstance(fast.roi_heads, InferenceRoIHeads)
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())
+
+
+@pytest.mark.slow  # inductor builds C++ kernels: 15 s with a warm cache, minutes without, on 2 cores
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
+def test_compiled_copy_gives_eager_detections():
+    """compile=True (inductor, weights frozen) keeps eager's detections, on two batches of one size."""
+    net = build_net("frozen_bn")
+    fast = optimize_for_inference(net, compile=True)
+    size = SIZES[0]
+    for seeds in ((1, 2), (3, 4)):
+        images = [_image(size, seed) for seed in seeds]
+        assert_same_detections(_detect(fast, images), _detect(net, images))
