@@ -25,6 +25,10 @@ import torch
 NUM_CLASSES_INCL_BG = 91
 IMPLS = ("ours", "torchvision")
 CHANNELS_LAST = "ours, channels_last"  # model.channels_last=true (modeling/memory_format.py)
+# + model.roi_align.backward_threads=2 (modeling/roi_align_threads.py)
+CHANNELS_LAST_THREADS = "ours, channels_last + backward_threads"
+_SUFFIX = {CHANNELS_LAST: " (model.channels_last=true)",
+           CHANNELS_LAST_THREADS: " (model.channels_last=true model.roi_align.backward_threads=2)"}
 ARCHS = ("resnet50", "resnet101")
 
 
@@ -78,10 +82,12 @@ def _build(impl: str, size: int, state: dict, arch: str = "resnet50") -> tuple[t
     model = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size},
                                              backbone_name=arch)
     model.load_state_dict(state)
-    if impl == CHANNELS_LAST:
+    if impl in (CHANNELS_LAST, CHANNELS_LAST_THREADS):
         from maskrcnn.modeling.memory_format import use_channels_last
 
         use_channels_last(model)
+    if impl == CHANNELS_LAST_THREADS:
+        model.roi_heads.box_pooler.backward_threads = model.roi_heads.mask_pooler.backward_threads = 2
     criterion = build_criterion("ce")
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
 
@@ -134,7 +140,7 @@ def time_model_pair(
         amp: None, "fp16" or "bf16" (autocast).
         state: weights to load (default: ``reference_state(arch=arch)``).
         arch: "resnet50" or "resnet101" backbone.
-        impls: which models to time: "ours", "torchvision", ``CHANNELS_LAST``.
+        impls: which models to time: "ours", "torchvision", ``CHANNELS_LAST``, ``CHANNELS_LAST_THREADS``.
 
     Returns:
         {impl: median s per call} for every impl of ``impls``.
@@ -204,11 +210,10 @@ def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
         name, baseline = _names(arch)
         for size in sizes:
             for mode, label, per in (("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", 2)):
-                impls = (*IMPLS, CHANNELS_LAST) if mode == "train" else IMPLS
+                impls = (*IMPLS, CHANNELS_LAST, CHANNELS_LAST_THREADS) if mode == "train" else IMPLS
                 t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch, impls=impls)
                 print(f"model {name} {size}px {mode}: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.items()), flush=True)
-                for impl, suffix in ((i, "" if i == "ours" else " (model.channels_last=true)") for i in impls
-                                     if i != "torchvision"):
+                for impl, suffix in ((i, _SUFFIX.get(i, "")) for i in impls if i != "torchvision"):
                     rate = f"= {2 / t[impl]:.1f} vs {2 / t['torchvision']:.1f} images/s; " if mode == "train" else ""
                     rows.append(("model", f"{name} {label}{suffix}, 2 img {size}x{size}", t[impl] / per,
                                  t["torchvision"] / per,

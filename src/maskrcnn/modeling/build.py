@@ -29,6 +29,7 @@ _ROI_ALIGN_DEFAULTS = {
     "interpolation": "bilinear",
     "box_output_size": 7,
     "mask_output_size": 14,
+    "backward_threads": 1,
 }
 
 
@@ -64,7 +65,8 @@ def build_mask_rcnn(
         transform: kwargs of ``ImageTransform`` (min_size, max_size, image_mean, image_std,
             size_divisible, resize_in_training); its defaults are torchvision's.
         roi_align: aligned (False), sampling_ratio (2), interpolation ("bilinear"|"bicubic"),
-            box_output_size (7), mask_output_size (14); applied to both poolers. ``aligned``
+            box_output_size (7), mask_output_size (14), backward_threads (1: torchvision's
+            serial CPU backward; N > 1 splits it over N threads); applied to both poolers. ``aligned``
             also chooses the mask targets' and the mask paste's geometry (half-pixel-correct
             throughout, as detectron2; False is torchvision's legacy geometry everywhere).
         mask_format: "prob" | "binary" | "rle" (see MaskRCNN).
@@ -82,7 +84,7 @@ def build_mask_rcnn(
     body = build_backbone(**backbone)
     channels = body.out_channels
     align = _merge(_ROI_ALIGN_DEFAULTS, roi_align, "roi_align")
-    pooler_kwargs = {k: align[k] for k in ("aligned", "sampling_ratio", "interpolation")}
+    pooler_kwargs = {k: align[k] for k in ("aligned", "sampling_ratio", "interpolation", "backward_threads")}
     box_pooler = MultiScaleRoIAlign(output_size=align["box_output_size"], **pooler_kwargs)
     mask_pooler = MultiScaleRoIAlign(output_size=align["mask_output_size"], **pooler_kwargs)
 
