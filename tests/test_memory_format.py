@@ -78,7 +78,9 @@ def test_use_channels_last_is_idempotent():
     hooks = (len(net.backbone._forward_pre_hooks), len(net.roi_heads._forward_pre_hooks))
     use_channels_last(net)
     assert (len(net.backbone._forward_pre_hooks), len(net.roi_heads._forward_pre_hooks)) == hooks == (1, 1)
-    assert all(net.get_submodule(p) is not None for p in CONV_PARTS)
+    for path in CONV_PARTS:  # every conv weight of every part, not only the backbone's first
+        convs = [m.weight for m in net.get_submodule(path).modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs), path
 
 
 def backbone_step(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

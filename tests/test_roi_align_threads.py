@@ -33,9 +33,11 @@ def test_forward_exact_and_gradient_within_float32_reordering(threads, aligned):
                lambda f: roi_align_threaded_backward(f, rois, (7, 7), 0.25, 2, aligned, threads)):
         f = feature.clone().requires_grad_(True)
         out = fn(f)
+        results.append(type(out.grad_fn).__name__)
         (out * upstream).sum().backward()
         results.append((out.detach(), f.grad))
-    (ref_out, ref_grad), (out, grad) = results
+    ref_fn, (ref_out, ref_grad), threaded_fn, (out, grad) = results
+    assert "RoIAlignThreadedBackward" in threaded_fn and "RoIAlignThreadedBackward" not in ref_fn
     assert torch.equal(out, ref_out)
     assert grad.shape == ref_grad.shape and grad.is_contiguous()
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)

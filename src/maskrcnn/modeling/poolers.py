@@ -203,13 +203,15 @@ class MultiScaleRoIAlign(nn.Module):
     ) -> None:
         super().__init__()
         if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"MultiScaleRoIAlign: interpolation must be in {_INTERPOLATIONS}, got {interpolation!r}")
+            raise ValueError(f"MultiScaleRoIAlign: interpolation (model.roi_align.interpolation) must be in {_INTERPOLATIONS}, "
+                             f"got {interpolation!r}")
         if interpolation == "bicubic" and sampling_ratio <= 0:
             raise ValueError(f"MultiScaleRoIAlign: bicubic needs sampling_ratio > 0, got {sampling_ratio}")
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
         if not isinstance(backward_threads, int) or isinstance(backward_threads, bool) or backward_threads < 1:
-            raise ValueError(f"MultiScaleRoIAlign: backward_threads must be an integer >= 1, got {backward_threads!r}")
+            raise ValueError(f"MultiScaleRoIAlign: backward_threads (model.roi_align.backward_threads) must be an "
+                             f"integer >= 1, got {backward_threads!r}")
         self.backward_threads = backward_threads
         self.featmap_names = list(featmap_names)
         self.output_size = tuple(int(s) for s in output_size)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
+from torchvision.ops import roi_align
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
@@ -67,8 +68,6 @@ def roi_align_threaded_backward(feature: Tensor, rois: Tensor, output_size: tupl
     plain = (threads <= 1 or not feature.requires_grad or feature.device.type != "cpu" or torch.jit.is_tracing()
              or feature.dtype != torch.float32 or torch.is_autocast_enabled("cpu"))
     if plain:
-        from torchvision.ops import roi_align
-
         return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return _RoIAlignThreadedBackward.apply(feature.contiguous(), rois, tuple(output_size), float(spatial_scale),
                                            int(sampling_ratio), bool(aligned), int(threads))
