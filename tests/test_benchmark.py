@@ -201,13 +201,21 @@ def test_train_task_trains_evaluates_and_records_each_run(cli, tmp_path, capsys)
 
 
 def test_inference_task_times_torchvision_and_the_fast_path_and_compares_detections(cli, capsys):
-    table = cli.main(["--task", "inference", "--size", "96", "--iters", "1", "--threads", "1", "--score-thresh", "0.0"])
+    table = cli.main(["--task", "inference", "--size", "96", "--iters", "1", "--threads", "1"])
     rows = _table_rows(table)
     names = [r[0] for r in rows]
     assert names[0].startswith("torchvision") and "ours, eager" in names
     assert any(n.startswith("ours, fast") for n in names)
     assert all(_positive(float(r[1])) for r in rows)  # ms/image
     assert rows[0][2] == "1.00"  # ratios are to torchvision
-    eager = rows[names.index("ours, eager")]
-    assert eager[4] == "True"  # same weights, same labels as torchvision
+    # calibrated predictors: the random model detects at the default score threshold, like a trained one
+    assert int(rows[0][3]) > 0
+    assert rows[0][9] == "–"  # torchvision is the reference of the float64 columns (9-11)
+    for row in rows[1:]:
+        if "bf16" in row[0]:  # reported, not required to match; not rebuilt in float64
+            assert row[9:12] == ["–", "–", "–"]
+            continue
+        # float32: same detections within 1e-3 px / 1e-4 / 1e-3; float64: the rewrites are exact algebra
+        assert row[3] == rows[0][3] and row[4] == "True" and row[8] == "True", row
+        assert row[9] == "True" and float(row[10]) < 1e-9 and float(row[11]) < 1e-12, row
     assert "machine at start" in capsys.readouterr().out

@@ -19,6 +19,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from maskrcnn.inference.export_graph import ExportWrapper, export_torchscript, run_exported
 from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.modeling.fast_inference import BF16_TOLERANCE, fold_batchnorm, optimize_for_inference
+from maskrcnn.modeling.onednn_linear import OneDNNLinear
+from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 
 SIZES = ((96, 128), (160, 112))
 
@@ -88,11 +90,14 @@ def assert_same_detections(fast: list[dict], eager: list[dict]) -> None:
 
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
 @pytest.mark.parametrize("options", [
-    {},  # fold_bn + channels_last, the defaults
-    {"fold_bn": True, "channels_last": False},
-    {"fold_bn": False, "channels_last": True},
+    {},  # fold_bn + channels_last + roi_align_threads + onednn_linear, the defaults
+    {"fold_bn": True, "channels_last": False, "roi_align_threads": False, "onednn_linear": False},
+    {"fold_bn": False, "channels_last": True, "roi_align_threads": False, "onednn_linear": False},
+    {"fold_bn": False, "channels_last": False, "roi_align_threads": True, "onednn_linear": False},
+    {"fold_bn": False, "channels_last": False, "roi_align_threads": False, "onednn_linear": True},
 ])
-def test_fast_copy_gives_eager_detections(norm, options):
+def test_fast_copy_gives_eager_detections(norm, options, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # roi_align_threads: split even on 1 core
     net = build_net(norm)
     fast = optimize_for_inference(net, **options)
     for size in SIZES:
@@ -172,6 +177,21 @@ def test_export_of_the_fast_copy_matches_eager(tmp_path):
     torch.testing.assert_close(exported[0], eager[0], atol=1e-3, rtol=0)
     torch.testing.assert_close(exported[2], eager[2], atol=1e-4, rtol=0)
     torch.testing.assert_close(exported[3], eager[3], atol=1e-3, rtol=0)
+
+
+def test_fast_copy_switches_the_poolers_and_linear_layers_and_leaves_the_state_dict():
+    net = build_net("frozen_bn")
+    fast = optimize_for_inference(net, fold_bn=False, channels_last=False)
+    poolers = [m for m in fast.modules() if isinstance(m, MultiScaleRoIAlign)]
+    assert len(poolers) == 2 and all(p.forward_threads == 0 for p in poolers)
+    linears = [m for m in fast.roi_heads.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(isinstance(m, OneDNNLinear) for m in linears)
+    assert all(p.forward_threads == 1 for p in net.modules() if isinstance(p, MultiScaleRoIAlign))
+    assert not any(isinstance(m, OneDNNLinear) for m in net.modules())
+    assert fast.state_dict().keys() == net.state_dict().keys()
+    off = optimize_for_inference(net, roi_align_threads=False, onednn_linear=False)
+    assert not any(isinstance(m, OneDNNLinear) for m in off.modules())
+    assert all(p.forward_threads == 1 for p in off.modules() if isinstance(p, MultiScaleRoIAlign))
 
 
 def test_predict_inference_groups():

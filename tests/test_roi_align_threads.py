@@ -1,5 +1,6 @@
-"""roi_align.backward_threads (modeling/roi_align_threads.py): the forward is torchvision's exactly,
-the gradient equals torchvision's up to the order of float32 sums, and the option reaches the poolers."""
+"""roi_align.backward_threads and the inference copy's forward_threads (modeling/roi_align_threads.py):
+the forward is torchvision's exactly, the gradient equals torchvision's up to the order of float32
+sums, and the options reach the poolers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from helpers.config import compose
 from torchvision.ops import roi_align
 
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
-from maskrcnn.modeling.roi_align_threads import roi_align_threaded_backward
+from maskrcnn.modeling import roi_align_threads
+from maskrcnn.modeling.roi_align_threads import roi_align_forward_threads, roi_align_threaded_backward
 
 
 def _rois(num: int, batch: int, size: float, seed: int = 0) -> torch.Tensor:
@@ -71,3 +73,45 @@ def test_pooler_validates_and_config_reaches_both_poolers():
     net = instantiate(compose(["model.roi_align.backward_threads=2"]).model, _convert_="all")
     assert net.roi_heads.box_pooler.backward_threads == 2 and net.roi_heads.mask_pooler.backward_threads == 2
     assert compose([]).model.roi_align.backward_threads == 1
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_inference_forward_split_over_threads_is_bit_identical(threads, aligned, monkeypatch):
+    submitted = []
+    real_pool = roi_align_threads._pool
+
+    def spy(n):
+        submitted.append(n)
+        return real_pool(n)
+
+    monkeypatch.setattr(roi_align_threads, "_pool", spy)
+    feature = torch.randn(2, 8, 24, 32, generator=torch.Generator().manual_seed(2))
+    rois = _rois(40, 2, 96.0, seed=3)
+    with torch.no_grad():
+        out = roi_align_forward_threads(feature, rois, (7, 7), 0.25, 2, aligned, threads)
+    assert submitted == [threads] * threads  # really split: one job per thread
+    assert torch.equal(out, roi_align(feature, rois, (7, 7), 0.25, 2, aligned))
+
+
+def test_inference_forward_falls_back_when_a_gradient_is_needed_or_one_thread(monkeypatch):
+    monkeypatch.setattr(roi_align_threads, "_pool", lambda n: pytest.fail("no split expected"))
+    feature = torch.randn(1, 4, 16, 16)
+    rois = _rois(6, 1, 64.0)
+    ref = roi_align(feature, rois, (7, 7), 0.25, 2, False)
+    assert torch.equal(roi_align_forward_threads(feature, rois, (7, 7), 0.25, 2, False, 1), ref)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert torch.equal(roi_align_forward_threads(feature, rois, (7, 7), 0.25, 2, False, 0), ref)  # 0 = torch's
+    f = feature.clone().requires_grad_(True)
+    out = roi_align_forward_threads(f, rois, (7, 7), 0.25, 2, False, 4)
+    assert out.grad_fn is not None  # torchvision's op, with its autograd
+
+
+def test_pooler_forward_threads_gives_the_same_pooled_features():
+    features = {str(i): torch.randn(1, 8, 64 // 2**i, 64 // 2**i) for i in range(4)}
+    boxes = [torch.tensor([[0.0, 0.0, 200.0, 200.0], [10.0, 20.0, 40.0, 60.0], [5.0, 5.0, 120.0, 90.0]])]
+    pooler = MultiScaleRoIAlign(output_size=7)
+    with torch.no_grad():
+        ref = pooler(features, boxes, [(256, 256)])
+        pooler.forward_threads = 2
+        assert torch.equal(pooler(features, boxes, [(256, 256)]), ref)

@@ -13,8 +13,10 @@ the same switch that ``model.channels_last`` applies in training.
 
 Numerics (measured numbers in docs/benchmark_cpu.md and tests/test_fast_inference.py):
 
-- ``fold_bn`` and ``channels_last`` only reorder float32 arithmetic: identical labels, boxes within
-  1e-3 px, scores within 1e-4, mask probabilities within 1e-3 of eager mode.
+- ``fold_bn``, ``channels_last`` and ``onednn_linear`` only reorder float32 arithmetic: identical
+  labels, boxes within 1e-3 px, scores within 1e-4, mask probabilities within 1e-3 of eager mode
+  (in float64 they agree with torchvision to ~1e-12 px: the rewrites are exact algebra).
+- ``roi_align_threads`` changes nothing: each thread runs torchvision's kernel on its RoIs.
 - ``bf16`` runs the convolutions / linear layers in bfloat16 (8-bit mantissa): boxes move by
   pixels, scores by ~1e-2, and the detection list itself may change. Use it only where that is
   acceptable, and measure on your data.
@@ -36,6 +38,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from .backbone import ResNetBody
 from .heads import MaskRCNNPredictor
 from .memory_format import use_channels_last
+from .onednn_linear import use_onednn_linear
+from .poolers import MultiScaleRoIAlign
 from .roi_heads import RoIHeads
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
@@ -178,6 +182,8 @@ def optimize_for_inference(
     *,
     fold_bn: bool = True,
     channels_last: bool = True,
+    roi_align_threads: bool = True,
+    onednn_linear: bool = True,
     compile: bool = False,  # noqa: A002 (mirrors torch.compile / nn.Module.compile)
     bf16: bool = False,
 ) -> nn.Module:
@@ -189,6 +195,10 @@ def optimize_for_inference(
         channels_last: NHWC memory format for the backbone + FPN, the RPN head and the mask head
             (and the image batch entering the backbone); oneDNN convolutions then skip the
             NCHW <-> blocked reorders around every conv.
+        roi_align_threads: split the RoIs of each RoIAlign over ``torch.get_num_threads()`` CPU
+            threads (torchvision's CPU kernel is serial); bit-identical outputs.
+        onednn_linear: run the box head's and box predictor's linear layers on oneDNN's matmul
+            instead of the BLAS sgemm (``modeling/onednn_linear.py``); float32 sums reordered.
         compile: ``nn.Module.compile()`` the backbone, RPN head and box / mask heads (inductor;
             the data-dependent NMS / sampling code between them stays eager).
         bf16: run the backbone, RPN head and box / mask heads under CPU bfloat16 autocast, with
@@ -211,6 +221,12 @@ def optimize_for_inference(
         fold_batchnorm(fast.backbone)
     if channels_last:
         use_channels_last(fast)
+    if roi_align_threads:
+        for module in fast.modules():
+            if isinstance(module, MultiScaleRoIAlign):
+                module.forward_threads = 0  # as many as torch has when it runs
+    if onednn_linear:
+        use_onednn_linear(fast.roi_heads)
     if bf16:
         for module in parts.values():
             # an instance attribute shadows the class's forward for nn.Module.__call__

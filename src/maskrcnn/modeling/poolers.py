@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from .roi_align_threads import roi_align_threaded_backward
+from .roi_align_threads import roi_align_forward_threads, roi_align_threaded_backward
 
 _INTERPOLATIONS = ("bilinear", "bicubic")
 # Keys cubic-convolution parameter; -0.5 (Catmull-Rom) is the only value that is exact on linear signals.
@@ -187,6 +187,10 @@ class MultiScaleRoIAlign(nn.Module):
         backward_threads: > 1 splits the bilinear backward's RoIs over that many CPU threads
             (``roi_align_threads``: faster training on CPU, gradient sums reordered); 1 = torchvision's.
 
+    ``forward_threads`` (attribute, not an argument; set by the inference copy of
+    ``modeling.fast_inference``): != 1 splits the forward's RoIs over that many CPU threads
+    (0 = ``torch.get_num_threads()``) when no gradient is needed; bit-identical outputs.
+
     Holds no parameters or buffers, so it never appears in a state dict.
     """
 
@@ -213,6 +217,7 @@ class MultiScaleRoIAlign(nn.Module):
             raise ValueError(f"MultiScaleRoIAlign: backward_threads (model.roi_align.backward_threads) must be an "
                              f"integer >= 1, got {backward_threads!r}")
         self.backward_threads = backward_threads
+        self.forward_threads = 1
         self.featmap_names = list(featmap_names)
         self.output_size = tuple(int(s) for s in output_size)
         self.sampling_ratio = sampling_ratio
@@ -227,6 +232,9 @@ class MultiScaleRoIAlign(nn.Module):
         if self.backward_threads > 1:
             return roi_align_threaded_backward(feature, rois, self.output_size, scale, self.sampling_ratio,
                                                self.aligned, self.backward_threads)
+        if self.forward_threads != 1:
+            return roi_align_forward_threads(feature, rois, self.output_size, scale, self.sampling_ratio,
+                                             self.aligned, self.forward_threads)
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
     def forward(

@@ -1,4 +1,7 @@
-"""Bilinear RoIAlign whose backward splits the RoIs over CPU threads (``roi_align.backward_threads``).
+"""Bilinear RoIAlign whose forward and backward split the RoIs over CPU threads.
+
+Used by ``model.roi_align.backward_threads`` (training: forward and backward) and by the
+inference copy of ``inference=fast`` (``forward_threads``: forward only, no autograd).
 
 torchvision's CPU ``_roi_align_backward`` kernel is serial: it loops over every (RoI, channel,
 bin, sample) and scatters into the feature gradient, recomputing the bilinear weights per channel.
@@ -6,7 +9,11 @@ In a CPU training step it is 16 % of the time (docs/benchmark_cpu.md) while the 
 Here each of ``threads`` workers runs the same kernel on its share of the RoIs into its own
 zero-initialised gradient (the kernel releases the GIL), and the partial gradients are added.
 
-Numerics: the forward is torchvision's, unchanged. The gradient has the same terms, but where RoIs
+The forward kernel is serial too (about 1/6 of an 800 px inference with 1000 proposals on 2
+cores); split over the RoIs it gives bit-identical outputs, since every output element is
+computed by the same code from the same inputs, only in another thread.
+
+Numerics: the forward is exactly torchvision's. The gradient has the same terms, but where RoIs
 of different shares overlap a feature pixel their contributions are summed in another order
 (relative differences ~1e-7; tests/test_roi_align_threads.py). Memory: one extra feature-map-sized
 gradient per extra thread during the backward.
@@ -29,22 +36,64 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
+def _shares(count: int, threads: int) -> list[tuple[int, int]]:
+    """Contiguous, non-empty [start, end) ranges splitting ``count`` RoIs over ``threads`` workers."""
+    bounds = torch.linspace(0, count, threads + 1).round().long().tolist()
+    return [(s, e) for s, e in zip(bounds, bounds[1:]) if e > s]
+
+
+def roi_align_threaded_forward(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+                               sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
+    """torchvision's RoIAlign forward kernel run on ``threads`` shares of ``rois`` at once.
+
+    Args:
+        feature: Tensor[B, C, H, W] float, contiguous (NCHW).
+        rois: Tensor[K, 5] float, batch index + xyxy in image pixels.
+
+    Returns:
+        Tensor[K, C, P, Q], bit-identical to ``torchvision.ops.roi_align``. No autograd graph.
+    """
+    ph, pw = output_size
+    shares = _shares(rois.shape[0], threads)
+    if len(shares) <= 1:
+        return torch.ops.torchvision.roi_align(feature, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+    jobs = [_pool(threads).submit(torch.ops.torchvision.roi_align, feature, rois[s:e], spatial_scale, ph, pw,
+                                  sampling_ratio, aligned) for s, e in shares]
+    return torch.cat([job.result() for job in jobs])
+
+
+def roi_align_forward_threads(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+                              sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
+    """``torchvision.ops.roi_align`` (same arguments) for inference, its RoIs split over ``threads``
+    CPU threads (0: ``torch.get_num_threads()`` at call time).
+
+    Falls back to torchvision's op where it cannot split or need not: a gradient is needed,
+    a non-CPU or non-float32 feature, CPU autocast, tracing / compiling (the graph keeps one op).
+    """
+    threads = threads or torch.get_num_threads()
+    plain = (threads <= 1 or feature.requires_grad or rois.requires_grad or feature.device.type != "cpu"
+             or feature.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
+             or torch.jit.is_scripting() or torch.compiler.is_compiling())
+    if plain:
+        return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return roi_align_threaded_forward(feature.contiguous(), rois, tuple(output_size), float(spatial_scale),
+                                      int(sampling_ratio), bool(aligned), int(threads))
+
+
 class _RoIAlignThreadedBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
                 sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
         ctx.save_for_backward(rois)
         ctx.settings = (tuple(feature.shape), output_size, spatial_scale, sampling_ratio, aligned, threads)
-        return torch.ops.torchvision.roi_align(feature, rois, spatial_scale, output_size[0], output_size[1],
-                                               sampling_ratio, aligned)
+        return roi_align_threaded_forward(feature, rois, output_size, spatial_scale, sampling_ratio, aligned, threads)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (rois,) = ctx.saved_tensors
         (b, c, h, w), (ph, pw), scale, ratio, aligned, threads = ctx.settings
         grad = grad.contiguous()
-        bounds = torch.linspace(0, rois.shape[0], threads + 1).round().long().tolist()
-        shares = [(grad[s:e], rois[s:e]) for s, e in zip(bounds, bounds[1:]) if e > s]
+        shares = [(grad[s:e], rois[s:e]) for s, e in _shares(rois.shape[0], threads)]
         if len(shares) <= 1:
             out = torch.ops.torchvision._roi_align_backward(grad, rois, scale, ph, pw, b, c, h, w, ratio, aligned)
         else:
@@ -59,7 +108,7 @@ class _RoIAlignThreadedBackward(torch.autograd.Function):
 def roi_align_threaded_backward(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
                                 sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
     """``torchvision.ops.roi_align`` (same arguments; ``rois``: Tensor[K, 5] float, batch index + xyxy
-    in image pixels) with the backward split over ``threads`` CPU threads.
+    in image pixels) with the forward and backward split over ``threads`` CPU threads.
 
     Falls back to torchvision's op when there is nothing to split: ``threads`` <= 1, no gradient
     needed, a non-CPU tensor (CUDA's backward kernel is already parallel), a non-float32 feature or
