@@ -1,17 +1,17 @@
 """Inference speed: torchvision's ``maskrcnn_resnet50_fpn`` vs our MaskRCNN, eager and optimised.
 
-All models hold the SAME random weights (torchvision's seeded init, no download) with trained-like
-BatchNorm statistics and affine parameters, so folding BatchNorm really rewrites the convolutions.
+All models hold the SAME random weights (torchvision's seeded init, no download) made to behave
+like trained ones (``trained_like_weights``): BatchNorm with non-trivial statistics and affine
+parameters, so folding really rewrites the convolutions, and predictors calibrated to a trained
+model's output spread, so the RPN proposes 1000 boxes and detections pass the score threshold.
 They run in one process, one image of ``size`` x ``size`` per call (batch 1), all cores; every
 repetition runs every model once, in an order that rotates between repetitions, so background
 load slows all of them alike. Detections of each of our variants are compared with torchvision's
 in the same run (labels, boxes, scores, masks).
 
-The float32 differences mix two things: what a rewrite changes algebraically and float32
-rounding in a different order, which the random model amplifies (features of magnitude ~1e3,
-scores near 0 or 1). ``float64=True`` (the default) therefore also builds every float32 variant
-and torchvision in float64 from the same weights and compares those detections: there a
-rewrite that is exact algebra agrees with torchvision to ~1e-9 px.
+The float32 differences are rounding in another order. ``float64=True`` (the default) also
+rebuilds every exact variant and torchvision in float64 from the same weights and compares
+those detections: a rewrite that is exact algebra agrees there to ~1e-12 px.
 
     python -m maskrcnn.benchmark.inference                      # 800 px, 3 timed repetitions
     python -m maskrcnn.benchmark.inference --iters 1 --size 320 # smoke run
