@@ -115,3 +115,12 @@ def test_pooler_forward_threads_gives_the_same_pooled_features():
         ref = pooler(features, boxes, [(256, 256)])
         pooler.forward_threads = 2
         assert torch.equal(pooler(features, boxes, [(256, 256)]), ref)
+
+
+def test_inference_forward_with_fewer_rois_than_threads_and_none():
+    feature = torch.randn(1, 4, 16, 16)
+    for num in (1, 0):
+        rois = _rois(num, 1, 64.0)
+        out = roi_align_forward_threads(feature, rois, (7, 7), 0.25, 2, True, 4)
+        assert out.shape == (num, 4, 7, 7)
+        assert torch.equal(out, roi_align(feature, rois, (7, 7), 0.25, 2, True))
