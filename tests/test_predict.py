@@ -233,3 +233,20 @@ def test_box_cropped_rle_pasting_equals_full_image_pasting(aligned):
         boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * size * 0.6 + 0.3], dim=1)
         expected = masks_to_rle(paste_masks(masks, boxes, (height, width), aligned=aligned))
         assert paste_masks(masks, boxes, (height, width), mask_format="rle", aligned=aligned) == expected
+
+
+def test_predict_with_the_fast_inference_copy_gives_eager_results(checkpoint, images, tmp_path, monkeypatch):
+    """inference=fast end to end (folded BN, channels_last, threaded RoIAlign, oneDNN linear):
+    the same detections as eager predict, up to float32 reordering."""
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the RoIAlign split also runs on 1 core
+    _predict(checkpoint, images, tmp_path / "eager")
+    _predict(checkpoint, images, tmp_path / "fast", "inference=fast")
+    eager = json.loads((tmp_path / "eager" / "predictions.json").read_text())
+    fast = json.loads((tmp_path / "fast" / "predictions.json").read_text())
+    assert len(fast) == len(eager) > 0
+    for f, e in zip(fast, eager):
+        assert (f["image_id"], f["category_id"]) == (e["image_id"], e["category_id"])
+        assert f["score"] == pytest.approx(e["score"], abs=1e-4)
+        assert f["bbox"] == pytest.approx(e["bbox"], abs=1e-3)
