@@ -15,7 +15,9 @@ NOISE = (
 
 
 def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(tiny, shapes_dir, tmp_path):
-    overrides = [o for o in tiny if not o.startswith(("logger=", "callbacks=", "log_val_images="))]
+    # the default trainer settings as a user gets them (the tiny overrides switch the model summary off)
+    overrides = [o for o in tiny if not o.startswith(("logger=", "callbacks=", "log_val_images=",
+                                                      "trainer.enable_model_summary"))]
     cmd = [
         sys.executable, "src/train.py", *overrides, "logger=wandb", "callbacks=default", "log_val_images=2",
         "trainer.max_epochs=2", "trainer.limit_train_batches=4", "callbacks.progress_log.every_n_steps=2",
@@ -33,5 +35,7 @@ def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(tiny, shapes_d
     assert sum(p.startswith("validation (epoch") for p in progress) == 2  # one per epoch
     assert re.search(r"validation of the checkpoint epoch\d+-segmAP[0-9.]+\.ckpt: bbox AP", out), out[-3000:]
     assert "Run summary" in out and "Dataset fit report" in out
+    assert re.search(r"  model +resnet18 \+ FPN .*; [0-9.]+ M parameters, [0-9.]+ M trainable", out), out[:3000]
+    assert "Total FLOPs" not in out and "┏" not in out  # no Lightning summary table (its FLOPs read 0)
     for noise in NOISE:
         assert noise not in out, f"third-party noise in the log: {noise!r}"

@@ -110,6 +110,10 @@ class RunSummary(pl.Callback):
         world = trainer.world_size
         out: dict[str, Any] = {"devices": trainer.num_devices, "num_nodes": trainer.num_nodes, "world_size": world,
                                "lr": getattr(pl_module, "lr", None)}
+        # in place of Lightning's model summary table (off by default: its FLOPs column reads 0
+        # without an example input, and its box drawing clutters a redirected log)
+        out["parameters"] = sum(p.numel() for p in pl_module.parameters())
+        out["trainable_parameters"] = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         out["images_per_step"] = self.settings["batch_size"] * world * self.settings["accumulate_grad_batches"]
         try:
             out["optimizer_steps"] = int(trainer.estimated_stepping_batches)
@@ -161,8 +165,11 @@ def format_summary(s: dict[str, Any]) -> str:
     steps = s.get("optimizer_steps")
     epochs = f"{s['max_epochs']} epochs" if (s.get("max_steps") or -1) < 0 else f"max_steps {s['max_steps']}"
     per_epoch = f" of {s['steps_per_epoch']} batches" if s.get("steps_per_epoch") else ""
+    model = s["model"]
+    if s.get("parameters") is not None:
+        model += f"; {_millions(s['parameters'])} parameters, {_millions(s['trainable_parameters'])} trainable"
     lines = [
-        ("model", s["model"]),
+        ("model", model),
         ("loss", s["loss"]),
         ("images", f"train {s['train_min_size']} (max {s['train_max_size']}, augmentation {s['augmentation']}); "
                    f"eval {s['eval_size'][0]} (max {s['eval_size'][1]})"),
@@ -178,6 +185,10 @@ def format_summary(s: dict[str, Any]) -> str:
                  f"{len(s.get('classes', []))} classes: {_names(s.get('classes', []))}"),
     ]
     return "Run summary\n" + "\n".join(f"  {k:<9} {v}" for k, v in lines)
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.1f} M" if count >= 1e5 else f"{count:,}"
 
 
 def _names(classes: list[str], limit: int = 8) -> str:
