@@ -107,7 +107,8 @@ def test_loggers_instantiate_offline(logger, tmp_path):
 def test_callbacks_instantiate(tmp_path):
     cfg = compose([], output_dir=tmp_path)
     names = {type(instantiate(c)).__name__ for c in cfg.callbacks.values()}
-    assert {"ModelCheckpoint", "RichProgressBar", "LearningRateMonitor"} <= names
+    assert {"ModelCheckpoint", "RichProgressBar", "ProgressLog"} <= names
+    assert "LearningRateMonitor" not in names  # train/lr is logged by the module
 
 
 def test_linear_scaling_rule(tmp_path):

@@ -24,8 +24,10 @@ def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(tiny, shapes_d
         f"paths.data_dir={shapes_dir}", f"hydra.run.dir={tmp_path}",
     ]
     # stdout is a pipe, not a terminal: the "auto" progress lines must appear.
+    # wandb as a user has it: not silenced (conftest silences it for the other tests)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "WANDB_SILENT"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+                          env={**env, "WANDB_MODE": "offline"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     progress = [line.split(" - ", 1)[1] for line in out.splitlines() if "maskrcnn.progress" in line]
@@ -37,5 +39,7 @@ def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(tiny, shapes_d
     assert "Run summary" in out and "Dataset fit report" in out
     assert re.search(r"  model +resnet18 \+ FPN .*; [0-9.]+ M parameters, [0-9.]+ M trainable", out), out[:3000]
     assert "Total FLOPs" not in out and "┏" not in out  # no Lightning summary table (its FLOPs read 0)
+    assert "\x1b[" not in out, "colour codes in a redirected log"  # wandb's closing lines (cli.finish_wandb_run)
+    assert "You can sync this run" in out  # the W&B run was closed by the entry point, lines plain
     for noise in NOISE:
         assert noise not in out, f"third-party noise in the log: {noise!r}"

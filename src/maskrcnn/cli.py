@@ -13,6 +13,10 @@ full traceback. ``HYDRA_FULL_ERROR=1`` shows the traceback of expected errors to
 The decorator sits under ``@hydra.main`` so that it runs inside Hydra's job (the message lands
 in the run directory's log). DDP processes started by Lightning re-run the same script, so every
 rank ends the same way; ranks other than 0 prefix their message with their rank.
+
+The decorator also closes the W&B run the entry point opened (exit code 0, or 1 on an error):
+left open, it is closed at interpreter exit by wandb's service process, which writes its closing
+lines with colour codes even into a redirected log.
 """
 
 from __future__ import annotations
@@ -112,17 +116,27 @@ def report_and_exit(exc: BaseException) -> None:
     sys.exit(1)
 
 
+def finish_wandb_run(exit_code: int) -> None:
+    """Close the open W&B run, if wandb was imported and one is open (otherwise do nothing)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def exit_on_expected_errors(fn: F) -> F:
     """Decorate an entry point: expected errors end the program with one message and status 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:
+            finish_wandb_run(exit_code=1)
             expected = expected_error(exc)
             if expected is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             report_and_exit(expected)
+        finish_wandb_run(exit_code=0)
+        return result
 
     return wrapper  # type: ignore[return-value]
