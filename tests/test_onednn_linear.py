@@ -57,3 +57,22 @@ def test_switches_plain_linear_only_and_keeps_state_dict():
     assert use_onednn_linear(net) == 1
     assert type(net[0]) is OneDNNLinear and type(net[2]) is Custom
     assert net.state_dict().keys() == keys
+
+
+def test_falls_back_for_good_when_the_onednn_op_fails(monkeypatch, caplog):
+    from maskrcnn.modeling import onednn_linear
+
+    class Broken:
+        def _linear_pointwise(self, *args):
+            raise RuntimeError("no oneDNN kernel for this CPU")
+
+    monkeypatch.setattr(onednn_linear, "_UNAVAILABLE", [])
+    monkeypatch.setattr(torch.ops, "mkldnn", Broken())
+    layer = nn.Linear(6, 3)
+    plain = copy.deepcopy(layer)
+    use_onednn_linear(layer)
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        assert torch.equal(layer(x), plain(x))
+        assert torch.equal(layer(x), plain(x))  # second call: no retry, no second warning
+    assert onednn_linear._UNAVAILABLE and caplog.text.count("oneDNN linear unavailable") == 1

@@ -14,12 +14,18 @@ The swap keeps the parameters and their state-dict keys; anything the oneDNN op 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
+log = logging.getLogger(__name__)
+# set when the oneDNN op raised once (a build or CPU without the kernel): plain nn.Linear from then on
+_UNAVAILABLE: list[str] = []
+
 
 def _onednn_usable(x: Tensor, weight: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    return (not _UNAVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available() and not torch.jit.is_tracing()
             and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
@@ -33,7 +39,12 @@ class OneDNNLinear(nn.Linear):
         if not _onednn_usable(x, self.weight):
             return super().forward(x)
         flat = x.reshape(-1, self.in_features).contiguous()
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
+        try:
+            out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
+        except (RuntimeError, AttributeError, NotImplementedError) as exc:
+            _UNAVAILABLE.append(str(exc))
+            log.warning("oneDNN linear unavailable here (%s); using nn.Linear", str(exc).splitlines()[0][:200])
+            return super().forward(x)
         return out.view(*x.shape[:-1], self.out_features)
 
 
