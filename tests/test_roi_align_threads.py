@@ -40,6 +40,11 @@ def test_forward_exact_and_gradient_within_float32_reordering(threads, aligned):
         results.append((out.detach(), f.grad))
     ref_fn, (ref_out, ref_grad), threaded_fn, (out, grad) = results
     assert "RoIAlignThreadedBackward" in threaded_fn and "RoIAlignThreadedBackward" not in ref_fn
+    # the worker threads record no graph of their own (grad mode is per thread; the autograd
+    # Function's forward calls this with a feature that requires grad)
+    shares = roi_align_threads.roi_align_threaded_forward(feature.clone().requires_grad_(True), rois, (7, 7),
+                                                          0.25, 2, aligned, threads)
+    assert shares.grad_fn is None and not shares.requires_grad
     assert torch.equal(out, ref_out)
     assert grad.shape == ref_grad.shape and grad.is_contiguous()
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)

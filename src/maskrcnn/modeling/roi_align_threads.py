@@ -56,10 +56,18 @@ def roi_align_threaded_forward(feature: Tensor, rois: Tensor, output_size: tuple
     ph, pw = output_size
     shares = _shares(rois.shape[0], threads)
     if len(shares) <= 1:
-        return torch.ops.torchvision.roi_align(feature, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
-    jobs = [_pool(threads).submit(torch.ops.torchvision.roi_align, feature, rois[s:e], spatial_scale, ph, pw,
-                                  sampling_ratio, aligned) for s, e in shares]
+        with torch.no_grad():
+            return torch.ops.torchvision.roi_align(feature, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+    jobs = [_pool(threads).submit(_forward_share, feature, rois[s:e], spatial_scale, ph, pw, sampling_ratio, aligned)
+            for s, e in shares]
     return torch.cat([job.result() for job in jobs])
+
+
+def _forward_share(feature: Tensor, rois: Tensor, scale: float, ph: int, pw: int, ratio: int, aligned: bool) -> Tensor:
+    # grad mode is per thread and on in a fresh worker: without no_grad the op would record a
+    # graph for a feature that requires grad (inside the autograd Function), never used but kept alive
+    with torch.no_grad():
+        return torch.ops.torchvision.roi_align(feature, rois, scale, ph, pw, ratio, aligned)
 
 
 def roi_align_forward_threads(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
