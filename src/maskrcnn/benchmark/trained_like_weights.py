@@ -71,6 +71,9 @@ def calibrate_predictors(model: nn.Module, image: Tensor) -> None:
                 model([image])
             finally:
                 handle.remove()
+            if not outputs or sum(o.numel() for o in outputs) < 2:
+                raise RuntimeError(f"calibrate_predictors: {path} produced no outputs on the calibration image "
+                                   "(no proposals or detections reached it)")
             std = torch.cat(outputs).float().std()
             if not torch.isfinite(std) or std == 0:
                 raise RuntimeError(f"calibrate_predictors: {path} gives outputs with std {float(std)}")
