@@ -36,6 +36,14 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
+def _splittable(feature: Tensor, threads: int) -> bool:
+    """Whether torchvision's CPU kernels can run on shares of the RoIs: more than one thread, a CPU
+    float32 feature, no autocast (torchvision's autocast wrapper handles the dtypes) and no tracing
+    (the graph keeps one op)."""
+    return (threads > 1 and feature.device.type == "cpu" and feature.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing())
+
+
 def _shares(count: int, threads: int) -> list[tuple[int, int]]:
     """Contiguous, non-empty [start, end) ranges splitting ``count`` RoIs over ``threads`` workers."""
     bounds = torch.linspace(0, count, threads + 1).round().long().tolist()
@@ -56,8 +64,7 @@ def roi_align_threaded_forward(feature: Tensor, rois: Tensor, output_size: tuple
     ph, pw = output_size
     shares = _shares(rois.shape[0], threads)
     if len(shares) <= 1:
-        with torch.no_grad():
-            return torch.ops.torchvision.roi_align(feature, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+        return _forward_share(feature, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
     jobs = [_pool(threads).submit(_forward_share, feature, rois[s:e], spatial_scale, ph, pw, sampling_ratio, aligned)
             for s, e in shares]
     return torch.cat([job.result() for job in jobs])
@@ -79,10 +86,9 @@ def roi_align_forward_threads(feature: Tensor, rois: Tensor, output_size: tuple[
     a non-CPU or non-float32 feature, CPU autocast, tracing / compiling (the graph keeps one op).
     """
     threads = threads or torch.get_num_threads()
-    plain = (threads <= 1 or feature.requires_grad or rois.requires_grad or feature.device.type != "cpu"
-             or feature.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
-             or torch.jit.is_scripting() or torch.compiler.is_compiling())
-    if plain:
+    split = (_splittable(feature, threads) and not feature.requires_grad and not rois.requires_grad
+             and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+    if not split:
         return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return roi_align_threaded_forward(feature.contiguous(), rois, tuple(output_size), float(spatial_scale),
                                       int(sampling_ratio), bool(aligned), int(threads))
@@ -122,9 +128,7 @@ def roi_align_threaded_backward(feature: Tensor, rois: Tensor, output_size: tupl
     needed, a non-CPU tensor (CUDA's backward kernel is already parallel), a non-float32 feature or
     CPU autocast (where torchvision's own autocast wrapper handles the dtypes).
     """
-    plain = (threads <= 1 or not feature.requires_grad or feature.device.type != "cpu" or torch.jit.is_tracing()
-             or feature.dtype != torch.float32 or torch.is_autocast_enabled("cpu"))
-    if plain:
+    if not (_splittable(feature, threads) and feature.requires_grad):
         return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return _RoIAlignThreadedBackward.apply(feature.contiguous(), rois, tuple(output_size), float(spatial_scale),
                                            int(sampling_ratio), bool(aligned), int(threads))
