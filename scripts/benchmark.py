@@ -56,7 +56,8 @@ from maskrcnn.benchmark.report import load_average, machine_description, to_mark
 def _model(a: argparse.Namespace) -> list[tuple]:
     if a.model_peak_rss:
         return model_speed.model_peak_rss_rows(a.sizes, a.iters, a.warmup, a.threads, tuple(a.archs))
-    return model_speed.model_rows(a.sizes, a.iters, a.warmup, a.device, a.amp, tuple(a.archs))
+    return model_speed.model_rows(a.sizes, a.iters, a.warmup, a.device, a.amp, tuple(a.archs), tuple(a.batch),
+                                  a.model_compile, a.trained_like)
 
 
 def _memory(a: argparse.Namespace) -> list[tuple]:
@@ -90,6 +91,11 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--sizes", type=int, nargs="+", help="model image sides (default 512 800; quick 64)")
     m.add_argument("--iters", type=int, help="timed model iterations (default 3; quick 1)")
     m.add_argument("--warmup", type=int, default=1, help="untimed model iterations first")
+    m.add_argument("--batch", type=int, nargs="+", default=[2], help="images per model train step / inference call")
+    m.add_argument("--model-compile", action="store_true",
+                   help="add torch.compile'd variants of ours (backbone, RPN head, box/mask heads)")
+    m.add_argument("--trained-like", action="store_true",
+                   help="weights that behave like trained ones (calibrated predictors; benchmark/trained_like_weights.py)")
     m.add_argument("--model-peak-rss", action="store_true",
                    help="each implementation and mode in a fresh process: time and peak RSS (cpu)")
     d = p.add_argument_group("data")
@@ -158,8 +164,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--device cuda: CUDA is not available")
     if args.amp and args.device != "cuda":
         p.error("--amp needs --device cuda (CPU autocast speeds are not representative)")
-    if args.model_peak_rss and args.device != "cpu":
-        p.error("--model-peak-rss measures on the CPU (drop --device cuda)")
+    if min(args.batch) < 1:
+        p.error(f"--batch must be >= 1, got {args.batch}")
+    if args.model_peak_rss and (args.device != "cpu" or args.batch != [2] or args.model_compile or args.trained_like):
+        p.error("--model-peak-rss measures the default model rows on the CPU "
+                "(drop --device cuda, --batch, --model-compile, --trained-like)")
     if (args.data_image_dir is None) != (args.data_annotations is None):
         p.error("--data-image-dir and --data-annotations go together")
     q = args.quick

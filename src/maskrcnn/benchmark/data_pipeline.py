@@ -143,8 +143,12 @@ def build_pipelines(image_dir: Path, ann_file: Path, min_size: int = 800, max_si
 
 
 def time_pipelines(datasets: dict, repeats: int = 3, threads: int = 1) -> dict[str, float]:
-    """Images per second of each dataset (median over ``repeats`` full passes, passes interleaved).
+    """Images per second of each dataset: the median over ``repeats`` passes of (images / summed
+    seconds per item).
 
+    Items are interleaved (image i of every pipeline, alternating which goes first, before image
+    i + 1) so that a slow stretch of a shared or virtual machine slows every pipeline alike; whole
+    passes one after the other gave ratios that moved by 2x between runs on such a machine.
     Runs with ``threads`` torch / OpenCV threads (a DataLoader worker runs torch with one thread).
     """
     import cv2
@@ -152,18 +156,21 @@ def time_pipelines(datasets: dict, repeats: int = 3, threads: int = 1) -> dict[s
     old_torch, old_cv2 = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
-    rates: dict[str, list[float]] = {name: [] for name in datasets}
+    names = list(datasets)
+    num_items = min(len(ds) for ds in datasets.values())
+    rates: dict[str, list[float]] = {name: [] for name in names}
     try:
-        for name, ds in datasets.items():  # untimed warm-up (imports, caches)
+        for ds in datasets.values():  # untimed warm-up (imports, caches)
             ds[0]
         for rep in range(repeats):
-            names = list(datasets) if rep % 2 == 0 else list(datasets)[::-1]
+            seconds = dict.fromkeys(names, 0.0)
+            for i in range(num_items):
+                for name in names if (rep * num_items + i) % 2 == 0 else names[::-1]:
+                    start = time.perf_counter()
+                    datasets[name][i]
+                    seconds[name] += time.perf_counter() - start
             for name in names:
-                ds = datasets[name]
-                start = time.perf_counter()
-                for i in range(len(ds)):
-                    ds[i]
-                rates[name].append(len(ds) / (time.perf_counter() - start))
+                rates[name].append(num_items / seconds[name])
     finally:
         torch.set_num_threads(old_torch)
         cv2.setNumThreads(old_cv2)

@@ -27,23 +27,28 @@ IMPLS = ("ours", "torchvision")
 CHANNELS_LAST = "ours, channels_last"  # model.channels_last=true (modeling/memory_format.py)
 # + model.roi_align.backward_threads=2 (modeling/roi_align_threads.py)
 CHANNELS_LAST_THREADS = "ours, channels_last + backward_threads"
+# nn.Module.compile() of the backbone, RPN head and box / mask heads (fast_inference.heavy_parts);
+# the data-dependent sampling / NMS code between them stays eager
+COMPILE = "ours, compile"
+CHANNELS_LAST_COMPILE = "ours, channels_last + compile"
 _SUFFIX = {CHANNELS_LAST: " (model.channels_last=true)",
-           CHANNELS_LAST_THREADS: " (model.channels_last=true model.roi_align.backward_threads=2)"}
+           CHANNELS_LAST_THREADS: " (model.channels_last=true model.roi_align.backward_threads=2)",
+           COMPILE: " (torch.compile)", CHANNELS_LAST_COMPILE: " (model.channels_last=true + torch.compile)"}
 ARCHS = ("resnet50", "resnet101")
 
 
-def make_batch(size: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:
-    """Two size x size images with 3 and 1 box/mask instances.
+def make_batch(size: int, seed: int = 0, batch: int = 2) -> tuple[list[torch.Tensor], list[dict]]:
+    """``batch`` size x size images with 3, 1, 3, 1, ... box/mask instances.
 
     Returns:
-        images: list of 2 Tensor[3, size, size] float32 in [0, 1].
-        targets: list of 2 dicts: boxes Tensor[N, 4] float32 xyxy inside the image,
+        images: list of ``batch`` Tensor[3, size, size] float32 in [0, 1].
+        targets: list of ``batch`` dicts: boxes Tensor[N, 4] float32 xyxy inside the image,
             labels Tensor[N] int64 in 1..90, masks Tensor[N, size, size] uint8 (box-filled).
     """
     g = torch.Generator().manual_seed(seed)
-    images = [torch.rand(3, size, size, generator=g) for _ in range(2)]
+    images = [torch.rand(3, size, size, generator=g) for _ in range(batch)]
     targets = []
-    for num in (3, 1):
+    for num in ((3, 1) * batch)[:batch]:
         xy = torch.rand(num, 2, generator=g) * size * 0.5
         wh = torch.rand(num, 2, generator=g) * size * 0.4 + min(16, size // 8)
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1).floor()
@@ -82,20 +87,40 @@ def _build(impl: str, size: int, state: dict, arch: str = "resnet50") -> tuple[t
     model = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size},
                                              backbone_name=arch)
     model.load_state_dict(state)
-    if impl in (CHANNELS_LAST, CHANNELS_LAST_THREADS):
+    if impl in (CHANNELS_LAST, CHANNELS_LAST_THREADS, CHANNELS_LAST_COMPILE):
         from maskrcnn.modeling.memory_format import use_channels_last
 
         use_channels_last(model)
     if impl == CHANNELS_LAST_THREADS:
         model.roi_heads.box_pooler.backward_threads = model.roi_heads.mask_pooler.backward_threads = 2
+    if impl in (COMPILE, CHANNELS_LAST_COMPILE):
+        from maskrcnn.modeling.fast_inference import heavy_parts
+
+        for module in heavy_parts(model).values():
+            module.compile()
     criterion = build_criterion("ce")
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
 
 
-def reference_state(seed: int = 0, arch: str = "resnet50") -> dict:
-    """Random (seeded) state dict of torchvision's model for ``arch``; loaded into both models."""
+def reference_state(seed: int = 0, arch: str = "resnet50", trained_like_size: int | None = None,
+                    device: str = "cpu") -> dict:
+    """Random (seeded) state dict of torchvision's model for ``arch``; loaded into both models.
+
+    ``trained_like_size``: make the weights behave like trained ones (``trained_like_weights``:
+    non-trivial BatchNorm statistics, predictors calibrated on ``make_batch(trained_like_size)``'s
+    first image, on ``device``), so that inference keeps ~1000 proposals and ~100 detections per
+    image as a trained model does instead of the few that saturated random weights leave.
+    """
     torch.manual_seed(seed)
-    return _torchvision_model(arch).state_dict()
+    model = _torchvision_model(arch)
+    if trained_like_size is None:
+        return model.state_dict()
+    from maskrcnn.benchmark.trained_like_weights import calibrate_predictors, trained_like_state
+
+    model.load_state_dict(trained_like_state(model.state_dict(), seed))
+    model.to(device)
+    calibrate_predictors(model, make_batch(trained_like_size, seed)[0][0].to(device))
+    return {k: v.cpu() for k, v in model.state_dict().items()}
 
 
 def _autocast(device: str, amp: str | None):
@@ -128,19 +153,21 @@ def _step(model, loss_fn, images, targets, mode: str, device: str, amp: str | No
 
 def time_model_pair(
     size: int, mode: str, iters: int = 5, warmup: int = 1, device: str = "cpu", amp: str | None = None,
-    state: dict | None = None, arch: str = "resnet50", impls: tuple[str, ...] = IMPLS,
+    state: dict | None = None, arch: str = "resnet50", impls: tuple[str, ...] = IMPLS, batch: int = 2,
 ) -> dict[str, float]:
     """Median seconds per call of ours vs torchvision (same weights), iterations interleaved.
 
     Args:
-        size: side of the 2 square images of the batch (models neither up- nor down-scale them).
-        mode: "train" (forward + backward incl. losses, 2 images) or "eval" (inference, 2 images).
+        size: side of the square images of the batch (models neither up- nor down-scale them).
+        mode: "train" (forward + backward incl. losses) or "eval" (inference), ``batch`` images.
         iters / warmup: timed / untimed calls per implementation; the order ours-first /
             torchvision-first alternates between iterations.
         amp: None, "fp16" or "bf16" (autocast).
         state: weights to load (default: ``reference_state(arch=arch)``).
         arch: "resnet50" or "resnet101" backbone.
-        impls: which models to time: "ours", "torchvision", ``CHANNELS_LAST``, ``CHANNELS_LAST_THREADS``.
+        impls: which models to time: "ours", "torchvision", ``CHANNELS_LAST``, ``CHANNELS_LAST_THREADS``,
+            ``COMPILE``, ``CHANNELS_LAST_COMPILE``.
+        batch: images per call (``make_batch``).
 
     Returns:
         {impl: median s per call} for every impl of ``impls``.
@@ -148,7 +175,7 @@ def time_model_pair(
     if mode not in ("train", "eval"):
         raise ValueError(f"time_model_pair: mode must be 'train' or 'eval', got {mode!r}")
     state = reference_state(arch=arch) if state is None else state
-    images, targets = make_batch(size)
+    images, targets = make_batch(size, batch=batch)
     images = [im.to(device) for im in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     models = {impl: _build(impl, size, state, arch) for impl in impls}
@@ -163,6 +190,38 @@ def time_model_pair(
             if step >= warmup:
                 times[impl].append(seconds)
     return {impl: statistics.median(t) for impl, t in times.items()}
+
+
+@torch.no_grad()
+def detection_differences(size: int, state: dict, arch: str, device: str, amp: str | None, batch: int,
+                          impls: tuple[str, ...]) -> dict[str, str]:
+    """Per impl of ``impls`` other than torchvision: its detections on ``make_batch(size, batch=batch)``
+    compared with torchvision's (``inference.compare_detections``, worst image), as report text:
+    "boxes <= 3e-05 px, scores <= 1e-06, masks <= 2e-05, same labels, 100 detections/image"."""
+    from maskrcnn.benchmark.inference import compare_detections
+
+    images = [im.to(device) for im in make_batch(size, batch=batch)[0]]
+    outputs = {}
+    for impl in impls:
+        model = _build(impl, size, state, arch)[0].to(device).eval()
+        with _autocast(device, amp):
+            out = model(images)
+        outputs[impl] = [{k: v.float().cpu() for k, v in d.items()}
+                         for d in (out if isinstance(out, list) else out["detections"])]
+    reference = outputs.pop("torchvision")
+    text = {}
+    for impl, dets in outputs.items():
+        counts = [(len(a["boxes"]), len(b["boxes"])) for a, b in zip(dets, reference)]
+        if any(a != b for a, b in counts):
+            text[impl] = "detections/image " + ", ".join(f"{a} vs {b}" for a, b in counts)
+            continue
+        diffs = [compare_detections(a, b) for a, b in zip(dets, reference)]
+        worst = {k: max(d[k] for d in diffs) for k in ("boxes", "scores", "masks")}
+        labels = "same labels" if all(d["labels_equal"] for d in diffs) else "labels DIFFER"
+        text[impl] = (f"boxes <= {worst['boxes']:.1g} px, scores <= {worst['scores']:.1g}, masks <= "
+                      f"{worst['masks']:.1g}, {labels}, {min(a for a, _ in counts)}-{max(a for a, _ in counts)} "
+                      "detections/image")
+    return text
 
 
 def _worker(impl: str, mode: str, size: int, iters: int, warmup: int, threads: int, arch: str, weights: str,
@@ -200,24 +259,40 @@ def _names(arch: str) -> tuple[str, str]:
     return name, "maskrcnn_resnet50_fpn" if arch == "resnet50" else f"MaskRCNN({arch} FPN)"
 
 
+def _impls(mode: str, device: str, compile: bool) -> tuple[str, ...]:  # noqa: A002
+    if mode == "eval":  # channels_last: cuDNN's NHWC kernels on a GPU; CPU inference has inference=fast
+        return (*IMPLS, *((CHANNELS_LAST,) if device == "cuda" else ()), *((COMPILE,) if compile else ()))
+    threads = (CHANNELS_LAST_THREADS,) if device == "cpu" else ()  # CPU RoIAlign kernels only
+    return (*IMPLS, CHANNELS_LAST, *threads, *((COMPILE, CHANNELS_LAST_COMPILE) if compile else ()))
+
+
 def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
-               archs: tuple[str, ...] = ("resnet50",)) -> list[tuple]:
-    """Report rows: train step [s/iter] and inference [s/image] per arch and size (interleaved timing)."""
+               archs: tuple[str, ...] = ("resnet50",), batches: tuple[int, ...] = (2,),
+               compile: bool = False, trained_like: bool = False) -> list[tuple]:  # noqa: A002
+    """Report rows: train step [s/iter] and inference [s/image] per arch, size and batch (images per
+    call), interleaved timing; ``compile`` adds torch.compile'd variants of ours; ``trained_like``
+    uses ``reference_state(trained_like_size=size)`` weights."""
     where = f"{device}{', autocast ' + amp if amp else ''}"
     rows = []
     for arch in archs:
-        state = reference_state(arch=arch)
         name, baseline = _names(arch)
         for size in sizes:
-            for mode, label, per in (("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", 2)):
-                impls = (*IMPLS, CHANNELS_LAST, CHANNELS_LAST_THREADS) if mode == "train" else IMPLS
-                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch, impls=impls)
-                print(f"model {name} {size}px {mode}: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.items()), flush=True)
+            state = reference_state(arch=arch, trained_like_size=size if trained_like else None, device=device)
+            weights = "same trained-like weights" if trained_like else "same weights"
+            for batch, (mode, label, per) in ((b, m) for b in batches for m in (
+                    ("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", b))):
+                impls = _impls(mode, device, compile)
+                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch, impls=impls, batch=batch)
+                print(f"model {name} {size}px {mode} batch {batch}: " + ", ".join(f"{k} {v:.4f} s" for k, v in t.items()),
+                      flush=True)
+                same = (detection_differences(size, state, arch, device, amp, batch, impls) if mode == "eval"
+                        else {})
                 for impl, suffix in ((i, _SUFFIX.get(i, "")) for i in impls if i != "torchvision"):
-                    rate = f"= {2 / t[impl]:.1f} vs {2 / t['torchvision']:.1f} images/s; " if mode == "train" else ""
-                    rows.append(("model", f"{name} {label}{suffix}, 2 img {size}x{size}", t[impl] / per,
+                    rate = (f"= {batch / t[impl]:.1f} vs {batch / t['torchvision']:.1f} images/s; "
+                            if mode == "train" else f"vs torchvision: {same[impl]}; ")
+                    rows.append(("model", f"{name} {label}{suffix}, {batch} img {size}x{size}", t[impl] / per,
                                  t["torchvision"] / per,
-                                 f"torchvision {baseline}, same weights; {where}; median of {iters}; {rate}lower is better"))
+                                 f"torchvision {baseline}, {weights}; {where}; median of {iters}; {rate}lower is better"))
     return rows
 
 

@@ -166,7 +166,7 @@ def _autocast_forward(forward, *args, **kwargs):
     return _float32(out)  # the non-autocast rest (RoIAlign, NMS, box decoding) stays float32
 
 
-def _heavy_parts(net: nn.Module) -> dict[str, nn.Module]:
+def heavy_parts(net: nn.Module) -> dict[str, nn.Module]:
     """The convolution / linear stacks that hold nearly all FLOPs, by attribute path."""
     parts = {"backbone": net.backbone, "rpn.head": net.rpn.head}
     heads = net.roi_heads
@@ -216,7 +216,7 @@ def optimize_for_inference(
     fast = copy.deepcopy(net).eval()
     fast.requires_grad_(False)
     _selected_class_masks(fast.roi_heads)
-    parts = _heavy_parts(fast)
+    parts = heavy_parts(fast)
     if fold_bn:
         fold_batchnorm(fast.backbone)
     if channels_last:

@@ -1,0 +1,112 @@
+"""The model benchmark's GPU-run options (batch size, compiled and channels_last variants,
+trained-like weights with detections compared to torchvision's) and the data benchmark's
+item-interleaved timing, on the CPU with tiny images."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maskrcnn.benchmark import data_pipeline, model_speed
+from maskrcnn.data.image_io import image_to_tensor
+
+from helpers.scripts import load_script
+
+
+@pytest.fixture(scope="module")
+def cli():
+    return load_script("benchmark")
+
+
+def test_make_batch_gives_the_asked_number_of_images_and_alternating_instances():
+    images, targets = model_speed.make_batch(48, batch=3)
+    assert [tuple(im.shape) for im in images] == [(3, 48, 48)] * 3
+    assert [len(t["labels"]) for t in targets] == [3, 1, 3]
+    assert torch.equal(model_speed.make_batch(48, batch=3)[0][2], images[2])  # seeded
+    assert torch.equal(model_speed.make_batch(48)[0][1], model_speed.make_batch(48, batch=2)[0][1])
+
+
+def test_variants_per_mode_and_device():
+    ms = model_speed
+    assert ms._impls("train", "cpu", False) == ("ours", "torchvision", ms.CHANNELS_LAST, ms.CHANNELS_LAST_THREADS)
+    # threaded RoIAlign is a CPU kernel: no such row on a GPU
+    assert ms._impls("train", "cuda", False) == ("ours", "torchvision", ms.CHANNELS_LAST)
+    assert ms._impls("train", "cuda", True) == ("ours", "torchvision", ms.CHANNELS_LAST, ms.COMPILE,
+                                                 ms.CHANNELS_LAST_COMPILE)
+    assert ms._impls("eval", "cpu", False) == ("ours", "torchvision")
+    assert ms._impls("eval", "cuda", True) == ("ours", "torchvision", ms.CHANNELS_LAST, ms.COMPILE)
+
+
+def test_compiled_variants_compile_the_heavy_parts_only(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    state = model_speed.reference_state(arch="resnet50")
+    model, _ = model_speed._build(model_speed.CHANNELS_LAST_COMPILE, 64, state)
+    assert len(compiled) == 6  # backbone, RPN head, box head, box predictor, mask head, mask predictor
+    assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    compiled.clear()
+    model_speed._build(model_speed.CHANNELS_LAST, 64, state)
+    assert compiled == []
+
+
+def test_trained_like_weights_detect_and_ours_matches_torchvision_exactly():
+    state = model_speed.reference_state(arch="resnet50", trained_like_size=96)
+    plain = model_speed.reference_state(arch="resnet50")
+    assert state.keys() == plain.keys()
+    assert not torch.equal(state["roi_heads.box_predictor.cls_score.weight"],
+                           plain["roi_heads.box_predictor.cls_score.weight"])  # calibrated
+    text = model_speed.detection_differences(96, state, "resnet50", "cpu", None, 2,
+                                             ("ours", "torchvision", model_speed.CHANNELS_LAST))
+    assert set(text) == {"ours", model_speed.CHANNELS_LAST}
+    # same arithmetic as torchvision: equal boxes and scores, same labels, detections found
+    match = re.fullmatch(r"boxes <= 0 px, scores <= 0, masks <= (\S+), same labels, (\d+)-(\d+) detections/image",
+                         text["ours"])
+    assert match, text["ours"]
+    assert float(match[1]) < 1e-5 and int(match[2]) > 0
+    assert "same labels" in text[model_speed.CHANNELS_LAST]  # another float32 summation order
+
+
+def test_cli_model_options(cli):
+    args = cli.parse_args(["--task", "model", "--batch", "2", "8", "--model-compile", "--trained-like"])
+    assert args.batch == [2, 8] and args.model_compile and args.trained_like
+    assert cli.parse_args([]).batch == [2] and not cli.parse_args([]).model_compile
+    for bad in (["--batch", "0"], ["--model-peak-rss", "--batch", "8"], ["--model-peak-rss", "--trained-like"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(bad)
+
+
+class _Recorder:
+    def __init__(self, name: str, log: list) -> None:
+        self.name, self.log = name, log
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int):
+        self.log.append((self.name, i))
+        return i
+
+
+def test_data_pipelines_are_timed_item_by_item_alternating_which_goes_first():
+    log: list = []
+    rates = data_pipeline.time_pipelines({"a": _Recorder("a", log), "b": _Recorder("b", log)}, repeats=2)
+    assert set(rates) == {"a", "b"} and all(r > 0 for r in rates.values())
+    timed = log[2:]  # after one untimed warm-up item each
+    assert timed == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2),
+                     ("b", 0), ("a", 0), ("a", 1), ("b", 1), ("b", 2), ("a", 2)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.booleans(), st.integers(0, 2**32 - 1))
+def test_image_to_tensor_is_the_plain_float_conversion(height, width, strided, seed):
+    image = np.random.default_rng(seed).integers(0, 256, (height, width * (2 if strided else 1), 3), dtype=np.uint8)
+    if strided:
+        image = image[:, ::2]  # a non-contiguous view, as a crop or flip can leave
+    out = image_to_tensor(image)
+    reference = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
+    assert out.dtype == torch.float32 and out.is_contiguous() and torch.equal(out, reference)
