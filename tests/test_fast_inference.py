@@ -217,3 +217,29 @@ def test_compiled_copy_gives_eager_detections():
     for seeds in ((1, 2), (3, 4)):
         images = [_image(size, seed) for seed in seeds]
         assert_same_detections(_detect(fast, images), _detect(net, images))
+
+
+def test_mask_upsampling_as_one_matmul_equals_the_transposed_conv(monkeypatch):
+    """InferenceRoIHeads runs conv5_mask (2x2 stride-2 ConvTranspose2d) + ReLU as one oneDNN
+    matmul on the CPU; its mask probabilities must equal the transposed conv's, block layout and
+    all, for boxes of every class."""
+    from maskrcnn.modeling import fast_inference
+
+    net = build_net("bn")
+    nn.init.normal_(net.roi_heads.mask_predictor.mask_fcn_logits.weight, std=0.5)  # spread the logits
+    fast = optimize_for_inference(net)
+    heads = fast.roi_heads
+    with torch.no_grad():
+        features = fast.backbone(_image((96, 128), 1)[None])
+        boxes = [torch.tensor([[4.0, 6.0, 60.0, 50.0], [30.0, 20.0, 90.0, 95.0], [0.0, 0.0, 128.0, 96.0]])]
+        labels = torch.tensor([1, 2, 3])
+        calls = []
+        real = fast_inference.onednn_linear
+        monkeypatch.setattr(fast_inference, "onednn_linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+        blocks = heads.mask_probs(features, boxes, labels, [(96, 128)])
+        assert calls, "the matmul path was not taken"
+        monkeypatch.setattr(fast_inference, "onednn_linear", lambda *a, **k: None)  # the transposed conv
+        deconv = heads.mask_probs(features, boxes, labels, [(96, 128)])
+    assert blocks.shape == deconv.shape == (3, 1, heads.mask_size, heads.mask_size)
+    assert 0.05 < float(deconv.std())  # the probabilities vary over the mask
+    torch.testing.assert_close(blocks, deconv, atol=1e-6, rtol=0)

@@ -134,3 +134,23 @@ def test_bad_arguments_raise():
         MultiScaleRoIAlign(interpolation="nearest")
     with pytest.raises(KeyError, match="missing"):
         MultiScaleRoIAlign()(OrderedDict([("0", torch.zeros(1, 1, 8, 8))]), [torch.zeros(0, 4)], [(32, 32)])
+
+
+def test_multiscale_rois_without_a_level_pool_to_zeros_like_torchvision():
+    """The output is allocated without zero-filling (each RoI is written by its level); a box with
+    no level (non-finite or inverted, so sqrt(area) is NaN) must still come out as zeros, as in
+    torchvision's MultiScaleRoIAlign, not as whatever the memory held."""
+    feats = _fpn_features(size=256)
+    good = _random_boxes(6, 256, 5)
+    bad = torch.tensor([[float("nan"), 3.0, 40.0, 50.0], [60.0, 60.0, 20.0, 90.0]])  # NaN; x2 < x1
+    boxes = [torch.cat([good[:3], bad[:1]]), torch.cat([bad[1:], good[3:]])]
+    image_sizes = [(256, 256), (256, 256)]
+    for _ in range(3):  # fresh allocations each time: garbage would show up in one of them
+        torch.empty(10, 4, 7, 7).fill_(123.0)
+        out = MultiScaleRoIAlign(output_size=7, sampling_ratio=2)(feats, boxes, image_sizes)
+        assert out.shape == (8, 4, 7, 7)
+        assert torch.equal(out[3], torch.zeros(4, 7, 7)) and torch.equal(out[4], torch.zeros(4, 7, 7))
+        keep = [0, 1, 2, 5, 6, 7]
+        theirs = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(
+            feats, [boxes[0][:3], boxes[1][1:]], image_sizes)
+        torch.testing.assert_close(out[keep], theirs, atol=1e-5, rtol=0)

@@ -31,19 +31,27 @@ def _onednn_usable(x: Tensor, weight: Tensor) -> bool:
             and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
 
 
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor | None:
+    """``F.linear(x, weight, bias)`` (then ReLU when ``relu``) on oneDNN's matmul, for
+    x: Tensor[R, in] and weight: Tensor[out, in]; None where the op does not apply (see
+    ``_onednn_usable``) or is unavailable (logged once), so the caller runs its own path."""
+    if not _onednn_usable(x, weight):
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "relu" if relu else "none", [], "")
+    except (RuntimeError, AttributeError, NotImplementedError) as exc:
+        _UNAVAILABLE.append(str(exc))
+        log.warning("oneDNN linear unavailable here (%s); using nn.Linear", str(exc).splitlines()[0][:200])
+        return None
+
+
 class OneDNNLinear(nn.Linear):
     """``nn.Linear`` with a oneDNN forward for CPU float32 inference (module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
         """x: Tensor[..., in_features] -> Tensor[..., out_features]."""
-        if not _onednn_usable(x, self.weight):
-            return super().forward(x)
-        flat = x.reshape(-1, self.in_features).contiguous()
-        try:
-            out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
-        except (RuntimeError, AttributeError, NotImplementedError) as exc:
-            _UNAVAILABLE.append(str(exc))
-            log.warning("oneDNN linear unavailable here (%s); using nn.Linear", str(exc).splitlines()[0][:200])
+        out = onednn_linear(x.reshape(-1, self.in_features), self.weight, self.bias)
+        if out is None:
             return super().forward(x)
         return out.view(*x.shape[:-1], self.out_features)
 

@@ -264,16 +264,24 @@ class MultiScaleRoIAlign(nn.Module):
         k_min = int(-math.log2(scales[0]))
         k_max = int(-math.log2(scales[-1]))
         level_of_roi = assign_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
-        out = levels[0].new_zeros((rois.shape[0], levels[0].shape[1]) + self.output_size)
+        tracing = torch.jit.is_tracing()
+        # every RoI gets exactly one level, so each row is written below; zero-filling first was a
+        # pass over 50 MB for 1000 proposals (a non-finite box, which has no level, is zeroed after)
+        shape = (rois.shape[0], levels[0].shape[1]) + self.output_size
+        out = levels[0].new_zeros(shape) if tracing else levels[0].new_empty(shape)
+        written = 0
         for level, (feature, scale) in enumerate(zip(levels, scales)):
             idx = torch.where(level_of_roi == level)[0]
+            written += idx.numel()
             pooled = self._pool_level(feature, rois[idx], scale).to(out.dtype)
-            if torch.jit.is_tracing():
+            if tracing:
                 # a traced ``out[idx] = ...`` exports (ONNX) with the example's count frozen when it is 1;
                 # the equivalent scatter along dim 0 keeps the count dynamic
                 out = out.scatter(0, idx.view(-1, 1, 1, 1).expand_as(pooled), pooled)
             else:
                 out[idx] = pooled
+        if not tracing and written != rois.shape[0]:
+            out[(level_of_roi < 0) | (level_of_roi >= len(levels))] = 0
         return out
 
     def extra_repr(self) -> str:
