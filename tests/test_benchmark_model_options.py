@@ -60,8 +60,11 @@ def test_trained_like_weights_detect_and_ours_matches_torchvision_exactly():
     assert state.keys() == plain.keys()
     assert not torch.equal(state["roi_heads.box_predictor.cls_score.weight"],
                            plain["roi_heads.box_predictor.cls_score.weight"])  # calibrated
-    text = model_speed.detection_differences(96, state, "resnet50", "cpu", None, 2,
-                                             ("ours", "torchvision", model_speed.CHANNELS_LAST))
+    detections: dict = {}
+    times = model_speed.time_model_pair(96, "eval", iters=1, warmup=0, state=state, batch=2,
+                                        impls=("ours", "torchvision", model_speed.CHANNELS_LAST), detections=detections)
+    assert set(times) == set(detections) and all(len(d) == 2 for d in detections.values())
+    text = model_speed.detection_differences(detections)
     assert set(text) == {"ours", model_speed.CHANNELS_LAST}
     # same arithmetic as torchvision: equal boxes and scores, same labels, detections found
     match = re.fullmatch(r"boxes <= 0 px, scores <= 0, masks <= (\S+), same labels, (\d+)-(\d+) detections/image",

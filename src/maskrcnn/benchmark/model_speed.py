@@ -154,6 +154,7 @@ def _step(model, loss_fn, images, targets, mode: str, device: str, amp: str | No
 def time_model_pair(
     size: int, mode: str, iters: int = 5, warmup: int = 1, device: str = "cpu", amp: str | None = None,
     state: dict | None = None, arch: str = "resnet50", impls: tuple[str, ...] = IMPLS, batch: int = 2,
+    detections: dict | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of ours vs torchvision (same weights), iterations interleaved.
 
@@ -168,6 +169,8 @@ def time_model_pair(
         impls: which models to time: "ours", "torchvision", ``CHANNELS_LAST``, ``CHANNELS_LAST_THREADS``,
             ``COMPILE``, ``CHANNELS_LAST_COMPILE``.
         batch: images per call (``make_batch``).
+        detections: eval mode: filled with {impl: per-image detection dicts (float32, CPU)} from one
+            more, untimed call of each model (the same models, so nothing is rebuilt or recompiled).
 
     Returns:
         {impl: median s per call} for every impl of ``impls``.
@@ -189,25 +192,23 @@ def time_model_pair(
             seconds = _step(model, loss_fn, images, targets, mode, device, amp, seed=step)
             if step >= warmup:
                 times[impl].append(seconds)
+    if detections is not None and mode == "eval":
+        for impl, (model, _) in models.items():
+            with torch.no_grad(), _autocast(device, amp):
+                out = model(images)
+            detections[impl] = [{k: v.float().cpu() for k, v in d.items()}
+                                for d in (out if isinstance(out, list) else out["detections"])]
     return {impl: statistics.median(t) for impl, t in times.items()}
 
 
-@torch.no_grad()
-def detection_differences(size: int, state: dict, arch: str, device: str, amp: str | None, batch: int,
-                          impls: tuple[str, ...]) -> dict[str, str]:
-    """Per impl of ``impls`` other than torchvision: its detections on ``make_batch(size, batch=batch)``
+def detection_differences(detections: dict[str, list[dict]]) -> dict[str, str]:
+    """Per impl other than torchvision: its detections (``time_model_pair(detections=...)``)
     compared with torchvision's (``inference.compare_detections``, worst image), as report text:
-    "boxes <= 3e-05 px, scores <= 1e-06, masks <= 2e-05, same labels, 100 detections/image"."""
+    "boxes <= 3e-05 px, scores <= 1e-06, masks <= 2e-05, same labels, 100-100 detections/image"
+    (the fewest and most detections of an image)."""
     from maskrcnn.benchmark.inference import compare_detections
 
-    images = [im.to(device) for im in make_batch(size, batch=batch)[0]]
-    outputs = {}
-    for impl in impls:
-        model = _build(impl, size, state, arch)[0].to(device).eval()
-        with _autocast(device, amp):
-            out = model(images)
-        outputs[impl] = [{k: v.float().cpu() for k, v in d.items()}
-                         for d in (out if isinstance(out, list) else out["detections"])]
+    outputs = dict(detections)
     reference = outputs.pop("torchvision")
     text = {}
     for impl, dets in outputs.items():
@@ -282,11 +283,12 @@ def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
             for batch, (mode, label, per) in ((b, m) for b in batches for m in (
                     ("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", b))):
                 impls = _impls(mode, device, compile)
-                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch, impls=impls, batch=batch)
+                detections: dict = {}
+                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch, impls=impls, batch=batch,
+                                    detections=detections)
                 print(f"model {name} {size}px {mode} batch {batch}: " + ", ".join(f"{k} {v:.4f} s" for k, v in t.items()),
                       flush=True)
-                same = (detection_differences(size, state, arch, device, amp, batch, impls) if mode == "eval"
-                        else {})
+                same = detection_differences(detections) if mode == "eval" else {}
                 for impl, suffix in ((i, _SUFFIX.get(i, "")) for i in impls if i != "torchvision"):
                     rate = (f"= {batch / t[impl]:.1f} vs {batch / t['torchvision']:.1f} images/s; "
                             if mode == "train" else f"vs torchvision: {same[impl]}; ")
