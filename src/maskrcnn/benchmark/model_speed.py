@@ -96,8 +96,11 @@ def _build(impl: str, size: int, state: dict, arch: str = "resnet50") -> tuple[t
     if impl in (COMPILE, CHANNELS_LAST_COMPILE):
         from maskrcnn.modeling.fast_inference import heavy_parts
 
-        for module in heavy_parts(model).values():
-            module.compile()
+        for path, module in heavy_parts(model).items():
+            # the RoI heads see another number of RoIs / detections on every call: compiling them
+            # for dynamic shapes at once avoids a recompile per count (inference did not finish
+            # within 200 s on an H200 without it)
+            module.compile(dynamic=True if path.startswith("roi_heads.") else None)
     criterion = build_criterion("ce")
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
 
