@@ -53,3 +53,11 @@ def test_top_down_add_is_in_place_only_without_gradients():
     grad_lateral = lateral.clone().requires_grad_()
     out = _add_top_down(grad_lateral, coarser)
     assert out.data_ptr() != grad_lateral.data_ptr() and torch.equal(out.detach(), expected)
+
+
+def test_mixed_dtypes_keep_the_promoting_sum():
+    lateral, coarser = torch.randn(1, 2, 4, 4).bfloat16(), torch.randn(1, 2, 2, 2)
+    with torch.no_grad():
+        out = _add_top_down(lateral.clone(), coarser)
+    expected = lateral + torch.nn.functional.interpolate(coarser, size=(4, 4), mode="nearest")
+    assert out.dtype == torch.float32 and torch.equal(out, expected)

@@ -22,10 +22,14 @@ def _add_top_down(lateral: Tensor, coarser: Tensor) -> Tensor:
     """``lateral + interpolate(coarser, size=lateral.shape[-2:], mode="nearest")``.
 
     lateral: Tensor[B, C, H, W]; coarser: Tensor[B, C, h, w]. In place on ``lateral`` when
-    H, W = 2h, 2w, no gradient is recorded and ``lateral`` is NCHW or NHWC contiguous.
+    H, W = 2h, 2w, both have one dtype, no gradient is recorded and ``lateral`` is NCHW or NHWC
+    contiguous.
     """
     b, c, h, w = coarser.shape
-    fusable = (tuple(lateral.shape) == (b, c, 2 * h, 2 * w) and not torch.is_grad_enabled()
+    # same dtype: an in-place add would round a float32 top-down map to a bf16 lateral (autocast)
+    # where the out-of-place sum promotes to float32
+    fusable = (tuple(lateral.shape) == (b, c, 2 * h, 2 * w) and lateral.dtype == coarser.dtype
+               and not torch.is_grad_enabled()
                and (lateral.is_contiguous() or lateral.is_contiguous(memory_format=torch.channels_last))
                and not torch.jit.is_tracing() and not torch.jit.is_scripting())
     if not fusable:
