@@ -115,3 +115,10 @@ def test_image_to_tensor_is_the_plain_float_conversion(height, width, strided, s
     out = image_to_tensor(image)
     reference = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
     assert out.dtype == torch.float32 and out.is_contiguous() and torch.equal(out, reference)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_image_to_tensor_keeps_every_channel(channels):
+    image = np.random.default_rng(channels).integers(0, 256, (5, 7, channels), dtype=np.uint8)
+    out = image_to_tensor(image)
+    assert out.shape == (channels, 5, 7) and torch.equal(out, torch.from_numpy(image).permute(2, 0, 1).float() / 255.0)

@@ -112,8 +112,11 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """``np.ndarray[H, W, 3] uint8`` RGB -> ``Tensor[3, H, W] float32`` in [0, 1] (what the model takes)."""
     # One contiguous uint8 plane at a time (cv2.split de-interleaves with SIMD) converts to float
     # ~2.5x faster than transposing the HWC array or converting a strided view; same values.
-    height, width = image.shape[:2]
-    out = torch.empty((3, height, width), dtype=torch.float32)
+    # cv2.split takes 1-4 uint8 channels and Mats of < 2**31 elements; anything else the plain way
+    if image.ndim != 3 or not 1 <= image.shape[2] <= 4 or image.dtype != np.uint8 or image.size >= 2**31:
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+    height, width, channels = image.shape
+    out = torch.empty((channels, height, width), dtype=torch.float32)
     for channel, plane in zip(out, cv2.split(np.ascontiguousarray(image))):
         channel.copy_(torch.from_numpy(plane))
     return out.div_(255.0)
