@@ -109,8 +109,9 @@ class ResizeScale(_ScaleResize):
 class HorizontalFlipMasks(A.HorizontalFlip):
     """``A.HorizontalFlip`` (same parameters and random draws) that flips a stack of instance masks
     in one OpenCV call: a horizontal flip reverses each row, so the ``[N, H, W]`` stack is flipped
-    as one ``[N*H, W]`` image. Same output as flipping mask by mask and stacking, ~20x faster for
-    7 masks at 800 px (that loop was the data worker's largest cost after decoding)."""
+    as one ``[N*H, W]`` image. Same output as flipping mask by mask and stacking (0.17 against
+    3.9 ms for 7 masks at 800 px with warm memory; in the data worker the first writes to the
+    fresh output take most of what is left)."""
 
     def apply_to_masks(self, masks: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
         masks = np.asarray(masks)
