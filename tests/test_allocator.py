@@ -1,4 +1,4 @@
-"""DataLoader workers keep freed buffers in their heap (maskrcnn.data.allocator)."""
+"""The data benchmark fixes glibc's malloc thresholds (maskrcnn.benchmark.allocator)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import textwrap
 
 import pytest
 
-from maskrcnn.data import allocator, datamodule
+from maskrcnn.benchmark import allocator
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 _MMAPPED = textwrap.dedent("""
     import ctypes, sys
     import torch
-    from maskrcnn.data.allocator import keep_freed_memory
+    from maskrcnn.benchmark.allocator import keep_freed_memory
 
     class MallInfo2(ctypes.Structure):  # glibc >= 2.33
         _fields_ = [(name, ctypes.c_size_t) for name in
@@ -48,7 +48,7 @@ def _mmapped_bytes(mode: str) -> int:
 @pytest.mark.skipif(not GLIBC, reason="mallopt thresholds are glibc's")
 def test_tuned_process_serves_image_sized_buffers_from_the_heap():
     # glibc's default gives a first 10 MB buffer fresh mmapped pages (unmapped again on free, so
-    # the next image faults them in anew); the worker setting keeps such buffers in the heap
+    # the next image faults them in anew); the fixed thresholds keep such buffers in the heap
     assert _mmapped_bytes("plain") >= 10 << 20
     assert _mmapped_bytes("tuned") == 0
 
@@ -61,15 +61,3 @@ def test_keep_freed_memory_sets_the_thresholds_on_glibc():
 def test_keep_freed_memory_does_nothing_elsewhere(monkeypatch):
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     assert allocator.keep_freed_memory() is False
-
-
-def test_worker_init_tunes_the_allocator_and_seeds(monkeypatch):
-    calls = []
-    monkeypatch.setattr(datamodule, "keep_freed_memory", lambda: calls.append("malloc") or True)
-
-    class _Info:
-        seed, dataset = 12345, None
-
-    monkeypatch.setattr(datamodule, "get_worker_info", lambda: _Info)
-    datamodule.seed_worker(0)
-    assert calls == ["malloc"]

@@ -150,13 +150,13 @@ def time_pipelines(datasets: dict, repeats: int = 3, threads: int = 1) -> dict[s
     i + 1) so that a slow stretch of a shared or virtual machine slows every pipeline alike; whole
     passes one after the other gave ratios that moved by 2x between runs on such a machine.
     Runs with ``threads`` torch / OpenCV threads (a DataLoader worker runs torch with one thread)
-    and with the allocator settings our DataLoader workers use (``data.allocator``; process-wide,
-    so both pipelines get them: without them the rates of both moved by up to 2x between
-    processes, with allocation history).
+    and with glibc's malloc thresholds fixed (``benchmark.allocator``; process-wide, so both
+    pipelines get them): with the default, allocation history decided whether per-image buffers
+    came as fresh pages, and the rates of both pipelines moved by up to 2x between processes.
     """
     import cv2
 
-    from maskrcnn.data.allocator import keep_freed_memory
+    from maskrcnn.benchmark.allocator import keep_freed_memory
 
     keep_freed_memory()
     old_torch, old_cv2 = torch.get_num_threads(), cv2.getNumThreads()

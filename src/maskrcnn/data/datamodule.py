@@ -14,7 +14,6 @@ import torch
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
-from maskrcnn.data.allocator import keep_freed_memory
 from maskrcnn.data.bad_images import apply_policy, validate_options
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
@@ -32,13 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give every worker its own python / numpy / augmentation seed,
-    and keep its freed buffers in its heap (``allocator.keep_freed_memory``).
+    """DataLoader ``worker_init_fn``: give every worker its own python / numpy / augmentation seed.
 
     ``worker_info.seed`` is torch's per-worker seed (base seed drawn in the main process + worker
     id), so it differs per worker and per run and is reproducible under ``seed_everything``.
     """
-    keep_freed_memory()  # per-image buffers reuse the heap instead of fresh pages (data/allocator.py)
     info = get_worker_info()
     seed = info.seed % 2**32
     random.seed(seed)
