@@ -33,8 +33,8 @@ M_MMAP_THRESHOLD = -3
 def keep_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 64) -> bool:
     """Set glibc's mmap and trim thresholds for this process (module docstring).
 
-    Returns True when both were set; False (and nothing changed) on other platforms or C
-    libraries without ``mallopt``, or where it refused the values.
+    Returns True when both were set; False on other platforms or C libraries without
+    ``mallopt`` (nothing changed), or where it refused a value (the mmap threshold may then be set).
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -13,6 +13,7 @@ Two ways to measure:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing as mp
 import resource
 import statistics
@@ -283,8 +284,8 @@ def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
         for size in sizes:
             state = reference_state(arch=arch, trained_like_size=size if trained_like else None, device=device)
             weights = "same trained-like weights" if trained_like else "same weights"
-            for batch, (mode, label, per) in ((b, m) for b in batches for m in (
-                    ("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", b))):
+            for batch, mode in itertools.product(batches, ("train", "eval")):
+                label, per = ("train step [s/iter]", 1) if mode == "train" else ("inference [s/image]", batch)
                 impls = _impls(mode, device, compile)
                 detections: dict = {}
                 t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch, impls=impls, batch=batch,
