@@ -48,14 +48,14 @@ from pathlib import Path
 
 import torch
 
-from maskrcnn.benchmark import data_pipeline, eval_backends, model_speed, peak_memory
+from maskrcnn.benchmark import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
 from maskrcnn.benchmark.reference_loop import TrainSettings
 from maskrcnn.benchmark.report import load_average, machine_description, to_markdown
 
 
 def _model(a: argparse.Namespace) -> list[tuple]:
     if a.model_peak_rss:
-        return model_speed.model_peak_rss_rows(a.sizes, a.iters, a.warmup, a.threads, tuple(a.archs))
+        return model_peak_rss.model_peak_rss_rows(a.sizes, a.iters, a.warmup, a.threads, tuple(a.archs))
     return model_speed.model_rows(a.sizes, a.iters, a.warmup, a.device, a.amp, tuple(a.archs), tuple(a.batch),
                                   a.model_compile, a.trained_like)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskrcnn.benchmark import data_pipeline, eval_backends, model_speed, peak_memory
+from maskrcnn.benchmark import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
 from maskrcnn.benchmark.report import to_markdown
 
 from helpers.scripts import load_script
@@ -72,7 +72,7 @@ def test_model_pair_resnet101_train_times_are_positive():
 
 @pytest.mark.slow  # four spawned processes, each building a ResNet-50 Mask R-CNN
 def test_model_peak_rss_rows_come_from_fresh_processes():
-    rows = model_speed.model_peak_rss_rows([64], iters=1, warmup=0, threads=1)
+    rows = model_peak_rss.model_peak_rss_rows([64], iters=1, warmup=0, threads=1)
     assert [r[1] for r in rows] == [
         "R50-FPN train step [s/iter], 2 img 64x64", "R50-FPN peak RSS train [MB], 2 img 64x64",
         "R50-FPN inference [s/image], 2 img 64x64", "R50-FPN peak RSS eval [MB], 2 img 64x64"]

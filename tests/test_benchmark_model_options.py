@@ -42,13 +42,13 @@ def test_compiled_variants_compile_the_heavy_parts_only(monkeypatch):
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(k.get("dynamic")))
     state = model_speed.reference_state(arch="resnet50")
-    model, _ = model_speed._build(model_speed.CHANNELS_LAST_COMPILE, 64, state)
+    model, _ = model_speed.build_model(model_speed.CHANNELS_LAST_COMPILE, 64, state)
     # backbone and RPN head (fixed image size), then box head, box predictor, mask head, mask
     # predictor for any number of RoIs
     assert compiled == [None, None, True, True, True, True]
     assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     compiled.clear()
-    model_speed._build(model_speed.CHANNELS_LAST, 64, state)
+    model_speed.build_model(model_speed.CHANNELS_LAST, 64, state)
     assert compiled == []
 
 
@@ -104,3 +104,31 @@ def test_data_pipelines_are_timed_item_by_item_alternating_which_goes_first(monk
     timed = log[3:]  # after one untimed warm-up item each
     assert timed == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2),
                      ("b", 0), ("a", 0), ("a", 1), ("b", 1), ("b", 2), ("a", 2)]
+
+
+@pytest.mark.slow  # inductor builds C++ kernels for a ResNet-50 Mask R-CNN: a minute or more on 2 cores
+def test_compiled_variant_runs_other_roi_counts_without_recompiling():
+    """The RoI heads see another number of RoIs / detections on every call. Compiled for dynamic
+    shapes from the start, the first inference call builds every graph that later counts need
+    (compiled as static, the first new count would build another one). Also: the compiled model
+    gives torchvision's detections and still trains."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    state = model_speed.reference_state(arch="resnet50", trained_like_size=96)
+    model, loss_fn = model_speed.build_model(model_speed.COMPILE, 96, state)
+    reference, _ = model_speed.build_model("torchvision", 96, state)
+    images, targets = model_speed.make_batch(96, batch=2)
+    model_speed.infer(model, images, "cpu", None)  # builds the inference graphs (100 detections)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a recompile raises instead of building a graph
+        for kept in (37, 64):  # another number of detections for the mask head
+            model.roi_heads.detections_per_img = reference.roi_heads.detections_per_img = kept
+            out = model_speed.infer(model, images, "cpu", None)
+            expected = model_speed.infer(reference, images, "cpu", None)
+            assert [len(d["boxes"]) for d in out] == [kept, kept]
+            for ours, theirs in zip(out, expected):
+                assert torch.equal(ours["labels"], theirs["labels"])
+                torch.testing.assert_close(ours["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+                torch.testing.assert_close(ours["masks"], theirs["masks"], atol=1e-4, rtol=0)
+    model_speed.timed_step(model, loss_fn, images, targets, "train", "cpu", None, seed=0)
+    assert all(p.grad is not None for p in model.roi_heads.mask_head.parameters())

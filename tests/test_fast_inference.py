@@ -209,14 +209,31 @@ def test_predict_inference_groups():
 
 @pytest.mark.slow  # inductor builds C++ kernels: 15 s with a warm cache, minutes without, on 2 cores
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
-def test_compiled_copy_gives_eager_detections():
-    """compile=True (inductor, weights frozen) keeps eager's detections, on two batches of one size."""
+def test_compiled_copy_gives_eager_detections_without_a_graph_per_count():
+    """compile=True (inductor, weights frozen) keeps eager's detections. Every image brings another
+    number of proposals and detections: the RoI heads must not build a new graph for each count,
+    and after a second image size (one dynamic backbone graph) a third builds nothing either."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     net = build_net("frozen_bn")
     fast = optimize_for_inference(net, compile=True)
-    size = SIZES[0]
-    for seeds in ((1, 2), (3, 4)):
+    counts = []
+
+    def check(size, seeds):
         images = [_image(size, seed) for seed in seeds]
-        assert_same_detections(_detect(fast, images), _detect(net, images))
+        detections = _detect(fast, images)
+        assert_same_detections(detections, _detect(net, images))
+        counts.extend(len(d["boxes"]) for d in detections)
+
+    check(SIZES[0], (1, 2))
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a recompile raises
+        check(SIZES[0], (3, 4))
+        check(SIZES[0], (5, 6))
+    assert len(set(counts)) > 1, f"every batch gave the same detection counts {counts}: no new shape tried"
+    check(SIZES[1], (1, 2))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        check((128, 96), (1, 2))
 
 
 def test_mask_upsampling_as_one_matmul_equals_the_transposed_conv(monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from maskrcnn.modeling.fused_fpn import FusedTopDownFPN, _add_top_down, fuse_fpn_top_down
+from maskrcnn.modeling.module_swap import swap_exact_type
 
 
 def _features(sizes, channels=(8, 16, 32, 64), seed=0, channels_last=False):
@@ -61,3 +62,15 @@ def test_mixed_dtypes_keep_the_promoting_sum():
         out = _add_top_down(lateral.clone(), coarser)
     expected = lateral + torch.nn.functional.interpolate(coarser, size=(4, 4), mode="nearest")
     assert out.dtype == torch.float32 and torch.equal(out, expected)
+
+
+def test_swap_touches_exact_types_only_and_refuses_a_foreign_class():
+    class OwnFPN(FeaturePyramidNetwork):
+        pass
+
+    holder = torch.nn.ModuleList([FeaturePyramidNetwork([4, 8], 4), OwnFPN([4], 4)])
+    assert fuse_fpn_top_down(holder) == 1
+    assert type(holder[0]) is FusedTopDownFPN and type(holder[1]) is OwnFPN
+    assert fuse_fpn_top_down(holder) == 0  # already switched
+    with pytest.raises(TypeError, match="must subclass FeaturePyramidNetwork"):
+        swap_exact_type(holder, FeaturePyramidNetwork, torch.nn.Linear)

@@ -3,23 +3,17 @@
 ``arch="resnet101"`` compares against torchvision's ``MaskRCNN(resnet_fpn_backbone("resnet101"))``
 built the way ``maskrcnn_resnet50_fpn(weights=None)`` builds its R50 (BatchNorm, all layers trainable).
 
-Two ways to measure:
-- ``time_model_pair`` / ``model_rows``: both models in ONE process, iterations interleaved
-  ours / torchvision so that background load slows both equally; CPU or CUDA, AMP.
-- ``measure_in_fresh_process`` / ``model_peak_rss_rows`` (``--model-peak-rss``): each
-  (implementation, mode) in a fresh subprocess so that its peak RSS is its own; CPU.
+``time_model_pair`` / ``model_rows`` time both models in ONE process, iterations interleaved
+ours / torchvision so that background load slows both equally; CPU or CUDA, AMP. Peak memory
+(``--model-peak-rss``, each model in a fresh process) is in ``model_peak_rss.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import multiprocessing as mp
-import resource
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -75,7 +69,7 @@ def _torchvision_model(arch: str, size: int | None = None) -> torch.nn.Module:
     return MaskRCNN(backbone, num_classes=NUM_CLASSES_INCL_BG, **sizes)
 
 
-def _build(impl: str, size: int, state: dict, arch: str = "resnet50") -> tuple[torch.nn.Module, object]:
+def build_model(impl: str, size: int, state: dict, arch: str = "resnet50") -> tuple[torch.nn.Module, object]:
     """Model loaded with ``state`` and a ``loss(model, images, targets) -> scalar`` function."""
     if impl == "torchvision":
         model = _torchvision_model(arch, size)
@@ -98,9 +92,9 @@ def _build(impl: str, size: int, state: dict, arch: str = "resnet50") -> tuple[t
         from maskrcnn.modeling.fast_inference import heavy_parts
 
         for path, module in heavy_parts(model).items():
-            # the RoI heads see another number of RoIs / detections on every call: compiling them
-            # for dynamic shapes at once avoids a recompile per count (inference did not finish
-            # within 200 s on an H200 without it)
+            # the RoI heads see another number of RoIs / detections on every call: compiled for
+            # dynamic shapes from the start, the first call builds the graph all later counts use
+            # (compiled static, the first new count would build a second one)
             module.compile(dynamic=True if path.startswith("roi_heads.") else None)
     criterion = build_criterion("ce")
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
@@ -134,7 +128,7 @@ def _autocast(device: str, amp: str | None):
     return torch.autocast(device_type=device, dtype=dtype)
 
 
-def _step(model, loss_fn, images, targets, mode: str, device: str, amp: str | None, seed: int) -> float:
+def timed_step(model, loss_fn, images, targets, mode: str, device: str, amp: str | None, seed: int) -> float:
     """One timed train step (forward + backward) or inference call; seconds."""
     if device == "cuda":
         torch.cuda.synchronize()
@@ -147,12 +141,18 @@ def _step(model, loss_fn, images, targets, mode: str, device: str, amp: str | No
             loss = loss_fn(model, images, targets)
         loss.backward()
     else:
-        model.eval()
-        with torch.no_grad(), _autocast(device, amp):
-            model(images)
+        infer(model, images, device, amp)
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def infer(model, images, device: str, amp: str | None) -> list[dict]:
+    """Eval-mode detections of ``images``: per image a dict of boxes / labels / scores / masks."""
+    model.eval()
+    with torch.no_grad(), _autocast(device, amp):
+        out = model(images)
+    return out if isinstance(out, list) else out["detections"]
 
 
 def time_model_pair(
@@ -185,7 +185,7 @@ def time_model_pair(
     images, targets = make_batch(size, batch=batch)
     images = [im.to(device) for im in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    models = {impl: _build(impl, size, state, arch) for impl in impls}
+    models = {impl: build_model(impl, size, state, arch) for impl in impls}
     for model, _ in models.values():
         model.to(device)
     times: dict[str, list[float]] = {impl: [] for impl in impls}
@@ -193,15 +193,13 @@ def time_model_pair(
         order = impls if step % 2 == 0 else impls[::-1]
         for impl in order:
             model, loss_fn = models[impl]
-            seconds = _step(model, loss_fn, images, targets, mode, device, amp, seed=step)
+            seconds = timed_step(model, loss_fn, images, targets, mode, device, amp, seed=step)
             if step >= warmup:
                 times[impl].append(seconds)
     if detections is not None and mode == "eval":
         for impl, (model, _) in models.items():
-            with torch.no_grad(), _autocast(device, amp):
-                out = model(images)
             detections[impl] = [{k: v.float().cpu() for k, v in d.items()}
-                                for d in (out if isinstance(out, list) else out["detections"])]
+                                for d in infer(model, images, device, amp)]
     return {impl: statistics.median(t) for impl, t in times.items()}
 
 
@@ -229,36 +227,7 @@ def detection_differences(detections: dict[str, list[dict]]) -> dict[str, str]:
     return text
 
 
-def _worker(impl: str, mode: str, size: int, iters: int, warmup: int, threads: int, arch: str, weights: str,
-            queue: mp.Queue) -> None:
-    torch.set_num_threads(threads)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model, loss_fn = _build(impl, size, state, arch)
-    images, targets = make_batch(size)
-    times = [_step(model, loss_fn, images, targets, mode, "cpu", None, seed=step)
-             for step in range(warmup + iters)][warmup:]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-    queue.put((statistics.median(times), peak_mb))
-
-
-def measure_in_fresh_process(impl: str, mode: str, size: int, weights: str, iters: int = 5, warmup: int = 1,
-                             threads: int = 2, arch: str = "resnet50") -> tuple[float, float]:
-    """(median s per call, peak RSS MB) of one implementation and mode in a spawned process (CPU).
-
-    ``weights`` is a file holding ``reference_state(arch=arch)`` (both implementations load it).
-    """
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(impl, mode, size, iters, warmup, threads, arch, weights, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"benchmark worker {impl}/{mode} failed with exit code {proc.exitcode}")
-    return result
-
-
-def _names(arch: str) -> tuple[str, str]:
+def row_names(arch: str) -> tuple[str, str]:
     """("R50-FPN", "maskrcnn_resnet50_fpn"): our row label and torchvision's model."""
     name = "R" + arch.removeprefix("resnet") + "-FPN"
     return name, "maskrcnn_resnet50_fpn" if arch == "resnet50" else f"MaskRCNN({arch} FPN)"
@@ -280,7 +249,7 @@ def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
     where = f"{device}{', autocast ' + amp if amp else ''}"
     rows = []
     for arch in archs:
-        name, baseline = _names(arch)
+        name, baseline = row_names(arch)
         for size in sizes:
             state = reference_state(arch=arch, trained_like_size=size if trained_like else None, device=device)
             weights = "same trained-like weights" if trained_like else "same weights"
@@ -299,28 +268,4 @@ def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
                     rows.append(("model", f"{name} {label}{suffix}, {batch} img {size}x{size}", t[impl] / per,
                                  t["torchvision"] / per,
                                  f"torchvision {baseline}, {weights}; {where}; median of {iters}; {rate}lower is better"))
-    return rows
-
-
-def model_peak_rss_rows(sizes, iters: int, warmup: int, threads: int,
-                        archs: tuple[str, ...] = ("resnet50",)) -> list[tuple]:
-    """Report rows: time and peak RSS per mode, each implementation and mode in its own process (CPU)."""
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for arch in archs:
-            weights = str(Path(tmp) / f"{arch}.pth")
-            torch.save(reference_state(arch=arch), weights)
-            name, baseline = _names(arch)
-            for size in sizes:
-                for mode, label, per in (("train", "train step [s/iter]", 1), ("eval", "inference [s/image]", 2)):
-                    r = {impl: measure_in_fresh_process(impl, mode, size, weights, iters, warmup, threads, arch)
-                         for impl in IMPLS}
-                    print(f"model {name} {size}px {mode} (own process): ours {r['ours'][0]:.3f} s "
-                          f"{r['ours'][1]:.0f} MB, torchvision {r['torchvision'][0]:.3f} s {r['torchvision'][1]:.0f} MB",
-                          flush=True)
-                    notes = f"torchvision {baseline}, same weights; cpu, {threads} threads; fresh process each"
-                    rows.append(("model", f"{name} {label}, 2 img {size}x{size}", r["ours"][0] / per,
-                                 r["torchvision"][0] / per, f"{notes}; median of {iters}; lower is better"))
-                    rows.append(("model", f"{name} peak RSS {mode} [MB], 2 img {size}x{size}", r["ours"][1],
-                                 r["torchvision"][1], f"{notes}; whole process; lower is better"))
     return rows

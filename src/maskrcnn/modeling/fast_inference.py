@@ -21,7 +21,9 @@ Numerics (measured numbers in docs/benchmark_cpu.md and tests/test_fast_inferenc
   pixels, scores by ~1e-2, and the detection list itself may change. Use it only where that is
   acceptable, and measure on your data.
 - ``compile`` (inductor) fuses and reorders float32 arithmetic; differences are of the order of
-  ``channels_last``'s, but compiling takes minutes on a small CPU and is repeated per input size.
+  ``channels_last``'s. Compiling takes a minute or more on a small CPU: the RoI heads once, for
+  dynamic shapes (any number of proposals / detections), the backbone and RPN head for the first
+  input size and once more, for any size, at the second.
 """
 
 from __future__ import annotations
@@ -265,8 +267,11 @@ def optimize_for_inference(
             # an instance attribute shadows the class's forward for nn.Module.__call__
             module.forward = functools.partial(_autocast_forward, module.forward)
     if compile:
-        for module in parts.values():
+        for path, module in parts.items():
             # freezing: weights become constants, so inductor pre-packs them for oneDNN once
-            # instead of reordering them on every call (the conv weights are fixed here anyway)
-            module.compile(dynamic=False, options={"freezing": True})
+            # instead of reordering them on every call (the conv weights are fixed here anyway).
+            # The RoI heads get another number of proposals / detections with every image: compiled
+            # for dynamic shapes from the start, or each new count would build a graph of its own.
+            # Backbone and RPN head: static for the first image size, one dynamic graph after that.
+            module.compile(dynamic=True if path.startswith("roi_heads.") else None, options={"freezing": True})
     return fast

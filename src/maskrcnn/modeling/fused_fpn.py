@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
+from maskrcnn.modeling.module_swap import swap_exact_type
+
 
 def _add_top_down(lateral: Tensor, coarser: Tensor) -> Tensor:
     """``lateral + interpolate(coarser, size=lateral.shape[-2:], mode="nearest")``.
@@ -58,9 +60,4 @@ class FusedTopDownFPN(FeaturePyramidNetwork):
 def fuse_fpn_top_down(module: nn.Module) -> int:
     """Switch every plain ``FeaturePyramidNetwork`` in ``module`` to ``FusedTopDownFPN`` (in place,
     same parameters). Returns how many were switched."""
-    switched = 0
-    for child in module.modules():
-        if type(child) is FeaturePyramidNetwork:
-            child.__class__ = FusedTopDownFPN
-            switched += 1
-    return switched
+    return swap_exact_type(module, FeaturePyramidNetwork, FusedTopDownFPN)

@@ -19,6 +19,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from maskrcnn.modeling.module_swap import swap_exact_type
+
 log = logging.getLogger(__name__)
 # set when the oneDNN op raised once (a build or CPU without the kernel): plain nn.Linear from then on
 _UNAVAILABLE: list[str] = []
@@ -59,9 +61,4 @@ class OneDNNLinear(nn.Linear):
 def use_onednn_linear(module: nn.Module) -> int:
     """Turn every plain ``nn.Linear`` in ``module`` into a ``OneDNNLinear`` (in place, same
     parameters). Returns how many were switched; subclasses of ``nn.Linear`` are left alone."""
-    switched = 0
-    for child in module.modules():
-        if type(child) is nn.Linear:
-            child.__class__ = OneDNNLinear
-            switched += 1
-    return switched
+    return swap_exact_type(module, nn.Linear, OneDNNLinear)
