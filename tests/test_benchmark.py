@@ -80,6 +80,11 @@ def test_model_peak_rss_rows_come_from_fresh_processes():
     assert rows[1][2] > 100 and rows[1][3] > 100  # a whole interpreter with torch and a model
 
 
+def test_a_fresh_process_that_dies_is_an_error_not_a_hang(tmp_path):
+    with pytest.raises(RuntimeError, match="benchmark worker ours/train died with exit code 1"):
+        model_peak_rss.measure_in_fresh_process("ours", "train", 64, str(tmp_path / "missing.pth"), threads=1)
+
+
 def test_model_benchmark_rejects_unknown_arch(cli):
     with pytest.raises(ValueError, match="arch"):
         model_speed.reference_state(arch="vgg16")

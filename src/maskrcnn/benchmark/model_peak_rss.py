@@ -5,6 +5,7 @@ Same weights and batches as ``model_speed``."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import statistics
 import tempfile
@@ -37,7 +38,14 @@ def measure_in_fresh_process(impl: str, mode: str, size: int, weights: str, iter
     queue = ctx.Queue()
     proc = ctx.Process(target=_worker, args=(impl, mode, size, iters, warmup, threads, arch, weights, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a worker that dies (out of memory, a crash) never puts a result: do not wait forever
+        try:
+            result = queue.get(timeout=5.0)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"benchmark worker {impl}/{mode} died with exit code {proc.exitcode} "
+                                   "before reporting") from None
     proc.join()
     if proc.exitcode != 0:
         raise RuntimeError(f"benchmark worker {impl}/{mode} failed with exit code {proc.exitcode}")
