@@ -48,6 +48,11 @@ def test_value_checks():
         ("data.num_classes=two", r"data\.num_classes='two' must be a positive integer"),
         ("data.num_classes=0", r"data\.num_classes=0 must be a positive integer"),
         ("model.transform.min_size=0", r"model\.transform\.min_size=0 must be a positive integer"),
+        # the class head must match the data (it would fail inside a training / validation step)
+        ("model.num_classes=7", r"model\.num_classes=7 but data\.num_classes=3: the class head must have one "
+                                r"output per dataset category \(drop the model\.num_classes override"),
+        ("model.num_classes=2", r"model\.num_classes=2 but data\.num_classes=3"),
+        ("model.num_classes=0", r"model\.num_classes=0 must be a positive integer"),
         ("model.transform.max_size=-64", r"model\.transform\.max_size=-64 must be a positive integer"),
         ("trainer.accumulate_grad_batches=0", r"trainer\.accumulate_grad_batches=0 must be a positive integer"),
     ],

@@ -1,6 +1,7 @@
 """Tests of maskrcnn.evaluation.CocoEvaluator on a tiny hand-made COCO file."""
 
 import json
+import math
 import os
 import socket
 
@@ -120,7 +121,7 @@ def test_backends_agree(ann_file, capsys):
     ids = list(IMAGES)
     dets = [noisy_detection(i) for i in ids]
     results = [evaluate(ann_file, dets, ids, backend=b) for b in BACKENDS]
-    # Our read-out of the accumulated arrays equals pycocotools' own summarize() (-1 -> 0).
+    # Our read-out of the accumulated arrays equals pycocotools' own summarize() (-1 -> NaN).
     reference = CocoEvaluator(ann_file, LABEL_TO_CAT, backend="pycocotools")
     reference.update(dets, ids)
     reference.compute()
@@ -129,12 +130,14 @@ def test_backends_agree(ann_file, capsys):
         coco_eval = reference.coco_evals[iou_type]
         coco_eval.summarize()
         for name, stat in zip(names, coco_eval.stats):
-            assert results[1][f"{iou_type}_{name}"] == pytest.approx(max(stat, 0.0), abs=1e-12), name
+            expected = stat if stat > -1 else math.nan  # "not computable" (here: no large objects)
+            assert results[1][f"{iou_type}_{name}"] == pytest.approx(expected, abs=1e-12, nan_ok=True), name
+        assert math.isnan(results[1][f"{iou_type}_APl"]) and results[1][f"{iou_type}_APm"] > 0
     capsys.readouterr()
     assert results[0].keys() == results[1].keys()
     assert 0.1 < results[0]["bbox_AP"] < 0.99  # imperfect, so the comparison means something
     for key in results[0]:
-        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key
+        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6, nan_ok=True), key
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -182,11 +185,13 @@ def test_only_updated_images_are_evaluated(ann_file, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_detections_do_not_crash(ann_file, backend):
     evaluator = CocoEvaluator(ann_file, LABEL_TO_CAT, backend=backend)
-    assert all(v == 0.0 for v in evaluator.compute().values())  # nothing updated yet
+    assert all(math.isnan(v) for v in evaluator.compute().values())  # nothing updated: nothing to measure
     empty = [to_detection(i, np.zeros((0, 4)), [], [], np.zeros((0, *IMAGES[i]))) for i in IMAGES]
     evaluator.update(empty, list(IMAGES))
     metrics = evaluator.compute()
-    assert "segm_APl" in metrics and all(v == 0.0 for v in metrics.values())
+    # objects there, none found: 0; no large object in the set: not computable, NaN (not a 0)
+    assert math.isnan(metrics["segm_APl"]) and math.isnan(metrics["bbox_ARl"])
+    assert all(v == 0.0 for k, v in metrics.items() if not k.endswith("l"))
     assert isinstance(evaluator.per_category_table(), str)
     evaluator.reset()
     assert evaluator.image_ids == []
@@ -279,4 +284,4 @@ def test_ddp_gather_deduplicates(ann_file, tmp_path):
     for rank in range(2):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["image_ids"] == ids
-        assert result["metrics"] == pytest.approx(expected, abs=1e-12)
+        assert result["metrics"] == pytest.approx(expected, abs=1e-12, nan_ok=True)

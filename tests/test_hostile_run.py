@@ -223,3 +223,21 @@ def test_unknown_config_group_or_option_is_named(tiny, hostile, tmp_path):
         _cfg(tiny, hostile, tmp_path, "model=resnet9_fpn")
     with pytest.raises(HydraException, match=r"modle"):
         _cfg(tiny, hostile, tmp_path, "modle=resnet18_fpn")
+
+
+def test_a_validation_split_without_instances_warns_and_reports_nan_not_zero(tiny, shapes_dir, tmp_path, caplog):
+    """COCO AP of a set without ground truth is not computable: it used to be logged as 0.000,
+    which reads as "the model found nothing", and nothing said why."""
+    val = json.loads((shapes_dir / "shapes" / "val" / "annotations.json").read_text())
+    empty = tmp_path / "val_without_annotations.json"
+    empty.write_text(json.dumps({**val, "annotations": []}))
+    cfg = compose([*tiny, f"data.val.annotation_file={empty}"], output_dir=tmp_path / "run", data_dir=shapes_dir)
+    with caplog.at_level(logging.INFO):
+        metrics, _ = train(cfg)
+    table = next(r.getMessage() for r in caplog.records if "APl" in r.getMessage())  # printed after training
+    assert "nan" not in table and table.split("segm")[1].split()[:6] == ["-"] * 6
+    warning = next(r.getMessage() for r in caplog.records if "no instance to evaluate" in r.getMessage())
+    assert str(empty) in warning and "every val/ metric will be NaN" in warning
+    assert "trainer.limit_val_batches=0" in warning
+    assert np.isnan(metrics["val/segm_AP"]) and np.isnan(metrics["val/bbox_AR1"])
+    assert metrics["train/loss"] > 0  # the run itself went on

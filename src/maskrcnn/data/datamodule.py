@@ -21,7 +21,7 @@ from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
 from maskrcnn.data.setup_checks import (
     category_names, check_categories_agree, check_mask_memory, check_resize_keeps_instances, check_same_categories,
-    check_training_instances, pipeline_scale, validate_augmentation_sizes,
+    check_training_instances, pipeline_scale, validate_augmentation_sizes, warn_if_nothing_to_evaluate,
 )
 from maskrcnn.data.shapes import generate_shapes
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
@@ -190,6 +190,9 @@ class CocoDataModule(pl.LightningDataModule):
             self._check_image_files(split, dataset)
         for dataset in training:  # unreadable images may have held every instance
             check_training_instances(dataset)
+        for split, dataset in new:
+            if split == "val":
+                warn_if_nothing_to_evaluate(dataset)
 
     def _decode_min_size(self) -> tuple[int, int] | None:
         """Largest (short, long) output of the training resize, for reduced-scale JPEG decoding."""

@@ -122,6 +122,19 @@ def check_training_instances(dataset: CocoInstanceDataset) -> None:
                            "Mask R-CNN needs at least one non-crowd object with a usable polygon or RLE mask")
 
 
+def warn_if_nothing_to_evaluate(dataset: CocoInstanceDataset) -> bool:
+    """A validation split without a usable non-crowd instance gives COCO AP nothing to measure:
+    every ``val/`` metric comes out NaN ("not computable"), never a misleading 0. Say so once, up
+    front. Returns whether it warned."""
+    reason = no_instance_reason(dataset)
+    if reason is None:
+        return False
+    log.warning("val split (%s): no instance to evaluate: %s. COCO AP is not computable, so every val/ metric "
+                "will be NaN; add annotated validation images, or skip validation with trainer.limit_val_batches=0",
+                dataset.annotation_file, reason)
+    return True
+
+
 def training_scale(augmentation: str, kwargs: dict[str, Any], height: int, width: int) -> float:
     """Largest factor the training pipeline ``augmentation`` resizes a ``height`` x ``width`` image by
     (``maskrcnn.data.transforms.build_transforms``)."""

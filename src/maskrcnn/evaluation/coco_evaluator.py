@@ -8,7 +8,9 @@ Usage (one validation epoch):
 
 Reported numbers are COCO-style fractions in [0, 1] (not percent). COCOeval marks a metric it
 cannot compute (no ground truth in that category / area range among the evaluated images) with
--1; such metrics are reported as 0.0 so that loggers and checkpoint monitors never see -1 or NaN.
+-1; such metrics are reported as NaN, as detectron2 does: a 0.0 would read as "found nothing"
+(e.g. APl = 0 on a set without large objects). Lightning's ModelCheckpoint ranks a NaN monitor
+value last.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def _backend_classes(backend: str):
 
         return COCO, COCOeval
     raise ValueError(f"unknown COCO evaluation backend {backend!r}; use 'faster_coco_eval' or 'pycocotools'")
+
+
+NOT_COMPUTABLE = float("nan")  # COCOeval's -1: no ground truth for that metric among the evaluated images
 
 
 def _mean_valid(values: np.ndarray) -> float:
@@ -212,14 +217,14 @@ class CocoEvaluator:
         self._summary += f"IoU metric: {iou_type}\n" + "".join(
             f"  {name:<6} = {value:0.3f}\n" for name, value in raw.items()
         )
-        return {f"{iou_type}_{name}": max(value, 0.0) for name, value in raw.items()}
+        return {f"{iou_type}_{name}": value if value > -1 else NOT_COMPUTABLE for name, value in raw.items()}
 
     def compute(self) -> dict[str, float]:
         """COCO metrics over the updated images: keys `{bbox,segm}_{AP, AP50, AP75, APs, APm, APl,
-        AR1, AR10, AR<max_dets>, ARs, ARm, ARl}`, floats in [0, 1] (-1 "not computable" -> 0.0).
+        AR1, AR10, AR<max_dets>, ARs, ARm, ARl}`, floats in [0, 1]; NaN where COCO cannot compute one.
 
         Under DDP call `gather()` on every rank first, or each rank only sees its own shard.
-        With no updated image at all every metric is 0.0.
+        With no updated image at all every metric is NaN.
         """
         if self._metrics is not None:
             return dict(self._metrics)
@@ -233,7 +238,7 @@ class CocoEvaluator:
                 # pycocotools treats imgIds=[] as "all images"; never evaluate an empty selection.
                 names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
                 names += [f"AR{d}" for d in self.max_dets_list] + ["ARs", "ARm", "ARl"]
-                metrics.update({f"{iou_type}_{name}": 0.0 for name in names})
+                metrics.update({f"{iou_type}_{name}": NOT_COMPUTABLE for name in names})
                 self._per_category[iou_type] = {}
                 continue
             self.coco_evals[iou_type] = self._evaluate(iou_type, image_ids)

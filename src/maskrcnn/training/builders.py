@@ -67,7 +67,7 @@ def build_module(cfg: DictConfig) -> MaskRCNNModule:
     # The eval config has no optimizer/scheduler groups (an experiment may still set a few keys).
     training = "fn" in cfg.get("optimizer", {})
     lr = scaled_lr(cfg) if training else 0.0  # checks batch size and LR before the model is built
-    checks.check_num_classes(cfg.model.get("num_classes"), "model.num_classes")
+    checks.check_model_matches_data_classes(cfg.model.get("num_classes"), cfg.get("data", {}).get("num_classes"))
     checks.check_transform_sizes(cfg.model.get("transform"))
     net = instantiate(cfg.model, _convert_="all")
     criterion = instantiate(cfg.loss.criterion)

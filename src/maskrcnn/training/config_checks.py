@@ -54,6 +54,19 @@ def check_num_classes(value: object, key: str = "data.num_classes") -> int:
     return positive_int(value, key)
 
 
+def check_model_matches_data_classes(model_classes: object, data_classes: object) -> int:
+    """``model.num_classes`` (it follows ``data.num_classes`` unless overridden) must equal
+    ``data.num_classes``, which the data module checks against the annotation files: a class head
+    of another size fails deep inside a training or validation step instead."""
+    model_classes = check_num_classes(model_classes, "model.num_classes")
+    if data_classes not in (None, "???") and model_classes != check_num_classes(data_classes):
+        raise ConfigError(
+            f"model.num_classes={model_classes} but data.num_classes={data_classes}: the class head must "
+            "have one output per dataset category (drop the model.num_classes override; it follows data.num_classes)"
+        )
+    return model_classes
+
+
 def check_transform_sizes(transform: Mapping | None) -> None:
     """``model.transform.min_size`` (an int, or a list for multi-scale training) and ``max_size``."""
     transform = transform or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -138,5 +139,6 @@ def _print_coco_summary(module) -> None:
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     lines = [f"{'':5}" + "".join(f"{n:>8}" for n in names)]
     for kind in ("bbox", "segm"):
-        lines.append(f"{kind:5}" + "".join(f"{m.get(f'{kind}_{n}', 0.0):8.3f}" for n in names))
+        values = (m.get(f"{kind}_{n}", math.nan) for n in names)
+        lines.append(f"{kind:5}" + "".join(f"{'-':>8}" if math.isnan(v) else f"{v:8.3f}" for v in values))  # - : not computable
     rank_zero_info("\n" + "\n".join(lines) + "\n\n" + module.evaluator.per_category_table())
