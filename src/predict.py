@@ -1,7 +1,10 @@
 """Predict with a checkpoint:  python src/predict.py ckpt_path=PATH input=DIR_OR_GLOB output=DIR
 
-Unreadable inputs are skipped and listed in ``<output>/skipped_inputs.jsonl``; the exit status is 1
-only when no input could be read (or on the first one with ``strict=true``).
+Unreadable inputs (also broken symbolic links, directories or FIFOs named like images) are skipped
+and listed in ``<output>/skipped_inputs.jsonl``; the exit status is 1 only when no input could be
+read (or on the first one with ``strict=true``). A bad config value (``batch_size``,
+``score_thresh``, ``device``, ``output``, ...) ends the run with one ConfigError line naming the key,
+before the model is loaded (``maskrcnn.inference.predict_options``).
 """
 
 import hydra

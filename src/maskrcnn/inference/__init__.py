@@ -1,5 +1,7 @@
 """Running a trained network outside training.
 
-``predict_images.py``: image files -> PNG overlays + COCO results json (``src/predict.py``).
+``predict_images.py``: image files -> PNG overlays + COCO results json (``src/predict.py``);
+``inputs.py`` lists what ``input=`` names and names the overlays, ``predict_options.py`` checks the
+other config values before the model is loaded.
 ``export_graph.py``: ONNX / TorchScript export of the inference network (``scripts/export.py``).
 """

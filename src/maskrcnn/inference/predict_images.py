@@ -11,7 +11,6 @@ original resolution straight into RLE, each over its box only. Overlays are draw
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -27,6 +26,8 @@ from torch import Tensor, nn
 from maskrcnn.data.draw import draw_instances
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.image_io import exif_size, image_to_tensor, load_rgb, open_image
+from maskrcnn.inference.inputs import IMAGE_SUFFIXES, list_inputs, overlay_names
+from maskrcnn.inference.predict_options import check_output, check_predict_config, config_error
 from maskrcnn.modeling.fast_inference import optimize_for_inference
 from maskrcnn.modeling.postprocess import paste_masks
 from maskrcnn.modeling.transform import map_boxes_to_original
@@ -34,7 +35,7 @@ from maskrcnn.training.run_checkpoint import build_net_from_checkpoint, checkpoi
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "list_images", "load_checkpoint_model", "load_for_model", "predict"]
 # Float elements one mask-pasting chunk may hold (x4 bytes): 2 masks of a 24-megapixel photo.
 PASTE_BUDGET = 2**26
 # predictions.json is rewritten at most this often during a run (and always at the end, even
@@ -43,20 +44,9 @@ SAVE_EVERY_S = 60.0
 
 
 def list_images(spec: str) -> list[Path]:
-    """A directory (its images, sorted), a glob pattern, or a single file."""
-    path = Path(spec)
-    if path.is_dir():
-        entries = sorted(p for p in path.iterdir() if p.is_file())
-        files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-        if len(entries) > len(files):
-            log.info("input=%s: ignoring %d file(s) without an image suffix", spec, len(entries) - len(files))
-    elif path.is_file():
-        files = [path]
-    else:
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"input={spec!r}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
-    return files
+    """A directory (its images, sorted), a glob pattern, or a single file: the paths with an image
+    suffix, including those predict will skip as unreadable (``inputs.list_inputs`` says why)."""
+    return list_inputs(spec).files
 
 
 def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tuple[nn.Module, dict]:
@@ -68,12 +58,6 @@ def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tu
     """
     ckpt = read_run_checkpoint(ckpt_path)
     return build_net_from_checkpoint(ckpt, ckpt_path, mask_format=mask_format), checkpoint_meta(ckpt)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_for_model(path: Path, min_size: int, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -123,10 +107,12 @@ def _chunk(size: tuple[int, int]) -> int:
 
 
 class _Outputs:
-    """predictions.json + images.json (rewritten atomically) and skipped_inputs.jsonl (appended)."""
+    """predictions.json + images.json (rewritten atomically), skipped_inputs.jsonl (appended) and
+    the overlay file name of each input (``inputs.overlay_names``)."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, overlays: dict[Path, str]) -> None:
         self.out_dir = out_dir
+        self.overlays = overlays
         self.results: list[dict] = []
         self.images: list[dict] = []
         self.skipped: list[dict] = []
@@ -155,30 +141,40 @@ class _Outputs:
 
 @torch.inference_mode()
 def predict(cfg) -> Path:
-    """Writes ``<output>/<stem>.png`` overlays, ``predictions.json`` (COCO results with RLE masks at
-    the original resolution), ``images.json`` (the image list those results refer to) and, when
-    inputs could not be read, ``skipped_inputs.jsonl``. Returns the output folder.
+    """Writes one PNG overlay per image (``<output>/<path below the input root>.png``, see
+    ``inputs.overlay_names``), ``predictions.json`` (COCO results with RLE masks at the original
+    resolution), ``images.json`` (the image list those results refer to: ``file_name`` the input
+    path, ``overlay`` its overlay below ``output``) and, when inputs could not be read,
+    ``skipped_inputs.jsonl``. Returns the output folder.
 
     Raises:
+        ConfigError: a bad config value (checked before the model is loaded), naming the key.
+        FileNotFoundError: ``input`` names no file with an image suffix.
         DatasetError: no input could be read, or (``strict=true``) the first unreadable input.
     """
-    files = list_images(str(cfg.input))
-    out_dir = Path(cfg.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.get("device", "auto"))
+    opts = check_predict_config(cfg)
+    inputs = list_inputs(str(cfg.input))
+    files = inputs.files
+    overlays = overlay_names(files, inputs.root)
+    readable = {os.path.realpath(f) for f in files if f not in inputs.problems}
+    for f, name in overlays.items():  # output=<the input folder> would replace x.png by its overlay
+        if os.path.realpath(Path(str(cfg.get("output"))) / name) in readable:
+            raise config_error(f"output={str(cfg.get('output'))!r}: the overlay {name} would overwrite "
+                               f"the input {str(f)!r}; choose another output folder")
+    out_dir = check_output(cfg.get("output"))
     net, meta = load_checkpoint_model(cfg.ckpt_path)
+    device, thresh, batch_size, strict = opts.device, opts.score_thresh, opts.batch_size, opts.strict
     net.to(device)
-    options = cfg.get("inference", {}).get("options")  # conf/inference/{eager,fast}.yaml
-    if options is not None:
-        net = optimize_for_inference(net, **options)
+    if opts.inference_options is not None:  # conf/inference/{eager,fast}.yaml
+        net = optimize_for_inference(net, **opts.inference_options)
     min_size, max_size = int(net.transform.min_size[-1]), int(net.transform.max_size)
-    thresh = float(cfg.get("score_thresh", 0.5))
-    batch_size, strict = int(cfg.get("batch_size", 2)), bool(cfg.get("strict", False))
-    outputs = _Outputs(out_dir)
+    outputs = _Outputs(out_dir, overlays)
     try:
         batch: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
         for index, path in enumerate(track(files, description="predict")):
             try:
+                if path in inputs.problems:  # a broken link, a directory named x.jpg, ...
+                    raise DatasetError(inputs.problems[path])
                 batch.append((path, *load_for_model(path, min_size, max_size)))
             except DatasetError as error:
                 outputs.skip(path, error)
@@ -213,7 +209,9 @@ def _predict_batch(
     detections, resized_sizes = _detect(net, tensors)
     for (path, array, original), det, resized in zip(batch, detections, resized_sizes):
         image_id = len(outputs.images) + 1
-        outputs.images.append({"id": image_id, "file_name": str(path), "height": original[0], "width": original[1]})
+        overlay = outputs.overlays[path]
+        outputs.images.append({"id": image_id, "file_name": str(path), "overlay": overlay,
+                               "height": original[0], "width": original[1]})
         keep = det["scores"] >= thresh
         masks, labels, scores = det["masks"][keep], det["labels"][keep], det["scores"][keep]
         boxes = map_boxes_to_original(det["boxes"][keep], resized, original)  # Tensor[D, 4] xyxy, file pixels
@@ -233,4 +231,6 @@ def _predict_batch(
         drawn_masks = paste_masks(masks, drawn_boxes, decoded, mask_format="binary", chunk_size=_chunk(decoded),
                                   aligned=net.paste_aligned)
         picture = draw_instances(array, drawn_boxes.cpu(), drawn_masks.cpu(), labels.cpu(), names, scores=scores.cpu())
-        Image.fromarray(np.ascontiguousarray(picture)).save(outputs.out_dir / f"{path.stem}.png")
+        target = outputs.out_dir / overlay
+        target.parent.mkdir(parents=True, exist_ok=True)  # overlays mirror the input's subfolders
+        Image.fromarray(np.ascontiguousarray(picture)).save(target)

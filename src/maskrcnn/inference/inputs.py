@@ -1,0 +1,132 @@
+"""predict's ``input=``: which files it names, which of them cannot be read, and where each overlay goes.
+
+Every mode (a folder, a glob pattern, a single file) accepts the same suffixes (``IMAGE_SUFFIXES``,
+case-insensitive). An entry with an image suffix that is not a readable regular file (a broken
+symbolic link, a symbolic link loop, a directory, a FIFO / socket / device) is kept in the list
+with its reason, so that predict reports it as a skipped input instead of dropping it silently.
+Entries without an image suffix are counted and logged, not listed; a folder's subfolders are not
+searched (a ``**`` glob does that).
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# A GIF is read as its first frame (image_io.load_rgb); one list for every input mode.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+@dataclass
+class InputList:
+    """What ``input=`` names.
+
+    Attributes:
+        files: the entries with an image suffix, sorted; includes those in ``problems``.
+        problems: ``{path: reason}`` for entries that cannot be read as files (the reason names the path).
+        root: the folder the files are named relative to (the folder, the glob's literal prefix, or
+            the single file's folder); ``overlay_names`` mirrors the paths below it.
+        ignored: how many non-directory entries were passed over for their suffix.
+    """
+
+    files: list[Path]
+    problems: dict[Path, str] = field(default_factory=dict)
+    root: Path = Path(".")
+    ignored: int = 0
+
+
+def _glob_root(spec: str) -> Path:
+    """The literal folder a glob pattern starts with: ``/data/**/*.jpg`` -> ``/data``."""
+    literal: list[str] = []
+    for part in Path(spec).parts[:-1]:
+        if glob.has_magic(part):
+            break
+        literal.append(part)
+    return Path(*literal) if literal else Path(".")
+
+
+def entry_problem(path: Path) -> str | None:
+    """None for a regular file (or a symbolic link to one), else why ``path`` cannot be read as one."""
+    where = f"image file {str(path)!r}"
+    try:
+        mode = os.stat(path).st_mode  # follows symbolic links
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{where} is a symbolic link loop"
+        if path.is_symlink() and exc.errno == errno.ENOENT:
+            return f"{where} is a broken symbolic link (its target {os.readlink(path)!r} does not exist)"
+        return f"{where} cannot be accessed: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return f"{where} is a directory"
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{where} is not a regular file ({kind})"
+
+
+def list_inputs(spec: str) -> InputList:
+    """The entries of a folder (not its subfolders), of a glob pattern (``**`` recurses), or one file.
+
+    Raises:
+        ConfigError: ``input`` is a single file without an image suffix.
+        FileNotFoundError: nothing with an image suffix was found (the message names ``input``).
+    """
+    path = Path(spec)
+    if path.is_dir():
+        root, candidates = path, sorted(path.iterdir())
+    elif path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            from maskrcnn.inference.predict_options import config_error
+
+            raise config_error(f"input={spec!r} is a file without an image suffix ({', '.join(IMAGE_SUFFIXES)})")
+        root, candidates = path.parent, [path]
+    else:  # a glob pattern, or a path that is neither a file nor a folder (a broken link, a FIFO, ...)
+        root, candidates = _glob_root(spec), sorted(Path(p) for p in glob.glob(spec, recursive=True))
+    found = InputList(files=[], root=root)
+    for entry in candidates:
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            found.ignored += not entry.is_dir()  # folders are not files to report
+            continue
+        found.files.append(entry)
+        problem = entry_problem(entry)
+        if problem is not None:
+            found.problems[entry] = problem
+    if found.ignored:
+        log.info("input=%s: ignoring %d file(s) without an image suffix", spec, found.ignored)
+    if not found.files:
+        raise FileNotFoundError(f"input={spec!r}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
+    return found
+
+
+def overlay_names(files: list[Path], root: Path) -> dict[Path, str]:
+    """The overlay file of each input, relative to the output folder (``/`` separated), unique.
+
+    The input's path below ``root`` with its suffix replaced by ``.png`` (``a/y.jpg`` ->
+    ``a/y.png``). Inputs that would share a name (``x.jpg`` and ``x.png``, compared ignoring case for
+    case-insensitive file systems) keep their suffix (``x.jpg.png``, ``x.png.png``); a name still
+    taken then gets ``~2``, ``~3``, ... in input order, so the names depend on the input list only.
+    """
+    rel = {f: Path(os.path.relpath(f, root)).as_posix() for f in files}
+    # a pattern like DIR/*/../*.jpg can name files outside its literal prefix: never write outside output
+    rel = {f: (Path(f).name if r.split("/")[0] == ".." else r) for f, r in rel.items()}
+    plain = {f: str(Path(r).with_suffix(".png").as_posix()) for f, r in rel.items()}
+    counts: dict[str, int] = {}
+    for name in plain.values():
+        counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
+    names, taken = {}, set()
+    for f in files:
+        name = plain[f] if counts[plain[f].casefold()] == 1 else rel[f] + ".png"
+        stem, n = name[: -len(".png")], 1
+        while name.casefold() in taken:
+            n += 1
+            name = f"{stem}~{n}.png"
+        taken.add(name.casefold())
+        names[f] = name
+    return names
