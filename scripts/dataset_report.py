@@ -9,7 +9,8 @@ with the Hydra override line to paste, and suggested anchor sizes / min_size
 (``maskrcnn.data.fit_report``). The json files first get the checks training runs on them (ids,
 types, structure, categories equal across the splits, at least one training instance; no image is
 opened): a file training would reject is rejected here with the same message. Skipped annotations
-are summarised as warnings. Exit status 0 even with warnings; 2 when a json cannot be used.
+are summarised as warnings. Object boxes are measured from the masks, as training takes them (the
+json ``bbox`` may be absent); a json bbox that disagrees with its mask is listed in a warning. Exit status 0 even with warnings; 2 when a json cannot be used.
 """
 
 import argparse

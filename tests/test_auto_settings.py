@@ -38,3 +38,25 @@ def test_explicit_anchors_are_left_alone(tmp_path):
     before = OmegaConf.to_container(cfg.model.rpn.anchor_sizes)
     resolve_auto_settings(cfg, None)  # never touches the data when nothing is auto
     assert OmegaConf.to_container(cfg.model.rpn.anchor_sizes) == before
+
+
+def test_auto_anchors_say_when_json_boxes_disagree_with_the_masks(tmp_path, caplog):
+    """The choice is measured from the masks, as training does; a json bbox that disagrees is named
+    in the log even when the dataset-fit report itself is off (dataset_report=false)."""
+    import json
+    import logging
+
+    from helpers.config import ROOT
+
+    data = json.loads((ROOT / "tests/data/nuts/annotations.json").read_text())
+    wrong = data["annotations"][0]
+    wrong["bbox"] = [0, 0, 10, 10]
+    ann_file = tmp_path / "nuts_wrong_bbox.json"
+    ann_file.write_text(json.dumps(data))
+    cfg = _cfg(["data=nuts", f"data.train.annotation_file={ann_file}", "dataset_report=false"], tmp_path)
+    with caplog.at_level(logging.WARNING):
+        resolve_auto_settings(cfg, build_datamodule(cfg))
+    assert OmegaConf.to_container(cfg.model.rpn.anchor_sizes) == STANDARD_ANCHORS  # the wrong box is not used
+    message = next(r.getMessage() for r in caplog.records if "disagrees with their mask" in r.getMessage())
+    assert message.startswith("model.rpn.anchor_sizes=auto: train: ") and str(ann_file) in message
+    assert f"annotation {wrong['id']} (image {wrong['image_id']}): bbox [0, 0, 10, 10]" in message

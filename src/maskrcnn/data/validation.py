@@ -155,7 +155,13 @@ def _iscrowd(ann: dict, source: str) -> int:
 
 def _evaluation_fields(ann: dict, source: str) -> None:
     where = f"annotation id {ann['id']} (image id {ann['image_id']}"
-    _require(ann, EVALUATION_KEYS, f"{where}, needed by COCO evaluation)", source)
+    missing = [k for k in EVALUATION_KEYS if k not in ann]
+    if missing:  # training takes boxes from the masks, but COCO evaluation reads these from the ground truth
+        raise DatasetError(
+            f"{source}: {where}): COCO evaluation (pycocotools, faster-coco-eval) reads 'bbox' and 'area' of "
+            f"every ground-truth annotation of a validation split, and this one is missing key(s) {missing}. "
+            "Training derives boxes from the masks, evaluation does not: fill them in from the masks "
+            "(pycocotools.mask toBbox / area of each segmentation) to use this file for validation.")
     if type(ann["area"]) not in (int, float):
         raise DatasetError(f"{source}: {where}) has area {short_repr(ann['area'], 40)}; COCO evaluation needs a number")
     if ann["id"] <= 0:
@@ -252,19 +258,19 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
 
 
 def _record_extents(index: CocoIndex, kept: list, extents: dict[int, float], rle_slots: list[int]) -> None:
-    """Per image, the shorter bbox side of its largest valid non-crowd instance."""
+    """Per image, the shorter box side of its largest valid non-crowd instance: polygons' vertex
+    extents (``PolygonBatch``), RLEs' mask box (pycocotools ``toBbox``, checked strings only). Never
+    the json ``bbox``: training takes boxes from the masks, and a json bbox may be absent or wrong."""
     from pycocotools import mask as mask_utils
 
-    for slot in rle_slots:
-        ann, image, crowd = kept[slot]
-        if crowd:
-            continue
-        if "bbox" in ann:  # validated; saves decoding the RLE's box
-            extents[slot] = float(min(ann["bbox"][2:]))
-        else:
-            seg = ann["segmentation"]
-            rle = seg if type(seg["counts"]) is str else mask_utils.frPyObjects(seg, image["height"], image["width"])
-            extents[slot] = float(min(mask_utils.toBbox(rle)[2:]))
+    slots = [s for s in rle_slots if not kept[s][2]]
+    if slots:
+        rles = []
+        for slot in slots:
+            seg, image = kept[slot][0]["segmentation"], kept[slot][1]
+            rles.append(seg if type(seg["counts"]) is str else mask_utils.frPyObjects(seg, image["height"], image["width"]))
+        for slot, (w, h) in zip(slots, mask_utils.toBbox(rles).reshape(-1, 4)[:, 2:].tolist()):
+            extents[slot] = float(min(w, h))
     for slot, extent in extents.items():
         ann, _, crowd = kept[slot]
         if not crowd and extent > index.extents.get(ann["image_id"], -1.0):

@@ -36,3 +36,8 @@ def resolve_auto_settings(cfg: DictConfig, datamodule) -> None:
         cfg.model.rpn.anchor_sizes = chosen
     why = "the standard set fits" if report.suggestion.keep_anchors else "fitted to the training objects"
     log.info("model.rpn.anchor_sizes=auto -> %s (%s; dataset-fit report of %s)", chosen, why, train_file)
+    from maskrcnn.data.fit_report import box_warnings
+
+    for name, split in report.splits.items():  # what the choice rests on, even with dataset_report=false
+        for warning in box_warnings(name, split):
+            log.warning("model.rpn.anchor_sizes=auto: %s", warning.message)
