@@ -175,3 +175,26 @@ def test_cli_exports_a_training_checkpoint_to_torchscript(tmp_path, capsys):
                                         "--height", "64", "--width", "96"])
     assert out.is_file() and max(diffs.values()) < 1e-4
     assert "max |exported - eager| masks" in capsys.readouterr().out
+
+
+def test_cli_mistakes_end_with_one_line_before_or_instead_of_a_traceback(tmp_path, capsys, caplog, monkeypatch):
+    """A folder as --out, an example image without detections and a zero size: one message each."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # conftest sets it; users do not
+    ckpt = save_random_checkpoint(tmp_path / "random.ckpt", ["model.roi_heads.score_thresh=0.0"])
+    main = load_script("export").main
+
+    def message(args) -> tuple[int, str]:
+        caplog.clear()
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        return info.value.code, caplog.text + capsys.readouterr().err  # logged, or printed without logging
+
+    code, text = message(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(tmp_path),
+                          "--height", "64", "--width", "96"])
+    assert code == 1 and f"--out {str(tmp_path)!r} is a folder" in text and "Traceback" not in text
+    nothing = save_random_checkpoint(tmp_path / "strict.ckpt", ["model.roi_heads.score_thresh=1.0"])
+    code, text = message(["--ckpt", str(nothing), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                          "--height", "64", "--width", "96"])
+    assert code == 1 and "gives no detections" in text and "Traceback" not in text
+    code, text = message(["--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--height", "0"])
+    assert code == 2 and "argument --height: must be a positive number of pixels, got 0" in text

@@ -39,6 +39,7 @@ def expected_error_types() -> tuple[type[BaseException], ...]:
     """The errors whose message is enough. Imported here, not at module level, so that a light
     entry point (predict) does not pay for importing Lightning before anything failed."""
     from maskrcnn.data.errors import DatasetError
+    from maskrcnn.inference.export_graph import ExportError
     from maskrcnn.modeling.weights_download import WeightsDownloadError
     from maskrcnn.training.config_checks import ConfigError
     from maskrcnn.training.nonfinite import NonFiniteLossError
@@ -47,6 +48,7 @@ def expected_error_types() -> tuple[type[BaseException], ...]:
     return (
         DatasetError,
         ConfigError,
+        ExportError,
         CheckpointError,
         WeightsDownloadError,
         NonFiniteLossError,

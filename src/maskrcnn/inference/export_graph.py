@@ -33,6 +33,11 @@ OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 FORMATS = ("onnx", "torchscript")
 
 
+class ExportError(ValueError):
+    """What the user asked cannot be exported (size, opset, format, an example without detections):
+    the message says which argument to change; entry points print it as one line."""
+
+
 class ExportWrapper(nn.Module):
     """Runs a MaskRCNN (eval mode) on one image and returns plain tensors (see module docstring).
 
@@ -43,7 +48,7 @@ class ExportWrapper(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         if getattr(net, "mask_format", None) not in ("prob", "binary"):
-            raise ValueError(
+            raise ExportError(
                 f"ExportWrapper: net.mask_format must be 'prob' or 'binary' to export, got "
                 f"{getattr(net, 'mask_format', None)!r}"
             )
@@ -93,21 +98,21 @@ def example_image(image_size: tuple[int, int], seed: int = 0) -> Tensor:
 def _prepare(net: nn.Module, image_size: tuple[int, int], example: Tensor | None) -> tuple[ExportWrapper, Tensor]:
     """Eval-mode wrapper + a checked example image on the net's device."""
     if len(image_size) != 2 or min(int(s) for s in image_size) < 1:
-        raise ValueError(f"export: image_size must be (H, W) positive ints, got {image_size!r}")
+        raise ExportError(f"export: image_size must be (H, W) positive ints, got {image_size!r}")
     if any(getattr(m, "interpolation", None) == "bicubic" for m in net.modules()):
         # its sparse pooling matrix has a size of (#RoIs x bins) that tracing freezes, and ONNX has no sparse ops
-        raise ValueError("export: bicubic RoIAlign cannot be exported (use roi_align.interpolation='bilinear')")
+        raise ExportError("export: bicubic RoIAlign cannot be exported (use roi_align.interpolation='bilinear')")
     height, width = int(image_size[0]), int(image_size[1])
     wrapper = ExportWrapper(net).eval()
     device = next(net.parameters()).device
     image = example_image((height, width)) if example is None else example
     if image.dim() != 3 or tuple(image.shape) != (3, height, width) or not image.is_floating_point():
-        raise ValueError(f"export: example must be a float Tensor[3, {height}, {width}], got {tuple(image.shape)}")
+        raise ExportError(f"export: example must be a float Tensor[3, {height}, {width}], got {tuple(image.shape)}")
     image = image.to(device=device, dtype=torch.float32)
     with torch.no_grad():
         num = wrapper(image)[0].shape[0]
     if num == 0:
-        raise ValueError(
+        raise ExportError(
             "export: the example image gives no detections, so tracing would bake in the empty-result "
             "branches; pass an example image on which the model detects something (CLI: --example)"
         )
@@ -142,7 +147,7 @@ def export_onnx(
         the written path. The outputs' first dimension is the dynamic axis "num_detections".
     """
     if opset < 16:
-        raise ValueError(f"export_onnx: opset must be >= 16 (RoIAlign with 'aligned'), got {opset}")
+        raise ExportError(f"export_onnx: opset must be >= 16 (RoIAlign with 'aligned'), got {opset}")
     wrapper, image = _prepare(net, image_size, example)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +195,7 @@ def export_model(
         return export_onnx(net, path, image_size, opset=opset, example=example)
     if fmt == "torchscript":
         return export_torchscript(net, path, image_size, example=example)
-    raise ValueError(f"export: format must be one of {FORMATS}, got {fmt!r}")
+    raise ExportError(f"export: format must be one of {FORMATS}, got {fmt!r}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -222,7 +227,7 @@ def run_exported(path: str | Path, image: Tensor, fmt: str | None = None) -> tup
         with _quiet():
             module = torch.jit.load(str(path), map_location="cpu")
             return tuple(t.cpu() for t in module(image.detach().cpu().float()))
-    raise ValueError(f"run_exported: format must be one of {FORMATS}, got {fmt!r}")
+    raise ExportError(f"run_exported: format must be one of {FORMATS}, got {fmt!r}")
 
 
 def max_abs_diff(net: nn.Module, path: str | Path, image: Tensor, fmt: str | None = None) -> dict[str, float]:
