@@ -18,20 +18,11 @@ import numpy as np
 from PIL import Image
 
 from maskrcnn.cli import exit_on_expected_errors
+from maskrcnn.cli_args import output_folder, positive_int
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.draw import draw_instances
 from maskrcnn.data.image_io import image_to_uint8
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
 
 
 @exit_on_expected_errors
@@ -45,7 +36,7 @@ def main() -> int:
     parser.add_argument("--lsj-size", type=positive_int, default=1024, help="output square of --augmentation lsj")
     parser.add_argument("--num", type=positive_int, default=8, help="number of images to render")
     parser.add_argument("--seed", type=int, default=0, help="which images are picked")
-    parser.add_argument("--out", required=True, help="output folder for PNGs")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder for PNGs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 

@@ -19,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from maskrcnn.cli_args import output_file, positive_float, positive_int, unit_fraction
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.fit_report import compute_fit_report
@@ -37,17 +38,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True, help="training annotation json")
     parser.add_argument("--val", help="validation annotation json")
-    parser.add_argument("--min-size", type=int, nargs="+", default=[800],
+    parser.add_argument("--min-size", type=positive_int, nargs="+", default=[800],
                         help="shortest edge of the training resize; several = multi-scale training")
-    parser.add_argument("--max-size", type=int, default=1333, help="cap of the longest edge")
-    parser.add_argument("--anchor-sizes", type=float, nargs="+", default=[32, 64, 128, 256, 512],
+    parser.add_argument("--max-size", type=positive_int, default=1333, help="cap of the longest edge")
+    parser.add_argument("--anchor-sizes", type=positive_float, nargs="+", default=[32, 64, 128, 256, 512],
                         help="one anchor size per FPN level (model.rpn.anchor_sizes)")
-    parser.add_argument("--aspect-ratios", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+    parser.add_argument("--aspect-ratios", type=positive_float, nargs="+", default=[0.5, 1.0, 2.0],
                         help="anchor aspect ratios h/w, the same on every level")
-    parser.add_argument("--detections-per-img", type=int, default=100, help="model.roi_heads.detections_per_img")
-    parser.add_argument("--rpn-fg-iou", type=float, default=0.7, help="model.rpn.fg_iou_thresh")
-    parser.add_argument("--class-min-instances", type=int, default=10, help="warn for classes with fewer")
-    parser.add_argument("--out", help="also write the report as JSON here")
+    parser.add_argument("--detections-per-img", type=positive_int, default=100, help="model.roi_heads.detections_per_img")
+    parser.add_argument("--rpn-fg-iou", type=unit_fraction, default=0.7, help="model.rpn.fg_iou_thresh")
+    parser.add_argument("--class-min-instances", type=positive_int, default=10, help="warn for classes with fewer")
+    parser.add_argument("--out", type=output_file, help="also write the report as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 

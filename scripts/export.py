@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from maskrcnn.cli import exit_on_expected_errors
+from maskrcnn.cli_args import positive_int
 from maskrcnn.data.image_io import image_to_tensor, load_rgb
 from maskrcnn.inference.export_graph import FORMATS, ExportError, example_image, export_model, max_abs_diff
 from maskrcnn.inference.predict_images import load_checkpoint_model
@@ -28,20 +29,13 @@ def load_example(path: str, height: int, width: int) -> torch.Tensor:
     return F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="training checkpoint written by src/train.py")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--out", required=True, help="output file (.onnx / .pt)")
-    parser.add_argument("--height", type=_positive_int, default=800, help="fixed input height")
-    parser.add_argument("--width", type=_positive_int, default=1088, help="fixed input width")
+    parser.add_argument("--height", type=positive_int, default=800, help="fixed input height")
+    parser.add_argument("--width", type=positive_int, default=1088, help="fixed input width")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
     parser.add_argument("--example", default=None, help="image file to trace with (must give detections)")
     parser.add_argument("--inference", choices=("eager", "fast"), default="eager",

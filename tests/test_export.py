@@ -197,4 +197,4 @@ def test_cli_mistakes_end_with_one_line_before_or_instead_of_a_traceback(tmp_pat
                           "--height", "64", "--width", "96"])
     assert code == 1 and "gives no detections" in text and "Traceback" not in text
     code, text = message(["--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--height", "0"])
-    assert code == 2 and "argument --height: must be a positive number of pixels, got 0" in text
+    assert code == 2 and "argument --height: must be a positive integer, got 0" in text

@@ -24,6 +24,7 @@ from maskrcnn.data.setup_checks import (
     check_training_instances, pipeline_scale, validate_augmentation_sizes, warn_if_nothing_to_evaluate,
 )
 from maskrcnn.data.shapes import generate_shapes
+from maskrcnn.data.shapes import options_problem as shapes_options_problem
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
 from maskrcnn.training.config_checks import ConfigError
 
@@ -112,6 +113,10 @@ class CocoDataModule(pl.LightningDataModule):
         self.check_images, self.bad_images = check_images, bad_images
         self.generate_shapes_kwargs = dict(generate_shapes) if generate_shapes else None
         if self.generate_shapes_kwargs is not None:
+            kw = self.generate_shapes_kwargs
+            problem = shapes_options_problem(kw.get("num_train", 300), kw.get("num_val", 50), kw.get("image_size", 128))
+            if problem is not None:
+                raise ConfigError(f"data.generate_shapes.{problem}")
             paths = self._shapes_paths()
             train, val = train or paths["train"], val or paths["val"]
         if not train or not val:

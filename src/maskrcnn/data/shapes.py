@@ -96,6 +96,19 @@ def _write_split(root: Path, split: int, name: str, count: int, size: int, seed:
     return {"image_dir": str(image_dir), "annotation_file": str(annotation_file)}
 
 
+# Shapes have radii of size/12 .. size/5: below 32 px they shrink to a few pixels.
+MIN_IMAGE_SIZE = 32
+
+
+def options_problem(num_train: object, num_val: object, image_size: object) -> str | None:
+    """What is wrong with these ``generate_shapes`` arguments (``"num_val=0 must be ..."``), or None."""
+    for name, value, low in (("num_train", num_train, 1), ("num_val", num_val, 1),
+                             ("image_size", image_size, MIN_IMAGE_SIZE)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            return f"{name}={value!r} must be an integer >= {low}"
+    return None
+
+
 def generate_shapes(
     out_dir: str | os.PathLike,
     num_train: int = 300,
@@ -112,6 +125,9 @@ def generate_shapes(
     """
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    problem = options_problem(num_train, num_val, image_size)
+    if problem is not None:
+        raise ValueError(f"generate_shapes: {problem}")
     meta = {"version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
             "image_size": image_size, "seed": seed, "image_format": image_format}
 
