@@ -51,6 +51,7 @@ import torch
 from maskrcnn.benchmark import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
 from maskrcnn.benchmark.reference_loop import TrainSettings
 from maskrcnn.benchmark.report import load_average, machine_description, to_markdown
+from maskrcnn.cli_args import non_negative_int, output_file, positive_float, positive_int
 
 
 def _model(a: argparse.Namespace) -> list[tuple]:
@@ -88,10 +89,10 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--amp", nargs="?", const="fp16", choices=("fp16", "bf16"), help="autocast dtype (cuda)")
     m.add_argument("--archs", nargs="+", choices=model_speed.ARCHS, default=["resnet50"],
                    help="model task backbones (resnet101 vs torchvision's MaskRCNN with that backbone)")
-    m.add_argument("--sizes", type=int, nargs="+", help="model image sides (default 512 800; quick 64)")
-    m.add_argument("--iters", type=int, help="timed model iterations (default 3; quick 1)")
-    m.add_argument("--warmup", type=int, default=1, help="untimed model iterations first")
-    m.add_argument("--batch", type=int, nargs="+", default=[2], help="images per model train step / inference call")
+    m.add_argument("--sizes", type=positive_int, nargs="+", help="model image sides (default 512 800; quick 64)")
+    m.add_argument("--iters", type=positive_int, help="timed model iterations (default 3; quick 1)")
+    m.add_argument("--warmup", type=non_negative_int, default=1, help="untimed model iterations first")
+    m.add_argument("--batch", type=positive_int, nargs="+", default=[2], help="images per model train step / inference call")
     m.add_argument("--model-compile", action="store_true",
                    help="add torch.compile'd variants of ours (backbone, RPN head, box/mask heads)")
     m.add_argument("--trained-like", action="store_true",
@@ -99,24 +100,24 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model-peak-rss", action="store_true",
                    help="each implementation and mode in a fresh process: time and peak RSS (cpu)")
     d = p.add_argument_group("data")
-    d.add_argument("--data-images", type=int, help="synthetic JPEGs, or images of --data-image-dir (default 64; quick 8)")
-    d.add_argument("--data-repeats", type=int, help="passes over the data (median; default 3; quick 1)")
-    d.add_argument("--data-min-size", type=int, default=800, help="shortest edge after resizing")
+    d.add_argument("--data-images", type=positive_int, help="synthetic JPEGs, or images of --data-image-dir (default 64; quick 8)")
+    d.add_argument("--data-repeats", type=positive_int, help="passes over the data (median; default 3; quick 1)")
+    d.add_argument("--data-min-size", type=positive_int, default=800, help="shortest edge after resizing")
     d.add_argument("--data-image-dir", help="measure on this COCO-format dataset instead of synthetic JPEGs")
     d.add_argument("--data-annotations", help="its annotation json (with --data-image-dir)")
     e = p.add_argument_group("eval")
-    e.add_argument("--eval-images", type=int, help="images of the COCOeval benchmark (default 5000; quick 200)")
-    e.add_argument("--eval-gt-per-image", type=int, default=7)
-    e.add_argument("--eval-dets-per-image", type=int, default=100)
-    e.add_argument("--eval-categories", type=int, default=20)
-    e.add_argument("--eval-height", type=int, default=480)
-    e.add_argument("--eval-width", type=int, default=640)
+    e.add_argument("--eval-images", type=positive_int, help="images of the COCOeval benchmark (default 5000; quick 200)")
+    e.add_argument("--eval-gt-per-image", type=positive_int, default=7)
+    e.add_argument("--eval-dets-per-image", type=positive_int, default=100)
+    e.add_argument("--eval-categories", type=positive_int, default=20)
+    e.add_argument("--eval-height", type=positive_int, default=480)
+    e.add_argument("--eval-width", type=positive_int, default=640)
     e.add_argument("--eval-seed", type=int, default=0)
     mem = p.add_argument_group("memory")
-    mem.add_argument("--mem-instances", type=int, nargs="+", help="masks per image (default 100 300; quick 20 60)")
+    mem.add_argument("--mem-instances", type=positive_int, nargs="+", help="masks per image (default 100 300; quick 20 60)")
     mem.add_argument("--mem-sizes", nargs="+", help="WIDTHxHEIGHT images (default 1333x800 3000x2000; quick 640x480)")
-    mem.add_argument("--chunk-size", type=int, default=64, help="our paste_masks chunk_size")
-    mem.add_argument("--mem-max-output-gb", type=float, default=4.0,
+    mem.add_argument("--chunk-size", type=positive_int, default=64, help="our paste_masks chunk_size")
+    mem.add_argument("--mem-max-output-gb", type=positive_float, default=4.0,
                      help="skip memory cases whose float32 output (N*H*W*4 bytes) is larger")
     mem.add_argument("--predict-photo", help="WIDTHxHEIGHT: measure src/predict.py on one JPEG instead of pasting")
 
@@ -126,15 +127,15 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset", choices=("nuts", "cells"), help="a built-in dataset (or give --train-*/--val-*)")
     for name in ("--train-dir", "--train-ann", "--val-dir", "--val-ann"):
         t.add_argument(name)
-    t.add_argument("--num-classes", type=int, help="foreground classes (with --train-*)")
+    t.add_argument("--num-classes", type=positive_int, help="foreground classes (with --train-*)")
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    t.add_argument("--steps", type=int, default=150)
+    t.add_argument("--steps", type=positive_int, default=150)
     t.add_argument("--arch", default="resnet18")
-    t.add_argument("--min-sizes", type=int, nargs="+", default=list(TrainSettings.min_sizes),
+    t.add_argument("--min-sizes", type=positive_int, nargs="+", default=list(TrainSettings.min_sizes),
                    help="training shortest-edge choices; the last one is the evaluation size")
-    t.add_argument("--max-size", type=int, default=TrainSettings.max_size)
-    t.add_argument("--anchor-sizes", type=int, nargs=5, default=[32, 64, 128, 256, 512])
-    t.add_argument("--detections-per-img", type=int, default=100)
+    t.add_argument("--max-size", type=positive_int, default=TrainSettings.max_size)
+    t.add_argument("--anchor-sizes", type=positive_int, nargs=5, default=[32, 64, 128, 256, 512])
+    t.add_argument("--detections-per-img", type=positive_int, default=100)
     t.add_argument("--no-reference", action="store_true", help="skip the torchvision loop")
     t.add_argument("--no-default", action="store_true", help="skip the run of ours without extra overrides")
     t.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[ OVERRIDE...]")
@@ -145,9 +146,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", nargs="+", choices=TASKS, default=list(TABLE_TASKS),
                    help=f"what to measure (default: {' '.join(TABLE_TASKS)}); train runs alone")
-    p.add_argument("--out", help="also write the machine description and table to this markdown file "
+    p.add_argument("--out", type=output_file, help="also write the machine description and table to this markdown file "
                                  "(train: append the table, and the raw results to <out>.jsonl)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default 2; train: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default 2; train: torch's choice)")
     _table_options(p)
     _train_options(p)
     args = p.parse_args(argv)
@@ -164,8 +165,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--device cuda: CUDA is not available")
     if args.amp and args.device != "cuda":
         p.error("--amp needs --device cuda (CPU autocast speeds are not representative)")
-    if min(args.batch) < 1:
-        p.error(f"--batch must be >= 1, got {args.batch}")
     if args.model_peak_rss and (args.device != "cpu" or args.batch != [2] or args.model_compile or args.trained_like):
         p.error("--model-peak-rss measures the default model rows on the CPU "
                 "(drop --device cuda, --batch, --model-compile, --trained-like)")

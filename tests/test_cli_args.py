@@ -69,6 +69,9 @@ def test_words_and_paths(tmp_path):
                            "--out", "{tmp}/file.txt"], "is an existing file, not a folder"),
     ("generate_shapes.py", ["--out", "{tmp}/shapes", "--size", "8"], "argument --size: must be at least 32 px, got 8"),
     ("generate_shapes.py", ["--out", "{tmp}/shapes", "--val", "0"], "argument --val: must be a positive integer, got 0"),
+    ("benchmark.py", ["--task", "data", "--data-images", "0"], "argument --data-images: must be a positive integer, got 0"),
+    ("benchmark.py", ["--task", "model", "--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+    ("benchmark.py", ["--task", "memory", "--mem-max-output-gb", "nan"], "argument --mem-max-output-gb: must be a positive number"),
 ])
 def test_scripts_reject_bad_options_in_one_line(tmp_path, script, args, message):
     (tmp_path / "file.txt").write_text("not a folder")
