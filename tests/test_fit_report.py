@@ -24,10 +24,18 @@ RATIOS = [[0.5, 1.0, 2.0]] * 5
 
 
 def write_coco(path: Path, images: list[tuple[int, int, int]], anns: list[dict], categories: dict[int, str]) -> Path:
-    """images: (id, width, height); anns: dicts with image_id, category_id, bbox (+ iscrowd)."""
+    """images: (id, width, height); anns: dicts with image_id, category_id, bbox (+ iscrowd). An
+    annotation without "segmentation" gets its bbox as a rectangle polygon: boxes are measured from
+    masks, as training does (the report skips an annotation without a usable one)."""
+    def with_mask(a: dict) -> dict:
+        if "segmentation" in a or "bbox" not in a:
+            return a
+        x, y, w, h = a["bbox"]
+        return {**a, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+
     data = {
         "images": [{"id": i, "file_name": f"{i}.jpg", "width": w, "height": h} for i, w, h in images],
-        "annotations": [{"id": k + 1, "iscrowd": 0, **a} for k, a in enumerate(anns)],
+        "annotations": [{"id": k + 1, "iscrowd": 0, **with_mask(a)} for k, a in enumerate(anns)],
         "categories": [{"id": c, "name": n} for c, n in categories.items()],
     }
     path.write_text(json.dumps(data))
@@ -51,7 +59,8 @@ def test_golden_numbers(golden_json):
                            aspect_ratios=RATIOS, detections_per_img=50)
     t = r.splits["train"]
     assert (t.images, t.instances, t.crowd, t.images_without_instances) == (2, 100, 1, 1)
-    assert t.invalid == {"bbox width or height <= 0": 1} and t.invalid_examples[0]["annotation_id"] == 102
+    assert t.invalid == {"polygon lies entirely outside the image (zero area after clipping)": 1}
+    assert t.invalid_examples[0]["annotation_id"] == 102
     assert t.instances_per_class == {"rare": 5, "common": 95}
     assert (t.max_instances, t.max_instances_image_id, t.images_over_detections) == (100, 1, 1)
     assert t.image_scale["min"] == pytest.approx(1333 / 2000) and t.image_scale["max"] == 1.0
@@ -195,8 +204,11 @@ def test_bad_input_names_file_and_image(tmp_path):
     some_bad = write_coco(tmp_path / "some_bad.json", [(1, 10, 10)], anns, {1: "a"})
     r = compute_fit_report(some_bad, min_size=10, max_size=10)
     t = r.splits["train"]
-    assert t.invalid == {"bbox is not 4 finite numbers": 2, "unknown image_id": 1, "unknown category_id": 1,
-                         "bbox outside the image": 1}
+    # the reasons training's loader gives (the masks are the bboxes as rectangles)
+    assert t.invalid == {"polygon has NaN / inf coordinates": 1, "no segmentation": 1, "unknown image_id": 1,
+                         "unknown category_id": 1,
+                         "polygon coordinates reach far outside the 10x10 image (x from 50 to 55, y from 0 to 5; "
+                         "at most one image size beyond an edge is accepted)": 1}
     assert t.instances == 1 and t.sizes["max"] == pytest.approx(2.0)
 
 

@@ -64,7 +64,7 @@ def test_bbox_less_annotations_are_measured_from_their_masks(tmp_path):
         a.pop("bbox"), a.pop("area")
     r = report(write(tmp_path / "nobbox.json", anns))
     t = r.splits["train"]
-    assert (t.instances, t.invalid, t.box_source["mask"], t.box_source["json_bbox"]) == (100, {}, 100, 0)
+    assert (t.instances, t.invalid) == (100, {})
     assert t.instances_per_class == {"a": 50, "b": 50} and not any("fewer than" in w.message for w in r.warnings)
     assert t.sizes == clean.splits["train"].sizes and 8 <= t.sizes["min"] and t.sizes["max"] <= 20
     s = r.suggestion  # objects of 8..20 px: the standard set misses them, a smaller one is suggested
@@ -113,17 +113,22 @@ def test_polygon_and_rle_are_measured_alike(tmp_path):
     segs = shapes()
     anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": seg, "bbox": [0, 0, 2, 2]}
             for k, seg in enumerate(segs.values())]
-    anns.append({"id": 9, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 4]})  # no segmentation
+    # without a usable segmentation training skips an annotation whatever its bbox: so does the report,
+    # with the reason training's loader gives
+    anns.append({"id": 9, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 4]})
+    anns.append({"id": 10, "image_id": 1, "category_id": 1, "segmentation": [[40, 30, 50, 30, 50, 40]]})
+    anns.append({"id": 11, "image_id": 1, "category_id": 1, "segmentation": []})
     boxes = load_coco_boxes(write(tmp_path / "mixed.json", anns, images=1, size=(30, 20)))
-    assert boxes.wh.tolist() == [[9, 5]] * 3 + [[3, 4]]
-    assert (boxes.from_mask, boxes.from_bbox, boxes.from_bbox_reasons) == (3, 1, {"no segmentation": 1})
-    assert boxes.disagree == 3 and boxes.from_bbox_examples[0]["annotation_id"] == 9
+    assert boxes.wh.tolist() == [[9, 5]] * 3
+    assert boxes.invalid == {"no segmentation": 1, "polygon lies entirely outside the image (zero area after clipping)": 1,
+                             "empty polygon list": 1}
+    assert [e["annotation_id"] for e in boxes.invalid_examples] == [9, 10, 11]
+    assert boxes.disagree == 3
     for seg in segs.values():  # the same box as the training target of each
         mask = decode_segmentation(seg, 20, 30)
         assert masks_to_boxes(mask[None]).tolist() == [[4, 3, 13, 8]]
     r = compute_fit_report(tmp_path / "mixed.json", min_size=20, max_size=30)
-    assert any("1 annotation(s) measured by their json bbox" in w.message and "training skips them" in w.message
-               for w in r.warnings)
+    assert r.splits["train"].instances == 3 and sum(r.splits["train"].invalid.values()) == 3
     # validation's extents (the augmentation memory check) read the RLE's mask, not its 2x2 bbox
     index = validate_coco(json.loads((tmp_path / "mixed.json").read_text()), "mixed.json")
     assert index.extents == {1: 5.0}

@@ -81,6 +81,19 @@ def test_a_recursive_glob_mirrors_the_subfolders(checkpoint, tmp_path):
         str(root / "b" / "c" / "y.jpg"): "b/c/y.png", str(root / "z.jpg"): "z.png"}
 
 
+def test_a_folder_is_not_searched_below_and_says_so(tmp_path, caplog):
+    root = tmp_path / "dir"
+    _image(root / "top.jpg", 40)
+    _image(root / "sub" / "deep.jpg", 40)
+    with caplog.at_level(logging.WARNING):
+        assert list_inputs(str(root)).files == [root / "top.jpg"]
+    assert f"its 1 subfolder(s) are not searched: input='{root}/**/*' includes them" in caplog.text
+    (root / "top.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no image files .* found; its 1 subfolder\(s\) are not searched"):
+        list_inputs(str(root))
+    assert list_inputs(f"{root}/**/*").files == [root / "sub" / "deep.jpg"]
+
+
 def test_overlay_names_are_unique_even_ignoring_case_and_deterministic():
     root = Path("/data")
     files = [root / n for n in ("X.jpg", "a/p.tif", "x.jpg", "x.jpg.png", "x.png")]
@@ -89,6 +102,9 @@ def test_overlay_names_are_unique_even_ignoring_case_and_deterministic():
                      root / "x.jpg.png": "x.jpg~3.png", root / "x.png": "x.png.png"}
     assert len({n.casefold() for n in names.values()}) == len(files)
     assert overlay_names(files, root) == names
+    # an overlay file never takes the name of a folder other overlays go into
+    nested = overlay_names([root / "z.jpg", root / "z.png/inner.jpg"], root)
+    assert nested == {root / "z.jpg": "z.jpg.png", root / "z.png/inner.jpg": "z.png/inner.png"}
     # a file outside the root (a pattern like DIR/*/../*.jpg) is never written outside the output folder
     assert overlay_names([Path("/data/q.jpg")], Path("/data/sub")) == {Path("/data/q.jpg"): "q.png"}
 

@@ -4,10 +4,10 @@ The boxes are the ones training uses: training takes each instance's box from it
 (``coco.CocoInstanceDataset`` -> ``masks.masks_to_boxes``), never from the json ``bbox``. So a box
 here is measured from the segmentation (``segmentation_boxes``) with pycocotools' ``toBbox``: the
 box of the decoded RLE, or of the mask pycocotools rasterises from the polygons (clipped to the
-image, as training's mask is). The json ``bbox`` is used only for an annotation without
-a usable segmentation (missing, or failing the checks ``validation.py`` runs; training skips those),
-and is counted as such (``from_bbox``). A json ``bbox`` that disagrees with its mask box is kept out
-of the statistics and listed (``disagree``).
+image, as training's mask is). An annotation without a usable segmentation (missing, or failing
+the checks ``validation.py`` runs) is skipped with that reason, as training skips it, whatever its
+json ``bbox``. A json ``bbox`` that disagrees with its mask box is kept out of the statistics and
+listed (``disagree``).
 
 Independent of ``validation.py`` (it shares only the batched segmentation checks), vectorised; the
 polygons are rasterised by pycocotools in batches (~10 us each), so 100k annotations cost ~2 s on
@@ -29,8 +29,8 @@ from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.rle_checks import RleBatch
 from maskrcnn.data.segmentation_checks import PolygonBatch, Problem, json_type, polygon_structure_problem
 
-REASONS = ("", "bbox is not 4 finite numbers", "bbox width or height <= 0", "unknown image_id",
-           "unknown category_id", "bbox outside the image", "mask covers no pixel of the image")
+REASONS = ("", "unknown image_id", "unknown category_id", "no usable segmentation", "mask covers no pixel of the image")
+_NO_MASK = 3  # its text is the segmentation's own problem ("polygon lies entirely outside the image", ...)
 # A json bbox disagrees with its mask box when a correctly predicted mask box would not match it at
 # COCO's strict AP75 threshold (IoU < 0.75) AND some edge is more than 2 px off: polygon vertices
 # and the pixel grid (and float vs. integer bbox conventions) account for up to 1 px per edge, which
@@ -55,10 +55,6 @@ class CocoBoxes:
     wh: np.ndarray            # float64 [V, 2] box width, height (mask box, else json bbox) within the image
     invalid: dict[str, int]   # skipped annotations per reason
     invalid_examples: list[dict]  # first 5 skipped: annotation_id, image_id, reason
-    from_mask: int = 0        # valid annotations measured from their segmentation (as training does)
-    from_bbox: int = 0        # ... from the json bbox: no usable segmentation (training skips these)
-    from_bbox_reasons: dict[str, int] = field(default_factory=dict)  # why, per reason
-    from_bbox_examples: list[dict] = field(default_factory=list)     # first 5: annotation_id, image_id, reason
     disagree: int = 0         # valid annotations whose json bbox disagrees with the mask box
     disagree_examples: list[dict] = field(default_factory=list)  # first 5: annotation_id, image_id, bbox, mask_box
 
@@ -239,24 +235,21 @@ def load_coco_boxes(path: str | Path) -> CocoBoxes:
     mask_box, no_mask = segmentation_boxes(anns, width, height, known_image)
     measured = np.isfinite(mask_box).all(axis=1)
     size = np.stack([width, height, width, height], axis=1)
-    with np.errstate(invalid="ignore"):  # NaN boxes are caught by the first check below
+    with np.errstate(invalid="ignore"):  # NaN json boxes never count: they are only compared below
         json_box = np.clip(np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1), 0, size)
-        used = np.where(measured[:, None], mask_box, json_box)
-        used_w, used_h = used[:, 2] - used[:, 0], used[:, 3] - used[:, 1]
-        checks = (~measured & ~np.isfinite(boxes).all(axis=1), ~measured & ((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)),
-                  ~known_image, ~np.isin(category, np.array(list(categories), dtype=np.int64)),
-                  ~measured & ((used_w <= 0) | (used_h <= 0)), measured & ((used_w <= 0) | (used_h <= 0)))
+        used_w, used_h = mask_box[:, 2] - mask_box[:, 0], mask_box[:, 3] - mask_box[:, 1]
+        checks = (~known_image, ~np.isin(category, np.array(list(categories), dtype=np.int64)),
+                  ~measured, measured & ((used_w <= 0) | (used_h <= 0)))
     reason = np.zeros(len(anns), dtype=np.int64)
     for code, failed in enumerate(checks, start=1):  # the first failed check names the reason
         reason[(reason == 0) & failed] = code
     valid = reason == 0
-    invalid = {REASONS[c]: int(n) for c, n in zip(*np.unique(reason[~valid], return_counts=True))}
     bad = np.flatnonzero(~valid)
-    examples = _examples(anns, bad, reason=[REASONS[c] for c in reason[bad[:5]]])
-
-    fallback = np.flatnonzero(valid & ~measured)
-    why = [no_mask.get(i, "no segmentation") for i in fallback.tolist()]
-    reasons = dict(Counter(why))
+    # no usable segmentation: training skips the annotation, for the reason validation gives
+    why = [no_mask.get(i, "no usable segmentation") if reason[i] == _NO_MASK else REASONS[reason[i]]
+           for i in bad.tolist()]
+    invalid = dict(Counter(why))
+    examples = _examples(anns, bad, reason=why[:5])
     # A json bbox the mask contradicts: listed, never used (the mask box is, as in training).
     checked = valid & measured & np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
     with np.errstate(invalid="ignore"):
@@ -266,8 +259,7 @@ def load_coco_boxes(path: str | Path) -> CocoBoxes:
     return CocoBoxes(
         str(path), ids, widths, heights, categories, index[valid], category[valid], crowd[valid],
         np.stack([used_w[valid], used_h[valid]], axis=1), invalid, examples,
-        from_mask=int(np.sum(valid & measured)), from_bbox=len(fallback), from_bbox_reasons=reasons,
-        from_bbox_examples=_examples(anns, fallback, reason=why[:5]), disagree=len(disagree),
+        disagree=len(disagree),
         disagree_examples=_examples(anns, shown, bbox=[bbox[i] for i in shown.tolist()],
                                     mask_box=[_xywh(mask_box[i]) for i in shown.tolist()]))
 

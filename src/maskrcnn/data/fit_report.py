@@ -7,9 +7,9 @@ resize (shortest edge -> ``min_size``, longest edge capped at ``max_size``) agai
 (``anchor_fit``: shape-only best anchor IoU, as YOLOv5's autoanchor). It warns, with the Hydra
 override line to paste, about objects outside the anchor range, images with more instances than
 ``detections_per_img`` and rare classes, and suggests anchor sizes and ``min_size``.
-Boxes are the ones training uses: measured from the masks (segmentation), the json ``bbox`` only
-for annotations without a usable segmentation (counted, listed in ``box_source``, warned about);
-a json ``bbox`` that disagrees with its mask is warned about with example ids and not used.
+Boxes are the ones training uses: measured from the masks (segmentation); an annotation without a
+usable segmentation is skipped with that reason, as training skips it; a json ``bbox`` that
+disagrees with its mask is warned about with example ids and not used.
 ``FitReport.format()`` is the printed text, ``FitReport.to_dict()`` the JSON (``dataset_fit.json``).
 """
 
@@ -72,9 +72,6 @@ class SplitStats:
     frac_iou_below_half: float      # best anchor IoU < 0.5: the object is poorly recalled by the RPN
     best_iou_median: float | None
     level_share: list[float]        # fraction of objects whose best anchor is on each FPN level
-    # valid annotations measured from the mask ("mask", as training) / the json bbox ("json_bbox":
-    # no usable segmentation; training skips these), with the reasons and first 5 examples of the latter
-    box_source: dict[str, Any] = field(default_factory=dict)
     bbox_disagree: int = 0          # json bbox disagrees with the mask box (not used; see coco_boxes)
     bbox_disagree_examples: list[dict] = field(default_factory=list)  # first 5: ids, json bbox, mask box
 
@@ -122,8 +119,6 @@ def _split_stats(p: CocoBoxes, names: dict[int, str], w: np.ndarray, h: np.ndarr
         frac_iou_below_fg=frac(best < fg_iou), frac_iou_below_half=frac(best < 0.5),
         best_iou_median=float(np.median(best)) if len(best) else None,
         level_share=(np.bincount(anchors[1][arg], minlength=n_levels) / max(len(arg), 1)).tolist(),
-        box_source={"mask": p.from_mask, "json_bbox": p.from_bbox, "json_bbox_reasons": p.from_bbox_reasons,
-                    "json_bbox_examples": p.from_bbox_examples},
         bbox_disagree=p.disagree, bbox_disagree_examples=p.disagree_examples,
     )
 
@@ -183,8 +178,8 @@ def _warnings(splits: dict[str, SplitStats], s: Suggestion, settings: dict[str, 
 
 
 def box_warnings(name: str, split: SplitStats) -> list[FitWarning]:
-    """Boxes the report could not take from the masks, or json bboxes that disagree with them."""
-    out, src = [], split.box_source
+    """Json bboxes that disagree with the mask boxes the report (and training) use."""
+    out = []
     if split.bbox_disagree:
         shown = "; ".join(f"annotation {e['annotation_id']} (image {e['image_id']}): bbox {e['bbox']} vs mask box "
                           f"{e['mask_box']}" for e in split.bbox_disagree_examples[:3])
@@ -193,13 +188,6 @@ def box_warnings(name: str, split: SplitStats) -> list[FitWarning]:
             f"{name}: {split.annotation_file}: {split.bbox_disagree} annotation(s) have a json bbox that disagrees with "
             f"their mask (IoU < {DISAGREE_IOU:g} and an edge > {DISAGREE_PX:g} px off), e.g. {shown}; training and "
             f"this report use the mask box{scored}"))
-    if src.get("json_bbox"):
-        example = src["json_bbox_examples"][0]
-        why = "; ".join(f"{r}: {n}" for r, n in list(src["json_bbox_reasons"].items())[:3])
-        out.append(FitWarning(
-            f"{name}: {split.annotation_file}: {src['json_bbox']} annotation(s) measured by their json bbox, having no "
-            f"usable segmentation ({why}), e.g. annotation {example['annotation_id']} of image {example['image_id']}; "
-            "training skips them"))
     return out
 
 
@@ -260,11 +248,9 @@ def _format_counts(r: FitReport) -> list[str]:
         top = f" (image {s.max_instances_image_id})" if s.max_instances else ""
         lines.append(f"{name:<6}{s.images:>8}{s.images_without_instances:>7}{s.instances:>11}{s.crowd:>7}"
                      f"{sum(s.invalid.values()):>9}  {s.max_instances}{top}")
-    for name, s in r.splits.items():  # silent in the usual case: every box from its mask, as in training
-        src = s.box_source
-        if src.get("json_bbox") or s.bbox_disagree:
-            lines.append(f"{name:<6}boxes: {src.get('mask', 0)} from the masks (as training), {src.get('json_bbox', 0)} "
-                         f"from the json bbox (no usable segmentation); {s.bbox_disagree} json bbox(es) disagree "
+    for name, s in r.splits.items():  # silent in the usual case: every json bbox matches its mask
+        if s.bbox_disagree:
+            lines.append(f"{name:<6}boxes: all from the masks (as training); {s.bbox_disagree} json bbox(es) disagree "
                          "with their mask (not used)")
     counts = {c: [s.instances_per_class[c] for s in r.splits.values()] for c in r.classes}
     shown = list(counts)

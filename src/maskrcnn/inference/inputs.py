@@ -89,10 +89,12 @@ def list_inputs(spec: str) -> InputList:
         root, candidates = path.parent, [path]
     else:  # a glob pattern, or a path that is neither a file nor a folder (a broken link, a FIFO, ...)
         root, candidates = _glob_root(spec), sorted(Path(p) for p in glob.glob(spec, recursive=True))
-    found = InputList(files=[], root=root)
+    found, subfolders = InputList(files=[], root=root), 0
     for entry in candidates:
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            found.ignored += not entry.is_dir()  # folders are not files to report
+            is_dir = entry.is_dir()
+            found.ignored += not is_dir  # folders are not files to report
+            subfolders += is_dir
             continue
         found.files.append(entry)
         problem = entry_problem(entry)
@@ -100,8 +102,13 @@ def list_inputs(spec: str) -> InputList:
             found.problems[entry] = problem
     if found.ignored:
         log.info("input=%s: ignoring %d file(s) without an image suffix", spec, found.ignored)
+    hint = ""
+    if path.is_dir() and subfolders:
+        hint = f"; its {subfolders} subfolder(s) are not searched: input='{spec.rstrip('/')}/**/*' includes them"
+        if found.files:
+            log.warning("input=%s%s", spec, hint)
     if not found.files:
-        raise FileNotFoundError(f"input={spec!r}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise FileNotFoundError(f"input={spec!r}: no image files ({', '.join(IMAGE_SUFFIXES)}) found{hint}")
     return found
 
 
@@ -110,8 +117,10 @@ def overlay_names(files: list[Path], root: Path) -> dict[Path, str]:
 
     The input's path below ``root`` with its suffix replaced by ``.png`` (``a/y.jpg`` ->
     ``a/y.png``). Inputs that would share a name (``x.jpg`` and ``x.png``, compared ignoring case for
-    case-insensitive file systems) keep their suffix (``x.jpg.png``, ``x.png.png``); a name still
-    taken then gets ``~2``, ``~3``, ... in input order, so the names depend on the input list only.
+    case-insensitive file systems) keep their suffix (``x.jpg.png``, ``x.png.png``), and so does an
+    input whose overlay would be a file where another overlay needs a folder (``z.jpg`` next to
+    ``z.png/inner.jpg``: ``z.jpg.png``); a name still taken then gets ``~2``, ``~3``, ... in input
+    order, so the names depend on the input list only.
     """
     rel = {f: Path(os.path.relpath(f, root)).as_posix() for f in files}
     # a pattern like DIR/*/../*.jpg can name files outside its literal prefix: never write outside output
@@ -120,11 +129,14 @@ def overlay_names(files: list[Path], root: Path) -> dict[Path, str]:
     counts: dict[str, int] = {}
     for name in plain.values():
         counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
+    # folders the overlays go into (a/y.png needs a/): an overlay file of that name would block them
+    folders = {parent.as_posix().casefold() for r in rel.values() for parent in Path(r).parents if parent != Path(".")}
     names, taken = {}, set()
     for f in files:
-        name = plain[f] if counts[plain[f].casefold()] == 1 else rel[f] + ".png"
+        clash = counts[plain[f].casefold()] > 1 or plain[f].casefold() in folders
+        name = rel[f] + ".png" if clash else plain[f]
         stem, n = name[: -len(".png")], 1
-        while name.casefold() in taken:
+        while name.casefold() in taken or name.casefold() in folders:
             n += 1
             name = f"{stem}~{n}.png"
         taken.add(name.casefold())
