@@ -205,7 +205,7 @@ def test_bad_input_names_file_and_image(tmp_path):
     r = compute_fit_report(some_bad, min_size=10, max_size=10)
     t = r.splits["train"]
     # the reasons training's loader gives (the masks are the bboxes as rectangles)
-    assert t.invalid == {"polygon has NaN / inf coordinates": 1, "no segmentation": 1, "unknown image_id": 1,
+    assert t.invalid == {"polygon has NaN / inf coordinates": 1, "missing segmentation (Mask R-CNN needs polygon or RLE masks)": 1, "unknown image_id": 1,
                          "unknown category_id": 1,
                          "polygon coordinates reach far outside the 10x10 image (x from 50 to 55, y from 0 to 5; "
                          "at most one image size beyond an edge is accepted)": 1}

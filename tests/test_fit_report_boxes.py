@@ -120,7 +120,7 @@ def test_polygon_and_rle_are_measured_alike(tmp_path):
     anns.append({"id": 11, "image_id": 1, "category_id": 1, "segmentation": []})
     boxes = load_coco_boxes(write(tmp_path / "mixed.json", anns, images=1, size=(30, 20)))
     assert boxes.wh.tolist() == [[9, 5]] * 3
-    assert boxes.invalid == {"no segmentation": 1, "polygon lies entirely outside the image (zero area after clipping)": 1,
+    assert boxes.invalid == {"missing segmentation (Mask R-CNN needs polygon or RLE masks)": 1, "polygon lies entirely outside the image (zero area after clipping)": 1,
                              "empty polygon list": 1}
     assert [e["annotation_id"] for e in boxes.invalid_examples] == [9, 10, 11]
     assert boxes.disagree == 3

@@ -15,7 +15,8 @@ from pycocotools import mask as mask_utils
 
 from helpers.config import ROOT, compose
 from maskrcnn.data.errors import DatasetError
-from maskrcnn.inference.predict_images import list_images, load_checkpoint_model, load_for_model, predict
+from maskrcnn.inference.inputs import list_inputs
+from maskrcnn.inference.predict_images import load_checkpoint_model, load_for_model, predict
 from helpers.random_checkpoint import save_random_checkpoint
 
 
@@ -45,7 +46,7 @@ def test_predict_writes_overlays_and_loadable_coco_results(checkpoint, images, t
     cfg = compose([f"ckpt_path={checkpoint}", f"input={images}", f"output={out}", "score_thresh=0.0", "device=cpu"],
                   config_name="predict", output_dir=tmp_path)
     predict(cfg)
-    files = list_images(str(images))
+    files = list_inputs(str(images)).files
     for f in files:
         overlay = Image.open(out / f"{f.stem}.png")
         original = Image.open(f)
@@ -87,7 +88,7 @@ def test_predict_batches_match_single_images(checkpoint, shapes_dir):
 
 def test_predict_errors_name_the_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here"):
-        list_images(str(tmp_path / "nothing_here" / "*.jpg"))
+        list_inputs(str(tmp_path / "nothing_here" / "*.jpg"))
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         load_checkpoint_model(tmp_path / "missing.ckpt")
 

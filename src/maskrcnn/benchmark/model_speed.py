@@ -89,13 +89,9 @@ def build_model(impl: str, size: int, state: dict, arch: str = "resnet50") -> tu
     if impl == CHANNELS_LAST_THREADS:
         model.roi_heads.box_pooler.backward_threads = model.roi_heads.mask_pooler.backward_threads = 2
     if impl in (COMPILE, CHANNELS_LAST_COMPILE):
-        from maskrcnn.modeling.fast_inference import heavy_parts
+        from maskrcnn.modeling.fast_inference import compile_heavy_parts, heavy_parts
 
-        for path, module in heavy_parts(model).items():
-            # the RoI heads see another number of RoIs / detections on every call: compiled for
-            # dynamic shapes from the start, the first call builds the graph all later counts use
-            # (compiled static, the first new count would build a second one)
-            module.compile(dynamic=True if path.startswith("roi_heads.") else None)
+        compile_heavy_parts(heavy_parts(model))  # trainable weights: no freezing
     criterion = build_criterion("ce")
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
 

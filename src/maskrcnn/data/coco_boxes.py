@@ -27,7 +27,7 @@ import numpy as np
 
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.rle_checks import RleBatch
-from maskrcnn.data.segmentation_checks import PolygonBatch, Problem, json_type, polygon_structure_problem
+from maskrcnn.data.segmentation_checks import PolygonBatch, Problem, queue_segmentation
 
 REASONS = ("", "unknown image_id", "unknown category_id", "no usable segmentation", "mask covers no pixel of the image")
 _NO_MASK = 3  # its text is the segmentation's own problem ("polygon lies entirely outside the image", ...)
@@ -134,15 +134,7 @@ def segmentation_boxes(anns: list[dict], width: np.ndarray, height: np.ndarray,
     problems: dict[int, Problem] = {}
     polygons, rles = PolygonBatch(), RleBatch()
     for i in np.flatnonzero(known).tolist():
-        seg, w, h = anns[i].get("segmentation"), int(width[i]), int(height[i])
-        if type(seg) is list:
-            problem = polygon_structure_problem(seg)
-            if problem is None:
-                polygons.add(i, seg, w, h)
-        elif type(seg) is dict:
-            problem = rles.add(i, seg, w, h)
-        else:
-            problem = Problem("no segmentation" if seg is None else f"segmentation is {json_type(seg)}", True)
+        problem = queue_segmentation(anns[i], i, int(width[i]), int(height[i]), polygons, rles)
         if problem is not None:
             problems[i] = problem
     for found in (polygons.run()[0], rles.run()):

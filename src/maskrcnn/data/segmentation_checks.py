@@ -190,6 +190,23 @@ def note_problem(problems: dict[int, Problem], slot: int, problem: Problem) -> N
         problems[slot] = problem
 
 
+def queue_segmentation(ann: dict, slot: int, width: int, height: int, polygons: PolygonBatch, rles) -> Problem | None:
+    """Queue ``ann``'s segmentation for the batched checks (a polygon list into ``polygons``, an RLE
+    object into ``rles``, an ``rle_checks.RleBatch``), or say why it has none usable. One dispatch for
+    the loader (``validation``) and the fit report (``coco_boxes``), so both give the same reason."""
+    seg = ann.get("segmentation")
+    if type(seg) is list:
+        problem = polygon_structure_problem(seg)
+        if problem is None:
+            polygons.add(slot, seg, width, height)
+        return problem
+    if type(seg) is dict:
+        return rles.add(slot, seg, width, height)
+    if "segmentation" not in ann:
+        return Problem("missing segmentation (Mask R-CNN needs polygon or RLE masks)", True)
+    return Problem(f"segmentation is {json_type(seg)}; expected a list of polygons or an RLE object", True)
+
+
 # ---------------------------------------------------------------------------------------- boxes
 class BoxBatch:
     """``bbox`` fields of many annotations, checked together by ``run``."""

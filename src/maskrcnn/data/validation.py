@@ -28,7 +28,7 @@ from maskrcnn.data import image_io  # noqa: F401  (sets PIL's pixel limit, read 
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.rle_checks import RleBatch
 from maskrcnn.data.segmentation_checks import (
-    BoxBatch, PolygonBatch, Problem, json_type, note_problem, polygon_structure_problem, short_repr,
+    BoxBatch, PolygonBatch, Problem, json_type, note_problem, queue_segmentation, short_repr,
 )
 
 EVALUATION_KEYS = ("bbox", "area")  # read from the ground truth by COCO evaluation (pycocotools, faster-coco-eval)
@@ -219,17 +219,7 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
         kept.append((ann, image, crowd))
         if "bbox" in ann:
             boxes.add(slot, ann["bbox"], width, height)
-        seg = ann.get("segmentation")
-        if type(seg) is list:
-            problem = polygon_structure_problem(seg)
-            if problem is None:
-                polygons.add(slot, seg, width, height)
-        elif type(seg) is dict:
-            problem = rles.add(slot, seg, width, height)
-        elif "segmentation" not in ann:
-            problem = Problem("missing segmentation (Mask R-CNN needs polygon or RLE masks)", True)
-        else:
-            problem = Problem(f"segmentation is {json_type(seg)}; expected a list of polygons or an RLE object", True)
+        problem = queue_segmentation(ann, slot, width, height, polygons, rles)
         if problem is not None:
             problems[slot] = problem
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from maskrcnn.data.draw import draw_instances
 from maskrcnn.data.errors import DatasetError
 from maskrcnn.data.image_io import exif_size, image_to_tensor, load_rgb, open_image
-from maskrcnn.inference.inputs import IMAGE_SUFFIXES, list_inputs, overlay_names
+from maskrcnn.inference.inputs import list_inputs, overlay_names
 from maskrcnn.inference.predict_options import check_output, check_predict_config, config_error
 from maskrcnn.modeling.fast_inference import optimize_for_inference
 from maskrcnn.modeling.postprocess import paste_masks
@@ -35,18 +35,11 @@ from maskrcnn.training.run_checkpoint import build_net_from_checkpoint, checkpoi
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "load_checkpoint_model", "load_for_model", "predict"]
 # Float elements one mask-pasting chunk may hold (x4 bytes): 2 masks of a 24-megapixel photo.
 PASTE_BUDGET = 2**26
 # predictions.json is rewritten at most this often during a run (and always at the end, even
 # after an error), so that a run killed late keeps most of its results.
 SAVE_EVERY_S = 60.0
-
-
-def list_images(spec: str) -> list[Path]:
-    """A directory (its images, sorted), a glob pattern, or a single file: the paths with an image
-    suffix, including those predict will skip as unreadable (``inputs.list_inputs`` says why)."""
-    return list_inputs(spec).files
 
 
 def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tuple[nn.Module, dict]:

@@ -210,6 +210,17 @@ def heavy_parts(net: nn.Module) -> dict[str, nn.Module]:
     return parts
 
 
+def compile_heavy_parts(parts: dict[str, nn.Module], options: dict | None = None) -> None:
+    """``nn.Module.compile()`` each of ``heavy_parts``. The RoI heads get another number of proposals
+    / detections with every image: compiled for dynamic shapes from the start, the first call builds
+    the graph every later count uses (compiled static, each new count would build one of its own
+    until dynamo's recompile limit). Backbone and RPN head: static for the first image size, one
+    dynamic graph at the second. ``options``: inductor options."""
+    extra = {} if options is None else {"options": options}
+    for path, module in parts.items():
+        module.compile(dynamic=True if path.startswith("roi_heads.") else None, **extra)
+
+
 def optimize_for_inference(
     net: nn.Module,
     *,
@@ -267,11 +278,7 @@ def optimize_for_inference(
             # an instance attribute shadows the class's forward for nn.Module.__call__
             module.forward = functools.partial(_autocast_forward, module.forward)
     if compile:
-        for path, module in parts.items():
-            # freezing: weights become constants, so inductor pre-packs them for oneDNN once
-            # instead of reordering them on every call (the conv weights are fixed here anyway).
-            # The RoI heads get another number of proposals / detections with every image: compiled
-            # for dynamic shapes from the start, or each new count would build a graph of its own.
-            # Backbone and RPN head: static for the first image size, one dynamic graph after that.
-            module.compile(dynamic=True if path.startswith("roi_heads.") else None, options={"freezing": True})
+        # freezing: weights become constants, so inductor pre-packs them for oneDNN once instead of
+        # reordering them on every call (the conv weights are fixed here anyway)
+        compile_heavy_parts(parts, options={"freezing": True})
     return fast
