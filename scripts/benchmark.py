@@ -13,7 +13,7 @@ measured in one run on one machine, printed as one markdown table.
     python scripts/benchmark.py --eval-images 1000 --out docs/benchmark_cpu.md
     python scripts/benchmark.py --task inference --iters 5 --score-thresh 0.0 [--compile]
 
-Tasks; the measuring code is in src/maskrcnn/benchmark/, and this file only maps options onto it:
+Tasks; the measuring code is in scripts/bench/, and this file only maps options onto it:
   model   model_speed.py    train step (forward + backward, 2 images) and inference per image, ours
                             vs torchvision maskrcnn_resnet50_fpn (--archs resnet101: torchvision
                             MaskRCNN with a ResNet-101 FPN) with the same random weights, iterations
@@ -48,9 +48,9 @@ from pathlib import Path
 
 import torch
 
-from maskrcnn.benchmark import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
-from maskrcnn.benchmark.reference_loop import TrainSettings
-from maskrcnn.benchmark.report import load_average, machine_description, to_markdown
+from bench import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
+from bench.reference_loop import TrainSettings
+from bench.report import load_average, machine_description, to_markdown
 from maskrcnn.cli_args import non_negative_int, output_file, positive_float, positive_int
 
 
@@ -185,8 +185,8 @@ def _command(argv) -> str:
 
 
 def run_train(args: argparse.Namespace, argv=None) -> str:
-    from maskrcnn.benchmark import datasets
-    from maskrcnn.benchmark.training_report import run_training_comparison
+    from bench import datasets
+    from bench.training_report import run_training_comparison
 
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -212,7 +212,7 @@ def main(argv=None) -> str:
     argv = sys.argv[1:] if argv is None else list(argv)
     for i in range(len(argv) - 1):
         if argv[i] == "--task" and argv[i + 1] == "inference":  # its own options: hand them over
-            from maskrcnn.benchmark import inference
+            from bench import inference
 
             return inference.format_table(inference.main(argv[:i] + argv[i + 2:]))
     args = parse_args(argv)

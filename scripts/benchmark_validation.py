@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from maskrcnn.data.validation import validate_coco
+from maskrcnn.data.checks.annotation_file import validate_coco
 
 
 def make_coco(num_annotations: int, compressed_share: float, seed: int = 0) -> dict:

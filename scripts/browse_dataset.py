@@ -21,7 +21,7 @@ from maskrcnn.cli import exit_on_expected_errors
 from maskrcnn.cli_args import output_folder, positive_int
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.draw import draw_instances
-from maskrcnn.data.image_io import image_to_uint8
+from maskrcnn.data.readers.image_io import image_to_uint8
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
 
 

@@ -6,7 +6,7 @@ python scripts/dataset_report.py --train tests/data/nuts/annotations.json \
 
 Prints counts per split and class, object sizes at the training scale against the anchors, warnings
 with the Hydra override line to paste, and suggested anchor sizes / min_size
-(``maskrcnn.data.fit_report``). The json files first get the checks training runs on them (ids,
+(``maskrcnn.data.fit.report``). The json files first get the checks training runs on them (ids,
 types, structure, categories equal across the splits, at least one training instance; no image is
 opened): a file training would reject is rejected here with the same message. Skipped annotations
 are summarised as warnings. Object boxes are measured from the masks, as training takes them (the
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from maskrcnn.cli_args import output_file, positive_float, positive_int, unit_fraction
 from maskrcnn.data.coco import CocoInstanceDataset
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.fit_report import compute_fit_report
-from maskrcnn.data.setup_checks import check_same_categories, check_training_instances
+from maskrcnn.errors import DatasetError
+from maskrcnn.data.fit.report import compute_fit_report
+from maskrcnn.data.checks.setup import check_same_categories, check_training_instances
 
 
 def check_like_training(train: str, val: str | None) -> None:

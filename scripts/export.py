@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from maskrcnn.cli import exit_on_expected_errors
 from maskrcnn.cli_args import positive_int
-from maskrcnn.data.image_io import image_to_tensor, load_rgb
-from maskrcnn.inference.export_graph import FORMATS, ExportError, example_image, export_model, max_abs_diff
+from maskrcnn.data.readers.image_io import image_to_tensor, load_rgb
+from maskrcnn.errors import ExportError
+from maskrcnn.inference.export_graph import FORMATS, example_image, export_model, max_abs_diff
 from maskrcnn.inference.predict_images import load_checkpoint_model
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     net, _ = load_checkpoint_model(args.ckpt, mask_format="prob")
     net = net.eval()
     if args.inference == "fast":
-        from maskrcnn.modeling.fast_inference import optimize_for_inference
+        from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 
         net = optimize_for_inference(net)  # exact options only: bf16 / compile are not for tracing
     example = load_example(args.example, height, width) if args.example else example_image((height, width))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from maskrcnn.training.wandb_run_reader import OfflineRun, read_offline_run
+from bench.wandb_run_reader import OfflineRun, read_offline_run
 
 PALETTE = np.array(
     [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],

@@ -16,6 +16,12 @@ from helpers.config import TINY, TINY_EVAL
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+# Child processes the tests start (``python -c``, ``-m bench...``) import ``bench`` and ``helpers``
+# from the folders pytest's ``pythonpath`` setting gives this process.
+_ROOT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(_ROOT / "scripts"), str(_ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The data benchmark fixes glibc's malloc thresholds (maskrcnn.benchmark.allocator)."""
+"""The data benchmark fixes glibc's malloc thresholds (bench.allocator)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import textwrap
 
 import pytest
 
-from maskrcnn.benchmark import allocator
+from bench import allocator
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 _MMAPPED = textwrap.dedent("""
     import ctypes, sys
     import torch
-    from maskrcnn.benchmark.allocator import keep_freed_memory
+    from bench.allocator import keep_freed_memory
 
     class MallInfo2(ctypes.Structure):  # glibc >= 2.33
         _fields_ = [(name, ctypes.c_size_t) for name in

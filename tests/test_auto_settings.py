@@ -3,7 +3,7 @@
 from omegaconf import OmegaConf
 
 from helpers.config import compose
-from maskrcnn.data.cells import generate_cells
+from bench.cells import generate_cells
 from maskrcnn.training.auto_settings import STANDARD_ANCHORS, resolve_auto_settings
 from maskrcnn.training.builders import build_datamodule
 

@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark: every task's measuring code (src/maskrcnn/benchmark/) with tiny
+"""Smoke tests of the benchmark: every task's measuring code (scripts/bench/) with tiny
 settings, and scripts/benchmark.py's options and table."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskrcnn.benchmark import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
-from maskrcnn.benchmark.report import to_markdown
+from bench import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
+from bench.report import to_markdown
 
 from helpers.scripts import load_script
 

@@ -1,4 +1,4 @@
-"""The inference benchmark's measuring tools (maskrcnn/benchmark/inference.py,
+"""The inference benchmark's measuring tools (scripts/bench/inference.py,
 trained_like_weights.py): detections compared as sets, and predictors calibrated to the output
 spread of a trained model."""
 
@@ -9,8 +9,8 @@ import math
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from maskrcnn.benchmark.inference import compare_detections
-from maskrcnn.benchmark.trained_like_weights import OUTPUT_STD, calibrate_predictors, trained_like_state
+from bench.inference import compare_detections
+from bench.trained_like_weights import OUTPUT_STD, calibrate_predictors, trained_like_state
 
 
 def _detections(boxes: list[list[float]], labels: list[int], scores: list[float]) -> dict:

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from maskrcnn.benchmark import data_pipeline, model_speed
+from bench import data_pipeline, model_speed
 
 from helpers.scripts import load_script
 
@@ -94,7 +94,7 @@ class _Recorder:
 
 
 def test_data_pipelines_are_timed_item_by_item_alternating_which_goes_first(monkeypatch):
-    from maskrcnn.benchmark import allocator
+    from bench import allocator
 
     log: list = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: log.append("malloc thresholds") or True)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from maskrcnn.data.cells import generate_cells
+from bench.cells import generate_cells
 from maskrcnn.data.coco import CocoInstanceDataset
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from helpers.config import ROOT
 from maskrcnn.cli_args import output_file, output_folder, positive_float, positive_int, unit_fraction
 from maskrcnn.data.datamodule import CocoDataModule
-from maskrcnn.training.config_checks import ConfigError
+from maskrcnn.errors import ConfigError
 
 NUTS = ROOT / "tests" / "data" / "nuts"
 

@@ -12,8 +12,8 @@ from hydra.errors import InstantiationException
 
 from helpers.config import ROOT
 from maskrcnn.cli import error_message, exit_on_expected_errors, expected_error
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.training.config_checks import ConfigError
+from maskrcnn.errors import DatasetError
+from maskrcnn.errors import ConfigError
 from helpers.random_checkpoint import save_random_checkpoint
 
 
@@ -56,7 +56,7 @@ def test_unexpected_errors_and_full_error_keep_the_traceback(monkeypatch):
 def test_dataloader_worker_errors_keep_only_the_original_message():
     text = ("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
             '  File "coco.py", line 3, in load\n    raise DatasetError(...)\n'
-            "maskrcnn.data.errors.DatasetError: image file 'a.jpg' (image id 3) is corrupt or truncated")
+            "maskrcnn.errors.DatasetError: image file 'a.jpg' (image id 3) is corrupt or truncated")
     assert error_message(DatasetError(text)) == "DatasetError: image file 'a.jpg' (image id 3) is corrupt or truncated"
 
 
@@ -65,10 +65,10 @@ def test_errors_of_ddp_spawn_workers_are_recognised():
 
     text = ("\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
             '  File "module.py", line 134, in _is_nonfinite\n'
-            "maskrcnn.training.nonfinite.NonFiniteLossError: nonfinite_loss=skip: 5 of the last 5 training steps")
+            "maskrcnn.errors.NonFiniteLossError: nonfinite_loss=skip: 5 of the last 5 training steps")
     found = expected_error(ProcessRaisedException(text, 1, 123))
     assert error_message(found) == "NonFiniteLossError: nonfinite_loss=skip: 5 of the last 5 training steps"
-    assert expected_error(ProcessRaisedException(text.replace("maskrcnn.training.nonfinite.NonFiniteLossError",
+    assert expected_error(ProcessRaisedException(text.replace("maskrcnn.errors.NonFiniteLossError",
                                                               "RuntimeError"), 1, 123)) is None
 
 

@@ -334,7 +334,7 @@ def test_bbox_cropped_rasterisation_matches_whole_image_pycocotools():
     (x + 0.5 rounds differently at x = 1000 than at x = 10): rare, and then one boundary pixel."""
     from pycocotools import mask as mask_utils
 
-    from maskrcnn.data.masks import rasterise_polygons
+    from maskrcnn.data.readers.masks import rasterise_polygons
 
     rng = np.random.default_rng(0)
     differing_polygons, differing_pixels, foreground = 0, 0, 0
@@ -358,7 +358,7 @@ def test_dataset_rasterises_at_the_resized_scale(nuts):
     match rasterising the full-size mask then resizing it, up to boundary pixels."""
     import cv2
 
-    from maskrcnn.data.masks import decode_segmentation
+    from maskrcnn.data.readers.masks import decode_segmentation
 
     calls = []
 

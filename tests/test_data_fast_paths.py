@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskrcnn.data.image_io import image_to_tensor
+from maskrcnn.data.readers.image_io import image_to_tensor
 
 
 @settings(max_examples=40, deadline=None)

@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn.data.coco import CocoInstanceDataset
-from maskrcnn.data.errors import DatasetError
+from maskrcnn.errors import DatasetError
 from maskrcnn.data.transforms import build_transforms
 
 SQUARE = [[2, 2, 12, 2, 12, 10, 2, 10]]  # rows 2..9, cols 2..11 -> box [2, 2, 12, 10]
@@ -400,7 +400,7 @@ def _reference_runs(counts: str) -> list[int]:
 def test_compressed_rle_check_agrees_with_pycocotools():
     """Valid strings pass with their exact area; of mutated strings exactly those whose runs sum
     to height*width pass, and pycocotools decodes every one that passes into a clean 0/1 mask."""
-    from maskrcnn.data.rle_checks import MAX_NUMBER_CHARS, compressed_rle_problems
+    from maskrcnn.data.checks.rle import MAX_NUMBER_CHARS, compressed_rle_problems
 
     rng = np.random.default_rng(0)
     strings, totals, masks = [], [], []
@@ -490,7 +490,7 @@ def test_zero_training_instances_after_unreadable_images(tmp_path):
     ({"name": "lsj", "lsj_scale": [2.0, 0.1]}, r"augmentation\.lsj_scale=\[2\.0, 0\.1\]: must be \[low, high\]"),
 ])
 def test_augmentation_sizes_are_checked_where_read(tmp_path, augmentation, pattern):
-    from maskrcnn.training.config_checks import ConfigError
+    from maskrcnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match=pattern):  # an expected error: one message, no traceback
         _datamodule(tmp_path, [ann(1, SQUARE)], augmentation=augmentation)
@@ -599,14 +599,14 @@ def test_crowd_only_training_data_stops_before_the_first_step(tmp_path, monkeypa
 ])
 def test_data_options_are_config_errors_naming_the_key(tmp_path, options, pattern):
     """A ConfigError ends src/train.py with its one message; a plain ValueError kept Hydra's traceback."""
-    from maskrcnn.training.config_checks import ConfigError
+    from maskrcnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match=pattern):
         _datamodule(tmp_path, [ann(1, SQUARE)], **options)
 
 
 def test_num_classes_mismatch_is_a_config_error(tmp_path):
-    from maskrcnn.training.config_checks import ConfigError
+    from maskrcnn.errors import ConfigError
 
     dm = _datamodule(tmp_path, [ann(1, SQUARE)], num_classes=7)
     with pytest.raises(ConfigError, match=r"data\.num_classes=7 \(model\.num_classes\) but train annotations "
@@ -707,7 +707,7 @@ def test_dataset_report_runs_the_training_checks(tmp_path, monkeypatch, capsys, 
 def test_masks_of_a_crowded_image_are_checked_against_memory(tmp_path, caplog):
     """N masks of one image are allocated together (plus the model's float copy): thousands of
     instances passed setup and then killed the process without a message."""
-    from maskrcnn.data.setup_checks import MASK_BYTES_PER_PIXEL, check_mask_memory, pipeline_scale
+    from maskrcnn.data.checks.setup import MASK_BYTES_PER_PIXEL, check_mask_memory, pipeline_scale
 
     images = [IMG, {**IMG, "id": 2, "file_name": "b.png"}]
     anns = [ann(k, SQUARE) for k in range(1, 51)] + [ann(51, SQUARE, image_id=2)]

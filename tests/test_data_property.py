@@ -24,7 +24,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn.data.coco import CocoInstanceDataset
-from maskrcnn.data.errors import DatasetError
+from maskrcnn.errors import DatasetError
 from maskrcnn.data.transforms import build_transforms
 
 SIZES = {1: (24, 18), 2: (16, 20)}  # image id -> (width, height)

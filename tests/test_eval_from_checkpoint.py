@@ -13,7 +13,8 @@ from helpers.config import compose
 from maskrcnn.inference.predict_images import load_checkpoint_model
 from maskrcnn.training.builders import ConfigError
 from maskrcnn.training.pipeline import config_from_checkpoint, evaluate, train
-from maskrcnn.training.run_checkpoint import CheckpointError, read_run_checkpoint
+from maskrcnn.errors import CheckpointError
+from maskrcnn.run_checkpoint import read_run_checkpoint
 
 @pytest.fixture(scope="module")
 def trained(tiny, shapes_dir, tmp_path_factory):

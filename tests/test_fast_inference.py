@@ -18,8 +18,8 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from maskrcnn.inference.export_graph import ExportWrapper, export_torchscript, run_exported
 from maskrcnn.modeling.build import build_mask_rcnn
-from maskrcnn.modeling.fast_inference import BF16_TOLERANCE, fold_batchnorm, optimize_for_inference
-from maskrcnn.modeling.onednn_linear import OneDNNLinear
+from maskrcnn.inference.optimize.fast_inference import BF16_TOLERANCE, fold_batchnorm, optimize_for_inference
+from maskrcnn.inference.optimize.onednn_linear import OneDNNLinear
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 
 SIZES = ((96, 128), (160, 112))
@@ -197,7 +197,7 @@ def test_fast_copy_switches_the_poolers_and_linear_layers_and_leaves_the_state_d
 def test_predict_inference_groups():
     """conf/inference/{eager,fast}.yaml: eager keeps the net, fast's options build the fast copy."""
     from helpers.config import compose
-    from maskrcnn.modeling.fast_inference import InferenceRoIHeads
+    from maskrcnn.inference.optimize.fast_inference import InferenceRoIHeads
 
     base = ["ckpt_path=unused.ckpt", "input=unused"]
     assert compose(base, config_name="predict").inference.options is None  # the default: eager
@@ -240,7 +240,7 @@ def test_mask_upsampling_as_one_matmul_equals_the_transposed_conv(monkeypatch):
     """InferenceRoIHeads runs conv5_mask (2x2 stride-2 ConvTranspose2d) + ReLU as one oneDNN
     matmul on the CPU; its mask probabilities must equal the transposed conv's, block layout and
     all, for boxes of every class."""
-    from maskrcnn.modeling import fast_inference
+    from maskrcnn.inference.optimize import fast_inference
 
     net = build_net("bn")
     nn.init.normal_(net.roi_heads.mask_predictor.mask_fcn_logits.weight, std=0.5)  # spread the logits

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from helpers.config import ROOT
-from maskrcnn.data.anchor_fit import anchor_shapes, best_anchor_iou, fitness, training_scale
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.fit_report import compute_fit_report
+from maskrcnn.data.fit.anchors import anchor_shapes, best_anchor_iou, fitness, training_scale
+from maskrcnn.errors import DatasetError
+from maskrcnn.data.fit.report import compute_fit_report
 
 NUTS = ROOT / "tests" / "data" / "nuts" / "annotations.json"
 DEFAULT_ANCHORS = [[32], [64], [128], [256], [512]]

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
 from helpers.config import ROOT
-from maskrcnn.data.coco_boxes import load_coco_boxes, segmentation_boxes
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.fit_report import compute_fit_report
-from maskrcnn.data.masks import decode_segmentation, masks_to_boxes
-from maskrcnn.data.validation import validate_coco
+from maskrcnn.data.fit.boxes import load_coco_boxes, segmentation_boxes
+from maskrcnn.errors import DatasetError
+from maskrcnn.data.fit.report import compute_fit_report
+from maskrcnn.data.readers.masks import decode_segmentation, masks_to_boxes
+from maskrcnn.data.checks.annotation_file import validate_coco
 
 STANDARD = [[32], [64], [128], [256], [512]]  # what model.rpn.anchor_sizes=auto starts from
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from maskrcnn.modeling.fused_fpn import FusedTopDownFPN, _add_top_down, fuse_fpn_top_down
-from maskrcnn.modeling.module_swap import swap_exact_type
+from maskrcnn.inference.optimize.fused_fpn import FusedTopDownFPN, _add_top_down, fuse_fpn_top_down
+from maskrcnn.inference.optimize.module_swap import swap_exact_type
 
 
 def _features(sizes, channels=(8, 16, 32, 64), seed=0, channels_last=False):

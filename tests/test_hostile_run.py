@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from PIL import Image
 
 from helpers.config import compose
-from maskrcnn.data.errors import DatasetError
+from maskrcnn.errors import DatasetError
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.pipeline import train
 

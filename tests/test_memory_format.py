@@ -16,7 +16,7 @@ from torch import nn
 
 from maskrcnn.losses import build_criterion
 from maskrcnn.modeling.build import build_mask_rcnn
-from maskrcnn.modeling.memory_format import CONV_PARTS, to_nchw, use_channels_last
+from maskrcnn.ops.memory_format import CONV_PARTS, to_nchw, use_channels_last
 
 
 def small_net(channels_last: bool = False) -> nn.Module:

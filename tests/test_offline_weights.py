@@ -16,7 +16,7 @@ from maskrcnn.cli import error_message, expected_error
 from maskrcnn.modeling.backbone import build_backbone
 from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.modeling.checkpoint import TORCHVISION_COCO
-from maskrcnn.modeling.weights_download import WeightsDownloadError
+from maskrcnn.errors import WeightsDownloadError
 from maskrcnn.training.pipeline import train
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from maskrcnn.modeling.onednn_linear import OneDNNLinear, use_onednn_linear
+from maskrcnn.inference.optimize.onednn_linear import OneDNNLinear, use_onednn_linear
 
 
 def _ops(fn) -> set[str]:
@@ -60,7 +60,7 @@ def test_switches_plain_linear_only_and_keeps_state_dict():
 
 
 def test_falls_back_for_good_when_the_onednn_op_fails(monkeypatch, caplog):
-    from maskrcnn.modeling import onednn_linear
+    from maskrcnn.inference.optimize import onednn_linear
 
     class Broken:
         def _linear_pointwise(self, *args):

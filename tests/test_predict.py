@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools import mask as mask_utils
 
 from helpers.config import ROOT, compose
-from maskrcnn.data.errors import DatasetError
+from maskrcnn.errors import DatasetError
 from maskrcnn.inference.inputs import list_inputs
 from maskrcnn.inference.predict_images import load_checkpoint_model, load_for_model, predict
 from helpers.random_checkpoint import save_random_checkpoint
@@ -201,7 +201,7 @@ def test_predict_results_equal_the_network_output(checkpoint, images, tmp_path):
     """Images no larger than the model input go through predict's own pasting unchanged."""
     import torch
 
-    from maskrcnn.data.image_io import image_to_tensor, load_rgb
+    from maskrcnn.data.readers.image_io import image_to_tensor, load_rgb
 
     out = tmp_path / "out"
     _predict(checkpoint, images, out)

@@ -17,10 +17,10 @@ from PIL import Image
 
 from helpers.config import ROOT, compose
 from helpers.random_checkpoint import save_random_checkpoint
-from maskrcnn.data.errors import DatasetError
+from maskrcnn.errors import DatasetError
 from maskrcnn.inference.inputs import list_inputs, overlay_names
 from maskrcnn.inference.predict_images import predict
-from maskrcnn.training.config_checks import ConfigError
+from maskrcnn.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from helpers.config import compose
 from torchvision.ops import roi_align
 
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
-from maskrcnn.modeling import roi_align_threads
-from maskrcnn.modeling.roi_align_threads import roi_align_forward_threads, roi_align_threaded_backward
+from maskrcnn.ops import roi_align_threads
+from maskrcnn.ops.roi_align_threads import roi_align_forward_threads, roi_align_threaded_backward
 
 
 def _rois(num: int, batch: int, size: float, seed: int = 0) -> torch.Tensor:

@@ -11,7 +11,8 @@ import torch
 
 from helpers.config import compose
 from maskrcnn.training.module import MaskRCNNModule
-from maskrcnn.training.nonfinite import NonFiniteLossError, SkipLimit
+from maskrcnn.errors import NonFiniteLossError
+from maskrcnn.training.nonfinite import SkipLimit
 from maskrcnn.training.pipeline import train
 
 # The default callbacks (checkpointing, progress lines), without the terminal progress bar.

@@ -8,7 +8,8 @@ import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from maskrcnn.losses import build_criterion
-from maskrcnn.modeling.build import build_mask_rcnn, torchvision_compatible_mask_rcnn
+from bench.torchvision_compat import torchvision_compatible_mask_rcnn
+from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.modeling.checkpoint import load_torchvision_checkpoint
 from maskrcnn.modeling.roi_heads import RoIHeads
 

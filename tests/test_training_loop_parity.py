@@ -4,7 +4,7 @@ The network's forward/backward parity is covered in test_torchvision_parity.py. 
 what Lightning and our module add around it: the optimizer and its parameter list, weight decay,
 the warm-up + step schedule and when it is stepped, zero_grad, loss weighting, BatchNorm mode and
 running statistics. Six SGD steps of ``MaskRCNNModule`` under ``pl.Trainer`` must give the weights of
-the 20-line loop in ``maskrcnn.benchmark.reference_loop`` (torchvision model, torch schedulers).
+the 20-line loop in ``bench.reference_loop`` (torchvision model, torch schedulers).
 """
 
 from functools import partial
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from maskrcnn.benchmark.reference_loop import TrainSettings, build_reference_model, reference_scheduler
+from bench.reference_loop import TrainSettings, build_reference_model, reference_scheduler
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.losses import build_criterion
 from maskrcnn.losses.criterion import TERMS
-from maskrcnn.modeling.build import torchvision_compatible_mask_rcnn
+from bench.torchvision_compat import torchvision_compatible_mask_rcnn
 from maskrcnn.schedulers import warmup_multistep
 from maskrcnn.training.module import MaskRCNNModule
 

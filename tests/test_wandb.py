@@ -22,7 +22,7 @@ from PIL import Image
 from helpers.config import CONF, ROOT, compose
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.training.wandb_media import flatten_masks, make_sample, to_wandb_image
-from maskrcnn.training.wandb_run_reader import latest_offline_run, read_offline_run
+from bench.wandb_run_reader import latest_offline_run, read_offline_run
 from test_evaluation import BACKENDS, IMAGES, LABEL_TO_CAT, ann_file, noisy_detection, perfect_detections  # noqa: F401
 
 NAMES = ["__background__", "square", "circle", "triangle"]

@@ -2,7 +2,7 @@
 
 Run on a CUDA machine: python docs/gpu/torchvision_postprocess_time.py (output: run2_diag.txt)."""
 import statistics, time, torch
-from maskrcnn.benchmark import model_speed as ms
+from bench import model_speed as ms
 
 state = ms.reference_state(trained_like_size=800, device="cuda")
 model = ms._build("torchvision", 800, state)[0].cuda().eval()

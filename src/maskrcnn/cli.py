@@ -30,30 +30,17 @@ from typing import TypeVar
 
 from hydra.errors import InstantiationException
 
+from maskrcnn.errors import EXPECTED_ERRORS
+
 log = logging.getLogger("maskrcnn")
 
 F = TypeVar("F", bound=Callable)
 
 
 def expected_error_types() -> tuple[type[BaseException], ...]:
-    """The errors whose message is enough. Imported here, not at module level, so that a light
-    entry point (predict) does not pay for importing Lightning before anything failed."""
-    from maskrcnn.data.errors import DatasetError
-    from maskrcnn.inference.export_graph import ExportError
-    from maskrcnn.modeling.weights_download import WeightsDownloadError
-    from maskrcnn.training.config_checks import ConfigError
-    from maskrcnn.training.nonfinite import NonFiniteLossError
-    from maskrcnn.training.run_checkpoint import CheckpointError
-
-    return (
-        DatasetError,
-        ConfigError,
-        ExportError,
-        CheckpointError,
-        WeightsDownloadError,
-        NonFiniteLossError,
-        FileNotFoundError,  # the paths a user gives (ckpt_path, input, data.*); our messages name the key
-    )
+    """The errors whose message is enough: ours (``maskrcnn.errors``) and a missing path the user gave
+    (``ckpt_path``, ``input``, ``data.*``; our messages name the key)."""
+    return (*EXPECTED_ERRORS, FileNotFoundError)
 
 
 def expected_error(exc: BaseException) -> BaseException | None:

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from maskrcnn.data.bad_images import BAD_IMAGE_POLICIES, SkippedImageLog
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.image_io import exif_size, image_to_tensor, load_rgb, open_image
-from maskrcnn.data.masks import decode_segmentation, masks_to_boxes
-from maskrcnn.data.validation import validate_coco
+from maskrcnn.data.checks.images import BAD_IMAGE_POLICIES, SkippedImageLog
+from maskrcnn.errors import DatasetError
+from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
+from maskrcnn.data.readers.masks import decode_segmentation, masks_to_boxes
+from maskrcnn.data.checks.annotation_file import validate_coco
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class CocoInstanceDataset(Dataset):
         bad_images: what ``__getitem__`` does with an unreadable image file: ``"raise"`` a
             DatasetError naming file and image id, or ``"skip"`` (return None and list it).
         skipped_images_log: optional ``.jsonl`` path listing unreadable images (see
-            ``maskrcnn.data.bad_images.SkippedImageLog``); also written by ``exclude_images``.
+            ``maskrcnn.data.checks.images.SkippedImageLog``); also written by ``exclude_images``.
         for_evaluation: the json is also COCO evaluation's ground truth: require ``bbox`` and
             ``area`` in every annotation (see ``validation.validate_coco``).
         decode_min_size: ``(short, long)``: the ``transforms`` never output a short side above

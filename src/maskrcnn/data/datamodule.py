@@ -14,19 +14,19 @@ import torch
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
-from maskrcnn.data.bad_images import apply_policy, validate_options
+from maskrcnn.data.checks.images import apply_policy, validate_options
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
-from maskrcnn.data.errors import DatasetError
+from maskrcnn.errors import DatasetError
 from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
-from maskrcnn.data.setup_checks import (
+from maskrcnn.data.checks.setup import (
     category_names, check_categories_agree, check_mask_memory, check_resize_keeps_instances, check_same_categories,
     check_training_instances, pipeline_scale, validate_augmentation_sizes, warn_if_nothing_to_evaluate,
 )
 from maskrcnn.data.shapes import generate_shapes
 from maskrcnn.data.shapes import options_problem as shapes_options_problem
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
-from maskrcnn.training.config_checks import ConfigError
+from maskrcnn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,26 @@ Both backends (pycocotools, faster_coco_eval) fill it the same way.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from maskrcnn.evaluation.coco_evaluator import CocoEvaluator
+
+class EvaluatedCoco(Protocol):
+    """What these functions read of an evaluator after ``compute()`` (``CocoEvaluator`` has it):
+    the evaluated ``image_ids``, the ground truth ``coco_gt`` (pycocotools API), ``coco_evals``
+    (iou type -> accumulated COCOeval), ``max_dets`` and the evaluated ``iou_types``."""
+
+    @property
+    def image_ids(self) -> Any: ...
+    @property
+    def coco_gt(self) -> Any: ...
+    @property
+    def coco_evals(self) -> dict[str, Any]: ...
+    @property
+    def max_dets(self) -> int: ...
+    @property
+    def iou_types(self) -> Any: ...
 
 
 def _precision(coco_eval, max_dets: int) -> np.ndarray:
@@ -37,7 +51,7 @@ def _mean_or_none(values: np.ndarray) -> float | None:
     return float(valid.mean()) if valid.size else None
 
 
-def per_category_results(evaluator: CocoEvaluator) -> list[dict]:
+def per_category_results(evaluator: EvaluatedCoco) -> list[dict]:
     """One dict per category of the annotation file, sorted by category id: ``category_id``,
     ``name``, ``instances`` (non-crowd ground truth instances in the evaluated images) and
     ``<iou_type>_AP`` (IoU 0.50:0.95) and ``<iou_type>_AP50`` per evaluated iou type (all areas,
@@ -69,7 +83,7 @@ def per_category_results(evaluator: CocoEvaluator) -> list[dict]:
 
 
 def precision_recall(
-    evaluator: CocoEvaluator, iou_type: str, iou_threshold: float = 0.5
+    evaluator: EvaluatedCoco, iou_type: str, iou_threshold: float = 0.5
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """``(recall, precision)``: ``recall`` is ``ndarray[R] float64``, COCOeval's recall thresholds
     (0, 0.01, ..., 1); ``precision`` maps category id -> ``ndarray[R] float64``, COCOeval's

@@ -4,4 +4,5 @@
 ``inputs.py`` lists what ``input=`` names and names the overlays, ``predict_options.py`` checks the
 other config values before the model is loaded.
 ``export_graph.py``: ONNX / TorchScript export of the inference network (``scripts/export.py``).
+``optimize/``: the CPU inference copy ``inference=fast`` builds (``optimize_for_inference``).
 """

@@ -20,6 +20,8 @@ proposal and one detection (else "empty" shortcuts, e.g. in NMS, would be baked 
 
 from __future__ import annotations
 
+from maskrcnn.errors import ExportError
+
 import contextlib
 import functools
 import warnings
@@ -33,9 +35,6 @@ OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 FORMATS = ("onnx", "torchscript")
 
 
-class ExportError(ValueError):
-    """What the user asked cannot be exported (size, opset, format, an example without detections):
-    the message says which argument to change; entry points print it as one line."""
 
 
 class ExportWrapper(nn.Module):

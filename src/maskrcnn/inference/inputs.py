@@ -18,6 +18,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from maskrcnn.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # A GIF is read as its first frame (image_io.load_rgb); one list for every input mode.
@@ -83,9 +85,7 @@ def list_inputs(spec: str) -> InputList:
         root, candidates = path, sorted(path.iterdir())
     elif path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            from maskrcnn.inference.predict_options import config_error
-
-            raise config_error(f"input={spec!r} is a file without an image suffix ({', '.join(IMAGE_SUFFIXES)})")
+            raise ConfigError(f"input={spec!r} is a file without an image suffix ({', '.join(IMAGE_SUFFIXES)})")
         root, candidates = path.parent, [path]
     else:  # a glob pattern, or a path that is neither a file nor a folder (a broken link, a FIFO, ...)
         root, candidates = _glob_root(spec), sorted(Path(p) for p in glob.glob(spec, recursive=True))

@@ -24,14 +24,15 @@ from rich.progress import track
 from torch import Tensor, nn
 
 from maskrcnn.data.draw import draw_instances
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.image_io import exif_size, image_to_tensor, load_rgb, open_image
+from maskrcnn.errors import DatasetError
+from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
 from maskrcnn.inference.inputs import list_inputs, overlay_names
-from maskrcnn.inference.predict_options import check_output, check_predict_config, config_error
-from maskrcnn.modeling.fast_inference import optimize_for_inference
+from maskrcnn.errors import ConfigError
+from maskrcnn.inference.predict_options import check_output, check_predict_config
+from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 from maskrcnn.modeling.postprocess import paste_masks
 from maskrcnn.modeling.transform import map_boxes_to_original
-from maskrcnn.training.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, read_run_checkpoint
+from maskrcnn.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, read_run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def predict(cfg) -> Path:
     readable = {os.path.realpath(f) for f in files if f not in inputs.problems}
     for f, name in overlays.items():  # output=<the input folder> would replace x.png by its overlay
         if os.path.realpath(Path(str(cfg.get("output"))) / name) in readable:
-            raise config_error(f"output={str(cfg.get('output'))!r}: the overlay {name} would overwrite "
+            raise ConfigError(f"output={str(cfg.get('output'))!r}: the overlay {name} would overwrite "
                                f"the input {str(f)!r}; choose another output folder")
     out_dir = check_output(cfg.get("output"))
     net, meta = load_checkpoint_model(cfg.ckpt_path)

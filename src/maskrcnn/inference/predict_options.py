@@ -1,6 +1,6 @@
 """Checks of predict's config values (``conf/predict.yaml``), run before anything is read or loaded.
 
-A bad value gets a one-line :class:`~maskrcnn.training.config_checks.ConfigError` naming the key and
+A bad value gets a one-line :class:`~maskrcnn.errors.ConfigError` naming the key and
 the value (``src/predict.py`` prints it without a traceback), instead of a torch error deep inside
 the model or a silently odd run (``batch_size=0`` used to put every image in one batch).
 """
@@ -15,15 +15,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from maskrcnn.errors import ConfigError
+
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
-
-
-def config_error(message: str) -> Exception:
-    """A ConfigError to raise. Imported on first use: config_checks loads Lightning, which predict
-    otherwise never needs."""
-    from maskrcnn.training.config_checks import ConfigError
-
-    return ConfigError(message)
 
 
 @dataclass
@@ -50,18 +44,18 @@ def check_device(value: object) -> torch.device:
     except RuntimeError:  # torch: "Invalid device string", "Expected one of cpu, cuda, ..."
         device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise config_error(f"device={value!r} is not a device predict can use ({DEVICES})")
+        raise ConfigError(f"device={value!r} is not a device predict can use ({DEVICES})")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             built = "built without CUDA" if torch.version.cuda is None else "no usable CUDA GPU found"
-            raise config_error(f"device={value!r} but CUDA is not available here "
+            raise ConfigError(f"device={value!r} but CUDA is not available here "
                                f"(PyTorch {torch.__version__}, {built}); use device=cpu or device=auto")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise config_error(f"device={value!r} but this machine has {count} CUDA device(s) "
+            raise ConfigError(f"device={value!r} but this machine has {count} CUDA device(s) "
                                f"(cuda:0 to cuda:{count - 1})")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise config_error(f"device={value!r} but MPS (Apple GPU) is not available here; use device=cpu or device=auto")
+        raise ConfigError(f"device={value!r} but MPS (Apple GPU) is not available here; use device=cpu or device=auto")
     return device
 
 
@@ -72,14 +66,14 @@ def check_output(value: object) -> Path:
         ConfigError: unset, an existing file, or a folder that cannot be created (the OS reason).
     """
     if value is None or isinstance(value, bool) or str(value) == "":
-        raise config_error(f"output={value!r} must be a folder path")
+        raise ConfigError(f"output={value!r} must be a folder path")
     out_dir = Path(str(value))  # Hydra reads output=2024 as an int
     if out_dir.exists() and not out_dir.is_dir():
-        raise config_error(f"output={value!r} is an existing file, not a folder")
+        raise ConfigError(f"output={value!r} is an existing file, not a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent that is a file, no permission, read-only file system, ...
-        raise config_error(f"output={value!r}: cannot create the folder: {exc.strerror or exc}") from exc
+        raise ConfigError(f"output={value!r}: cannot create the folder: {exc.strerror or exc}") from exc
     return out_dir
 
 
@@ -92,15 +86,15 @@ def _inference_options(cfg) -> dict | None:
     options = (cfg.get("inference") or {}).get("options")
     if options is None:
         return None
-    from maskrcnn.modeling.fast_inference import optimize_for_inference
+    from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 
     known = [name for name in inspect.signature(optimize_for_inference).parameters if name != "net"]
     options = OmegaConf.to_container(options) if OmegaConf.is_config(options) else dict(options)
     for key, flag in options.items():
         if key not in known:
-            raise config_error(f"inference.options.{key} is not an option (known: {', '.join(known)})")
+            raise ConfigError(f"inference.options.{key} is not an option (known: {', '.join(known)})")
         if not isinstance(flag, bool):
-            raise config_error(f"inference.options.{key}={flag!r} must be true or false")
+            raise ConfigError(f"inference.options.{key}={flag!r} must be true or false")
     return options
 
 
@@ -112,17 +106,17 @@ def check_predict_config(cfg) -> PredictOptions:
     """
     for key in ("ckpt_path", "input"):
         if key not in cfg or OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
-            raise config_error(f"{key} must be set (python src/predict.py ckpt_path=PATH input=DIR_OR_GLOB output=DIR)")
+            raise ConfigError(f"{key} must be set (python src/predict.py ckpt_path=PATH input=DIR_OR_GLOB output=DIR)")
     batch_size = cfg.get("batch_size", 2)
     if isinstance(batch_size, float) and batch_size.is_integer():
         batch_size = int(batch_size)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise config_error(f"batch_size={batch_size!r} must be a positive integer")
+        raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
     score_thresh = cfg.get("score_thresh", 0.5)
     if not _number(score_thresh) or not 0.0 <= score_thresh <= 1.0:
-        raise config_error(f"score_thresh={score_thresh!r} must be a number in [0, 1]")
+        raise ConfigError(f"score_thresh={score_thresh!r} must be a number in [0, 1]")
     strict = cfg.get("strict", False)
     if not isinstance(strict, bool):
-        raise config_error(f"strict={strict!r} must be true or false")
+        raise ConfigError(f"strict={strict!r} must be true or false")
     return PredictOptions(device=check_device(cfg.get("device", "auto")), batch_size=batch_size,
                           score_thresh=float(score_thresh), strict=strict, inference_options=_inference_options(cfg))

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modeling.structures import RoILossInputs
-from ._checks import require_ndim, require_tensors
-from .focal import softmax_focal_loss
+from maskrcnn.modeling.structures import RoILossInputs
+from maskrcnn.losses._checks import require_ndim, require_tensors
+from maskrcnn.losses.focal import softmax_focal_loss
 
 
 def _classifier_inputs(roi: Mapping[str, Tensor], where: str) -> tuple[Tensor, Tensor]:

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..modeling.structures import LossInputs
-from .box_regression import GIoUBoxLoss, SmoothL1BoxLoss
-from .classification import CrossEntropyClassifierLoss, FocalClassifierLoss
-from .mask import BCEMaskLoss
-from .objectness import BCEObjectnessLoss, FocalObjectnessLoss
+from maskrcnn.modeling.structures import LossInputs
+from maskrcnn.losses.box_regression import GIoUBoxLoss, SmoothL1BoxLoss
+from maskrcnn.losses.classification import CrossEntropyClassifierLoss, FocalClassifierLoss
+from maskrcnn.losses.mask import BCEMaskLoss
+from maskrcnn.losses.objectness import BCEObjectnessLoss, FocalObjectnessLoss
 
 # Output key -> (constructor argument / submodule name, LossInputs branch it reads).
 _TERM_SOURCES: dict[str, tuple[str, str]] = {

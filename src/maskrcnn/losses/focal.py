@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_reduction, require_ndim, require_same_shape
+from maskrcnn.losses._checks import check_reduction, require_ndim, require_same_shape
 
 # Lower bound for the base of ``(1 - p_t) ** gamma``: for 0 < gamma < 1 the derivative of the
 # power is infinite at exactly 0 (reached when float32 sigmoid saturates), which would give NaN.

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from .weights_download import explain_download_errors
+from maskrcnn.modeling.weights_download import explain_download_errors
 
 # name -> (torchvision constructor name, ImageNet weight enum name)
 _TRUNKS: dict[str, tuple[str, str]] = {

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backbone import build_backbone
-from .heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
-from .mask_rcnn import MaskRCNN
-from .memory_format import use_channels_last
-from .poolers import MultiScaleRoIAlign
-from .roi_heads import RoIHeads
-from .rpn import RegionProposalNetwork
-from .transform import ImageTransform
+from maskrcnn.modeling.backbone import build_backbone
+from maskrcnn.modeling.heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
+from maskrcnn.modeling.mask_rcnn import MaskRCNN
+from maskrcnn.ops.memory_format import use_channels_last
+from maskrcnn.modeling.poolers import MultiScaleRoIAlign
+from maskrcnn.modeling.roi_heads import RoIHeads
+from maskrcnn.modeling.rpn import RegionProposalNetwork
+from maskrcnn.modeling.transform import ImageTransform
 
 # roi_heads dict keys that shape the heads rather than being RoIHeads arguments
 _HEAD_SHAPE_DEFAULTS = {"representation_size": 1024, "mask_layers": (256, 256, 256, 256), "mask_dilation": 1}
@@ -117,40 +117,9 @@ def build_mask_rcnn(
         paste_aligned=align["aligned"],
     )
     if init_from is not None:
-        from .checkpoint import load_torchvision_checkpoint
+        from maskrcnn.modeling.checkpoint import load_torchvision_checkpoint
 
         load_torchvision_checkpoint(model, init_from)
     if channels_last:
         use_channels_last(model)
     return model
-
-
-def torchvision_compatible_mask_rcnn(
-    num_classes_incl_bg: int = 91,
-    backbone_norm: str = "bn",
-    transform: dict | None = None,
-    rpn: dict | None = None,
-    roi_heads: dict | None = None,
-    mask_format: str = "prob",
-    backbone_name: str = "resnet50",
-) -> MaskRCNN:
-    """The exact architecture of ``torchvision.models.detection.maskrcnn_resnet50_fpn``.
-
-    Args:
-        num_classes_incl_bg: torchvision's ``num_classes`` (background included).
-        backbone_name: "resnet50"; any other ResNet (e.g. "resnet101") gives torchvision's
-            ``MaskRCNN(resnet_fpn_backbone(backbone_name, ...))`` layout instead.
-        backbone_norm: "bn" matches ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``
-            (trainable BatchNorm2d); "frozen_bn" matches the pretrained COCO model (then also
-            call ``set_frozen_bn_eps(model, 0.0)`` for the v1 checkpoint).
-        transform / rpn / roi_heads: overrides, as for ``build_mask_rcnn``.
-    """
-    return build_mask_rcnn(
-        num_classes=num_classes_incl_bg - 1,
-        backbone={"name": backbone_name, "pretrained": False, "norm": backbone_norm},
-        rpn=rpn,
-        roi_heads=roi_heads,
-        transform=transform,
-        roi_align={"aligned": False, "sampling_ratio": 2, "interpolation": "bilinear"},
-        mask_format=mask_format,
-    )

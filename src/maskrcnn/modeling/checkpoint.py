@@ -33,7 +33,7 @@ def _read_state_dict(path: str | Path) -> OrderedDict[str, Tensor]:
     if str(path) == TORCHVISION_COCO:
         from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
-        from .weights_download import fetch_state_dict
+        from maskrcnn.modeling.weights_download import fetch_state_dict
 
         # Downloads once into the torch hub cache (~170 MB); 37.9 box / 34.6 mask AP on COCO val2017.
         return OrderedDict(fetch_state_dict(
@@ -93,7 +93,7 @@ def load_torchvision_checkpoint(model: nn.Module, path: str | Path) -> list[str]
         )
     # torchvision's v1 checkpoints were trained with FrozenBatchNorm eps=0 (torchvision itself
     # overwrites eps when it loads them); keep the numerics identical.
-    from .backbone import set_frozen_bn_eps
+    from maskrcnn.modeling.backbone import set_frozen_bn_eps
 
     set_frozen_bn_eps(model, 0.0)
     if skipped:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .postprocess import paste_masks
-from .structures import MASK_FORMATS, Detection, MaskRCNNOutput, RoIDetection, Target, validate_targets
-from .transform import map_boxes_to_original
+from maskrcnn.modeling.postprocess import paste_masks
+from maskrcnn.modeling.structures import MASK_FORMATS, Detection, MaskRCNNOutput, RoIDetection, Target, validate_targets
+from maskrcnn.modeling.transform import map_boxes_to_original
 
 
 class MaskRCNN(nn.Module):

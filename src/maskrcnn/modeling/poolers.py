@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from .roi_align_threads import roi_align_forward_threads, roi_align_threaded_backward
+from maskrcnn.ops.roi_align_threads import roi_align_forward_threads, roi_align_threaded_backward
 
 _INTERPOLATIONS = ("bilinear", "bicubic")
 # Keys cubic-convolution parameter; -0.5 (Catmull-Rom) is the only value that is exact on linear signals.

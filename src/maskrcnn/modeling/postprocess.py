@@ -21,7 +21,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from .structures import MASK_FORMATS, MASK_THRESHOLD
+from maskrcnn.modeling.structures import MASK_FORMATS, MASK_THRESHOLD
 
 
 def expand_boxes_to_int(boxes: Tensor, scale: float) -> Tensor:

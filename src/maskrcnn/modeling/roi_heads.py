@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
-from .box_coder import BoxCoder
-from .matcher import BalancedSampler, Matcher, ignore_crowd_matches
-from .structures import MaskLossInputs, RoIDetection, RoIHeadsLossInputs, RoILossInputs, Target
+from maskrcnn.modeling.box_coder import BoxCoder
+from maskrcnn.modeling.matcher import BalancedSampler, Matcher, ignore_crowd_matches
+from maskrcnn.modeling.structures import MaskLossInputs, RoIDetection, RoIHeadsLossInputs, RoILossInputs, Target
 
 
 def project_masks_on_boxes(

@@ -13,11 +13,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
-from .anchors import AnchorGenerator
-from .box_coder import BoxCoder
-from .matcher import BalancedSampler, Matcher, ignore_crowd_matches
-from .structures import RPNLossInputs, Target
-from .transform import ImageBatch
+from maskrcnn.modeling.anchors import AnchorGenerator
+from maskrcnn.modeling.box_coder import BoxCoder
+from maskrcnn.modeling.matcher import BalancedSampler, Matcher, ignore_crowd_matches
+from maskrcnn.modeling.structures import RPNLossInputs, Target
+from maskrcnn.modeling.transform import ImageBatch
 
 
 class RPNHead(nn.Module):

@@ -8,6 +8,8 @@ could not be fetched, where torch looks for it, and how to get it onto the node.
 
 from __future__ import annotations
 
+from maskrcnn.errors import WeightsDownloadError
+
 import contextlib
 import http.client
 import os
@@ -22,8 +24,6 @@ from torchvision.models import WeightsEnum
 DOWNLOAD_ERRORS = (OSError, http.client.HTTPException)
 
 
-class WeightsDownloadError(RuntimeError):
-    """A torchvision weight file is neither in the torch hub cache nor downloadable."""
 
 
 def cache_file(weights: WeightsEnum) -> Path:

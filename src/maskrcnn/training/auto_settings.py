@@ -1,6 +1,6 @@
 """Config values that may be ``auto``: filled in from the training data before the model is built.
 
-``model.rpn.anchor_sizes: auto`` takes the dataset-fit report's suggestion (``maskrcnn.data.fit_report``:
+``model.rpn.anchor_sizes: auto`` takes the dataset-fit report's suggestion (``maskrcnn.data.fit.report``:
 the best doubling-per-level anchor set for the objects at the training scale, or the standard
 32-512 px set when that already fits), as YOLOv5's autoanchor does. The resolved value replaces
 ``auto`` in the config before anything is built, so it is what the run summary prints, what the
@@ -36,7 +36,7 @@ def resolve_auto_settings(cfg: DictConfig, datamodule) -> None:
         cfg.model.rpn.anchor_sizes = chosen
     why = "the standard set fits" if report.suggestion.keep_anchors else "fitted to the training objects"
     log.info("model.rpn.anchor_sizes=auto -> %s (%s; dataset-fit report of %s)", chosen, why, train_file)
-    from maskrcnn.data.fit_report import box_warnings
+    from maskrcnn.data.fit.report import box_warnings
 
     for name, split in report.splits.items():  # what the choice rests on, even with dataset_report=false
         for warning in box_warnings(name, split):

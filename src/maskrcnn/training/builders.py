@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.training import config_checks as checks
-from maskrcnn.training.config_checks import ConfigError
+from maskrcnn.errors import ConfigError
 from maskrcnn.training.module import MaskRCNNModule
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
-from maskrcnn.data.image_io import image_to_uint8
+from maskrcnn.data.readers.image_io import image_to_uint8
 from maskrcnn.modeling.postprocess import detections_to_numpy
 
 

@@ -8,6 +8,8 @@ is set up.
 
 from __future__ import annotations
 
+from maskrcnn.errors import ConfigError
+
 import logging
 import math
 from collections.abc import Mapping
@@ -17,8 +19,6 @@ import pytorch_lightning as pl
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the config key."""
 
 
 def positive_int(value: object, key: str) -> int:

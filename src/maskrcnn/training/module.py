@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.losses.criterion import TERMS
-from maskrcnn.training.nonfinite import NonFiniteLossError, SkipLimit
+from maskrcnn.errors import NonFiniteLossError
+from maskrcnn.training.nonfinite import SkipLimit
 
 log = logging.getLogger(__name__)
 

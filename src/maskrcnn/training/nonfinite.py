@@ -8,11 +8,11 @@ than ``max_fraction`` of the last ``window`` training steps were skipped (and at
 
 from __future__ import annotations
 
+from maskrcnn.errors import NonFiniteLossError
+
 from collections import deque
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training stopped because of non-finite losses; the message names the step or the counts."""
 
 
 class SkipLimit:

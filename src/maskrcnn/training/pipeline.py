@@ -22,7 +22,7 @@ from maskrcnn.training.builders import (
     build_trainer,
     resolve_ckpt_path,
 )
-from maskrcnn.training.run_checkpoint import (
+from maskrcnn.run_checkpoint import (
     checkpoint_meta,
     inference_model_config,
     load_net_state,

@@ -1,5 +1,5 @@
 """What a run is about to do, printed and saved before the first step: the run summary and the
-dataset-fit report (``maskrcnn.data.fit_report``).
+dataset-fit report (``maskrcnn.data.fit.report``).
 
 ``describe_config(cfg)`` reads the config (this module is part of the top-level pipeline, like
 ``builders.py``); the ``RunSummary`` callback adds what only exists once Lightning has set up the
@@ -149,7 +149,7 @@ class RunSummary(pl.Callback):
 def fit_report(settings: dict[str, Any], train_file, val_file=None, anchor_sizes=None):
     """The dataset-fit report of the annotation files for the run's training scale and anchors
     (``anchor_sizes`` replaces the configured ones, e.g. to evaluate a candidate set)."""
-    from maskrcnn.data.fit_report import compute_fit_report
+    from maskrcnn.data.fit.report import compute_fit_report
 
     s = settings
     sizes = s["train_min_size"] if isinstance(s["train_min_size"], (int, list)) else s["eval_size"][0]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maskrcnn.data.image_io import image_to_uint8
+from maskrcnn.data.readers.image_io import image_to_uint8
 from maskrcnn.modeling.postprocess import detections_to_numpy
 
 # W&B stores a mask layer as an 8-bit PNG after casting to int8: labels above 127 would wrap.

@@ -7,9 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-from maskrcnn.data.cells import generate_cells
+from bench.cells import generate_cells
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 NUTS = REPO / "tests" / "data" / "nuts"
 # 4 of the 18 photos (0.jpg, 13.jpg, 2.jpg, 7.jpg) are held out; the other 14 train.
 NUTS_VAL_IDS = (1, 6, 11, 16)

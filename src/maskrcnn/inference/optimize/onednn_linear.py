@@ -19,7 +19,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.modeling.module_swap import swap_exact_type
+from maskrcnn.inference.optimize.module_swap import swap_exact_type
 
 log = logging.getLogger(__name__)
 # set when the oneDNN op raised once (a build or CPU without the kernel): plain nn.Linear from then on

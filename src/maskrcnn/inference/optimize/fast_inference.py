@@ -37,13 +37,13 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
-from .backbone import ResNetBody
-from .heads import MaskRCNNPredictor
-from .memory_format import use_channels_last
-from .fused_fpn import fuse_fpn_top_down
-from .onednn_linear import onednn_linear, use_onednn_linear
-from .poolers import MultiScaleRoIAlign
-from .roi_heads import RoIHeads
+from maskrcnn.modeling.backbone import ResNetBody
+from maskrcnn.modeling.heads import MaskRCNNPredictor
+from maskrcnn.ops.memory_format import use_channels_last
+from maskrcnn.inference.optimize.fused_fpn import fuse_fpn_top_down
+from maskrcnn.inference.optimize.onednn_linear import onednn_linear, use_onednn_linear
+from maskrcnn.modeling.poolers import MultiScaleRoIAlign
+from maskrcnn.modeling.roi_heads import RoIHeads
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
 

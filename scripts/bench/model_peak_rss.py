@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from maskrcnn.benchmark.model_speed import IMPLS, build_model, make_batch, reference_state, row_names, timed_step
+from bench.model_speed import IMPLS, build_model, make_batch, reference_state, row_names, timed_step
 
 
 def _worker(impl: str, mode: str, size: int, iters: int, warmup: int, threads: int, arch: str, weights: str,

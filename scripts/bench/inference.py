@@ -13,10 +13,10 @@ The float32 differences are rounding in another order. ``float64=True`` (the def
 rebuilds every exact variant and torchvision in float64 from the same weights and compares
 those detections: a rewrite that is exact algebra agrees there to ~1e-12 px.
 
-    python -m maskrcnn.benchmark.inference                      # 800 px, 3 timed repetitions
-    python -m maskrcnn.benchmark.inference --iters 1 --size 320 # smoke run
-    python -m maskrcnn.benchmark.inference --compile            # adds torch.compile rows (slow to build)
-    python -m maskrcnn.benchmark.inference --no-float64         # skips the float64 check (about 1 min at 800 px)
+    python -m bench.inference                      # 800 px, 3 timed repetitions
+    python -m bench.inference --iters 1 --size 320 # smoke run
+    python -m bench.inference --compile            # adds torch.compile rows (slow to build)
+    python -m bench.inference --no-float64         # skips the float64 check (about 1 min at 800 px)
 
 ``run(...)`` returns the table rows (dicts); ``main(argv)`` prints them as a Markdown table.
 """
@@ -33,7 +33,7 @@ import time
 import torch
 from torch import nn
 
-from maskrcnn.benchmark.trained_like_weights import calibrate_predictors, trained_like_state
+from bench.trained_like_weights import calibrate_predictors, trained_like_state
 
 NUM_CLASSES_INCL_BG = 91
 TORCHVISION = "torchvision maskrcnn_resnet50_fpn"
@@ -62,8 +62,8 @@ def build_models(size: int, score_thresh: float, variants: dict[str, dict], seed
     in ``dtype`` (converted before optimising, so BatchNorm is folded in that precision)."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    from maskrcnn.modeling.build import torchvision_compatible_mask_rcnn
-    from maskrcnn.modeling.fast_inference import optimize_for_inference
+    from bench.torchvision_compat import torchvision_compatible_mask_rcnn
+    from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 
     torch.manual_seed(seed)
     reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size, max_size=size,

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskrcnn.benchmark.reference_loop import TrainSettings, train_reference
+from bench.reference_loop import TrainSettings, train_reference
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.evaluation import CocoEvaluator
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass

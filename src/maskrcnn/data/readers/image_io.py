@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from maskrcnn.data.errors import DatasetError
+from maskrcnn.errors import DatasetError
 
 # PIL refuses images above ~179 Mpx as a "decompression bomb" guard. Training data is trusted input
 # and high-resolution scans / aerial tiles (e.g. 10000x10000 = 100 Mpx) are legitimate; the resize

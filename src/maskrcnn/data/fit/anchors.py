@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from maskrcnn.data.coco_boxes import CocoBoxes
+from maskrcnn.data.fit.boxes import CocoBoxes
 
 ANCHOR_KEEP_MARGIN = 0.01  # keep the configured anchors unless a doubling set gains this much fitness
 SEARCH_SAMPLE = 20000      # objects the anchor search scores (a fixed-seed random subset)

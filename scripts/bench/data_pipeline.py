@@ -156,7 +156,7 @@ def time_pipelines(datasets: dict, repeats: int = 3, threads: int = 1) -> dict[s
     """
     import cv2
 
-    from maskrcnn.benchmark.allocator import keep_freed_memory
+    from bench.allocator import keep_freed_memory
 
     keep_freed_memory()
     old_torch, old_cv2 = torch.get_num_threads(), cv2.getNumThreads()

@@ -8,6 +8,8 @@ checkpoint alone is enough to rebuild the model and, for evaluation, the data.
 
 from __future__ import annotations
 
+from maskrcnn.errors import CheckpointError
+
 import copy
 from pathlib import Path
 
@@ -16,8 +18,6 @@ from hydra.utils import instantiate
 from torch import nn
 
 
-class CheckpointError(ValueError):
-    """A file is not a usable training checkpoint; the message names the path."""
 
 
 def read_run_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from maskrcnn.benchmark.reference_loop import TrainSettings
-from maskrcnn.benchmark.training import compare, summary_table
+from bench.reference_loop import TrainSettings
+from bench.training import compare, summary_table
 
 
 def run_training_comparison(

@@ -77,19 +77,19 @@ def build_model(impl: str, size: int, state: dict, arch: str = "resnet50") -> tu
         return model, lambda m, im, t: sum(m(im, t).values())
 
     from maskrcnn.losses import build_criterion
-    from maskrcnn.modeling.build import torchvision_compatible_mask_rcnn
+    from bench.torchvision_compat import torchvision_compatible_mask_rcnn
 
     model = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size},
                                              backbone_name=arch)
     model.load_state_dict(state)
     if impl in (CHANNELS_LAST, CHANNELS_LAST_THREADS, CHANNELS_LAST_COMPILE):
-        from maskrcnn.modeling.memory_format import use_channels_last
+        from maskrcnn.ops.memory_format import use_channels_last
 
         use_channels_last(model)
     if impl == CHANNELS_LAST_THREADS:
         model.roi_heads.box_pooler.backward_threads = model.roi_heads.mask_pooler.backward_threads = 2
     if impl in (COMPILE, CHANNELS_LAST_COMPILE):
-        from maskrcnn.modeling.fast_inference import compile_heavy_parts, heavy_parts
+        from maskrcnn.inference.optimize.fast_inference import compile_heavy_parts, heavy_parts
 
         compile_heavy_parts(heavy_parts(model))  # trainable weights: no freezing
     criterion = build_criterion("ce")
@@ -109,7 +109,7 @@ def reference_state(seed: int = 0, arch: str = "resnet50", trained_like_size: in
     model = _torchvision_model(arch)
     if trained_like_size is None:
         return model.state_dict()
-    from maskrcnn.benchmark.trained_like_weights import calibrate_predictors, trained_like_state
+    from bench.trained_like_weights import calibrate_predictors, trained_like_state
 
     model.load_state_dict(trained_like_state(model.state_dict(), seed))
     model.to(device)
@@ -204,7 +204,7 @@ def detection_differences(detections: dict[str, list[dict]]) -> dict[str, str]:
     compared with torchvision's (``inference.compare_detections``, worst image), as report text:
     "boxes <= 3e-05 px, scores <= 1e-06, masks <= 2e-05, same labels, 100-100 detections/image"
     (the fewest and most detections of an image)."""
-    from maskrcnn.benchmark.inference import compare_detections
+    from bench.inference import compare_detections
 
     outputs = dict(detections)
     reference = outputs.pop("torchvision")

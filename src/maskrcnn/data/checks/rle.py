@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskrcnn.data.segmentation_checks import Problem, json_type, short_repr
+from maskrcnn.data.checks.segmentation import Problem, json_type, short_repr
 
 # pycocotools shifts each 5-bit group in a 32-bit int, so a 7th character overflows: its decoder reads
 # numbers of at most 6 characters (30 bits, |run| < 2**29) correctly.

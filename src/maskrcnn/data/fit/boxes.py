@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.rle_checks import RleBatch
-from maskrcnn.data.segmentation_checks import PolygonBatch, Problem, queue_segmentation
+from maskrcnn.errors import DatasetError
+from maskrcnn.data.checks.rle import RleBatch
+from maskrcnn.data.checks.segmentation import PolygonBatch, Problem, queue_segmentation
 
 REASONS = ("", "unknown image_id", "unknown category_id", "no usable segmentation", "mask covers no pixel of the image")
 _NO_MASK = 3  # its text is the segmentation's own problem ("polygon lies entirely outside the image", ...)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from maskrcnn.data.anchor_fit import (
+from maskrcnn.data.fit.anchors import (
     WARN_FRACTION,
     Suggestion,
     anchor_shapes,
@@ -31,7 +31,7 @@ from maskrcnn.data.anchor_fit import (
     suggest,
     training_scale,
 )
-from maskrcnn.data.coco_boxes import DISAGREE_IOU, DISAGREE_PX, CocoBoxes, load_coco_boxes
+from maskrcnn.data.fit.boxes import DISAGREE_IOU, DISAGREE_PX, CocoBoxes, load_coco_boxes
 
 PERCENTILES = {"min": 0, "p1": 1, "p5": 5, "p50": 50, "p95": 95, "p99": 99, "max": 100}
 

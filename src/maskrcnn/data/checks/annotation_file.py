@@ -24,10 +24,10 @@ from typing import Any
 
 from PIL import Image
 
-from maskrcnn.data import image_io  # noqa: F401  (sets PIL's pixel limit, read below)
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.rle_checks import RleBatch
-from maskrcnn.data.segmentation_checks import (
+from maskrcnn.data.readers import image_io  # noqa: F401  (sets PIL's pixel limit, read below)
+from maskrcnn.errors import DatasetError
+from maskrcnn.data.checks.rle import RleBatch
+from maskrcnn.data.checks.segmentation import (
     BoxBatch, PolygonBatch, Problem, json_type, note_problem, queue_segmentation, short_repr,
 )
 

@@ -1,7 +1,7 @@
 """Peak memory of mask pasting with many instances on large images: ours (chunked) vs torchvision;
 and of ``src/predict.py`` on one large photo (``--task memory``, ``--predict-photo 6000x4000``).
 
-Every case runs in a fresh Python process (``python -m maskrcnn.benchmark.peak_memory CASE_JSON``)
+Every case runs in a fresh Python process (``python -m bench.peak_memory CASE_JSON``)
 so that its peak resident set size belongs to that case alone. The child records its resident
 memory before pasting (interpreter + torch + inputs), resets the kernel's high-water mark, pastes,
 and reads the peak (VmHWM), so ``peak - baseline`` is what pasting itself needed; the float32
@@ -171,10 +171,12 @@ def predict_case(width: int, height: int, score_thresh: float, min_size: int = 8
 
 
 def _run_child(case: dict, timeout: float = 900) -> dict:
-    # the child imports maskrcnn from where this process found it, installed or not
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "maskrcnn.benchmark.peak_memory", json.dumps(case)],
+    import maskrcnn  # light: the package's __init__ imports nothing
+
+    # the child imports bench and maskrcnn from where this process found them, installed or not
+    roots = [str(Path(__file__).resolve().parents[1]), str(Path(maskrcnn.__file__).resolve().parents[1])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*roots, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "bench.peak_memory", json.dumps(case)],
                           capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory case {case} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
-from maskrcnn.modeling.module_swap import swap_exact_type
+from maskrcnn.inference.optimize.module_swap import swap_exact_type
 
 
 def _add_top_down(lateral: Tensor, coarser: Tensor) -> Tensor:

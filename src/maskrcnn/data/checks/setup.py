@@ -12,15 +12,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import os
 from collections import Counter
 from typing import Any, Callable
 
-from maskrcnn.data.coco import CocoInstanceDataset
-from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.masks import decode_segmentation
-from maskrcnn.training.config_checks import ConfigError
+from maskrcnn.errors import DatasetError
+from maskrcnn.data.readers.masks import decode_segmentation
+from maskrcnn.errors import ConfigError
+
+if TYPE_CHECKING:  # the dataset calls these checks; only its type is needed here
+    from maskrcnn.data.coco import CocoInstanceDataset
 
 log = logging.getLogger(__name__)
 

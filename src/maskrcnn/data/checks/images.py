@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from maskrcnn.data.errors import DatasetError
+from maskrcnn.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ CHECK_MODES = ("none", "header", "full")
 
 def validate_options(bad_images: str, check_images: str) -> None:
     """Reject unknown option values, naming the config key (``data.bad_images`` / ``data.check_images``)."""
-    from maskrcnn.training.config_checks import ConfigError  # here: keeps Lightning out of dataset-only imports
-
     if bad_images not in BAD_IMAGE_POLICIES:
         raise ConfigError(f"data.bad_images={bad_images!r}: expected one of {BAD_IMAGE_POLICIES}")
     if check_images not in CHECK_MODES:

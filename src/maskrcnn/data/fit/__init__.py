@@ -1,0 +1,3 @@
+"""The dataset-fit report: object sizes at the training scale against the anchors (``boxes`` reads
+them from the json as training measures them, ``anchors`` fits anchor sizes, ``report`` writes the
+text ``scripts/dataset_report.py`` and training's run summary print)."""
