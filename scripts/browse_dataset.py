@@ -1,6 +1,6 @@
 """Render ground truth AFTER the training augmentation, to eyeball a dataset and its pipeline.
 
-python scripts/browse_dataset.py --images tests/data/nuts/images --ann tests/data/nuts/annotations.json \
+python scripts/browse_dataset.py --images tests/assets/nuts/images --ann tests/assets/nuts/annotations.json \
     --augmentation default --num 8 --out outputs/browse
 
 The json goes through the same checks as training. A structural error prints its message (naming

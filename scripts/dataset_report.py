@@ -1,6 +1,6 @@
 """Dataset-fit report of a COCO-format dataset for the training settings (no image decoding).
 
-python scripts/dataset_report.py --train tests/data/nuts/annotations.json \
+python scripts/dataset_report.py --train tests/assets/nuts/annotations.json \
     [--val VAL.json] [--min-size 800] [--max-size 1333] [--anchor-sizes 32 64 128 256 512] \
     [--detections-per-img 100] [--out dataset_fit.json]
 

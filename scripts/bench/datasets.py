@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.cells import generate_cells
 
 REPO = Path(__file__).resolve().parents[2]
-NUTS = REPO / "tests" / "data" / "nuts"
+NUTS = REPO / "tests" / "assets" / "nuts"
 # 4 of the 18 photos (0.jpg, 13.jpg, 2.jpg, 7.jpg) are held out; the other 14 train.
 NUTS_VAL_IDS = (1, 6, 11, 16)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "benchmark_gpu.sh"
+SCRIPT = Path(__file__).parents[2] / "scripts" / "benchmark_gpu.sh"
 STAGES = ("cuda tests", "model eager", "shapes demo on the GPU", "predict inference=fast", "data pipeline per worker",
           "model compile")
 

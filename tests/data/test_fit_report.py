@@ -18,7 +18,7 @@ from maskrcnn.data.fit.anchors import anchor_shapes, best_anchor_iou, fitness, t
 from maskrcnn.errors import DatasetError
 from maskrcnn.data.fit.report import compute_fit_report
 
-NUTS = ROOT / "tests" / "data" / "nuts" / "annotations.json"
+NUTS = ROOT / "tests" / "assets" / "nuts" / "annotations.json"
 DEFAULT_ANCHORS = [[32], [64], [128], [256], [512]]
 RATIOS = [[0.5, 1.0, 2.0]] * 5
 
@@ -147,8 +147,8 @@ def test_nuts_counts_match_the_json(monkeypatch):
     # docs/nuts_fit_report.txt is this report, as the CLI prints it.
     monkeypatch.chdir(ROOT)
     doc = (ROOT / "docs" / "nuts_fit_report.txt").read_text().splitlines()
-    assert doc[0].startswith("$ python scripts/dataset_report.py --train tests/data/nuts/annotations.json")
-    assert "\n".join(doc[1:]) == compute_fit_report("tests/data/nuts/annotations.json").format()
+    assert doc[0].startswith("$ python scripts/dataset_report.py --train tests/assets/nuts/annotations.json")
+    assert "\n".join(doc[1:]) == compute_fit_report("tests/assets/nuts/annotations.json").format()
 
 
 def dense_small_json(path: Path, images: int = 4, per_image: int = 150) -> Path:

@@ -13,7 +13,7 @@ import torch
 from maskrcnn.modeling import structures
 from maskrcnn.modeling.structures import validate_targets
 
-DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
+DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
 TYPED_DICTS = [v for v in vars(structures).values() if isinstance(v, type) and hasattr(v, "__required_keys__")]
 
 

@@ -48,7 +48,7 @@ def test_auto_anchors_say_when_json_boxes_disagree_with_the_masks(tmp_path, capl
 
     from helpers.config import ROOT
 
-    data = json.loads((ROOT / "tests/data/nuts/annotations.json").read_text())
+    data = json.loads((ROOT / "tests/assets/nuts/annotations.json").read_text())
     wrong = data["annotations"][0]
     wrong["bbox"] = [0, 0, 10, 10]
     ann_file = tmp_path / "nuts_wrong_bbox.json"

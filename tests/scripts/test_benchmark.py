@@ -14,7 +14,7 @@ from bench.report import to_markdown
 
 from helpers.scripts import load_script
 
-NUTS = Path(__file__).parent / "data" / "nuts"
+NUTS = Path(__file__).resolve().parents[1] / "assets" / "nuts"
 
 
 @pytest.fixture(scope="module")

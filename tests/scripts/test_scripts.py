@@ -11,7 +11,7 @@ from PIL import Image
 
 from helpers.config import ROOT
 
-NUTS = ROOT / "tests" / "data" / "nuts"
+NUTS = ROOT / "tests" / "assets" / "nuts"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -285,3 +285,55 @@ def test_ddp_gather_deduplicates(ann_file, tmp_path):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["image_ids"] == ids
         assert result["metrics"] == pytest.approx(expected, abs=1e-12, nan_ok=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_category_results_and_pr_curves_from_the_one_evaluation(ann_file, backend):
+    ids = list(IMAGES)
+    perfect = CocoEvaluator(ann_file, LABEL_TO_CAT, backend=backend)
+    perfect.update(perfect_detections(ann_file, ids), ids)
+    perfect.compute()
+    rows = perfect.per_category_results()
+    assert [(r["category_id"], r["name"], r["instances"]) for r in rows] == [(3, "cat", 3), (7, "dog", 2), (12, "zebra", 2)]
+    assert all(r[k] == pytest.approx(1.0) for r in rows for k in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50"))
+    recall, curves = perfect.precision_recall("segm", 0.75)
+    assert sorted(curves) == [3, 7, 12] and all((c == 1.0).all() for c in curves.values())
+
+    noisy = CocoEvaluator(ann_file, LABEL_TO_CAT, backend=backend)
+    noisy.update([noisy_detection(i) for i in ids], ids)
+    metrics = noisy.compute()
+    evals = dict(noisy.coco_evals)
+    rows = noisy.per_category_results()
+    assert noisy.coco_evals == evals  # read from the evaluation that ran, not a new one
+    for iou_type in ("bbox", "segm"):
+        assert np.mean([r[f"{iou_type}_AP"] for r in rows]) == pytest.approx(metrics[f"{iou_type}_AP"], abs=1e-12)
+        assert np.mean([r[f"{iou_type}_AP50"] for r in rows]) == pytest.approx(metrics[f"{iou_type}_AP50"], abs=1e-12)
+        recall, curves = noisy.precision_recall(iou_type, 0.5)
+        for r in rows:  # AP50 is the mean of the IoU-0.5 curve over the 101 recall points
+            assert curves[r["category_id"]].mean() == pytest.approx(r[f"{iou_type}_AP50"], abs=1e-12)
+    assert 0.0 < metrics["bbox_AP"] < 1.0
+    with pytest.raises(ValueError, match="0.52 is not a COCOeval IoU threshold"):
+        noisy.precision_recall("bbox", 0.52)
+
+    # Image 1 only has cats and dogs: zebra has no ground truth, so no AP and no curve.
+    partial = CocoEvaluator(ann_file, LABEL_TO_CAT, backend=backend)
+    partial.update(perfect_detections(ann_file, [1]), [1])
+    zebra = partial.per_category_results()[2]
+    assert (zebra["instances"], zebra["segm_AP"], zebra["bbox_AP50"]) == (0, None, None)
+    assert 12 not in partial.precision_recall("bbox")[1]
+
+
+def test_backends_give_the_same_per_category_results(ann_file):
+    ids = list(IMAGES)
+    results = []
+    for backend in BACKENDS:
+        evaluator = CocoEvaluator(ann_file, LABEL_TO_CAT, backend=backend)
+        evaluator.update([noisy_detection(i) for i in ids], ids)
+        results.append((evaluator.per_category_results(), evaluator.precision_recall("segm")[1]))
+    (rows_a, curves_a), (rows_b, curves_b) = results
+    assert [a.keys() for a in rows_a] == [b.keys() for b in rows_b]
+    for a, b in zip(rows_a, rows_b):
+        for key, value in a.items():
+            assert b[key] == (value if isinstance(value, (str, int)) else pytest.approx(value, abs=1e-12)), key
+    for category_id in curves_a:
+        np.testing.assert_allclose(curves_a[category_id], curves_b[category_id], atol=1e-12)

@@ -17,7 +17,7 @@ from maskrcnn.cli_args import output_file, output_folder, positive_float, positi
 from maskrcnn.data.datamodule import CocoDataModule
 from maskrcnn.errors import ConfigError
 
-NUTS = ROOT / "tests" / "data" / "nuts"
+NUTS = ROOT / "tests" / "assets" / "nuts"
 
 
 @given(st.integers(-10**6, 10**6))

@@ -1,7 +1,7 @@
 """Composed configs are pinned: a refactor of conf/ must compose the same values.
 
 Every entry point's default, every experiment and every option of the groups that hold values is
-composed with fixed paths, resolved, and compared with ``tests/data/config_snapshot.json``. After
+composed with fixed paths, resolved, and compared with ``tests/assets/config_snapshot.json``. After
 an INTENDED change, regenerate the file and review its diff:
 
     UPDATE_CONFIG_SNAPSHOT=1 python -m pytest tests/test_config_snapshot.py
@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from helpers.config import CONF, compose
 
-SNAPSHOT = Path(__file__).parent / "data" / "config_snapshot.json"
+SNAPSHOT = Path(__file__).resolve().parents[1] / "assets" / "config_snapshot.json"
 FOLDER = ["data.root=/DATA/mine", "data.num_classes=2"]
 
 

@@ -18,7 +18,7 @@ from maskrcnn.losses import (
     build_criterion, sigmoid_focal_loss, softmax_focal_loss,
 )
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "loss"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "loss"
 T = torch.tensor
 ALL_MODULES = [  # (module, branch it reads)
     pytest.param(m, b, id=f"{type(m).__name__}-{b}") for m, b in [

@@ -18,7 +18,7 @@ from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_
 from maskrcnn.data.shapes import generate_shapes
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
 
-NUTS = Path(__file__).parent / "data" / "nuts"
+NUTS = Path(__file__).resolve().parents[1] / "assets" / "nuts"
 
 
 # ---------------------------------------------------------------- shapes generator
