@@ -1,13 +1,14 @@
 # Two commands do all set-up on a fresh Linux machine (Python 3.10+):
 #   make train   # venv + pinned deps, generates the synthetic shapes set, trains + evaluates
 #   make test    # venv + pinned deps, runs the test suite (the command CI runs)
+#   make lint    # ruff (lint + format check) and mypy; make format rewrites the files
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train eval test test-slow bench coco clean
+.PHONY: install train eval test test-slow lint format bench coco clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,15 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src scripts tests
+	$(BIN)/ruff format --check src scripts tests
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src scripts tests
+	$(BIN)/ruff format src scripts tests
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark.py $(ARGS)
