@@ -188,7 +188,7 @@ class MultiScaleRoIAlign(nn.Module):
             (``roi_align_threads``: faster training on CPU, gradient sums reordered); 1 = torchvision's.
 
     ``forward_threads`` (attribute, not an argument; set by the inference copy of
-    ``modeling.fast_inference``): != 1 splits the forward's RoIs over that many CPU threads
+    ``inference.optimize.fast_inference``): != 1 splits the forward's RoIs over that many CPU threads
     (0 = ``torch.get_num_threads()``) when no gradient is needed; bit-identical outputs.
 
     Holds no parameters or buffers, so it never appears in a state dict.
