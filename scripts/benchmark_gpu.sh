@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The README's GPU measurements in one run on one GPU machine (each step independent: one that
+# The GPU measurements of docs/benchmarks.md in one run on one GPU machine (each step independent: one that
 # fails or runs out of time does not stop the others; the log says which):
-#   1. the CUDA tests (tests/test_losses.py's cuda cases),
+#   1. the CUDA tests (tests/losses/test_losses.py's cuda cases),
 #   2. train step + inference, ours vs torchvision, same trained-like weights, AMP bf16, 800x800,
 #      R50-FPN and R101-FPN, batch 2 and 8, channels_last on/off,
 #   3. the shapes demo trained on the GPU (trainer=gpu, its default 16-mixed), then src/predict.py
@@ -37,7 +37,7 @@ torchvision.__version__, 'lightning', pl.__version__, 'cuda', torch.version.cuda
   | tee -a "$out/env.txt"
 nproc | sed 's/^/cpu cores: /' | tee -a "$out/env.txt"
 
-step tests "cuda tests" 90 $py -m pytest -q -p no:cacheprovider tests/test_losses.py -k cuda -rA
+step tests "cuda tests" 90 $py -m pytest -q -p no:cacheprovider tests/losses/test_losses.py -k cuda -rA
 step model "model eager" 200 $py scripts/benchmark.py --task model --device cuda --amp bf16 --archs resnet50 resnet101 \
   --sizes 800 --batch 2 8 --iters 10 --warmup 3 --trained-like --threads 8 --out "$out/model.md"
 step demo "shapes demo on the GPU" 150 $py src/train.py trainer=gpu logger=csv hydra.run.dir=outputs/gpu_demo

@@ -6,7 +6,7 @@ import re
 
 from helpers.config import ROOT
 
-OUTSIDE_PACKAGE = ("src/", "conf/", "scripts/")
+OUTSIDE_PACKAGE = ("src/", "conf/", "scripts/", "tests/", "docs/")
 
 
 def _layout_rows() -> list[list[str]]:

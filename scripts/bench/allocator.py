@@ -6,15 +6,12 @@ float tensor). glibc serves requests above its mmap threshold (128 KB at start, 
 chunks are freed, at most 32 MB) with fresh pages from the kernel and unmaps them on free, and
 returns heap memory above the trim threshold to the kernel; every first write to such a page is a
 page fault. Whether the dynamic thresholds have risen depends on what the process allocated
-before: on the development machine (a 2-core VM) the data benchmark ran at 82-105 images/s (ours)
-and 45-56 (the torchvision-style pipeline) in some processes and at 158-165 / 77-80 in others.
-With the mmap threshold fixed at 32 MB and the trim threshold at 64 MB it ran at 160-167 / 77-79
-in every run (a trim threshold of 0 gave the slow rates again: the freed heap went back to the
-kernel).
+before, so without fixed thresholds the same code ran at very different rates from process to
+process; with the mmap threshold fixed at 32 MB and the trim threshold at 64 MB (not 0, which
+returns the freed heap to the kernel) every run gets the fast rate (docs/benchmarks.md).
 
-Not applied to training's DataLoader workers: through a one-worker DataLoader the same dataset
-delivered 62-66 images/s with or without it here, bounded by handing each 10 MB float image to the
-main process through shared memory, not by the worker's allocations.
+Not applied to training's DataLoader workers: their rate is bounded by handing each float image to
+the main process through shared memory, not by the worker's allocations.
 """
 
 from __future__ import annotations

@@ -148,11 +148,11 @@ def time_pipelines(datasets: dict, repeats: int = 3, threads: int = 1) -> dict[s
 
     Items are interleaved (image i of every pipeline, alternating which goes first, before image
     i + 1) so that a slow stretch of a shared or virtual machine slows every pipeline alike; whole
-    passes one after the other gave ratios that moved by 2x between runs on such a machine.
+    passes one after the other let the ratio move between runs on such a machine.
     Runs with ``threads`` torch / OpenCV threads (a DataLoader worker runs torch with one thread)
-    and with glibc's malloc thresholds fixed (``benchmark.allocator``; process-wide, so both
-    pipelines get them): with the default, allocation history decided whether per-image buffers
-    came as fresh pages, and the rates of both pipelines moved by up to 2x between processes.
+    and with glibc's malloc thresholds fixed (``bench.allocator``; process-wide, so both
+    pipelines get them): with the default, allocation history decides whether per-image buffers
+    come as fresh pages, which moves the rates of both pipelines between processes.
     """
     import cv2
 

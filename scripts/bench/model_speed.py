@@ -19,8 +19,8 @@ import torch
 
 NUM_CLASSES_INCL_BG = 91
 IMPLS = ("ours", "torchvision")
-CHANNELS_LAST = "ours, channels_last"  # model.channels_last=true (modeling/memory_format.py)
-# + model.roi_align.backward_threads=2 (modeling/roi_align_threads.py)
+CHANNELS_LAST = "ours, channels_last"  # model.channels_last=true (ops/memory_format.py)
+# + model.roi_align.backward_threads=2 (ops/roi_align_threads.py)
 CHANNELS_LAST_THREADS = "ours, channels_last + backward_threads"
 # nn.Module.compile() of the backbone, RPN head and box / mask heads (fast_inference.heavy_parts);
 # the data-dependent sampling / NMS code between them stays eager

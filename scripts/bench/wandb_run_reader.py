@@ -8,7 +8,7 @@ header (``":W&B"``, magic 0xBEE1, version 0), then 32 KiB blocks of chunks, each
 header (crc32, length uint16, type 1=full 2=first 3=middle 4=last); a block tail shorter than a
 chunk header is zero padding.
 
-Used by the tests (``tests/test_wandb.py``) and ``scripts/render_wandb_overlay.py``.
+Used by the tests (``tests/training/test_wandb.py``) and ``scripts/render_wandb_overlay.py``.
 """
 
 from __future__ import annotations

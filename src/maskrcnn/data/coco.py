@@ -31,7 +31,7 @@ InstanceTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndar
 class CocoInstanceDataset(Dataset):
     """COCO instance segmentation: polygons, uncompressed / compressed RLE, iscrowd, empty images.
 
-    Construction validates the json only (fast, no image decoding); see ``validation.py`` for the
+    Construction validates the json only (fast, no image decoding); see ``checks/annotation_file.py`` for the
     raise-vs-skip policy. Skipped annotations (and images excluded by ``keep_empty=False``) are
     listed in ``self.skipped``, written as JSON lines to ``skipped_log`` and summarised in a warning.
 

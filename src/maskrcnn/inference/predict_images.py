@@ -48,7 +48,7 @@ def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tu
     ``class_names`` and ``label_to_category_id``.
 
     Raises:
-        FileNotFoundError / CheckpointError: naming the path (see ``training.run_checkpoint``).
+        FileNotFoundError / CheckpointError: naming the path (see ``maskrcnn.run_checkpoint``).
     """
     ckpt = read_run_checkpoint(ckpt_path)
     return build_net_from_checkpoint(ckpt, ckpt_path, mask_format=mask_format), checkpoint_meta(ckpt)

@@ -2,7 +2,7 @@
 
 A bad value gets a one-line :class:`~maskrcnn.errors.ConfigError` naming the key and
 the value (``src/predict.py`` prints it without a traceback), instead of a torch error deep inside
-the model or a silently odd run (``batch_size=0`` used to put every image in one batch).
+the model or a silently odd run (``batch_size=0`` would put every image in one batch).
 """
 
 from __future__ import annotations

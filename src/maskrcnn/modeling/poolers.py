@@ -188,7 +188,7 @@ class MultiScaleRoIAlign(nn.Module):
             (``roi_align_threads``: faster training on CPU, gradient sums reordered); 1 = torchvision's.
 
     ``forward_threads`` (attribute, not an argument; set by the inference copy of
-    ``modeling.fast_inference``): != 1 splits the forward's RoIs over that many CPU threads
+    ``inference.optimize.fast_inference``): != 1 splits the forward's RoIs over that many CPU threads
     (0 = ``torch.get_num_threads()``) when no gradient is needed; bit-identical outputs.
 
     Holds no parameters or buffers, so it never appears in a state dict.
@@ -265,8 +265,8 @@ class MultiScaleRoIAlign(nn.Module):
         k_max = int(-math.log2(scales[-1]))
         level_of_roi = assign_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
         tracing = torch.jit.is_tracing()
-        # every RoI gets exactly one level, so each row is written below; zero-filling first was a
-        # pass over 50 MB for 1000 proposals (a non-finite box, which has no level, is zeroed after)
+        # every RoI gets exactly one level, so each row is written below and the output needs no
+        # zero-filling (a non-finite box, which has no level, is zeroed after)
         shape = (rois.shape[0], levels[0].shape[1]) + self.output_size
         out = levels[0].new_zeros(shape) if tracing else levels[0].new_empty(shape)
         written = 0

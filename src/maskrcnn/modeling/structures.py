@@ -2,7 +2,7 @@
 
 Each ``TypedDict`` below documents every key on the line that declares it (shape, dtype, box
 format). docs/design.md explains how the pieces fit together and repeats these lines in its
-tables; tests/test_structures.py fails when the two disagree. ``validate_targets`` is the only
+tables; tests/modeling/test_structures.py fails when the two disagree. ``validate_targets`` is the only
 place that checks user-given targets: ``MaskRCNN.forward`` calls it once, and the stages behind it
 rely on it.
 

@@ -1,10 +1,10 @@
 """channels_last (NHWC) memory format for a MaskRCNN's convolution stacks, for training and inference.
 
 oneDNN (CPU) and cuDNN (GPU, AMP) run NHWC convolutions without the NCHW <-> blocked reorders
-around every call, so the backbone + FPN, the RPN head and the mask head get faster (measured in
-README "Benchmarks"). The box head is linear layers on flattened RoI features and is left alone.
+around every call, so the backbone + FPN, the RPN head and the mask head get faster
+(docs/benchmarks.md). The box head is linear layers on flattened RoI features and is left alone.
 
-Numerics: the same float32 products summed in another order (tests/test_memory_format.py): FPN
+Numerics: the same float32 products summed in another order (tests/ops/test_memory_format.py): FPN
 features agree to 1e-5 of their scale, backbone gradients as closely as any two float32 kernels
 do (oneDNN against ATen's own NCHW kernels), and detections to 1e-3 px. A full training step's
 losses agree to 1e-3 relative; not better, because a fresh RPN scores many anchors alike and a
@@ -53,7 +53,7 @@ def _features_to_nchw(module: nn.Module, args: tuple) -> tuple:
 
 
 def to_nchw(x: Tensor) -> Tensor:
-    """``x.contiguous()`` for a channels_last Tensor[B, C, H, W], about 2x faster on CPU.
+    """``x.contiguous()`` for a channels_last Tensor[B, C, H, W], faster on CPU.
 
     Per image the [H*W, C] matrix is transposed as a 2-D matrix, which ATen copies in
     cache-sized blocks; a 4-D ``contiguous()`` walks the strided source element by element. The

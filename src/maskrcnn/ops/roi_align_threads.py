@@ -5,17 +5,15 @@ inference copy of ``inference=fast`` (``forward_threads``: forward only, no auto
 
 torchvision's CPU ``_roi_align_backward`` kernel is serial: it loops over every (RoI, channel,
 bin, sample) and scatters into the feature gradient, recomputing the bilinear weights per channel.
-In a CPU training step it is 16 % of the time (docs/benchmark_cpu.md) while the other cores idle.
 Here each of ``threads`` workers runs the same kernel on its share of the RoIs into its own
 zero-initialised gradient (the kernel releases the GIL), and the partial gradients are added.
 
-The forward kernel is serial too (about 1/6 of an 800 px inference with 1000 proposals on 2
-cores); split over the RoIs it gives bit-identical outputs, since every output element is
-computed by the same code from the same inputs, only in another thread.
+The forward kernel is serial too; split over the RoIs it gives bit-identical outputs, since every
+output element is computed by the same code from the same inputs, only in another thread.
 
 Numerics: the forward is exactly torchvision's. The gradient has the same terms, but where RoIs
 of different shares overlap a feature pixel their contributions are summed in another order
-(relative differences ~1e-7; tests/test_roi_align_threads.py). Memory: one extra feature-map-sized
+(relative differences ~1e-7; tests/ops/test_roi_align_threads.py). Memory: one extra feature-map-sized
 gradient per extra thread during the backward.
 """
 

@@ -4,7 +4,7 @@ Every check returns, per annotation, why it is unusable as a ``Problem(reason, m
 - ``malformed=True``: the value cannot be read as a COCO segmentation / box at all (wrong nesting or
   types, NaN / inf or absurdly distant coordinates, an RLE that does not decode to its size). The
   loader skips such an annotation; COCO evaluation, which reads the file itself, would crash on it
-  (or, for distant polygons, exhaust memory), so validation splits reject it (``validation.py``).
+  (or, for distant polygons, exhaust memory), so validation splits reject it (``checks/annotation_file.py``).
 - ``malformed=False``: well-formed but useless geometry (outside the image, zero area, empty mask,
   negative box size): skipped and listed everywhere.
 
@@ -27,9 +27,8 @@ MARGIN = 1.0
 # of 1e5 vertices across a 1000 px image would need ~10 GB in pycocotools; real outlines are < 10.
 MAX_OUTLINE_PERIMETERS = 100
 # pycocotools merges the parts of a polygon annotation one after the other, in time that grows with
-# the square of their number (measured: 1000 scattered parts 0.8 s, 3000 parts 5 s, 29000 parts 6 min
-# per load), in the loader and in COCO evaluation alike. Real objects have a few parts; a mask in
-# thousands of pieces belongs in an RLE.
+# the square of their number (docs/benchmarks.md), in the loader and in COCO evaluation alike. Real
+# objects have a few parts; a mask in thousands of pieces belongs in an RLE.
 MAX_POLYGON_PARTS = 1000
 
 

@@ -5,11 +5,11 @@ The boxes are the ones training uses: training takes each instance's box from it
 here is measured from the segmentation (``segmentation_boxes``) with pycocotools' ``toBbox``: the
 box of the decoded RLE, or of the mask pycocotools rasterises from the polygons (clipped to the
 image, as training's mask is). An annotation without a usable segmentation (missing, or failing
-the checks ``validation.py`` runs) is skipped with that reason, as training skips it, whatever its
+the checks ``checks/annotation_file.py`` runs) is skipped with that reason, as training skips it, whatever its
 json ``bbox``. A json ``bbox`` that disagrees with its mask box is kept out of the statistics and
 listed (``disagree``).
 
-Independent of ``validation.py`` (it shares only the batched segmentation checks), vectorised; the
+Independent of ``checks/annotation_file.py`` (it shares only the batched segmentation checks), vectorised; the
 polygons are rasterised by pycocotools in batches (~10 us each), so 100k annotations cost ~2 s on
 top of ``json.load`` (a COCO-size json, 860k, ~15 s). Structural problems that make
 the file unreadable raise ``DatasetError`` naming the file and image id; a bad annotation is skipped
@@ -68,7 +68,7 @@ def _int_array(values: list) -> np.ndarray:
 
 
 def _column(records: list[dict], key: str, default: object = None) -> list:
-    try:  # subscripting is ~2x faster than .get on 860k annotations; a missing key falls back
+    try:  # subscripting is faster than .get on large files; a missing key falls back
         return [r[key] for r in records]
     except KeyError:
         return [r.get(key, default) for r in records]

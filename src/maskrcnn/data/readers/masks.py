@@ -56,7 +56,7 @@ def rasterise_polygons(polygons: list[np.ndarray], out: np.ndarray) -> np.ndarra
     crop starts at 0 is not shifted at all (keeps negative coordinates' truncation semantics).
     The result is pycocotools' except where pycocotools' own rounding of an interpolated edge point
     depends on its absolute position (``x + 0.5`` near a tie rounds differently at x = 1000 than at
-    x = 10): rarely, and then by one boundary pixel (tests/test_data.py measures it).
+    x = 10): rarely, and then by one boundary pixel (tests/data/test_data.py measures it).
 
     Args:
         polygons: list of ``np.ndarray[V, 2] float64`` (x, y) vertices in ``out``'s pixels.

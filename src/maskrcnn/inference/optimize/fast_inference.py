@@ -11,7 +11,7 @@ Always done (exact up to float32 summation order): the mask branch computes only
 each detection's class (``InferenceRoIHeads``). ``channels_last`` is ``memory_format.use_channels_last``,
 the same switch that ``model.channels_last`` applies in training.
 
-Numerics (measured numbers in docs/benchmark_cpu.md and tests/test_fast_inference.py):
+Numerics (bounds checked by tests/inference/test_fast_inference.py; R50 numbers in docs/benchmarks.md):
 
 - ``fold_bn``, ``channels_last`` and ``onednn_linear`` only reorder float32 arithmetic: identical
   labels, boxes within 1e-3 px, scores within 1e-4, mask probabilities within 1e-3 of eager mode
@@ -47,8 +47,8 @@ from maskrcnn.modeling.roi_heads import RoIHeads
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
-# Measured bf16 deviation from float32 eager (tests/test_fast_inference.py, tiny R18 model with
-# trained-like BatchNorm; docs/benchmark_cpu.md for R50 at 800 px): each of eager's 5 best
+# The bf16 deviation from float32 eager that tests/inference/test_fast_inference.py allows (tiny R18
+# model with trained-like BatchNorm; docs/benchmarks.md for R50 at 800 px): each of eager's 5 best
 # detections has a bf16 detection of the same label with at least this IoU, and its score moves
 # by at most this much. Not a guarantee for other weights: measure on your data.
 BF16_TOLERANCE = {"top5_iou": 0.9, "score": 0.05}
@@ -121,12 +121,12 @@ class InferenceRoIHeads(RoIHeads):
 
     The last 1x1 conv of ``MaskRCNNPredictor`` maps C channels to K+1 class logits per pixel, and
     inference keeps one of them: gathering that class's weights first does 1/(K+1) of the work
-    (for COCO, 1/91 of ~3.6 GFLOP per 100 detections) with the same arithmetic per logit.
+    with the same arithmetic per logit.
 
     On the CPU in float32 the 2x2 stride-2 transposed conv before it runs as one oneDNN matmul
     with a fused ReLU: each input pixel feeds its own 2x2 output block (the blocks do not overlap),
     so it is ``[D*m*m, C] @ [C, 4*C']``, the same sums as the deconvolution (equal outputs here)
-    in about two thirds of its time for 100 detections; the class logits are then taken in that
+    in less time; the class logits are then taken in that
     matmul's layout and only the [D, 2m, 2m] logits are rearranged.
     """
 

@@ -1,11 +1,9 @@
 """``nn.Linear`` whose CPU float32 inference runs on oneDNN's matmul (``inference=fast``).
 
-PyTorch sends ``nn.Linear`` on CPU to the BLAS sgemm it was built with (MKL). On the AMD EPYC
-development machine that sgemm reaches about 210 GFLOP/s on 2 threads, while oneDNN, which
-already runs every convolution, reaches about 460 GFLOP/s: the box head's first layer (1000
-proposals x 12544 -> 1024, 26 GFLOP) takes 117 ms through ``F.linear`` and 56 ms through
-``torch.ops.mkldnn._linear_pointwise`` (docs/benchmark_cpu.md). The sums are the same terms in
-another order, so outputs move by float32 rounding (~1e-6 relative).
+PyTorch sends ``nn.Linear`` on CPU to the BLAS sgemm it was built with (MKL); this runs it through
+``torch.ops.mkldnn._linear_pointwise`` instead, the oneDNN library that already runs every
+convolution, which is faster for the box head's large layers on some CPUs (docs/benchmarks.md).
+The sums are the same terms in another order, so outputs move by float32 rounding (~1e-6 relative).
 
 The swap keeps the parameters and their state-dict keys; anything the oneDNN op does not cover
 (autograd, autocast, another device or dtype, tracing, scripting, compiling) runs
