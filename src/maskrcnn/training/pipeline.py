@@ -23,6 +23,7 @@ from maskrcnn.training.builders import (
     resolve_ckpt_path,
 )
 from maskrcnn.training.run_checkpoint import (
+    check_resume_checkpoint,
     checkpoint_meta,
     inference_model_config,
     load_net_state,
@@ -47,6 +48,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     datamodule = build_datamodule(cfg)
     resolve_auto_settings(cfg, datamodule)  # e.g. model.rpn.anchor_sizes=auto, before the model exists
     module = build_module(cfg)
+    if ckpt_path is not None:  # one line for a file Lightning would fail on with a traceback
+        check_resume_checkpoint(ckpt_path, module.net, cfg.data.num_classes)
     trainer = build_trainer(cfg)  # its RunSummary callback prints batch, LR and schedule at fit start
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _metrics(trainer)
@@ -78,7 +81,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
         names = {cat: meta["class_names"][label] for label, cat in meta["label_to_category_id"].items()}
         datamodule.expected_categories = (f"checkpoint ({ckpt_path})", names)
     module = build_module(cfg)
-    load_net_state(module.net, ckpt, ckpt_path)
+    load_net_state(module.net, ckpt, ckpt_path, built_for=f"data.num_classes={cfg.data.num_classes}")
     del ckpt  # the weights now live in the module
     trainer = build_trainer(cfg)
     trainer.validate(module, datamodule=datamodule, verbose=True)
