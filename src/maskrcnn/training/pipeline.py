@@ -14,6 +14,7 @@ from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
 from maskrcnn.training.auto_settings import resolve_auto_settings
+from maskrcnn.training.config_types import check_config_types
 from maskrcnn.training.third_party_noise import silence_third_party_noise
 from maskrcnn.training.builders import (
     ConfigError,
@@ -42,6 +43,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
 
     Returns ``(metrics, objects)``: the last logged metrics and ``{"trainer", "module", "datamodule"}``.
     """
+    check_config_types(cfg)  # every value's type and range, before anything is built
     silence_third_party_noise()
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
@@ -75,6 +77,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
     ckpt = read_run_checkpoint(ckpt_path)
     cfg = config_from_checkpoint(cfg, ckpt["run_config"], overrides)
+    check_config_types(cfg)
     datamodule = build_datamodule(cfg)
     meta = checkpoint_meta(ckpt)
     if meta["class_names"] and meta["label_to_category_id"]:  # the names the model was trained with
