@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers.config import ROOT, TINY, compose
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
-from helpers.config import ROOT, TINY, compose
 from maskrcnn.run_dir_check import run_dir_problem
 from maskrcnn.training.config_checks import ConfigError
 from maskrcnn.training.config_types import CONFIG_TYPES, check_config_types
@@ -85,7 +85,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "src/train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def test_entry_point_bad_value_and_unusable_run_dirs_end_in_one_line(tmp_path):

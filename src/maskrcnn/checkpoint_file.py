@@ -11,12 +11,13 @@ on a user's path.
 from __future__ import annotations
 
 import pickle
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from maskrcnn.file_kinds import path_problem
 
 
 class CheckpointError(ValueError):
@@ -34,19 +35,9 @@ CLASS_LAYERS = (
 
 
 def describe_path(path: Path) -> str | None:
-    """Why ``path`` is not a regular file one can read ("does not exist", "is a directory", ...),
-    or None when it is one."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return "is a broken symbolic link" if path.is_symlink() else "does not exist"
-    except OSError as exc:  # ELOOP, ENAMETOOLONG, EACCES, ENOTDIR
-        return f"cannot be opened ({exc.strerror or exc})"
-    if stat.S_ISDIR(mode):
-        return "is a directory, not a checkpoint file"
-    if not stat.S_ISREG(mode):
-        return "is not a regular file (a FIFO, socket or device)"
-    return None
+    """Why ``path`` is not a regular file one can read (``maskrcnn.file_kinds.path_problem``), or None."""
+    problem = path_problem(path)
+    return "is a directory, not a checkpoint file" if problem == "is a directory" else problem
 
 
 def _head(path: Path, size: int = 512) -> bytes:

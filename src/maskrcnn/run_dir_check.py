@@ -55,7 +55,7 @@ def _check(config: DictConfig, key: str) -> None:
     section, _, leaf = key.rpartition(".")
     try:
         path = str(config.hydra[section.split(".")[1]][leaf])
-    except Exception:  # an interpolation only Hydra's job can resolve: Hydra reports it itself
+    except Exception:  # noqa: BLE001  an interpolation only Hydra's job can resolve: Hydra reports it itself
         return
     problem = run_dir_problem(path)
     if problem is None:

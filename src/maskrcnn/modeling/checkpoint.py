@@ -12,7 +12,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from maskrcnn.checkpoint_file import CheckpointError, load_checkpoint_file

@@ -14,7 +14,11 @@ import math
 from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    InterpolationToMissingValueError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 from maskrcnn.training.config_checks import ConfigError
 
@@ -165,7 +169,7 @@ def _values(node: object, parts: list[str], shown: str) -> Iterator[tuple[str, o
     if head == "*" and isinstance(node, ListConfig):
         entries = [(i, f"{shown}[{i}]") for i in range(len(node))]
     elif head == "*" and isinstance(node, DictConfig):
-        entries = [(k, f"{shown}.{k}") for k in node.keys()]
+        entries = [(k, f"{shown}.{k}") for k in node]
     elif isinstance(node, DictConfig) and head in node:
         entries = [(head, f"{shown}.{head}" if shown else head)]
     else:

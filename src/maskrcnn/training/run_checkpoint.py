@@ -14,7 +14,11 @@ from pathlib import Path
 from hydra.utils import instantiate
 from torch import nn
 
-from maskrcnn.checkpoint_file import CheckpointError, check_state_fits, load_checkpoint_file
+from maskrcnn.checkpoint_file import (
+    CheckpointError,
+    check_state_fits,
+    load_checkpoint_file,
+)
 
 __all__ = [  # CheckpointError is re-exported: it lived here first
     "CheckpointError", "build_net_from_checkpoint", "check_resume_checkpoint", "checkpoint_meta",
