@@ -99,6 +99,7 @@ class CocoInstanceDataset(Dataset):
         self._cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self._categories)}
         self.skipped: list[dict] = index.skipped
         self.images: list[dict] = []
+        self.num_file_images = len(index.images)  # in the json, before keep_empty and the image check
         for img in index.images:
             if keep_empty or self._instances.get(img["id"]):
                 self.images.append(img)
