@@ -45,7 +45,8 @@ def _is_number(value: object) -> bool:
 def integer(low: int | None = None, high: int | None = None) -> Rule:
     """A whole number in [low, high] (an integral float like 4.0 too)."""
     span = f" >= {low}" if high is None else f" in [{low}, {high}]"
-    return Rule("an integer" + ("" if low is None else span),
+    what = "a positive integer" if (low, high) == (1, None) else "an integer" + ("" if low is None else span)
+    return Rule(what,
                 lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high))
 
 
@@ -53,7 +54,8 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
     """A finite number in [low, high] ((low, high] with ``low_open``)."""
     lower = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
     upper = "" if high is None else f" <= {high}"
-    return Rule("a finite number" + lower + ("," if lower and upper else "") + upper,
+    what = "a finite number" + lower + ("," if lower and upper else "") + upper
+    return Rule("a positive finite number" if (low, high, low_open) == (0, None, True) else what,
                 lambda v: _is_number(v) and (low is None or (v > low if low_open else v >= low))
                 and (high is None or v <= high))
 
@@ -75,7 +77,7 @@ TEXT = Rule("a non-empty string", lambda v: isinstance(v, str) and v.strip() != 
 PROBABILITY = number(0, 1)
 COUNT = integer(0)
 POSITIVE = integer(1)
-PIXELS = integer(1, 16384)
+PIXELS = Rule("a positive integer (at most 16384 pixels)", integer(1, 16384).ok)
 SEED = integer(0, 2**32 - 1)  # numpy's seed range, which seed_everything uses
 STEP_LIMIT = Rule("-1 (no limit) or a positive integer", lambda v: _is_int(v) and (v == -1 or v >= 1))
 BATCH_LIMIT = Rule("an integer >= 0 (batches) or a fraction in [0, 1]", lambda v: _is_int(v) and v >= 0
@@ -89,7 +91,7 @@ PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", 
               "transformer-engine", "transformer-engine-float16", 64, 32, 16)
 ANCHORS = Rule("auto or a list of per-level lists of sizes > 0", lambda v: v == "auto" or list_of(
     list_of(number(0, low_open=True))).ok(v))
-SIZES = PIXELS | list_of(PIXELS)
+SIZES = Rule(f"{PIXELS.what} or a non-empty list of them", (PIXELS | list_of(PIXELS)).ok)
 
 CONFIG_TYPES: dict[str, Rule] = {
     # top level (train.yaml / eval.yaml)
