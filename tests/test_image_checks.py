@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.config import TINY, compose
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers.config import TINY, compose
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.image_io import TruncatedImageError, exif_size, open_image
 from maskrcnn.training.pipeline import train

@@ -11,11 +11,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers.config import compose
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from helpers.config import compose
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.coco_boxes import load_coco_boxes
 from maskrcnn.data.errors import DatasetError

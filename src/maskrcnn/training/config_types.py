@@ -196,6 +196,6 @@ def check_config_types(cfg: DictConfig, table: dict[str, Rule] = CONFIG_TYPES) -
     """
     for pattern, rule in table.items():
         for key, value in _values(cfg, pattern.split("."), ""):
-            plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+            plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
             if not rule.ok(plain):
                 raise ConfigError(f"{key}={plain!r} must be {rule.what}")
