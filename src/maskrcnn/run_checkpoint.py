@@ -8,15 +8,14 @@ checkpoint alone is enough to rebuild the model and, for evaluation, the data.
 
 from __future__ import annotations
 
-from maskrcnn.errors import CheckpointError
-
 import copy
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from maskrcnn.checkpoint_file import check_state_fits, load_checkpoint_file
+from maskrcnn.errors import CheckpointError
 
 
 
@@ -33,31 +32,39 @@ def read_run_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: not a torch file, or not a checkpoint of ``src/train.py``.
+        CheckpointError: not a file, empty, text, truncated, not a torch file
+            (:func:`maskrcnn.checkpoint_file.load_checkpoint_file`), or not a checkpoint of ``src/train.py``.
     """
     path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{key}={str(path)!r} {what}")
-    try:
-        # weights_only=False: Lightning checkpoints hold loop and callback state besides tensors.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
-        raise CheckpointError(
-            f"{key}={str(path)!r} is not a PyTorch checkpoint file (torch.load failed: {type(exc).__name__}: {exc})"
-        ) from exc
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"{key}={str(path)!r} does not exist")
+    # weights_only=False: Lightning checkpoints hold loop and callback state besides tensors.
+    ckpt = load_checkpoint_file(path, key, weights_only=False)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(
-            f"{key}={str(path)!r} is a torch file but not a training checkpoint of src/train.py (no 'state_dict'). "
-            "To start training from torchvision weights use model.init_from=PATH instead."
+            f"{key}={str(path)!r} is a torch file but not a training checkpoint of src/train.py (no 'state_dict'; "
+            "from another project?). To start training from torchvision weights use model.init_from=PATH instead."
         )
     run_config = ckpt.get("run_config")
     if not isinstance(run_config, dict) or not isinstance(run_config.get("model"), dict):
         raise CheckpointError(
-            f"{key}={str(path)!r} has no stored run config ('run_config' with a 'model' section); "
-            "only checkpoints written by src/train.py can be evaluated or used for prediction"
+            f"{key}={str(path)!r} has no stored run config ('run_config' with a 'model' section; from another "
+            "project?): only checkpoints written by src/train.py can be resumed, evaluated or used for prediction"
         )
     return ckpt
+
+
+def net_state(ckpt: dict, path: str | Path, key: str = "ckpt_path") -> dict:
+    """The checkpoint's ``net.*`` weights under the network's own names.
+
+    Raises:
+        CheckpointError: the state_dict has no ``net.*`` weights.
+    """
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    if not state:
+        raise CheckpointError(f"{key}={str(path)!r}: the checkpoint's state_dict has no 'net.*' weights "
+                              "(from another project?)")
+    return state
 
 
 def inference_model_config(run_config: dict, mask_format: str | None = None) -> dict:
@@ -71,25 +78,36 @@ def inference_model_config(run_config: dict, mask_format: str | None = None) -> 
     return model_cfg
 
 
-def load_net_state(net: nn.Module, ckpt: dict, path: str | Path, key: str = "ckpt_path") -> None:
+def load_net_state(net: nn.Module, ckpt: dict, path: str | Path, key: str = "ckpt_path",
+                   built_for: str = "") -> None:
     """Copy the checkpoint's ``net.*`` weights into ``net`` strictly.
 
     Raises:
-        CheckpointError: naming the path and the first mismatching keys or shapes (e.g. a
-            ``model.*`` override that changes the architecture).
+        CheckpointError: naming the path and, for another class count, both numbers
+            (:func:`maskrcnn.checkpoint_file.check_state_fits`), else the first mismatching layers
+            (e.g. a ``model.*`` override that changes the architecture).
     """
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    if not state:
-        raise CheckpointError(f"{key}={str(path)!r}: the checkpoint's state_dict has no 'net.*' weights")
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        shown = "\n  ".join(lines[:5]) + (f"\n  ... and {len(lines) - 5} more" if len(lines) > 5 else "")
+    state = net_state(ckpt, path, key)
+    check_state_fits(net, state, f"{key}={str(path)!r}", built_for=built_for)
+    net.load_state_dict(state, strict=True)
+
+
+def check_resume_checkpoint(path: str | Path, net: nn.Module, num_classes: int, key: str = "ckpt_path") -> None:
+    """Check, before ``trainer.fit(ckpt_path=path)``, that ``path`` is a training checkpoint with the
+    state a resume needs and weights that fit ``net`` (built for ``data.num_classes=num_classes``).
+
+    Raises:
+        CheckpointError: one line naming the path and the cause.
+    """
+    ckpt = read_run_checkpoint(path, key)
+    missing = [k for k in ("optimizer_states", "loops", "epoch", "global_step") if k not in ckpt]
+    if missing:
         raise CheckpointError(
-            f"{key}={str(path)!r} does not fit the model built from its stored config and the overrides given "
-            f"(an override of model.* that changes the architecture?):\n  {shown}"
-        ) from exc
+            f"{key}={str(path)!r} holds weights but no training state to resume ({', '.join(missing)} missing); "
+            "evaluate it with src/eval.py, or start a new run without ckpt_path"
+        )
+    check_state_fits(net, net_state(ckpt, path, key), f"{key}={str(path)!r}",
+                     built_for=f"data.num_classes={num_classes}")
 
 
 def build_net_from_checkpoint(ckpt: dict, path: str | Path, mask_format: str | None = None) -> nn.Module:

@@ -25,7 +25,7 @@ def _browse(tmp_path, monkeypatch, capsys, caplog):
     import runpy
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "browse_dataset.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "browse_dataset.py"
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # conftest sets it; the script must end as a user sees it
     monkeypatch.setattr("sys.argv", ["browse_dataset.py", "--images", str(tmp_path), "--ann", str(tmp_path / "ann.json"),
                                      "--min-size", "32", "--max-size", "64", "--out", str(tmp_path / "out")])
@@ -64,7 +64,7 @@ def _report(path, monkeypatch, capsys, *extra):
     import runpy
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "dataset_report.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "dataset_report.py"
     monkeypatch.setattr("sys.argv", ["dataset_report.py", "--train", str(path), "--min-size", "32", "--max-size", "64",
                                      *extra])
     with pytest.raises(SystemExit) as info:

@@ -90,7 +90,7 @@ def test_files_that_are_not_checkpoints_are_named(tmp_path, trained):
     torch.save({"conv.weight": torch.zeros(1)}, weights)
     no_config = tmp_path / "old.ckpt"
     torch.save({"state_dict": {"net.x": torch.zeros(1)}}, no_config)
-    for path, match in [(text, "is not a PyTorch checkpoint file"), (weights, "is a torch file but not a training checkpoint"),
+    for path, match in [(text, "is a text file, not a checkpoint"), (weights, "is a torch file but not a training checkpoint"),
                         (no_config, "has no stored run config")]:
         with pytest.raises(CheckpointError, match=rf"ckpt_path='{path}' {match}"):
             evaluate(_eval_cfg(tmp_path, f"ckpt_path={path}"))
@@ -98,12 +98,12 @@ def test_files_that_are_not_checkpoints_are_named(tmp_path, trained):
             load_checkpoint_model(path)  # predict and export share the loader
     with pytest.raises(ConfigError, match="ckpt_path='missing.ckpt'.*does not exist"):
         evaluate(_eval_cfg(tmp_path, "ckpt_path=missing.ckpt"))
-    with pytest.raises(FileNotFoundError, match="is a directory"):
+    with pytest.raises(CheckpointError, match="is a directory"):
         read_run_checkpoint(tmp_path)
 
 
 def test_an_override_that_changes_the_architecture_is_named(trained, tmp_path):
     ckpt, _ = trained
     overrides = [f"ckpt_path={ckpt}", "model.backbone.out_channels=16"]
-    with pytest.raises(CheckpointError, match=r"(?s)does not fit the model.*size mismatch for backbone.fpn"):
+    with pytest.raises(CheckpointError, match=r"built for another architecture.*backbone.fpn"):
         evaluate(_eval_cfg(tmp_path, *overrides), overrides=overrides)

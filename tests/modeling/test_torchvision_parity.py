@@ -10,6 +10,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from maskrcnn.losses import build_criterion
 from bench.torchvision_compat import torchvision_compatible_mask_rcnn
 from maskrcnn.modeling.build import build_mask_rcnn
+from maskrcnn.errors import CheckpointError
 from maskrcnn.modeling.checkpoint import load_torchvision_checkpoint
 from maskrcnn.modeling.roi_heads import RoIHeads
 
@@ -209,7 +210,7 @@ def test_checkpoint_loading(tmp_path):
     assert len(skipped) == 6
 
     wrong = build_mask_rcnn(3, backbone={"name": "resnet34", "norm": "frozen_bn"})
-    with pytest.raises(KeyError, match="missing keys"):
+    with pytest.raises(CheckpointError, match="built for another architecture.*missing keys"):
         load_torchvision_checkpoint(wrong, tmp_path / "raw.pth")
 
 

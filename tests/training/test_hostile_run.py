@@ -107,8 +107,8 @@ def hostile(shapes_dir, tmp_path_factory):
     truncated = _jpeg_bytes((48, 64))
     found_at_load = [train.add(f"trunc{i}.jpg", (48, 64), truncated[: len(truncated) // 2]) for i in (1, 2)]
     bad_anns = [train.annotate(1, [10, 10, float("nan"), 10, 40, 40]),  # NaN coordinate
-                train.annotate(1, SQUARE, bbox=[10, 10, -30, 30]),  # negative-size box
                 train.annotate(2, [-30, -30, -5, -30, -5, -5])]  # negative coordinates, all outside
+    train.annotate(1, SQUARE, bbox=[10, 10, -30, 30])  # negative-size json box: the box comes from the mask, kept
     kept_ann = train.annotate(2, [-10, -10, 30, -10, 30, 30, -10, 30])  # partly negative: clipped, kept
     train.save()
     val_check = val.add("missing.jpg", (64, 48), None)

@@ -99,6 +99,7 @@ class CocoInstanceDataset(Dataset):
         self._cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self._categories)}
         self.skipped: list[dict] = index.skipped
         self.images: list[dict] = []
+        self.num_file_images = len(index.images)  # in the json, before keep_empty and the image check
         for img in index.images:
             if keep_empty or self._instances.get(img["id"]):
                 self.images.append(img)
@@ -199,6 +200,8 @@ class CocoInstanceDataset(Dataset):
                 raise DatasetError(self._size_message(path, img, h, w))
         except DatasetError as exc:
             return str(exc)
+        except Exception as exc:  # noqa: BLE001  any decoder error on one file is a skip naming it, not a crash
+            return f"image file {str(path)!r} (image id {img['id']}) cannot be read: {exc or type(exc).__name__}"
         return None
 
     def exclude_images(self, bad: list[dict], write_log: bool = True) -> None:
@@ -233,8 +236,8 @@ class CocoInstanceDataset(Dataset):
             h, w = image.shape[:2]
             k = 1 if at_least is None else max(1, round(img["height"] / h))  # DCT scaling factor
             if (h, w) != (-(-img["height"] // k), -(-img["width"] // k)):
-                with open_image(path, img["id"]) as pil:  # report the file's full size
-                    raise DatasetError(self._size_message(path, img, *exif_size(pil)))
+                reason = self._probe(index, full_decode=False)  # the file's full size, or why it has none
+                raise DatasetError(reason or self._size_message(path, img, h * k, w * k))
         except DatasetError as exc:
             if self.bad_images == "raise":
                 raise

@@ -10,15 +10,14 @@ searched (a ``**`` glob does that).
 
 from __future__ import annotations
 
-import errno
 import glob
 import logging
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from maskrcnn.errors import ConfigError
+from maskrcnn.file_kinds import path_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +54,10 @@ def _glob_root(spec: str) -> Path:
 
 
 def entry_problem(path: Path) -> str | None:
-    """None for a regular file (or a symbolic link to one), else why ``path`` cannot be read as one."""
-    where = f"image file {str(path)!r}"
-    try:
-        mode = os.stat(path).st_mode  # follows symbolic links
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return f"{where} is a symbolic link loop"
-        if path.is_symlink() and exc.errno == errno.ENOENT:
-            return f"{where} is a broken symbolic link (its target {os.readlink(path)!r} does not exist)"
-        return f"{where} cannot be accessed: {exc.strerror or exc}"
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return f"{where} is a directory"
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    return f"{where} is not a regular file ({kind})"
+    """None for a regular file (or a symbolic link to one), else why ``path`` cannot be read as one
+    (``maskrcnn.file_kinds.path_problem``, prefixed with the path)."""
+    problem = path_problem(path)
+    return None if problem is None else f"image file {str(path)!r} {problem}"
 
 
 def list_inputs(spec: str) -> InputList:

@@ -12,8 +12,10 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from maskrcnn.checkpoint_file import load_checkpoint_file
+from maskrcnn.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,19 @@ def _read_state_dict(path: str | Path) -> OrderedDict[str, Tensor]:
             "model.backbone.pretrained=false).",
         ))
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"load_torchvision_checkpoint: no checkpoint file at {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    where = f"model.init_from={str(path)!r}"
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"{where} does not exist (a torchvision Mask R-CNN state_dict, or {TORCHVISION_COCO})")
+    obj = load_checkpoint_file(path, "model.init_from", weights_only=True)
+    if isinstance(obj, Mapping) and "run_config" in obj:
+        raise CheckpointError(f"{where} is a checkpoint of src/train.py: resume it with ckpt_path= (same data); "
+                              "model.init_from takes torchvision Mask R-CNN weights")
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(
-            f"load_torchvision_checkpoint: {path} is neither a state_dict nor a dict with a 'model' state_dict"
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{where} is a torch file but neither a state_dict nor a dict with a 'model' state_dict (from another "
+            "project?); model.init_from takes torchvision Mask R-CNN weights"
         )
     state: OrderedDict[str, Tensor] = OrderedDict(obj)
     if hasattr(obj, "_metadata"):
@@ -70,10 +77,14 @@ def load_torchvision_checkpoint(model: nn.Module, path: str | Path) -> list[str]
         keep the model's fresh initialisation); empty when everything was loaded.
 
     Raises:
-        KeyError: listing missing and unexpected keys when the architectures do not match.
+        CheckpointError: the file is not a state dict (:mod:`maskrcnn.checkpoint_file`), or was built
+            for another architecture (the first missing, unexpected or mismatching layers).
     """
     state = _read_state_dict(path)
     own = model.state_dict()
+    if not set(state) & set(own):
+        raise CheckpointError(f"model.init_from={str(path)!r} shares no layer name with this model (weights of "
+                              "another project?); model.init_from takes torchvision Mask R-CNN weights")
     skipped = [
         k
         for k, v in state.items()
@@ -81,15 +92,22 @@ def load_torchvision_checkpoint(model: nn.Module, path: str | Path) -> list[str]
     ]
     for k in skipped:
         del state[k]
-    result = model.load_state_dict(state, strict=False)
+    where = f"model.init_from={str(path)!r}"
+    try:
+        result = model.load_state_dict(state, strict=False)  # key renaming hooks of old files run here
+    except RuntimeError as exc:  # size mismatches (strict=False still raises on them)
+        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        shown = "; ".join(shapes[:3]) + (f"; and {len(shapes) - 3} more" if len(shapes) > 3 else "")
+        raise CheckpointError(f"{where} was built for another architecture than this run's model: {shown}") from exc
     # BatchNorm2d fills a missing counter itself; FrozenBatchNorm2d drops a present one
     missing = [k for k in result.missing_keys if k not in skipped and not k.endswith("num_batches_tracked")]
     unexpected = list(result.unexpected_keys)
     if missing or unexpected:
-        raise KeyError(
-            f"load_torchvision_checkpoint: {path} does not match the model architecture.\n"
-            f"  missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}\n"
-            f"  unexpected keys ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
+        problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected]
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise CheckpointError(
+            f"{where} was built for another architecture than this run's model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys): {shown}"
         )
     # torchvision's v1 checkpoints were trained with FrozenBatchNorm eps=0 (torchvision itself
     # overwrites eps when it loads them); keep the numerics identical.

@@ -2,7 +2,8 @@
 
 ``model.rpn.anchor_sizes: auto`` takes the dataset-fit report's suggestion (``maskrcnn.data.fit.report``:
 the best doubling-per-level anchor set for the objects at the training scale, or the standard
-32-512 px set when that already fits), as YOLOv5's autoanchor does. The resolved value replaces
+32-512 px set when no doubling set does better), as YOLOv5's autoanchor does. The log line says
+whether the choice fits with the report's own numbers, and warns when it does not. The resolved value replaces
 ``auto`` in the config before anything is built, so it is what the run summary prints, what the
 checkpoint stores and what eval / predict rebuild. Part of the top-level pipeline (reads ``cfg``).
 """
@@ -34,8 +35,15 @@ def resolve_auto_settings(cfg: DictConfig, datamodule) -> None:
     chosen = [[int(s) if float(s).is_integer() else float(s) for s in level] for level in chosen]
     with open_dict(cfg):
         cfg.model.rpn.anchor_sizes = chosen
-    why = "the standard set fits" if report.suggestion.keep_anchors else "fitted to the training objects"
-    log.info("model.rpn.anchor_sizes=auto -> %s (%s; dataset-fit report of %s)", chosen, why, train_file)
+    suggestion = report.suggestion
+    why = suggestion.verdict("the standard anchors")
+    if suggestion.fits:
+        log.info("model.rpn.anchor_sizes=auto -> %s (%s; dataset-fit report of %s)", chosen, why, train_file)
+    else:  # the same numbers as the report: never "fits" when it says otherwise
+        hint = (f"; the report suggests a larger scale: model.transform.min_size={suggestion.min_size} "
+                f"model.transform.max_size={suggestion.max_size}" if suggestion.min_size is not None else "")
+        log.warning("model.rpn.anchor_sizes=auto -> %s, but %s (dataset-fit report of %s)%s", chosen, why,
+                    train_file, hint)
     from maskrcnn.data.fit.report import box_warnings
 
     for name, split in report.splits.items():  # what the choice rests on, even with dataset_report=false

@@ -131,11 +131,12 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``"last"`` means ``<output_dir>/checkpoints/last.ckpt``; any path must exist."""
+    """``"last"`` means ``<output_dir>/checkpoints/last.ckpt``; any path must exist (what else is wrong
+    with it, the checked loader of ``maskrcnn.checkpoint_file`` says)."""
     if ckpt_path in (None, ""):
         return None
     path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
+    if not path.exists():
         hint = " (run again with hydra.run.dir=<the crashed run's directory>)" if ckpt_path == "last" else ""
         raise ConfigError(f"ckpt_path={ckpt_path!r}: checkpoint file {path} does not exist{hint}")
     return str(path)

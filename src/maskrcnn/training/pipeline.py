@@ -14,6 +14,7 @@ from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
 from maskrcnn.training.auto_settings import resolve_auto_settings
+from maskrcnn.training.config_types import check_config_types
 from maskrcnn.training.third_party_noise import silence_third_party_noise
 from maskrcnn.training.builders import (
     ConfigError,
@@ -23,6 +24,7 @@ from maskrcnn.training.builders import (
     resolve_ckpt_path,
 )
 from maskrcnn.run_checkpoint import (
+    check_resume_checkpoint,
     checkpoint_meta,
     inference_model_config,
     load_net_state,
@@ -41,12 +43,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
 
     Returns ``(metrics, objects)``: the last logged metrics and ``{"trainer", "module", "datamodule"}``.
     """
+    check_config_types(cfg)  # every value's type and range, before anything is built
     silence_third_party_noise()
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
     resolve_auto_settings(cfg, datamodule)  # e.g. model.rpn.anchor_sizes=auto, before the model exists
     module = build_module(cfg)
+    if ckpt_path is not None:  # one line for a file Lightning would fail on with a traceback
+        check_resume_checkpoint(ckpt_path, module.net, cfg.data.num_classes)
     trainer = build_trainer(cfg)  # its RunSummary callback prints batch, LR and schedule at fit start
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _metrics(trainer)
@@ -72,13 +77,14 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
     ckpt = read_run_checkpoint(ckpt_path)
     cfg = config_from_checkpoint(cfg, ckpt["run_config"], overrides)
+    check_config_types(cfg)
     datamodule = build_datamodule(cfg)
     meta = checkpoint_meta(ckpt)
     if meta["class_names"] and meta["label_to_category_id"]:  # the names the model was trained with
         names = {cat: meta["class_names"][label] for label, cat in meta["label_to_category_id"].items()}
         datamodule.expected_categories = (f"checkpoint ({ckpt_path})", names)
     module = build_module(cfg)
-    load_net_state(module.net, ckpt, ckpt_path)
+    load_net_state(module.net, ckpt, ckpt_path, built_for=f"data.num_classes={cfg.data.num_classes}")
     del ckpt  # the weights now live in the module
     trainer = build_trainer(cfg)
     trainer.validate(module, datamodule=datamodule, verbose=True)

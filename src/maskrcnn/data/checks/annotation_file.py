@@ -225,8 +225,13 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
 
     # Batched geometry: a malformed problem wins over an earlier geometric one of the same annotation.
     polygon_problems, extents = polygons.run()
-    for found in (boxes.run(), polygon_problems, rles.run()):
+    for found in (polygon_problems, rles.run()):
         for slot, problem in found.items():
+            note_problem(problems, slot, problem)
+    # The json bbox never decides: training takes the box from the mask (as the fit report does).
+    # Only a validation split's bbox that COCO evaluation could not read rejects the file.
+    for slot, problem in boxes.run().items():
+        if for_evaluation and problem.malformed:
             note_problem(problems, slot, problem)
 
     malformed = []

@@ -5,8 +5,9 @@ Every check returns, per annotation, why it is unusable as a ``Problem(reason, m
   types, NaN / inf or absurdly distant coordinates, an RLE that does not decode to its size). The
   loader skips such an annotation; COCO evaluation, which reads the file itself, would crash on it
   (or, for distant polygons, exhaust memory), so validation splits reject it (``checks/annotation_file.py``).
-- ``malformed=False``: well-formed but useless geometry (outside the image, zero area, empty mask,
-  negative box size): skipped and listed everywhere.
+- ``malformed=False``: well-formed but useless geometry (outside the image, zero area, empty mask):
+  skipped and listed everywhere. A json ``bbox`` is never used for training (the box comes from the
+  mask), so its problems only matter where COCO evaluation reads it (``annotation_file.validate_coco``).
 
 Polygons and boxes are collected while the file is walked once and then checked together with a
 few numpy passes; only flagged annotations get per-item Python work.
@@ -138,10 +139,14 @@ class PolygonBatch:
             reason = (f"polygon outline is {outline[p]:.3g} px long ({lengths[p] // 2} points), more than "
                       f"{MAX_OUTLINE_PERIMETERS} perimeters of the {int(width[p])}x{int(height[p])} image")
             note_problem(problems, int(owners[p]), Problem(reason, True))
+        # Zero area first: such a polygon has no inside, so "outside the image" would not be true of it. A
+        # polygon with no width or height has none, whatever float rounding leaves of its shoelace sum.
+        with np.errstate(invalid="ignore", over="ignore"):
+            degenerate = ~(area > 1e-9 * (1.0 + outline**2)) | (x1 <= x0) | (y1 <= y0)
+        for p in np.flatnonzero(degenerate):
+            note_problem(problems, int(owners[p]), Problem("degenerate polygon (zero area)", False))
         for p in np.flatnonzero(~inside):
             note_problem(problems, int(owners[p]), Problem("polygon lies entirely outside the image (zero area after clipping)", False))
-        for p in np.flatnonzero(~(area > 0)):
-            note_problem(problems, int(owners[p]), Problem("degenerate polygon (zero area)", False))
         # Extent of each annotation (over all its polygons), for the augmentation check of the data module.
         order = np.flatnonzero(np.concatenate([[True], owners[1:] != owners[:-1]]))
         ext = np.minimum(np.maximum.reduceat(x1, order) - np.minimum.reduceat(x0, order),
@@ -246,9 +251,10 @@ class BoxBatch:
             inside = (np.minimum(x + w, width) > np.maximum(x, 0)) & (np.minimum(y + h, height) > np.maximum(y, 0))
         for k in np.flatnonzero(~finite | negative | far | ~inside):
             bbox, size = short_repr(self._box(index[k])), f"{int(width[k])}x{int(height[k])}"
-            if not finite[k]:
-                reason = f"bbox {bbox} is not 4 finite numbers"
-            elif negative[k]:
+            if not finite[k]:  # malformed: COCO evaluation reads it from a validation split's file
+                self.problems[self.slots[index[k]]] = Problem(f"bbox {bbox} is not 4 finite numbers", True)
+                continue
+            if negative[k]:
                 reason = f"bbox {bbox} has negative width or height"
             elif far[k]:
                 reason = f"bbox {bbox} reaches far outside the {size} image (more than one image size beyond an edge)"

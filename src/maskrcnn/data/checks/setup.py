@@ -102,7 +102,7 @@ def no_instance_reason(dataset: CocoInstanceDataset) -> str | None:
     if dataset.num_instances():
         return None
     if dataset.num_annotations == 0:
-        return f"the file has {len(dataset.images)} image(s) but no annotations"
+        return f"the file has {dataset.num_file_images} image(s) but no annotations"
     skipped = [s for s in dataset.skipped if s["annotation_id"] is not None]
     crowds = sum(map(len, dataset._crowds.values()))
     parts = []

@@ -98,6 +98,25 @@ class Suggestion:
     p5_at_min_size: float | None = None
     note: str = ""
 
+    @property
+    def fits(self) -> bool:
+        """Whether the chosen anchors fit: best IoU >= 0.5 for all but ``WARN_FRACTION`` of the objects."""
+        return self.frac_iou_below_half is not None and self.frac_iou_below_half < WARN_FRACTION
+
+    def verdict(self, configured: str = "the configured anchors") -> str:
+        """What the anchor choice is and whether it fits, with the numbers the report prints; never
+        "fits" when they say otherwise."""
+        fit = self.configured_fitness if self.keep_anchors else self.best_doubling_fitness
+        numbers = f"IoU<0.5 {100 * (self.frac_iou_below_half or 0):.1f}%, fitness {fit or 0:.3f}"
+        if self.keep_anchors and self.fits:
+            return f"{configured} fit ({numbers})"
+        if self.keep_anchors:
+            best = f"{self.best_doubling} (fitness {self.best_doubling_fitness or 0:.3f})"
+            return f"no anchor set fits: {configured} ({numbers}) and every doubling set, best {best}, miss the objects"
+        if self.fits:
+            return f"fitted to the training objects ({numbers})"
+        return f"fitted to the training objects, but even these do not fit ({numbers})"
+
 
 def _suggest_anchors(w: np.ndarray, h: np.ndarray, anchor_sizes: list[list[float]],
                      aspect_ratios: list[list[float]], out: Suggestion) -> None:

@@ -291,7 +291,9 @@ def _format_advice(r: FitReport) -> list[str]:
         lines.append(f"  ! {w.message}")
         lines += [f"    {'fix:' if i == 0 else 'or: '} {o}" for i, o in enumerate(w.overrides)]
     lines.append("Suggestion (from the training split; fitness = mean best anchor IoU, < 0.5 counting 0):")
-    if sug.anchor_sizes is not None and sug.keep_anchors:
+    if sug.anchor_sizes is not None and sug.keep_anchors and not sug.fits:
+        lines.append(f"  anchors: {sug.verdict()}")
+    elif sug.anchor_sizes is not None and sug.keep_anchors:
         best = _anchor_override(sug.best_doubling).split("=")[1].strip("'")
         lines.append(f"  anchors: keep the configured ones (IoU<0.5 {_pct(sug.frac_iou_below_half)}, fitness "
                      f"{sug.configured_fitness:.3f}; best doubling set {best} {sug.best_doubling_fitness:.3f})")

@@ -6,6 +6,7 @@ Handles EXIF orientation, palette / grayscale / RGBA / CMYK / 16-bit images and 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ import torch
 from PIL import Image, ImageOps
 
 from maskrcnn.errors import DatasetError
+from maskrcnn.file_kinds import path_problem
 
 # PIL refuses images above ~179 Mpx as a "decompression bomb" guard. Training data is trusted input
 # and high-resolution scans / aerial tiles (e.g. 10000x10000 = 100 Mpx) are legitimate; the resize
@@ -53,27 +55,92 @@ def _scale_to_uint8(arr: np.ndarray, max_value: float) -> np.ndarray:
     return np.clip(np.rint(arr * (255.0 / max_value)), 0, 255).astype(np.uint8)
 
 
+def _where(path: Path, image_id: int | None) -> str:
+    return f"image file {str(path)!r}" + (f" (image id {image_id})" if image_id is not None else "")
+
+
 def open_image(path: str | os.PathLike, image_id: int | None = None) -> Image.Image:
-    """Open (header only) and EXIF-transpose lazily; raise DatasetError for missing / empty files."""
+    """Open (header only) and EXIF-transpose lazily.
+
+    Raises:
+        DatasetError: naming the file and what it is when it is no readable image: missing, a directory,
+            a symbolic link loop, a FIFO, a name too long (``maskrcnn.file_kinds.path_problem``), empty,
+            or not decodable as an image.
+    """
     path = Path(path)
-    where = f"image file {str(path)!r}" + (f" (image id {image_id})" if image_id is not None else "")
-    if not path.is_file():
-        raise DatasetError(f"{where} does not exist")
-    if path.stat().st_size == 0:
-        raise DatasetError(f"{where} is empty (0 bytes)")
+    where = _where(path, image_id)
+    problem = path_problem(path)
+    if problem is not None:
+        raise DatasetError(f"{where} {problem}")
     try:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"{where} is empty (0 bytes)")
         return Image.open(path)
+    except DatasetError:
+        raise
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise DatasetError(f"{where} cannot be read as an image: {exc}") from exc
 
 
 def exif_size(img: Image.Image) -> tuple[int, int]:
-    """(height, width) the image will have after EXIF orientation, without decoding pixels."""
+    """(height, width) the image will have after EXIF orientation, without decoding pixels.
+
+    PIL's ``getexif()`` decodes a whole PNG to look for an eXIf chunk after the pixel data; a PNG's
+    chunk headers are walked here instead, which also finds a PNG that ends early.
+
+    Raises:
+        TruncatedImageError: a PNG that ends before its IEND chunk.
+        Exception: what PIL raises on a damaged EXIF block.
+    """
     width, height = img.size
-    orientation = img.getexif().get(0x0112, 1)  # 0x0112 = Orientation tag
+    if img.format == "PNG":
+        exif = Image.Exif()
+        data = _png_exif_chunk(img.fp) or img.info.get("exif")  # the walk runs always: it finds truncation
+        if data:
+            exif.load(data)
+    else:
+        exif = img.getexif()
+    orientation = exif.get(0x0112, 1)  # 0x0112 = Orientation tag
     if orientation in (5, 6, 7, 8):  # these orientations rotate by 90 degrees
         width, height = height, width
     return height, width
+
+
+class TruncatedImageError(ValueError):
+    """An image file ends before its format says it does (found from its headers, without decoding)."""
+
+
+def _png_exif_chunk(fp) -> bytes | None:
+    """The eXIf chunk of the PNG open as ``fp`` (as PIL stores it, ``b"Exif\\0\\0" + data``), found by seeking
+    from chunk header to chunk header; None when there is none. ``fp`` is left where it was.
+
+    Raises:
+        TruncatedImageError: the file ends before the IEND chunk.
+    """
+    if fp is None:
+        return None
+    start, found = fp.tell(), None
+    try:
+        size = fp.seek(0, os.SEEK_END)
+        fp.seek(8)  # the PNG signature
+        while True:
+            header = fp.read(8)
+            if len(header) < 8:
+                raise TruncatedImageError(f"truncated PNG: the file ({size} bytes) ends before its IEND chunk")
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IEND":
+                return found
+            if kind == b"eXIf":
+                data = fp.read(length)
+                found = b"Exif\x00\x00" + data
+                fp.seek(4, os.SEEK_CUR)
+            else:
+                fp.seek(length + 4, os.SEEK_CUR)  # data and CRC
+            if fp.tell() > size:
+                raise TruncatedImageError(f"truncated PNG: the file ({size} bytes) ends inside its "
+                                          f"{kind.decode('latin-1')!r} chunk")
+    finally:
+        fp.seek(start)
 
 
 def load_rgb(
@@ -104,8 +171,7 @@ def load_rgb(
     except DatasetError:
         raise
     except Exception as exc:
-        where = f"image file {str(path)!r}" + (f" (image id {image_id})" if image_id is not None else "")
-        raise DatasetError(f"{where} is corrupt or truncated: {exc}") from exc
+        raise DatasetError(f"{_where(Path(path), image_id)} is corrupt or truncated: {exc}") from exc
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
