@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from hydra.errors import InstantiationException
 
@@ -43,7 +43,7 @@ def expected_error_types() -> tuple[type[BaseException], ...]:
     return (*EXPECTED_ERRORS, FileNotFoundError)
 
 
-def expected_error(exc: BaseException) -> BaseException | None:
+def expected_error(exc: BaseException | None) -> BaseException | None:
     """``exc`` itself if expected, or the expected error that Hydra's ``instantiate`` wrapped
     (``InstantiationException: Error in call to target ...`` raised ``from`` it), or the one a
     DDP-spawn worker raised (``ProcessRaisedException``, which only carries its traceback as
@@ -89,8 +89,9 @@ def _rank() -> int:
     if "lightning_fabric" in sys.modules:
         from lightning_fabric.utilities.rank_zero import rank_zero_only
 
-        if getattr(rank_zero_only, "rank", 0):
-            return int(rank_zero_only.rank)
+        rank = getattr(rank_zero_only, "rank", 0)
+        if rank:
+            return int(rank)
     return int(os.environ.get("RANK", 0) or 0)
 
 
@@ -116,7 +117,7 @@ def exit_on_expected_errors(fn: F) -> F:
     """Decorate an entry point: expected errors end the program with one message and status 1."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
@@ -128,4 +129,4 @@ def exit_on_expected_errors(fn: F) -> F:
         finish_wandb_run(exit_code=0)
         return result
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)

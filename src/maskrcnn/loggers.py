@@ -6,6 +6,7 @@ import logging
 import netrc
 import os
 from pathlib import Path
+from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
@@ -43,7 +44,7 @@ class CheckpointArtifactWandbLogger(WandbLogger):
     (last.ckpt at the end of training). Metadata: score, monitor and the ModelCheckpoint settings.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Lightning always passes anonymous=None to wandb.init, and wandb >= 0.19 warns "The
         # anonymous setting has no effect" for any value given; not passing it removes the warning.
@@ -94,7 +95,7 @@ def build_wandb_logger(
     name: str | None = None,
     mode: str = "auto",
     log_model: bool | str = False,
-    **kwargs,
+    **kwargs: Any,
 ) -> WandbLogger:
     """A W&B logger that works without an account.
 

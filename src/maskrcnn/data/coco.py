@@ -9,7 +9,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from maskrcnn.data.checks.annotation_file import validate_coco
 logger = logging.getLogger(__name__)
 
 # (image uint8 [H,W,3], masks uint8 [N,H,W]) -> (image, masks); see maskrcnn.data.transforms.
-InstanceTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# masks: uint8 [N, H, W], or a (height, width) -> masks callable for a transform with ``accepts_mask_fn``
+InstanceTransform = Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]
 
 
 class CocoInstanceDataset(Dataset):

@@ -38,10 +38,11 @@ def seed_worker(worker_id: int) -> None:
     id), so it differs per worker and per run and is reproducible under ``seed_everything``.
     """
     info = get_worker_info()
+    assert info is not None  # worker_init_fn runs in a DataLoader worker
     seed = info.seed % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    transforms = getattr(info.dataset, "transforms", None)
+    transforms: Any = getattr(info.dataset, "transforms", None)
     if hasattr(transforms, "set_seed"):
         transforms.set_seed(seed)
 
@@ -126,11 +127,11 @@ class CocoDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.expected_num_classes = num_classes
-        self.augmentation_kwargs = {"min_size": min_size, "max_size": max_size}
+        self.augmentation_kwargs: dict[str, Any] = {"min_size": min_size, "max_size": max_size}
         config_keys: set[str] = set()  # keys that came from the augmentation config group
         if isinstance(augmentation, dict):
             augmentation = dict(augmentation)
-            name = augmentation.pop("name", None)
+            name: str | None = augmentation.pop("name", None)
             if name is None:
                 raise ConfigError(f"augmentation.name must be set (one of {AUGMENTATIONS})")
             self.augmentation_kwargs.update(augmentation)
@@ -152,6 +153,7 @@ class CocoDataModule(pl.LightningDataModule):
         self.expected_categories: tuple[str, dict[int, str]] | None = None
 
     def _shapes_paths(self) -> dict[str, dict[str, str]]:
+        assert self.generate_shapes_kwargs is not None  # only called with generate_shapes
         root = Path(self.generate_shapes_kwargs["out_dir"])
         return {s: {"image_dir": str(root / s), "annotation_file": str(root / s / "annotations.json")}
                 for s in ("train", "val")}
@@ -283,11 +285,13 @@ class CocoDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
+        assert self.train_dataset is not None  # built by setup("fit")
         world, rank = self._world()
         connector = getattr(self.trainer, "_accelerator_connector", None)
         if world > 1 and getattr(connector, "use_distributed_sampler", False):
             warnings.warn("CocoDataModule builds its own distributed samplers; create the Trainer with "
                           "use_distributed_sampler=False, otherwise training batches are not shuffled")
+        sampler: DistributedSampler  # of indices into train_dataset
         sampler = DistributedSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         if self.aspect_ratio_grouping:
             group_ids = aspect_ratio_group_ids(self.train_dataset.aspect_ratios())
@@ -298,6 +302,7 @@ class CocoDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
+        assert self.val_dataset is not None  # built by setup
         world, rank = self._world()
         sampler = InferenceSampler(self.val_dataset, num_replicas=world, rank=rank)
         return DataLoader(self.val_dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_kwargs())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, overload
 
 import numpy as np
 import torch
@@ -17,6 +17,10 @@ _PALETTE = np.array(
 )
 
 
+@overload
+def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray: ...
+@overload
+def _numpy(x: np.ndarray | torch.Tensor | None) -> np.ndarray | None: ...
 def _numpy(x: object | None) -> np.ndarray | None:
     if x is None:
         return None

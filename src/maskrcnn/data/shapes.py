@@ -38,7 +38,7 @@ def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> tuple[
     while True:
         c = rng.integers(0, 256, size=3)
         if avoid is None or np.abs(c - avoid).sum() > 150:
-            return tuple(int(v) for v in c)
+            return int(c[0]), int(c[1]), int(c[2])
 
 
 def _bbox(poly: list[float]) -> tuple[float, float, float, float]:
@@ -74,7 +74,8 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list
 def _write_split(root: Path, split: int, name: str, count: int, size: int, seed: int, ext: str) -> dict:
     image_dir = root / name
     image_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for i in range(count):
         rng = np.random.default_rng([seed, split, i])  # independent stream per (split, image)
         image, shapes = render_image(rng, size)

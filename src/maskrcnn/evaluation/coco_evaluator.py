@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch.distributed as dist
@@ -29,16 +30,16 @@ Backend = Literal["faster_coco_eval", "pycocotools"]
 AREA_SUFFIXES = ("s", "m", "l")  # COCOeval area ranges 1..3 are small, medium, large
 
 
-def _silent():
+def _silent() -> contextlib.redirect_stdout[io.StringIO]:
     """Swallow the progress prints both COCO libraries emit on stdout."""
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _backend_classes(backend: str):
+def _backend_classes(backend: str) -> tuple[Any, Callable[..., Any]]:
     if backend == "faster_coco_eval":
         from faster_coco_eval import COCO, COCOeval_faster
 
-        def make_eval(gt, dt, iou_type):
+        def make_eval(gt: Any, dt: Any, iou_type: str) -> Any:
             return COCOeval_faster(gt, dt, iou_type, print_function=lambda *args, **kwargs: None)
 
         return COCO, make_eval
@@ -156,12 +157,13 @@ class CocoEvaluator:
         dist.all_gather_object(parts, self._results)
         merged: dict[int, ImageResults] = {}
         for part in parts:
+            assert part is not None  # filled in by all_gather_object
             for image_id, result in part.items():
                 merged.setdefault(image_id, result)
         self._results = merged
         self._metrics = None
 
-    def _detections_coco(self, iou_type: str, image_ids: list[int]):
+    def _detections_coco(self, iou_type: str, image_ids: list[int]) -> Any:
         """Detections as a COCO object of the backend (built directly rather than via loadRes,
         which crashes on an empty result list in pycocotools)."""
         annotations = []
@@ -179,7 +181,7 @@ class CocoEvaluator:
             coco_dt.createIndex()
         return coco_dt
 
-    def _evaluate(self, iou_type: str, image_ids: list[int]):
+    def _evaluate(self, iou_type: str, image_ids: list[int]) -> Any:
         coco_eval = self._make_eval(self.coco_gt, self._detections_coco(iou_type, image_ids), iou_type)
         coco_eval.params.imgIds = list(image_ids)
         coco_eval.params.maxDets = list(self.max_dets_list)
@@ -188,7 +190,7 @@ class CocoEvaluator:
             coco_eval.accumulate()
         return coco_eval
 
-    def _read_metrics(self, iou_type: str, coco_eval) -> dict[str, float]:
+    def _read_metrics(self, iou_type: str, coco_eval: Any) -> dict[str, float]:
         """COCO summary numbers from the accumulated precision / recall arrays.
 
         Read directly instead of through `summarize()` because pycocotools' summarize hard-codes
@@ -274,7 +276,7 @@ class CocoEvaluator:
             self.compute()
         return per_category.per_category_results(self)
 
-    def precision_recall(self, iou_type: str, iou_threshold: float = 0.5):
+    def precision_recall(self, iou_type: str, iou_threshold: float = 0.5) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Per-category PR curves of the last `compute()`; see `per_category.precision_recall`."""
         if self._metrics is None:
             self.compute()

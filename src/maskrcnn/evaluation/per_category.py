@@ -31,14 +31,14 @@ class EvaluatedCoco(Protocol):
     def iou_types(self) -> Any: ...
 
 
-def _precision(coco_eval, max_dets: int) -> np.ndarray:
+def _precision(coco_eval: Any, max_dets: int) -> np.ndarray:
     """``ndarray[T, R, K] float64``: all areas, ``max_dets`` detections per image."""
     params = coco_eval.params
     a, m = list(params.areaRngLbl).index("all"), list(params.maxDets).index(max_dets)
     return np.asarray(coco_eval.eval["precision"], dtype=np.float64)[:, :, :, a, m]
 
 
-def _iou_index(coco_eval, iou_threshold: float) -> int:
+def _iou_index(coco_eval: Any, iou_threshold: float) -> int:
     iou_thrs = np.asarray(coco_eval.params.iouThrs)
     matches = np.flatnonzero(np.isclose(iou_thrs, iou_threshold))
     if matches.size != 1:

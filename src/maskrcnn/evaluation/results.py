@@ -64,7 +64,7 @@ class ImageResults:
                 for box, score, cat in zip(self.boxes.tolist(), scores, category_ids)
             ]
         if iou_type == "segm":
-            if self.rles is None:
+            if self.rles is None or self.mask_boxes is None or self.mask_areas is None:  # set together
                 raise ValueError(f"image {image_id}: no masks were stored, cannot evaluate 'segm'")
             return [
                 {"image_id": image_id, "category_id": cat, "segmentation": dict(rle), "bbox": box,
@@ -84,7 +84,7 @@ def rle_areas(rles: list[dict]) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float64)
 
 
-def _as_numpy(value, name: str, image_id: int) -> np.ndarray:
+def _as_numpy(value: object, name: str, image_id: int) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
@@ -92,7 +92,7 @@ def _as_numpy(value, name: str, image_id: int) -> np.ndarray:
     raise TypeError(f"image {image_id}: detection[{name!r}] must be a Tensor, got {type(value).__name__}")
 
 
-def masks_to_rles(masks, image_id: int, image_size: tuple[int, int]) -> list[dict]:
+def masks_to_rles(masks: object, image_id: int, image_size: tuple[int, int]) -> list[dict]:
     """Encode the masks of one image as compressed COCO RLEs (counts as str).
 
     masks: Tensor[D, 1, H, W] float probabilities (binarised with > MASK_THRESHOLD)

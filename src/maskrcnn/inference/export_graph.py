@@ -25,7 +25,9 @@ from maskrcnn.errors import ExportError
 import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -119,7 +121,7 @@ def _prepare(net: nn.Module, image_size: tuple[int, int], example: Tensor | None
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """Silence the expected tracer / exporter chatter: shape constants are by design (fixed image
     size, module docstring), and torch.jit's deprecation notices concern its future, not this file."""
     with warnings.catch_warnings():
@@ -198,7 +200,7 @@ def export_model(
 
 
 @functools.lru_cache(maxsize=4)
-def _onnx_session(path: str, mtime_ns: int):
+def _onnx_session(path: str, mtime_ns: int) -> Any:
     """One onnxruntime CPU session per file version (building a session costs about a second)."""
     import onnxruntime
 

@@ -16,12 +16,14 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from PIL import Image
 from rich.progress import track
-from torch import Tensor, nn
+from torch import Tensor
 
 from maskrcnn.data.draw import draw_instances
 from maskrcnn.errors import DatasetError
@@ -30,6 +32,7 @@ from maskrcnn.inference.inputs import list_inputs, overlay_names
 from maskrcnn.errors import ConfigError
 from maskrcnn.inference.predict_options import check_output, check_predict_config
 from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
+from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.postprocess import paste_masks
 from maskrcnn.modeling.transform import map_boxes_to_original
 from maskrcnn.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, read_run_checkpoint
@@ -43,7 +46,7 @@ PASTE_BUDGET = 2**26
 SAVE_EVERY_S = 60.0
 
 
-def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tuple[nn.Module, dict]:
+def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tuple[MaskRCNN, dict]:
     """Rebuild the network from a training checkpoint. Returns ``(net, meta)`` where meta holds
     ``class_names`` and ``label_to_category_id``.
 
@@ -51,7 +54,8 @@ def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tu
         FileNotFoundError / CheckpointError: naming the path (see ``maskrcnn.run_checkpoint``).
     """
     ckpt = read_run_checkpoint(ckpt_path)
-    return build_net_from_checkpoint(ckpt, ckpt_path, mask_format=mask_format), checkpoint_meta(ckpt)
+    net = cast(MaskRCNN, build_net_from_checkpoint(ckpt, ckpt_path, mask_format=mask_format))  # run configs build one
+    return net, checkpoint_meta(ckpt)
 
 
 def load_for_model(path: Path, min_size: int, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -81,7 +85,7 @@ def load_for_model(path: Path, min_size: int, max_size: int) -> tuple[np.ndarray
     return image, original
 
 
-def _detect(net: nn.Module, images: list[Tensor]) -> tuple[list[dict], list[tuple[int, int]]]:
+def _detect(net: MaskRCNN, images: list[Tensor]) -> tuple[list[dict], list[tuple[int, int]]]:
     """``MaskRCNN.forward``'s inference path, stopped before mask pasting: the M x M masks are pasted
     here at the size of the original file rather than of the (reduced) input tensor.
 
@@ -121,7 +125,7 @@ class _Outputs:
             f.write(json.dumps(entry) + "\n")
         log.warning("Skipping unreadable input %s: %s", path, error)
 
-    def _write(self, name: str, obj, indent: int | None = None) -> None:
+    def _write(self, name: str, obj: object, indent: int | None = None) -> None:
         tmp = self.out_dir / f".{name}.tmp"
         tmp.write_text(json.dumps(obj, indent=indent))
         os.replace(tmp, self.out_dir / name)  # readers never see a half-written file
@@ -134,7 +138,7 @@ class _Outputs:
 
 
 @torch.inference_mode()
-def predict(cfg) -> Path:
+def predict(cfg: DictConfig) -> Path:
     """Writes one PNG overlay per image (``<output>/<path below the input root>.png``, see
     ``inputs.overlay_names``), ``predictions.json`` (COCO results with RLE masks at the original
     resolution), ``images.json`` (the image list those results refer to: ``file_name`` the input
@@ -161,7 +165,8 @@ def predict(cfg) -> Path:
     net.to(device)
     if opts.inference_options is not None:  # conf/inference/{eager,fast}.yaml
         net = optimize_for_inference(net, **opts.inference_options)
-    min_size, max_size = int(net.transform.min_size[-1]), int(net.transform.max_size)
+    transform: Any = net.transform  # an ImageTransform (min_size, max_size)
+    min_size, max_size = int(transform.min_size[-1]), int(transform.max_size)
     outputs = _Outputs(out_dir, overlays)
     try:
         batch: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
@@ -195,7 +200,7 @@ def predict(cfg) -> Path:
 
 
 def _predict_batch(
-    net: nn.Module, batch: list, device: torch.device, thresh: float, meta: dict, outputs: _Outputs
+    net: MaskRCNN, batch: list, device: torch.device, thresh: float, meta: dict, outputs: _Outputs
 ) -> None:
     """Detect on a batch of ``(path, decoded image, original size)``; add rows and write overlays."""
     names, to_cat = meta["class_names"], meta["label_to_category_id"]
@@ -224,6 +229,7 @@ def _predict_batch(
         drawn_boxes = map_boxes_to_original(det["boxes"][keep], resized, decoded)
         drawn_masks = paste_masks(masks, drawn_boxes, decoded, mask_format="binary", chunk_size=_chunk(decoded),
                                   aligned=net.paste_aligned)
+        assert isinstance(drawn_masks, Tensor)  # mask_format="binary"
         picture = draw_instances(array, drawn_boxes.cpu(), drawn_masks.cpu(), labels.cpu(), names, scores=scores.cpu())
         target = outputs.out_dir / overlay
         target.parent.mkdir(parents=True, exist_ok=True)  # overlays mirror the input's subfolders

@@ -11,9 +11,10 @@ import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.errors import ConfigError
 
@@ -81,7 +82,7 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _inference_options(cfg) -> dict | None:
+def _inference_options(cfg: DictConfig) -> dict | None:
     """``inference.options`` (conf/inference/{eager,fast}.yaml): null, or known flags set to true / false."""
     options = (cfg.get("inference") or {}).get("options")
     if options is None:
@@ -89,7 +90,7 @@ def _inference_options(cfg) -> dict | None:
     from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 
     known = [name for name in inspect.signature(optimize_for_inference).parameters if name != "net"]
-    options = OmegaConf.to_container(options) if OmegaConf.is_config(options) else dict(options)
+    options = cast(dict, OmegaConf.to_container(options)) if OmegaConf.is_config(options) else dict(options)
     for key, flag in options.items():
         if key not in known:
             raise ConfigError(f"inference.options.{key} is not an option (known: {', '.join(known)})")
@@ -98,7 +99,7 @@ def _inference_options(cfg) -> dict | None:
     return options
 
 
-def check_predict_config(cfg) -> PredictOptions:
+def check_predict_config(cfg: DictConfig) -> PredictOptions:
     """All of predict's values except ``input`` / ``output`` (checked when listed / created).
 
     Raises:

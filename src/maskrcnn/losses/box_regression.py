@@ -23,7 +23,7 @@ from maskrcnn.modeling.structures import RoILossInputs, RPNLossInputs
 from maskrcnn.losses._checks import require_ndim, require_same_shape, require_tensors
 
 
-def sampled_count(branch: Mapping[str, Tensor], where: str) -> int:
+def sampled_count(branch: Mapping[str, object], where: str) -> int:
     """Number of sampled entries of the branch: len(objectness) for "rpn", len(class_logits)
     for "roi"."""
     keys = [k for k in ("objectness", "class_logits") if k in branch]
@@ -36,7 +36,7 @@ def sampled_count(branch: Mapping[str, Tensor], where: str) -> int:
     return int(source.shape[0])
 
 
-def _paired_boxes(branch: Mapping[str, Tensor], keys: tuple[str, str], where: str) -> tuple[Tensor, Tensor, int]:
+def _paired_boxes(branch: Mapping[str, object], keys: tuple[str, str], where: str) -> tuple[Tensor, Tensor, int]:
     pred, target = require_tensors(branch, keys, where)
     require_ndim(pred, 2, keys[0], where, trailing=(4,))
     require_same_shape(pred, target, keys, where)

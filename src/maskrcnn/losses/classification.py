@@ -14,7 +14,7 @@ from maskrcnn.losses._checks import require_ndim, require_tensors
 from maskrcnn.losses.focal import softmax_focal_loss
 
 
-def _classifier_inputs(roi: Mapping[str, Tensor], where: str) -> tuple[Tensor, Tensor]:
+def _classifier_inputs(roi: Mapping[str, object], where: str) -> tuple[Tensor, Tensor]:
     logits, labels = require_tensors(roi, ("class_logits", "labels"), where)
     require_ndim(logits, 2, "class_logits", where)
     require_ndim(labels, 1, "labels", where)

@@ -8,6 +8,7 @@ others. Weighting and logging belong to the LightningModule (``loss.weights.<ter
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ from maskrcnn.losses.mask import BCEMaskLoss
 from maskrcnn.losses.objectness import BCEObjectnessLoss, FocalObjectnessLoss
 
 # Output key -> (constructor argument / submodule name, LossInputs branch it reads).
-_TERM_SOURCES: dict[str, tuple[str, str]] = {
+_TERM_SOURCES: dict[str, tuple[str, Literal["rpn", "roi", "mask"]]] = {
     "loss_objectness": ("objectness", "rpn"),
     "loss_rpn_box": ("rpn_box", "rpn"),
     "loss_classifier": ("classifier", "roi"),

@@ -18,7 +18,7 @@ from maskrcnn.losses._checks import require_ndim, require_same_shape, require_te
 from maskrcnn.losses.focal import sigmoid_focal_loss
 
 
-def _mask_inputs(mask: Mapping[str, Tensor], where: str) -> tuple[Tensor, Tensor]:
+def _mask_inputs(mask: Mapping[str, object], where: str) -> tuple[Tensor, Tensor]:
     logits, targets = require_tensors(mask, ("logits", "targets"), where)
     require_ndim(logits, 3, "logits", where)
     require_same_shape(logits, targets, ("logits", "targets"), where)

@@ -14,7 +14,7 @@ from maskrcnn.losses._checks import require_ndim, require_same_shape, require_te
 from maskrcnn.losses.focal import sigmoid_focal_loss
 
 
-def _objectness_inputs(rpn: Mapping[str, Tensor], where: str) -> tuple[Tensor, Tensor]:
+def _objectness_inputs(rpn: Mapping[str, object], where: str) -> tuple[Tensor, Tensor]:
     logits, labels = require_tensors(rpn, ("objectness", "labels"), where)
     require_ndim(logits, 1, "objectness", where)
     require_same_shape(logits, labels, ("objectness", "labels"), where)

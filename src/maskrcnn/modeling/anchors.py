@@ -85,7 +85,8 @@ class AnchorGenerator(nn.Module):
         return anchors
 
     def _grid_anchors(
-        self, image_size: tuple[int, int], grid_sizes: tuple[tuple[int, int], ...], dtype, device
+        self, image_size: tuple[int, int], grid_sizes: tuple[tuple[int, int], ...], dtype: torch.dtype,
+        device: torch.device,
     ) -> Tensor:
         per_level = []
         for (gh, gw), base in zip(grid_sizes, self._cell_anchors):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,9 +85,10 @@ class MaskRCNNHeads(nn.Sequential):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # always: built with a bias
+                    nn.init.zeros_(module.bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Old torchvision checkpoints (e.g. the maskrcnn_resnet50_fpn COCO v1 file) name the convs
         # "mask_fcn{i+1}"; map them to the current "{i}.0" layout.
         for i in range(len(self)):
@@ -106,6 +108,10 @@ class MaskRCNNPredictor(nn.Sequential):
         num_classes: number of outputs INCLUDING background.
     """
 
+    conv5_mask: nn.ConvTranspose2d
+    relu: nn.ReLU
+    mask_fcn_logits: nn.Conv2d
+
     def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
         super().__init__(
             OrderedDict(
@@ -117,7 +123,8 @@ class MaskRCNNPredictor(nn.Sequential):
             )
         )
         nn.init.kaiming_normal_(self.conv5_mask.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.conv5_mask.bias)
+        if self.conv5_mask.bias is not None:  # always: built with a bias
+            nn.init.zeros_(self.conv5_mask.bias)
         reset_mask_logits(self)
 
 
@@ -132,4 +139,5 @@ def reset_box_predictor(predictor: FastRCNNPredictor) -> None:
 def reset_mask_logits(predictor: MaskRCNNPredictor) -> None:
     """detectron2's mask predictor init: logits ~ N(0, 0.001), zero bias (sigmoid 0.5 everywhere)."""
     nn.init.normal_(predictor.mask_fcn_logits.weight, std=0.001)
-    nn.init.zeros_(predictor.mask_fcn_logits.bias)
+    if predictor.mask_fcn_logits.bias is not None:  # a MaskRCNNPredictor's has one
+        nn.init.zeros_(predictor.mask_fcn_logits.bias)

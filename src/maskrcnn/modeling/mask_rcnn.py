@@ -88,7 +88,7 @@ class MaskRCNN(nn.Module):
         original_sizes: list[tuple[int, int]],
     ) -> list[Detection]:
         """Map boxes back to input-image pixels and paste the M x M masks into full images."""
-        results = []
+        results: list[Detection] = []
         for det, resized, original in zip(detections, resized_sizes, original_sizes):
             boxes = map_boxes_to_original(det["boxes"], resized, original)
             results.append(

@@ -102,7 +102,7 @@ def _cubic_taps(coords: Tensor, size: int) -> tuple[Tensor, Tensor]:
 def roi_align_bicubic(
     features: Tensor,
     rois: Tensor,
-    output_size: tuple[int, int],
+    output_size: tuple[int, ...],
     spatial_scale: float,
     sampling_ratio: int,
     aligned: bool,

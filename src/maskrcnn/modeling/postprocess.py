@@ -16,6 +16,7 @@ of masks is pasted with two batched matmuls.
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
@@ -281,7 +282,16 @@ def format_masks(masks: Tensor, mask_format: str) -> Tensor | list[dict]:
     raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
 
 
-def detections_to_numpy(det: dict, score_thresh: float) -> dict[str, np.ndarray | None]:
+class NumpyDetections(TypedDict):
+    """``detections_to_numpy``'s result."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray | None
+
+
+def detections_to_numpy(det: dict, score_thresh: float) -> NumpyDetections:
     """A ``Detection`` as numpy, for drawing and logging: detections with ``score >= score_thresh``.
 
     Returns boxes ``[D, 4]`` float xyxy, labels ``[D]``, scores ``[D]`` and masks ``[D, H, W]`` bool

@@ -12,6 +12,8 @@ checked by ``structures.validate_targets`` (called by ``MaskRCNN.forward``).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -273,7 +275,7 @@ class RoIHeads(nn.Module):
         scores_all = F.softmax(class_logits, dim=-1)
         counts = [p.shape[0] for p in proposals]
 
-        detections = []
+        detections: list[dict[str, Tensor]] = []  # RoIDetection once "masks" is added below
         for boxes, scores, size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes):
             boxes = clip_boxes_to_image(boxes, size)
             labels = torch.arange(num_classes, device=boxes.device).view(1, -1).expand_as(scores)
@@ -290,7 +292,7 @@ class RoIHeads(nn.Module):
                                 image_sizes)
         for det, p in zip(detections, probs.split([d["boxes"].shape[0] for d in detections])):
             det["masks"] = p
-        return detections
+        return cast(list[RoIDetection], detections)
 
     def mask_probs(
         self, features: dict[str, Tensor], boxes: list[Tensor], labels: Tensor, image_sizes: list[tuple[int, int]]

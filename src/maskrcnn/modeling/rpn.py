@@ -9,6 +9,8 @@ scalars. Targets arrive already checked by ``structures.validate_targets``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
@@ -39,9 +41,10 @@ class RPNHead(nn.Module):
         for layer in self.modules():
             if isinstance(layer, nn.Conv2d):
                 nn.init.normal_(layer.weight, std=0.01)
-                nn.init.constant_(layer.bias, 0)
+                if layer.bias is not None:  # always: built with a bias
+                    nn.init.constant_(layer.bias, 0)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Old torchvision checkpoints (e.g. maskrcnn_resnet50_fpn COCO v1) store the single conv
         # as "conv.weight"; map it to the current "conv.0.0.weight" layout.
         for kind in ("weight", "bias"):
@@ -164,14 +167,16 @@ class RegionProposalNetwork(nn.Module):
         """
         device = proposals.device
         pre_n, post_n = self.pre_nms_top_n[self.training], self.post_nms_top_n[self.training]
-        top_idx, levels, offset = [], [], 0
-        for lvl, scores in enumerate(objectness.split(num_per_level, dim=1)):
+        top_parts: list[Tensor] = []
+        level_parts: list[Tensor] = []
+        offset = 0
+        for level, scores in enumerate(objectness.split(num_per_level, dim=1)):
             k = min(pre_n, scores.shape[1])
-            top_idx.append(scores.topk(k, dim=1).indices + offset)
-            levels.append(torch.full((k,), lvl, dtype=torch.int64, device=device))
+            top_parts.append(scores.topk(k, dim=1).indices + offset)
+            level_parts.append(torch.full((k,), level, dtype=torch.int64, device=device))
             offset += scores.shape[1]
-        top_idx = torch.cat(top_idx, dim=1)
-        levels = torch.cat(levels)
+        top_idx = torch.cat(top_parts, dim=1)
+        levels = torch.cat(level_parts)
         rows = torch.arange(proposals.shape[0], device=device)[:, None]
         scores = torch.sigmoid(objectness[rows, top_idx])
         proposals = proposals[rows, top_idx]

@@ -109,7 +109,8 @@ class ImageTransform(nn.Module):
         if targets is not None and len(targets) != len(images):
             raise ValueError(f"ImageTransform: {len(images)} images but {len(targets)} targets")
         resize = (not self.training) or self.resize_in_training
-        out_images, out_targets = [], [] if targets is not None else None
+        out_images: list[Tensor] = []
+        out_targets: list[dict] | None = [] if targets is not None else None
         for i, image in enumerate(images):
             if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
                 shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
@@ -121,7 +122,7 @@ class ImageTransform(nn.Module):
             if resize:
                 image, target = self._resize(image, target)
             out_images.append(image)
-            if out_targets is not None:
+            if out_targets is not None and target is not None:  # both or neither: targets given
                 out_targets.append(target)
         image_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in out_images]
         return ImageBatch(self._pad(out_images), image_sizes), out_targets

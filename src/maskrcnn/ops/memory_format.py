@@ -34,9 +34,9 @@ def use_channels_last(net: nn.Module) -> nn.Module:
     for path in CONV_PARTS:  # again on a second call: a rewrite (BatchNorm folding) may have replaced weights
         net.get_submodule(path).to(memory_format=torch.channels_last)
     if not getattr(net, "channels_last", False):
-        net.backbone.register_forward_pre_hook(_images_to_channels_last)
-        net.roi_heads.register_forward_pre_hook(_features_to_nchw)
-        net.channels_last = True
+        net.get_submodule("backbone").register_forward_pre_hook(_images_to_channels_last)
+        net.get_submodule("roi_heads").register_forward_pre_hook(_features_to_nchw)
+        net.channels_last = True  # type: ignore[assignment]  # a flag; stub: Module attrs are Tensor | Module
     return net
 
 

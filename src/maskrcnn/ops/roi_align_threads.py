@@ -20,6 +20,7 @@ gradient per extra thread during the backward.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,7 +49,7 @@ def _shares(count: int, threads: int) -> list[tuple[int, int]]:
     return [(s, e) for s, e in zip(bounds, bounds[1:]) if e > s]
 
 
-def roi_align_threaded_forward(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+def roi_align_threaded_forward(feature: Tensor, rois: Tensor, output_size: tuple[int, ...], spatial_scale: float,
                                sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
     """torchvision's RoIAlign forward kernel run on ``threads`` shares of ``rois`` at once.
 
@@ -75,7 +76,7 @@ def _forward_share(feature: Tensor, rois: Tensor, scale: float, ph: int, pw: int
         return torch.ops.torchvision.roi_align(feature, rois, scale, ph, pw, ratio, aligned)
 
 
-def roi_align_forward_threads(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+def roi_align_forward_threads(feature: Tensor, rois: Tensor, output_size: tuple[int, ...], spatial_scale: float,
                               sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
     """``torchvision.ops.roi_align`` (same arguments) for inference, its RoIs split over ``threads``
     CPU threads (0: ``torch.get_num_threads()`` at call time).
@@ -94,14 +95,14 @@ def roi_align_forward_threads(feature: Tensor, rois: Tensor, output_size: tuple[
 
 class _RoIAlignThreadedBackward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+    def forward(ctx: Any, feature: Tensor, rois: Tensor, output_size: tuple[int, ...], spatial_scale: float,
                 sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
         ctx.save_for_backward(rois)
         ctx.settings = (tuple(feature.shape), output_size, spatial_scale, sampling_ratio, aligned, threads)
         return roi_align_threaded_forward(feature, rois, output_size, spatial_scale, sampling_ratio, aligned, threads)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (rois,) = ctx.saved_tensors
         (b, c, h, w), (ph, pw), scale, ratio, aligned, threads = ctx.settings
         grad = grad.contiguous()
@@ -117,7 +118,7 @@ class _RoIAlignThreadedBackward(torch.autograd.Function):
         return out, None, None, None, None, None, None
 
 
-def roi_align_threaded_backward(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+def roi_align_threaded_backward(feature: Tensor, rois: Tensor, output_size: tuple[int, ...], spatial_scale: float,
                                 sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
     """``torchvision.ops.roi_align`` (same arguments; ``rois``: Tensor[K, 5] float, batch index + xyxy
     in image pixels) with the forward and backward split over ``threads`` CPU threads.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 STANDARD_ANCHORS = [[32], [64], [128], [256], [512]]
 
 
-def resolve_auto_settings(cfg: DictConfig, datamodule) -> None:
+def resolve_auto_settings(cfg: DictConfig, datamodule: Any) -> None:
     """Replace ``auto`` values of ``cfg`` in place (a no-op when there are none)."""
     if cfg.model.rpn.get("anchor_sizes") != "auto":
         return

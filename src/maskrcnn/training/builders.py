@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -13,6 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from maskrcnn.training import config_checks as checks
 from maskrcnn.errors import ConfigError
 from maskrcnn.training.module import MaskRCNNModule
+
+if TYPE_CHECKING:
+    from maskrcnn.data.datamodule import CocoDataModule
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def scaled_lr(cfg: DictConfig) -> float:
     return lr_per_16 * effective_batch_size(cfg) / 16.0
 
 
-def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+def build_datamodule(cfg: DictConfig) -> CocoDataModule:
     checks.check_num_classes(cfg.data.get("num_classes"))
     checks.positive_int(cfg.data.get("batch_size", 1), "data.batch_size")
     return instantiate(cfg.data, _convert_="all")
@@ -76,7 +80,7 @@ def build_module(cfg: DictConfig) -> MaskRCNNModule:
     module = MaskRCNNModule(
         net=net,
         criterion=criterion,
-        loss_weights=OmegaConf.to_container(cfg.loss.weights),
+        loss_weights=cast(dict, OmegaConf.to_container(cfg.loss.weights)),
         optimizer=optimizer,
         scheduler=scheduler,
         lr=lr,
@@ -86,7 +90,7 @@ def build_module(cfg: DictConfig) -> MaskRCNNModule:
         nonfinite_skip_window=cfg.get("nonfinite_skip_window", 100),
         nonfinite_min_skipped=cfg.get("nonfinite_min_skipped", 5),
     )
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.run_config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     return module
 
 
@@ -119,7 +123,7 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
 
 
-def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg)
     if not loggers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -27,7 +28,10 @@ class ValidationImageLogger(pl.Callback):
         self.num_images = num_images
         self.score_thresh = score_thresh
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero or not outputs:
             return
         loggers = [lg for lg in trainer.loggers if not isinstance(lg, WandbLogger)]
@@ -36,7 +40,7 @@ class ValidationImageLogger(pl.Callback):
         from maskrcnn.data.draw import draw_instances
 
         images, targets = batch
-        names = list(getattr(trainer.datamodule, "class_names", []) or [])
+        names = list(getattr(getattr(trainer, "datamodule", None), "class_names", []) or [])
         pictures = {}
         for image, target, det in list(zip(images, targets, outputs["detections"]))[: self.num_images]:
             d = detections_to_numpy(det, self.score_thresh)

@@ -30,7 +30,7 @@ def positive_int(value: object, key: str) -> int:
     ok = isinstance(value, int) and not isinstance(value, bool)
     if isinstance(value, float) and value.is_integer():  # 4.0 from a computed config
         value, ok = int(value), True
-    if not ok or value < 1:
+    if not ok or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{key}={value!r} must be a positive integer")
     return int(value)
 
@@ -42,7 +42,7 @@ def positive_float(value: object, key: str) -> float:
         ConfigError: naming ``key`` and the value.
     """
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
+    if not ok or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{key}={value!r} must be a positive finite number")
     return float(value)
 
@@ -102,7 +102,7 @@ class BatchFitsDatasetCheck(pl.Callback):
         self.message: str | None = None  # the warning given, for tests and the log
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dataset = getattr(trainer.datamodule, "train_dataset", None)
+        dataset = getattr(getattr(trainer, "datamodule", None), "train_dataset", None)
         if dataset is None:
             return
         images = len(dataset)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 
 from maskrcnn.evaluation import CocoEvaluator
+from maskrcnn.evaluation.coco_evaluator import Backend
 from maskrcnn.losses.criterion import TERMS
 from maskrcnn.errors import NonFiniteLossError
 from maskrcnn.training.nonfinite import SkipLimit
@@ -51,7 +54,7 @@ class MaskRCNNModule(pl.LightningModule):
         scheduler: Callable | None = None,
         lr: float = 0.02,
         nonfinite_loss: str = "raise",
-        eval_backend: str = "faster_coco_eval",
+        eval_backend: Backend = "faster_coco_eval",
         nonfinite_max_skip_fraction: float = 0.2,
         nonfinite_skip_window: int = 100,
         nonfinite_min_skipped: int = 5,
@@ -92,7 +95,7 @@ class MaskRCNNModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def _weighted(self, terms: dict[str, Tensor]) -> Tensor:
-        return sum(self.loss_weights[k] * v for k, v in terms.items())
+        return cast(Tensor, sum(self.loss_weights[k] * v for k, v in terms.items()))  # terms: never empty
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
@@ -110,10 +113,10 @@ class MaskRCNNModule(pl.LightningModule):
         n = len(images)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=n)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return loss
 
-    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._batch_start
         if elapsed > 0 and batch[0]:
             # Global throughput: every rank processes its own batch in the same wall time.
@@ -159,16 +162,17 @@ class MaskRCNNModule(pl.LightningModule):
         step goes on with the other ranks' gradients."""
         if self.trainer.world_size == 1:
             return None
-        return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0
+        return cast(Tensor, sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0)
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         if self.evaluator is None:
-            dm = self.trainer.datamodule
+            dm: Any = getattr(self.trainer, "datamodule", None)  # set by Lightning, not declared on Trainer
+            roi_heads: Any = self.net.roi_heads
             self.evaluator = CocoEvaluator(
                 dm.val_annotation_file,
                 dm.label_to_category_id,
-                max_dets=self.net.roi_heads.detections_per_img,
+                max_dets=roi_heads.detections_per_img,
                 backend=self.eval_backend,
             )
         self.evaluator.reset()
@@ -182,18 +186,20 @@ class MaskRCNNModule(pl.LightningModule):
         n = len(images)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=n)
         self.log("val/loss", self._weighted(terms), sync_dist=True, batch_size=n)
+        assert self.evaluator is not None  # made in on_validation_epoch_start
         self.evaluator.update(out["detections"], [int(t["image_id"]) for t in targets])
         return {"detections": out["detections"]}
 
     def on_validation_epoch_end(self) -> None:
         # Every rank gathers all results (each image once) and computes the same numbers.
+        assert self.evaluator is not None  # made in on_validation_epoch_start
         self.evaluator.gather()
         metrics = self.evaluator.compute()
         self.last_val_metrics = metrics
         self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, sync_dist=True)
 
     # -------------------------------------------------------------- optimisation
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         if self.optimizer_factory is None:
             raise ValueError("No optimizer configured (cfg.optimizer)")
         params = [p for p in self.net.parameters() if p.requires_grad]

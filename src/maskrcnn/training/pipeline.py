@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +17,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from maskrcnn.training.auto_settings import resolve_auto_settings
 from maskrcnn.training.config_types import check_config_types
 from maskrcnn.training.third_party_noise import silence_third_party_noise
+from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.builders import (
     ConfigError,
     build_datamodule,
@@ -55,9 +57,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     trainer = build_trainer(cfg)  # its RunSummary callback prints batch, LR and schedule at fit start
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _metrics(trainer)
-    if cfg.get("validate_after_train") and not trainer.fast_dev_run:
+    if cfg.get("validate_after_train") and not getattr(trainer, "fast_dev_run", False):  # set by Lightning
         ckpt = trainer.checkpoint_callback
-        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+        best = getattr(ckpt, "best_model_path", None) or None  # a ModelCheckpoint's, if it saved one
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(_metrics(trainer))
         _print_coco_summary(module)
@@ -75,6 +77,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
         raise ConfigError("ckpt_path must point to a checkpoint (ckpt_path=outputs/.../checkpoints/last.ckpt)")
     silence_third_party_noise()
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
+    assert ckpt_path is not None  # cfg.ckpt_path is set (checked above)
     ckpt = read_run_checkpoint(ckpt_path)
     cfg = config_from_checkpoint(cfg, ckpt["run_config"], overrides)
     check_config_types(cfg)
@@ -106,7 +109,7 @@ def config_from_checkpoint(cfg: DictConfig, run_config: dict, overrides: Sequenc
     """
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     replaced = {o.key_or_group for o in parsed if o.key_or_group in FROM_CHECKPOINT}
-    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    merged = OmegaConf.create(cast(dict, OmegaConf.to_container(cfg, resolve=True)))
     applied = []
     for section in FROM_CHECKPOINT:
         if section in replaced or not isinstance(run_config.get(section), dict):
@@ -137,7 +140,7 @@ def config_from_checkpoint(cfg: DictConfig, run_config: dict, overrides: Sequenc
     return merged
 
 
-def _print_coco_summary(module) -> None:
+def _print_coco_summary(module: MaskRCNNModule) -> None:
     """COCO summary (AP, AP50, AP75, APs/m/l for boxes and masks) and the per-category table."""
     if module.evaluator is None or not module.trainer.is_global_zero:
         return

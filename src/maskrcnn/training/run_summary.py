@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.data.transforms import default_multiscale_sizes
+
+if TYPE_CHECKING:
+    from maskrcnn.data.fit.report import FitReport
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +85,12 @@ class RunSummary(pl.Callback):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.fit_report = fit_report
         self.summary: dict[str, Any] | None = None
-        self.report = None
+        self.report: FitReport | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)  # set by Lightning, not declared on Trainer
         self.summary = {**self.settings, **self._runtime(trainer, pl_module, dm)}
         text = format_summary(self.summary)
         log.info("%s", text)
@@ -106,7 +110,7 @@ class RunSummary(pl.Callback):
             if isinstance(lg, WandbLogger):
                 lg.experiment.config.update(extra, allow_val_change=True)
 
-    def _runtime(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm) -> dict[str, Any]:
+    def _runtime(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> dict[str, Any]:
         world = trainer.world_size
         out: dict[str, Any] = {"devices": trainer.num_devices, "num_nodes": trainer.num_nodes, "world_size": world,
                                "lr": getattr(pl_module, "lr", None)}
@@ -129,7 +133,7 @@ class RunSummary(pl.Callback):
             out["classes"] = list(dm.class_names[1:])
         return out
 
-    def _report(self, dm) -> None:
+    def _report(self, dm: Any) -> None:
         self.report = fit_report(self.settings, dm.train_dataset.annotation_file, dm.val_annotation_file)
         text = self.report.format()
         log.info("%s", text)
@@ -146,7 +150,8 @@ class RunSummary(pl.Callback):
         (self.output_dir / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
 
 
-def fit_report(settings: dict[str, Any], train_file, val_file=None, anchor_sizes=None):
+def fit_report(settings: dict[str, Any], train_file: str | Path, val_file: str | Path | None = None,
+               anchor_sizes: Sequence[Sequence[float]] | None = None) -> FitReport:
     """The dataset-fit report of the annotation files for the run's training scale and anchors
     (``anchor_sizes`` replaces the configured ones, e.g. to evaluate a candidate set)."""
     from maskrcnn.data.fit.report import compute_fit_report

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 import pytorch_lightning as pl
 import torch.distributed as dist
@@ -28,7 +29,7 @@ from maskrcnn.training.wandb_media import MAX_MASK_LABEL, ValidationSample, make
 log = logging.getLogger(__name__)
 
 
-def dataset_summary(datamodule) -> dict:
+def dataset_summary(datamodule: Any) -> dict:
     """``{"num_classes", "class_names", "<split>": {"images", "instances", "instances_per_class"}}``
     for the splits the data module has set up (kept images; valid non-crowd instances)."""
     names = list(datamodule.class_names)
@@ -50,18 +51,18 @@ def dataset_summary(datamodule) -> dict:
     return summary
 
 
-def per_class_table(rows: list[dict], iou_types: tuple[str, ...]):
+def per_class_table(rows: list[dict], iou_types: tuple[str, ...]) -> Any:
     """``wandb.Table`` of ``CocoEvaluator.per_category_results()`` rows (None = not computable)."""
     import wandb
 
-    columns = ["class", "instances"]
+    columns: list[str | int] = ["class", "instances"]
     for iou_type in iou_types:
         columns += [f"{iou_type} AP", f"{iou_type} AP50"]
     data = [[row["name"], row["instances"], *(row[f"{t}_{n}"] for t in iou_types for n in ("AP", "AP50"))] for row in rows]
     return wandb.Table(columns=columns, data=data)
 
 
-def pr_curves(evaluator, iou_type: str, iou_threshold: float):
+def pr_curves(evaluator: Any, iou_type: str, iou_threshold: float) -> Any:
     """``wandb.plot.line_series`` of per-class precision vs recall, or None without any curve."""
     import wandb
 
@@ -118,18 +119,20 @@ class WandbDashboard(pl.Callback):
             return
         self._config_logged = True
         config: dict = {}
-        if getattr(pl_module, "run_config", None):
-            config.update(pl_module.run_config)  # the resolved Hydra config (training/builders.py)
-        if trainer.datamodule is not None and hasattr(trainer.datamodule, "class_names"):
-            config["dataset"] = dataset_summary(trainer.datamodule)
-            if len(trainer.datamodule.class_names) > MAX_MASK_LABEL:
+        run_config = getattr(pl_module, "run_config", None)
+        if run_config:
+            config.update(run_config)  # the resolved Hydra config (training/builders.py)
+        datamodule = getattr(trainer, "datamodule", None)  # set by Lightning, not declared on Trainer
+        if datamodule is not None and hasattr(datamodule, "class_names"):
+            config["dataset"] = dataset_summary(datamodule)
+            if len(datamodule.class_names) > MAX_MASK_LABEL:
                 log.warning("W&B mask layers hold at most %d classes: the sample images get boxes only", MAX_MASK_LABEL - 1)
         for lg in loggers:
             lg.experiment.config.update(config, allow_val_change=True)
 
     def _choose_samples(self, trainer: pl.Trainer) -> list[int]:
         if self.sample_ids is None:
-            dataset = getattr(trainer.datamodule, "val_dataset", None)
+            dataset = getattr(getattr(trainer, "datamodule", None), "val_dataset", None)
             images = getattr(dataset, "images", None)
             if images is None:
                 log.warning("W&B dashboard: the data module has no val_dataset.images; no sample images are logged")
@@ -140,7 +143,10 @@ class WandbDashboard(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._samples = {}
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if trainer.sanity_checking or not self.num_images or not outputs or not self._wandb_loggers(trainer):
             return
         wanted = set(self._choose_samples(trainer))
@@ -156,7 +162,7 @@ class WandbDashboard(pl.Callback):
         """All ranks' samples on rank 0 (collective: every rank calls it)."""
         if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
             return self._samples
-        parts = [None] * dist.get_world_size() if trainer.is_global_zero else None
+        parts: list[Any] | None = [None] * dist.get_world_size() if trainer.is_global_zero else None
         dist.gather_object(self._samples, parts, dst=0)
         merged: dict[int, ValidationSample] = {}
         for part in parts or []:
@@ -173,7 +179,7 @@ class WandbDashboard(pl.Callback):
         self._samples = {}
         if not trainer.is_global_zero:
             return
-        names = list(getattr(trainer.datamodule, "class_names", []) or [])
+        names = list(getattr(getattr(trainer, "datamodule", None), "class_names", []) or [])
         payload = {
             f"val/samples/{image_id}": to_wandb_image(samples[image_id], names)
             for image_id in self._choose_samples(trainer)

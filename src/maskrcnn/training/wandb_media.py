@@ -12,7 +12,7 @@ detection above a low threshold is listed, highest scores first).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -129,7 +129,7 @@ def box_data(boxes: np.ndarray, labels: np.ndarray, names: dict[int, str], score
     return entries
 
 
-def to_wandb_image(sample: ValidationSample, class_names: Sequence[str]):
+def to_wandb_image(sample: ValidationSample, class_names: Sequence[str]) -> Any:
     """``wandb.Image`` with "predictions" and "ground_truth" mask and box layers."""
     import wandb
 

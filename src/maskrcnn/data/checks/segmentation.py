@@ -102,7 +102,7 @@ class PolygonBatch:
             return {}, {}
         lengths = np.asarray(self.lengths)
         owners = np.asarray(self.owners)
-        problems = {}
+        problems: dict[int, Problem] = {}
         coords = _numeric(self.flat)
         if coords is None:  # some polygon holds a string, null, list, ... : find which, drop them
             coords, keep = self._numeric_per_polygon(problems)
@@ -194,7 +194,9 @@ def note_problem(problems: dict[int, Problem], slot: int, problem: Problem) -> N
         problems[slot] = problem
 
 
-def queue_segmentation(ann: dict, slot: int, width: int, height: int, polygons: PolygonBatch, rles) -> Problem | None:
+def queue_segmentation(
+    ann: dict, slot: int, width: int, height: int, polygons: PolygonBatch, rles: Any
+) -> Problem | None:
     """Queue ``ann``'s segmentation for the batched checks (a polygon list into ``polygons``, an RLE
     object into ``rles``, an ``rle_checks.RleBatch``), or say why it has none usable. One dispatch for
     the loader (``validation``) and the fit report (``coco_boxes``), so both give the same reason."""
@@ -245,7 +247,7 @@ class BoxBatch:
         x, y, w, h = boxes.T
         width, height = sizes[:, 0], sizes[:, 1]
         with np.errstate(invalid="ignore", over="ignore"):
-            finite = np.isfinite(boxes).all(axis=1)
+            finite = np.all(np.isfinite(boxes), axis=1)
             negative = (w < 0) | (h < 0)
             far = (x < -MARGIN * width) | (y < -MARGIN * height) | (x + w > (1 + MARGIN) * width) | (y + h > (1 + MARGIN) * height)
             inside = (np.minimum(x + w, width) > np.maximum(x, 0)) & (np.minimum(y + h, height) > np.maximum(y, 0))
@@ -263,5 +265,5 @@ class BoxBatch:
             self.problems[self.slots[index[k]]] = Problem(reason, False)
         return self.problems
 
-    def _box(self, i: int) -> list:
+    def _box(self, i: int | np.integer) -> list:
         return self.values[4 * i: 4 * i + 4]

@@ -87,7 +87,7 @@ class Suggestion:
     min_size / max_size: the smallest larger scale (multiple of 32, capped) that lifts p5 of the
     object sizes to half the smallest configured anchor; None when not needed or capped (``note``)."""
 
-    anchor_sizes: list[list[float]] | None = None
+    anchor_sizes: Sequence[Sequence[float]] | None = None
     keep_anchors: bool = True
     configured_fitness: float | None = None
     best_doubling: list[list[int]] | None = None
@@ -120,7 +120,7 @@ class Suggestion:
 
 def _suggest_anchors(w: np.ndarray, h: np.ndarray, anchor_sizes: list[list[float]],
                      aspect_ratios: list[list[float]], out: Suggestion) -> None:
-    pick = slice(None)
+    pick: slice | np.ndarray = slice(None)
     if len(w) > SEARCH_SAMPLE:
         pick = np.random.default_rng(0).choice(len(w), SEARCH_SAMPLE, replace=False)
     sw, sh = w[pick], h[pick]
@@ -141,8 +141,8 @@ def _suggest_anchors(w: np.ndarray, h: np.ndarray, anchor_sizes: list[list[float
     if out.keep_anchors:
         out.anchor_sizes, chosen_iou = anchor_sizes, configured_iou
     else:
-        out.anchor_sizes = doubling(base)
-        chosen_iou = best_anchor_iou(w, h, anchor_shapes(out.anchor_sizes, aspect_ratios)[0])[0]
+        out.anchor_sizes = chosen = doubling(base)
+        chosen_iou = best_anchor_iou(w, h, anchor_shapes(chosen, aspect_ratios)[0])[0]
     out.frac_iou_below_half = float(np.mean(chosen_iou < 0.5))
 
 

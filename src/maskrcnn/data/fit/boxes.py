@@ -109,13 +109,13 @@ def _polygon_boxes(anns: list[dict], slots: list[int], width: np.ndarray, height
         owner.extend(owners)
     if not owner:
         return
-    xywh, owner = np.concatenate(parts).reshape(-1, 4), np.asarray(owner)  # one annotation's parts are adjacent
+    xywh, owner_ids = np.concatenate(parts).reshape(-1, 4), np.asarray(owner)  # one annotation's parts are adjacent
     empty = (xywh[:, 2] <= 0) | (xywh[:, 3] <= 0)
     lo = np.where(empty[:, None], np.inf, xywh[:, :2])
     hi = np.where(empty[:, None], -np.inf, xywh[:, :2] + xywh[:, 2:])
-    first = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
+    first = np.flatnonzero(np.concatenate([[True], owner_ids[1:] != owner_ids[:-1]]))
     box = np.concatenate([np.minimum.reduceat(lo, first), np.maximum.reduceat(hi, first)], axis=1)
-    out[owner[first]] = np.where(np.isfinite(box).all(axis=1, keepdims=True), box, 0.0)
+    out[owner_ids[first]] = np.where(np.isfinite(box).all(axis=1, keepdims=True), box, 0.0)
 
 
 def segmentation_boxes(anns: list[dict], width: np.ndarray, height: np.ndarray,

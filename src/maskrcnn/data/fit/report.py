@@ -123,7 +123,7 @@ def _split_stats(p: CocoBoxes, names: dict[int, str], w: np.ndarray, h: np.ndarr
     )
 
 
-def _anchor_override(anchor_sizes: list[list[float]]) -> str:
+def _anchor_override(anchor_sizes: Sequence[Sequence[float]]) -> str:
     levels = ",".join("[" + ",".join(f"{s:g}" for s in lvl) + "]" for lvl in anchor_sizes)
     return f"model.rpn.anchor_sizes='[{levels}]'"  # quoted: zsh and bash would glob an unquoted [...]
 
@@ -144,12 +144,13 @@ def _warnings(splits: dict[str, SplitStats], s: Suggestion, settings: dict[str, 
     anchor_sizes = settings["anchor_sizes"]
     smallest, largest = min(map(min, anchor_sizes)), max(map(max, anchor_sizes))
     anchors = [_anchor_override(s.anchor_sizes)] if s.anchor_sizes and not s.keep_anchors else []
-    scale = [_scale_override(s.min_size, s.max_size, settings["max_size"])] if s.min_size is not None else []
-    if train.frac_below_half_smallest >= WARN_FRACTION:
+    scale = ([_scale_override(s.min_size, s.max_size, settings["max_size"])]
+             if s.min_size is not None and s.max_size is not None else [])
+    if train.frac_below_half_smallest >= WARN_FRACTION and train.sizes is not None:  # sizes: None without instances
         out.append(FitWarning(f"{train.frac_below_half_smallest:.1%} of training objects are below {smallest / 2:g} px "
                               f"(half the smallest anchor) at the training scale; p5 = {train.sizes['p5']:.1f} px",
                               anchors + scale))
-    if train.frac_above_twice_largest >= WARN_FRACTION:
+    if train.frac_above_twice_largest >= WARN_FRACTION and train.sizes is not None:
         out.append(FitWarning(f"{train.frac_above_twice_largest:.1%} of training objects are above {2 * largest:g} px "
                               f"(twice the largest anchor) at the training scale; p99 = {train.sizes['p99']:.1f} px",
                               anchors))
@@ -294,13 +295,15 @@ def _format_advice(r: FitReport) -> list[str]:
     if sug.anchor_sizes is not None and sug.keep_anchors and not sug.fits:
         lines.append(f"  anchors: {sug.verdict()}")
     elif sug.anchor_sizes is not None and sug.keep_anchors:
+        assert sug.best_doubling is not None and sug.frac_iou_below_half is not None  # set with anchor_sizes
         best = _anchor_override(sug.best_doubling).split("=")[1].strip("'")
         lines.append(f"  anchors: keep the configured ones (IoU<0.5 {_pct(sug.frac_iou_below_half)}, fitness "
                      f"{sug.configured_fitness:.3f}; best doubling set {best} {sug.best_doubling_fitness:.3f})")
     elif sug.anchor_sizes is not None:
+        assert sug.frac_iou_below_half is not None  # set with anchor_sizes
         lines.append(f"  anchors: {_anchor_override(sug.anchor_sizes)}  (IoU<0.5 -> {_pct(sug.frac_iou_below_half)}, "
                      f"fitness {sug.best_doubling_fitness:.3f} vs {sug.configured_fitness:.3f} configured)")
-    if sug.min_size is not None:
+    if sug.min_size is not None and sug.max_size is not None:  # set together
         scale = _scale_override(sug.min_size, sug.max_size, r.settings["max_size"])
         lines.append(f"  {'scale' if sug.keep_anchors else 'or scale'}: {scale}  (p5 -> {sug.p5_at_min_size:.1f} px)")
     if sug.note:

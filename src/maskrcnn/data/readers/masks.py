@@ -104,8 +104,8 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     boxes = np.zeros((n, 4), dtype=np.float32)
     if n == 0:
         return boxes
-    rows = masks.any(axis=2)  # [N, H]
-    cols = masks.any(axis=1)  # [N, W]
+    rows = np.any(masks, axis=2)  # [N, H]
+    cols = np.any(masks, axis=1)  # [N, W]
     nonempty = rows.any(axis=1)
     h, w = masks.shape[1:]
     boxes[:, 0] = cols.argmax(axis=1)

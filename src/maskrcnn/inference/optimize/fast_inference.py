@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,7 @@ from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 from maskrcnn.modeling.roi_heads import RoIHeads
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
+_Net = TypeVar("_Net", bound=nn.Module)
 
 # The bf16 deviation from float32 eager that tests/inference/test_fast_inference.py allows (tiny R18
 # model with trained-like BatchNorm; docs/benchmarks.md for R50 at 800 px): each of eager's 5 best
@@ -76,11 +78,12 @@ def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
         return False
     if isinstance(norm, nn.BatchNorm2d) and (norm.training or norm.running_mean is None):
         return False  # batch statistics at run time: nothing fixed to fold
-    return conv.out_channels == norm.running_mean.shape[0]  # FrozenBatchNorm2d has no num_features
+    running_mean = norm.running_mean  # FrozenBatchNorm2d has no num_features
+    return running_mean is not None and conv.out_channels == running_mean.shape[0]
 
 
 @torch.no_grad()
-def fold_conv_bn(conv: nn.Conv2d, norm: nn.Module) -> None:
+def fold_conv_bn(conv: nn.Conv2d, norm: Any) -> None:
     """Fold an eval-mode BatchNorm2d / FrozenBatchNorm2d that follows ``conv`` into ``conv`` (in place).
 
     ``norm(conv(x)) == conv'(x)`` with ``W' = W * s`` and ``b' = (b - mean) * s + beta`` where
@@ -135,6 +138,8 @@ class InferenceRoIHeads(RoIHeads):
     ) -> Tensor:
         """As ``RoIHeads.mask_probs``: Tensor[D, 1, M, M] float32 probabilities of each box's class."""
         predictor = self.mask_predictor
+        # checked by _selected_class_masks
+        assert isinstance(predictor, MaskRCNNPredictor) and predictor.mask_fcn_logits.bias is not None
         x = self.mask_head(self.mask_pooler(features, boxes, image_sizes))  # Tensor[D, C, m, m]
         blocks = _upsample_blocks(predictor, x)  # Tensor[D*m*m, 4*C'] or None
         if blocks is None:
@@ -155,7 +160,7 @@ class InferenceRoIHeads(RoIHeads):
         return logits.float().sigmoid()
 
 
-def _upsample_blocks(predictor: nn.Module, x: Tensor) -> Tensor | None:
+def _upsample_blocks(predictor: MaskRCNNPredictor, x: Tensor) -> Tensor | None:
     """``relu(conv5_mask(x))`` as Tensor[D*m*m, 4*C'] (row: input pixel (i, j); columns: output
     pixel (2i + ky, 2j + kx) then channel) through oneDNN's matmul, for x: Tensor[D, C, m, m];
     None unless conv5_mask is a 2x2 stride-2 ConvTranspose2d and the oneDNN op applies."""
@@ -181,7 +186,7 @@ def _selected_class_masks(heads: nn.Module) -> bool:
     return True
 
 
-def _float32(value):
+def _float32(value: Any) -> Any:
     """Cast every floating Tensor in a (nested) output back to float32."""
     if isinstance(value, Tensor):
         return value.float() if value.is_floating_point() else value
@@ -192,7 +197,7 @@ def _float32(value):
     return value
 
 
-def _autocast_forward(forward, *args, **kwargs):
+def _autocast_forward(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
         out = forward(*args, **kwargs)
@@ -201,12 +206,12 @@ def _autocast_forward(forward, *args, **kwargs):
 
 def heavy_parts(net: nn.Module) -> dict[str, nn.Module]:
     """The convolution / linear stacks that hold nearly all FLOPs, by attribute path."""
-    parts = {"backbone": net.backbone, "rpn.head": net.rpn.head}
-    heads = net.roi_heads
+    parts = {"backbone": net.get_submodule("backbone"), "rpn.head": net.get_submodule("rpn.head")}
+    heads = net.get_submodule("roi_heads")
     for name in ("box_head", "box_predictor", "mask_head", "mask_predictor"):
         parts[f"roi_heads.{name}"] = getattr(heads, name)
     if isinstance(heads, InferenceRoIHeads):  # calls the predictor's upsampling conv, not its forward
-        parts["roi_heads.mask_predictor"] = heads.mask_predictor.conv5_mask
+        parts["roi_heads.mask_predictor"] = heads.get_submodule("mask_predictor.conv5_mask")
     return parts
 
 
@@ -222,7 +227,7 @@ def compile_heavy_parts(parts: dict[str, nn.Module], options: dict | None = None
 
 
 def optimize_for_inference(
-    net: nn.Module,
+    net: _Net,
     *,
     fold_bn: bool = True,
     channels_last: bool = True,
@@ -230,7 +235,7 @@ def optimize_for_inference(
     onednn_linear: bool = True,
     compile: bool = False,  # noqa: A002 (mirrors torch.compile / nn.Module.compile)
     bf16: bool = False,
-) -> nn.Module:
+) -> _Net:
     """An eval-mode, inference-only copy of a MaskRCNN (``net`` itself is not changed).
 
     Args:
@@ -258,7 +263,7 @@ def optimize_for_inference(
     missing = [name for name in ("backbone", "rpn", "roi_heads") if not hasattr(net, name)]
     if missing:
         raise TypeError(f"optimize_for_inference: expected a MaskRCNN, {type(net).__name__} has no {missing}")
-    fast = copy.deepcopy(net).eval()
+    fast: Any = copy.deepcopy(net).eval()  # a MaskRCNN: backbone, rpn, roi_heads
     fast.requires_grad_(False)
     _selected_class_masks(fast.roi_heads)
     fuse_fpn_top_down(fast.backbone)
