@@ -19,6 +19,7 @@ from maskrcnn.checkpoint_file import (
     check_state_fits,
     load_checkpoint_file,
 )
+from maskrcnn.file_kinds import is_missing
 
 __all__ = [  # CheckpointError is re-exported: it lived here first
     "CheckpointError", "build_net_from_checkpoint", "check_resume_checkpoint", "checkpoint_meta",
@@ -43,7 +44,7 @@ def read_run_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
             (:func:`maskrcnn.checkpoint_file.load_checkpoint_file`), or not a checkpoint of ``src/train.py``.
     """
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
+    if is_missing(path):
         raise FileNotFoundError(f"{key}={str(path)!r} does not exist")
     # weights_only=False: Lightning checkpoints hold loop and callback state besides tensors.
     ckpt = load_checkpoint_file(path, key, weights_only=False)
