@@ -48,3 +48,9 @@ def _stat_error(path: Path, exc: OSError) -> str:
     if exc.errno == errno.ENOTDIR:
         return "does not exist (a part of its path is a file, not a directory)"
     return f"cannot be accessed: {exc.strerror or exc}"
+
+
+def is_missing(path: str | os.PathLike) -> bool:
+    """Whether ``path`` does not exist (``Path.exists`` raises instead for a name too long)."""
+    problem = path_problem(path)
+    return problem is not None and problem.startswith("does not exist")

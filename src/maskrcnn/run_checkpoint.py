@@ -16,7 +16,7 @@ from torch import nn
 
 from maskrcnn.checkpoint_file import check_state_fits, load_checkpoint_file
 from maskrcnn.errors import CheckpointError
-
+from maskrcnn.file_kinds import is_missing
 
 
 def read_run_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
@@ -36,7 +36,7 @@ def read_run_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
             (:func:`maskrcnn.checkpoint_file.load_checkpoint_file`), or not a checkpoint of ``src/train.py``.
     """
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
+    if is_missing(path):
         raise FileNotFoundError(f"{key}={str(path)!r} does not exist")
     # weights_only=False: Lightning checkpoints hold loop and callback state besides tensors.
     ckpt = load_checkpoint_file(path, key, weights_only=False)

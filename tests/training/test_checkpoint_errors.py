@@ -146,3 +146,13 @@ def test_train_entry_point_with_a_truncated_checkpoint_exits_1_with_one_line(goo
     assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
     errors = [line for line in output.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and f"ckpt_path='{truncated}' is truncated or damaged" in errors[0], output[-3000:]
+
+
+def test_a_checkpoint_path_with_a_name_too_long_is_named(tmp_path, shapes_dir, caplog, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    path = tmp_path / ("x" * 300 + ".ckpt")
+    cfg = compose([*TINY, f"ckpt_path={path}"], output_dir=tmp_path / "run", data_dir=shapes_dir)
+    for message in (_one_line(train, cfg, caplog=caplog), _one_line(load_checkpoint_model, path, caplog=caplog)):
+        assert f"ckpt_path='{path}' has a name too long for the file system" in message
+    with pytest.raises(CheckpointError, match="model.init_from='.*' has a name too long"):
+        build_mask_rcnn(3, {"name": "resnet18", "pretrained": False}, init_from=str(path))

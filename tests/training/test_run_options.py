@@ -8,8 +8,9 @@ import logging
 
 import pytest
 import torch
-
 from helpers.config import compose
+from helpers.nan_loss import make_mask_loss_nan
+
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.errors import NonFiniteLossError
 from maskrcnn.training.nonfinite import SkipLimit
@@ -60,8 +61,9 @@ def test_skip_limit_counts_over_a_window():
         SkipLimit(max_fraction=1.5)
 
 
-def test_a_run_skipping_most_steps_stops_naming_the_count(tiny, shapes_dir, tmp_path):
-    cfg = compose([*tiny, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "trainer.limit_val_batches=0",
+def test_a_run_skipping_most_steps_stops_naming_the_count(tiny, shapes_dir, tmp_path, monkeypatch):
+    make_mask_loss_nan(monkeypatch)
+    cfg = compose([*tiny, "nonfinite_loss=skip", "trainer.limit_val_batches=0",
                    "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
     with pytest.raises(NonFiniteLossError, match=r"5 of the last 5 training steps had a non-finite loss.*"
                                                  r"nonfinite_max_skip_fraction=0\.2"):

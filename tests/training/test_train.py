@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers.config import ROOT, compose
+from helpers.nan_loss import make_mask_loss_nan
+
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.pipeline import evaluate, train
 
@@ -93,15 +94,17 @@ def test_missing_resume_checkpoint_is_a_clear_error(tiny, shapes_dir, tmp_path):
         train(_resume_cfg(tiny, tmp_path, shapes_dir, ["ckpt_path=last"]))
 
 
-def test_nonfinite_loss_stops_naming_step_and_term(tiny, shapes_dir, tmp_path):
-    cfg = compose([*tiny, "loss.weights.loss_mask=nan", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+def test_nonfinite_loss_stops_naming_step_and_term(tiny, shapes_dir, tmp_path, monkeypatch):
+    make_mask_loss_nan(monkeypatch)
+    cfg = compose([*tiny, "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
     with pytest.raises(FloatingPointError, match=r"global step 0 .*loss_mask"):
         train(cfg)
 
 
-def test_nonfinite_loss_skip_policy_skips_steps(tiny, shapes_dir, tmp_path):
+def test_nonfinite_loss_skip_policy_skips_steps(tiny, shapes_dir, tmp_path, monkeypatch):
+    make_mask_loss_nan(monkeypatch)
     cfg = compose(
-        [*tiny, "loss.weights.loss_mask=nan", "nonfinite_loss=skip", "nonfinite_max_skip_fraction=1.0",
+        [*tiny, "nonfinite_loss=skip", "nonfinite_max_skip_fraction=1.0",
          "trainer.limit_val_batches=0", "validate_after_train=false"],
         output_dir=tmp_path, data_dir=shapes_dir,
     )

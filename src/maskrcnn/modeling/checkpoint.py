@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from maskrcnn.checkpoint_file import load_checkpoint_file
 from maskrcnn.errors import CheckpointError
+from maskrcnn.file_kinds import is_missing
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _read_state_dict(path: str | Path) -> OrderedDict[str, Tensor]:
         ))
     path = Path(path)
     where = f"model.init_from={str(path)!r}"
-    if not path.exists() and not path.is_symlink():
+    if is_missing(path):
         raise FileNotFoundError(f"{where} does not exist (a torchvision Mask R-CNN state_dict, or {TORCHVISION_COCO})")
     obj = load_checkpoint_file(path, "model.init_from", weights_only=True)
     if isinstance(obj, Mapping) and "run_config" in obj:

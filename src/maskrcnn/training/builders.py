@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from maskrcnn.file_kinds import is_missing
 from maskrcnn.training import config_checks as checks
 from maskrcnn.errors import ConfigError
 from maskrcnn.training.module import MaskRCNNModule
@@ -140,7 +141,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     if ckpt_path in (None, ""):
         return None
     path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.exists():
+    if is_missing(path):
         hint = " (run again with hydra.run.dir=<the crashed run's directory>)" if ckpt_path == "last" else ""
         raise ConfigError(f"ckpt_path={ckpt_path!r}: checkpoint file {path} does not exist{hint}")
     return str(path)
