@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any, TypeGuard
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
@@ -33,12 +34,12 @@ class Rule:
         return Rule(f"{self.what}, or {other.what}", lambda v: self.ok(v) or other.ok(v))
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[float]:
     return (isinstance(value, int) and not isinstance(value, bool)) or (
         isinstance(value, float) and math.isfinite(value) and value.is_integer())
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -169,9 +170,9 @@ def _values(node: object, parts: list[str], shown: str) -> Iterator[tuple[str, o
         return
     head, rest = parts[0], parts[1:]
     if head == "*" and isinstance(node, ListConfig):
-        entries = [(i, f"{shown}[{i}]") for i in range(len(node))]
+        entries: list[tuple[Any, str]] = [(i, f"{shown}[{i}]") for i in range(len(node))]
     elif head == "*" and isinstance(node, DictConfig):
-        entries = [(k, f"{shown}.{k}") for k in node]
+        entries = [(k, f"{shown}.{k!s}") for k in node]
     elif isinstance(node, DictConfig) and head in node:
         entries = [(head, f"{shown}.{head}" if shown else head)]
     else:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from maskrcnn.errors import DatasetError
 from maskrcnn.file_kinds import path_problem
@@ -93,9 +94,10 @@ def exif_size(img: Image.Image) -> tuple[int, int]:
         Exception: what PIL raises on a damaged EXIF block.
     """
     width, height = img.size
-    if img.format == "PNG":
+    if img.format == "PNG" and isinstance(img, ImageFile.ImageFile):  # opened from a file: has ``fp``
         exif = Image.Exif()
-        data = _png_exif_chunk(img.fp) or img.info.get("exif")  # the walk runs always: it finds truncation
+        # the chunk walk runs always: it is what finds a truncated PNG
+        data = (_png_exif_chunk(img.fp) if img.fp is not None else None) or img.info.get("exif")
         if data:
             exif.load(data)
     else:
@@ -110,7 +112,7 @@ class TruncatedImageError(ValueError):
     """An image file ends before its format says it does (found from its headers, without decoding)."""
 
 
-def _png_exif_chunk(fp) -> bytes | None:
+def _png_exif_chunk(fp: IO[bytes]) -> bytes | None:
     """The eXIf chunk of the PNG open as ``fp`` (as PIL stores it, ``b"Exif\\0\\0" + data``), found by seeking
     from chunk header to chunk header; None when there is none. ``fp`` is left where it was.
 
