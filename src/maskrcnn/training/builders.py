@@ -11,12 +11,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.training import config_checks as checks
+from maskrcnn.training.checkpoints import resolve_ckpt_path
 from maskrcnn.training.config_checks import ConfigError
 from maskrcnn.training.module import MaskRCNNModule
 
 log = logging.getLogger(__name__)
 
-__all__ = [  # ConfigError is re-exported: it lived here first
+__all__ = [  # ConfigError and resolve_ckpt_path are re-exported: they lived here first
     "ConfigError", "build_callbacks", "build_datamodule", "build_loggers", "build_module", "build_trainer",
     "effective_batch_size", "resolve_ckpt_path", "scaled_lr",
 ]
@@ -103,6 +104,10 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         callbacks.append(RunSummary(describe_config(cfg), output_dir, fit_report=bool(cfg.get("dataset_report", True))))
         # warn when the batch the LR is scaled for cannot be filled by the training set
         callbacks.append(checks.BatchFitsDatasetCheck(int(cfg.data.batch_size), effective_batch_size(cfg), scaled_lr(cfg)))
+        from maskrcnn.training.checkpoints import RandomStateResume
+        from maskrcnn.training.interrupts import StopOnSignal
+
+        callbacks += [RandomStateResume(), StopOnSignal(Path(output_dir) / "checkpoints" / "last.ckpt")]
     dashboard = (cfg.get("logger") or {}).get("wandb_dashboard")  # conf/logger/wandb.yaml
     if dashboard:
         from maskrcnn.training.wandb_dashboard import WandbDashboard
@@ -128,14 +133,3 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
             log.info("No logger (logger=none): leaving out the callbacks that need one: %s", ", ".join(dropped))
         callbacks = [c for c in callbacks if not _needs_logger(c)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``"last"`` means ``<output_dir>/checkpoints/last.ckpt``; any path must exist."""
-    if ckpt_path in (None, ""):
-        return None
-    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        hint = " (run again with hydra.run.dir=<the crashed run's directory>)" if ckpt_path == "last" else ""
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: checkpoint file {path} does not exist{hint}")
-    return str(path)
