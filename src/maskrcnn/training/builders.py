@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -132,4 +133,9 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
         if dropped:
             log.info("No logger (logger=none): leaving out the callbacks that need one: %s", ", ".join(dropped))
         callbacks = [c for c in callbacks if not _needs_logger(c)]
+    if not sys.stdout.isatty():
+        # A redirected log gets ProgressLog's plain lines: no progress bar, no Rich live display or
+        # its refresh thread (and no tqdm bar in its place).
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+        overrides.setdefault("enable_progress_bar", False)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
