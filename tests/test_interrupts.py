@@ -34,7 +34,7 @@ def _run_cli(run_dir, shapes_dir, overrides) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
                OMP_NUM_THREADS="2", HYDRA_FULL_ERROR="0")
     cmd = [sys.executable, "src/train.py", *RUN, *overrides, f"paths.data_dir={shapes_dir}", f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=550)
 
 
 def _ckpt(path):

@@ -50,6 +50,9 @@ def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tu
         FileNotFoundError / CheckpointError: naming the path (see ``training.run_checkpoint``).
     """
     ckpt = read_run_checkpoint(ckpt_path)
+    from maskrcnn.training.checkpoints import describe_checkpoint
+
+    logging.getLogger("maskrcnn").info("Loading %s", describe_checkpoint(ckpt_path, ckpt))
     return build_net_from_checkpoint(ckpt, ckpt_path, mask_format=mask_format), checkpoint_meta(ckpt)
 
 
