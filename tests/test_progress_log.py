@@ -100,3 +100,17 @@ def test_slow_rates_keep_their_digits():
 def test_bad_interval_is_rejected(value):
     with pytest.raises(ValueError, match="every_n_steps"):
         ProgressLog(every_n_steps=value)
+
+
+def test_no_progress_bar_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    from helpers.config import TINY, compose
+    from maskrcnn.training.builders import build_trainer
+
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    cfg = compose([*TINY, "callbacks=default", "trainer.val_check_interval=0.5"], output_dir=tmp_path)
+    trainer = build_trainer(cfg)
+    assert trainer.progress_bar_callback is None  # no Rich live display, no refresh thread, no tqdm
+    assert not any(isinstance(c, pl.callbacks.ProgressBar) for c in trainer.callbacks)
+    assert trainer.val_check_interval == 0.5  # settable without "+"

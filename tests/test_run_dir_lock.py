@@ -58,3 +58,18 @@ def test_second_concurrent_run_stops_with_one_line_and_writes_nothing(tmp_path, 
         f"choose another hydra.run.dir, or stop that run (delete {tmp_path / LOCK_NAME} if it is gone)"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # Hydra wrote nothing
+
+
+def test_reusing_a_finished_run_directory_warns_that_it_starts_over(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from maskrcnn.training.run_dir_lock import RunDirLock
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path)}, "output_subdir": ".hydra"}, "ckpt_path": None})
+    RunDirLock().on_run_start(config)
+    err = capsys.readouterr().err
+    assert f"run directory {tmp_path} holds an earlier run; this run starts over" in err
+    assert len(list(tmp_path.glob(".hydra.*/config.yaml"))) == 1
+    release(tmp_path / LOCK_NAME)

@@ -134,7 +134,11 @@ class StopOnSignal(pl.Callback):
             raise interrupted(trainer, signum)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and (signum := self._requested(trainer)):
+        # Under DDP the ranks may hold one validation batch more or less: no collective here, the
+        # stop waits for the next training step.
+        if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.world_size > 1:
+            return
+        if signum := self._requested(trainer):
             raise interrupted(trainer, signum)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
