@@ -6,8 +6,8 @@ import logging
 
 import pytest
 import torch
-
 from helpers.config import TINY, compose
+
 from maskrcnn.training.checkpoints import resolve_ckpt_path
 from maskrcnn.training.config_checks import ConfigError
 from maskrcnn.training.pipeline import train
@@ -25,7 +25,7 @@ def test_last_holds_the_final_step_when_the_metric_never_improves(shapes_dir, tm
                    "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
                    "validate_after_train=true"], output_dir=tmp_path, data_dir=shapes_dir)
     with caplog.at_level(logging.INFO):
-        _, objects = train(cfg)
+        train(cfg)
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
     last, best = _ckpt(folder / "last.ckpt"), _ckpt(folder / "best.ckpt")

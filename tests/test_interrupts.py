@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import torch
-
 from helpers.config import ROOT, TINY, compose
 from helpers.step_recorder import read_steps
+
 from maskrcnn.training.pipeline import train
 
 # 12 images at batch 2: 6 steps per epoch; 8 steps end mid-epoch 2. No validation (speed); no
@@ -34,7 +34,7 @@ def _run_cli(run_dir, shapes_dir, overrides) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
                OMP_NUM_THREADS="2", HYDRA_FULL_ERROR="0")
     cmd = [sys.executable, "src/train.py", *RUN, *overrides, f"paths.data_dir={shapes_dir}", f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=550)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=550, check=False)
 
 
 def _ckpt(path):
@@ -57,7 +57,8 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(shapes_dir, tmp_
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"batches_done": 3}]
     assert not (run_dir / "run.lock").exists()  # released at exit
 
-    train(compose([*RUN, *_recorder(tmp_path / "run.jsonl"), "ckpt_path=last"], output_dir=run_dir, data_dir=shapes_dir))
+    resume = [*RUN, *_recorder(tmp_path / "run.jsonl"), "ckpt_path=last"]
+    train(compose(resume, output_dir=run_dir, data_dir=shapes_dir))
     ref, resumed = read_steps(tmp_path / "ref.jsonl"), read_steps(tmp_path / "run.jsonl")
     assert [r["step"] for r in resumed] == list(range(8))  # nothing replayed, nothing skipped
     assert [r["image_ids"] for r in resumed] == [r["image_ids"] for r in ref]
@@ -75,7 +76,8 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(shapes_dir, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["SIGINT", "SIGUSR1"])
 def test_sigint_and_sigusr1_stop_with_a_checkpoint_of_that_step(name, shapes_dir, tmp_path):
-    proc = _run_cli(tmp_path / "run", shapes_dir, _recorder(tmp_path / "steps.jsonl", signal_at_step=2, signal_name=name))
+    recorder = _recorder(tmp_path / "steps.jsonl", signal_at_step=2, signal_name=name)
+    proc = _run_cli(tmp_path / "run", shapes_dir, recorder)
     out = proc.stdout + proc.stderr
     assert proc.returncode == EXIT[name], out[-3000:]
     assert len(re.findall(rf"stopped by {name} at step 2 of 8 \(epoch 1 of 2\); resume: ", out)) == 1, out[-3000:]

@@ -104,8 +104,8 @@ def test_bad_interval_is_rejected(value):
 
 def test_no_progress_bar_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
     import pytorch_lightning as pl
-
     from helpers.config import TINY, compose
+
     from maskrcnn.training.builders import build_trainer
 
     monkeypatch.setattr("sys.stdout.isatty", lambda: False)

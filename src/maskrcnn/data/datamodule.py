@@ -18,7 +18,7 @@ from maskrcnn.data.bad_images import apply_policy, validate_options
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
 from maskrcnn.data.errors import DatasetError
-from maskrcnn.data.resumable_loader import ResumableDataLoader
+from maskrcnn.data.resumable_loader import ResumableDataLoader, TrainPosition
 from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
 from maskrcnn.data.setup_checks import (
     category_names, check_categories_agree, check_mask_memory, check_resize_keeps_instances, check_same_categories,
@@ -151,8 +151,7 @@ class CocoDataModule(pl.LightningDataModule):
         # (where they come from, category id -> name) the splits must match; evaluation sets it from
         # the checkpoint, whose class names label the predictions.
         self.expected_categories: tuple[str, dict[int, str]] | None = None
-        self._train_loader: ResumableDataLoader | None = None
-        self._train_loader_state: dict[str, int] | None = None  # from a checkpoint, for the next training loader
+        self._train_position = TrainPosition()  # mid-epoch resume (maskrcnn.data.resumable_loader)
 
     def _shapes_paths(self) -> dict[str, dict[str, str]]:
         root = Path(self.generate_shapes_kwargs["out_dir"])
@@ -297,27 +296,14 @@ class CocoDataModule(pl.LightningDataModule):
         else:
             group_ids = [0] * len(self.train_dataset)
         batch_sampler = GroupedBatchSampler(sampler, group_ids, self.batch_size, drop_last=self.drop_last)
-        # resumable: a run resumed from a mid-epoch checkpoint continues with the next batch
-        self._train_loader = ResumableDataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
-        if self._train_loader_state:
-            self._train_loader.load_state_dict(self._train_loader_state)
-            self._train_loader_state = None
-        return self._train_loader
+        loader = ResumableDataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
+        return self._train_position.attach(loader)  # resumed mid-epoch: continues with the next batch
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints by Lightning: how many batches of the current epoch were trained.
-
-        Lightning also stores the loader's own state, but restores it only when nothing built the
-        training loader before the checkpoint was read (``trainer.estimated_stepping_batches`` does
-        for the LR schedule); this copy is restored in every case, before the first resumed batch.
-        """
-        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+        return self._train_position.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._train_loader_state = state_dict.get("train_loader")
-        if self._train_loader is not None and self._train_loader_state:
-            self._train_loader.load_state_dict(self._train_loader_state)
-            self._train_loader_state = None
+        self._train_position.load_state_dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")

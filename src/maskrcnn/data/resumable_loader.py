@@ -9,7 +9,8 @@ the checkpoint are trained twice and the rest of the epoch never.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torch.utils.data import DataLoader
 
@@ -43,3 +44,30 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         done = int(state.get("batches_done", 0))
         self._resume_after = done if 0 < done < len(self) else 0  # a finished epoch resumes with a new one
+
+
+class TrainPosition:
+    """The data module's copy of the training loader's position (its ``state_dict`` / ``load_state_dict``).
+
+    Lightning also stores the loader's own state, but restores it only when nothing built the
+    training loader before the checkpoint was read (``trainer.estimated_stepping_batches`` does, for
+    the LR schedule); this copy is restored in every case, before the first resumed batch.
+    """
+
+    def __init__(self) -> None:
+        self.loader: ResumableDataLoader | None = None
+        self.pending: dict[str, int] | None = None  # read from a checkpoint, for the next loader
+
+    def attach(self, loader: ResumableDataLoader) -> ResumableDataLoader:
+        self.loader = loader
+        self.load_state_dict({"train_loader": self.pending} if self.pending else {})
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self.loader.state_dict()} if self.loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pending = state_dict.get("train_loader")
+        if self.loader is not None and self.pending:
+            self.loader.load_state_dict(self.pending)
+            self.pending = None

@@ -60,7 +60,8 @@ class LastCheckpoint(AtomicModelCheckpoint):
     def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None) -> None:
         if every_n_train_steps is not None and (isinstance(every_n_train_steps, bool) or int(every_n_train_steps) < 1):
             raise ConfigError(
-                f"callbacks.last_checkpoint.every_n_train_steps must be a positive integer or null, got {every_n_train_steps!r}"
+                "callbacks.last_checkpoint.every_n_train_steps must be a positive integer or null, "
+                f"got {every_n_train_steps!r}"
             )
         super().__init__(
             dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,

@@ -53,7 +53,8 @@ class TrainingInterrupted(SystemExit):
         """``stopped by SIGTERM at step 1234 (epoch 5 of 12); resume: <resume>``"""
         steps = f" of {self.max_steps}" if self.max_steps and self.max_steps > 0 else ""
         epochs = f" of {self.max_epochs}" if self.max_epochs and self.max_epochs > 0 else ""
-        return f"stopped by {self.signal_name} at step {self.step}{steps} (epoch {self.epoch + 1}{epochs}); resume: {resume}"
+        where = f"step {self.step}{steps} (epoch {self.epoch + 1}{epochs})"
+        return f"stopped by {self.signal_name} at {where}; resume: {resume}"
 
 
 def interrupted(trainer: pl.Trainer, signum: int) -> TrainingInterrupted:
@@ -120,20 +121,22 @@ class StopOnSignal(pl.Callback):
     def _requested(self, trainer: pl.Trainer) -> int | None:
         signum = self.signum or (signal.SIGTERM if trainer.received_sigterm else None)
         if trainer.world_size > 1:  # every rank stops at the same step (a signal may reach one rank only)
-            codes = trainer.strategy.reduce(torch.tensor([signum or 0], device=trainer.strategy.root_device), reduce_op="max")
+            code = torch.tensor([signum or 0], device=trainer.strategy.root_device)
+            codes = trainer.strategy.reduce(code, reduce_op="max")
             signum = int(codes.item()) or None
         return signum
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install_handlers(trainer)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loop = trainer.fit_loop.epoch_loop
         stepped = loop.batch_progress.is_last_batch or (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if stepped and (signum := self._requested(trainer)):
             raise interrupted(trainer, signum)
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
         # Under DDP the ranks may hold one validation batch more or less: no collective here, the
         # stop waits for the next training step.
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.world_size > 1:

@@ -97,7 +97,7 @@ class ProgressLog(pl.Callback):
         self._pause()
 
     # ------------------------------------------------------------------ step lines
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.when == "never" or not trainer.is_global_zero:
             return
         self._resume()  # in case no on_train_start / on_validation_end came first
