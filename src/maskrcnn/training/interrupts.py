@@ -49,11 +49,15 @@ class TrainingInterrupted(SystemExit):
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name
 
-    def message(self, resume: str) -> str:
-        """``stopped by SIGTERM at step 1234 (epoch 5 of 12); resume: <resume>``"""
+    def message(self, resume: str, saved: bool = True) -> str:
+        """``stopped by SIGTERM at step 1234 (epoch 5 of 12); resume: <resume>``; without a
+        checkpoint (stopped before the first step) the command that starts the run again."""
         steps = f" of {self.max_steps}" if self.max_steps and self.max_steps > 0 else ""
         epochs = f" of {self.max_epochs}" if self.max_epochs and self.max_epochs > 0 else ""
         where = f"step {self.step}{steps} (epoch {self.epoch + 1}{epochs})"
+        if not saved:
+            again = resume.replace(" ckpt_path=last", "")
+            return f"stopped by {self.signal_name} at {where} before the first step, nothing saved; again: {again}"
         return f"stopped by {self.signal_name} at {where}; resume: {resume}"
 
 

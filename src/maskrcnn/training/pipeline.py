@@ -76,7 +76,8 @@ def _fit_or_stop(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, ckpt_
         stop = exc if isinstance(exc, TrainingInterrupted) else interrupted(trainer, signal.SIGTERM)
         if trainer.is_global_zero:
             overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
-            log.warning(stop.message(resume_command(cfg.paths.output_dir, overrides)))
+            saved = trainer.global_step > 0 or (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+            log.warning(stop.message(resume_command(cfg.paths.output_dir, overrides), saved))
         raise stop from None
 
 
