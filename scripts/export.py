@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if Path(args.out).is_dir():  # checked before the model loads, not as an IsADirectoryError after tracing
         raise ExportError(f"--out {args.out!r} is a folder; give the file to write (model.onnx / model.pt)")
     net, _ = load_checkpoint_model(args.ckpt, mask_format="prob")
+    print(f"exporting the weights of {Path(args.ckpt).resolve()}")
     net = net.eval()
     if args.inference == "fast":
         from maskrcnn.inference.optimize.fast_inference import optimize_for_inference

@@ -78,8 +78,8 @@ class CheckpointArtifactWandbLogger(WandbLogger):
             artifact = wandb.Artifact(name=f"model-{self.experiment.id}", type="model", metadata=metadata)
             artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
             aliases = ["latest"]
-            if path == checkpoint_callback.best_model_path:
-                aliases.append("best")
+            if path == checkpoint_callback.best_model_path and monitor is not None:
+                aliases.append("best")  # not last.ckpt's LastCheckpoint: its "best" path is its newest file
             # The metric alias goes to the monitored (top-k) files only: last.ckpt often has the
             # best file's score, and an alias names one version, so it would move off the best.
             alias = metric_alias(monitor, value) if tag != "latest" else None

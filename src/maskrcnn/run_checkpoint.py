@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from maskrcnn.checkpoint_file import check_state_fits, load_checkpoint_file
-from maskrcnn.errors import CheckpointError
+from maskrcnn.errors import CheckpointError, ConfigError
 from maskrcnn.file_kinds import is_missing
 
 
@@ -123,3 +123,40 @@ def checkpoint_meta(ckpt: dict) -> dict:
         "class_names": list(ckpt.get("class_names") or []),
         "label_to_category_id": {int(k): int(v) for k, v in (ckpt.get("label_to_category_id") or {}).items()},
     }
+
+
+NAMED_CHECKPOINTS = {"last": "last.ckpt", "best": "best.ckpt"}  # ckpt_path=last|best, in <run>/checkpoints/
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """``"last"`` / ``"best"`` mean ``<output_dir>/checkpoints/last.ckpt`` / ``best.ckpt``; any path must exist.
+
+    Raises:
+        ConfigError: naming the value and the missing file.
+    """
+    if ckpt_path in (None, ""):
+        return None
+    named = NAMED_CHECKPOINTS.get(str(ckpt_path))
+    path = Path(output_dir) / "checkpoints" / named if named else Path(ckpt_path)
+    if is_missing(path):  # anything else wrong with it, the checked loader says
+        hint = " (run again with hydra.run.dir=<the earlier run's directory>)" if named else ""
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: checkpoint file {path} does not exist{hint}")
+    return str(path)
+
+
+def describe_checkpoint(path: str | Path, ckpt: dict | None = None) -> str:
+    """``checkpoints/best.ckpt (epoch 3, step 120, val/segm_AP 0.4312)``: the file and where in training it was written.
+
+    ``ckpt`` is the loaded dict when the caller has it; otherwise only the path is described.
+    """
+    path = Path(path)
+    shown = f"{path.parent.name}/{path.name}" if path.parent.name == "checkpoints" else str(path)
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt:
+        return shown
+    parts = [f"epoch {ckpt.get('epoch', '?')}", f"step {ckpt['global_step']}"]
+    for state in (ckpt.get("callbacks") or {}).values():
+        score = state.get("best_model_score") if isinstance(state, dict) else None
+        if state.get("best_model_path") and Path(state["best_model_path"]).name == path.name and score is not None:
+            parts.append(f"{state.get('monitor')} {float(score):.4f}")
+            break
+    return f"{shown} ({', '.join(parts)})"

@@ -106,8 +106,10 @@ def test_loggers_instantiate_offline(logger, tmp_path):
 
 def test_callbacks_instantiate(tmp_path):
     cfg = compose([], output_dir=tmp_path)
-    names = {type(instantiate(c)).__name__ for c in cfg.callbacks.values()}
-    assert {"ModelCheckpoint", "RichProgressBar", "ProgressLog"} <= names
+    callbacks = {name: instantiate(c) for name, c in cfg.callbacks.items()}
+    names = {type(c).__name__ for c in callbacks.values()}
+    assert {"AtomicModelCheckpoint", "LastCheckpoint", "RichProgressBar", "ProgressLog"} <= names
+    assert callbacks["model_checkpoint"].monitor == "val/segm_AP" and callbacks["last_checkpoint"].monitor is None
     assert "LearningRateMonitor" not in names  # train/lr is logged by the module
 
 

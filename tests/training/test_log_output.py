@@ -21,6 +21,7 @@ def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(tiny, shapes_d
     cmd = [
         sys.executable, "src/train.py", *overrides, "logger=wandb", "callbacks=default", "log_val_images=2",
         "trainer.max_epochs=2", "trainer.limit_train_batches=4", "callbacks.progress_log.every_n_steps=2",
+        "callbacks.progress_log.every_n_seconds=0",
         f"paths.data_dir={shapes_dir}", f"hydra.run.dir={tmp_path}",
     ]
     # stdout is a pipe, not a terminal: the "auto" progress lines must appear.
@@ -35,7 +36,8 @@ def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(tiny, shapes_d
     assert [p.split()[1].split("/")[0] for p in steps] == ["2", "4", "6", "8"]
     assert all("loss" in p and "lr" in p and "img/s" in p and "ETA" in p for p in steps)
     assert sum(p.startswith("validation (epoch") for p in progress) == 2  # one per epoch
-    assert re.search(r"validation of the checkpoint epoch\d+-segmAP[0-9.]+\.ckpt: bbox AP", out), out[-3000:]
+    assert "validation of the checkpoint best.ckpt: bbox AP" in out, out[-3000:]
+    assert re.search(r"Scored: checkpoints/best\.ckpt \(epoch \d, step \d+, val/segm_AP [0-9.]+\)", out), out[-3000:]
     assert "Run summary" in out and "Dataset fit report" in out
     assert re.search(r"  model +resnet18 \+ FPN .*; [0-9.]+ M parameters, [0-9.]+ M trainable", out), out[:3000]
     assert "Total FLOPs" not in out and "┏" not in out  # no Lightning summary table (its FLOPs read 0)

@@ -53,7 +53,7 @@ def test_training_reduces_loss_and_reports_coco_ap(tiny, tiny_eval, shapes_dir, 
 def _resume_cfg(tiny, tmp_path, shapes_dir, extra=()):
     return compose(
         [*tiny, "trainer.max_epochs=-1", "trainer.max_steps=8", "callbacks=default", "callbacks.rich_progress_bar=null",
-         "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.every_n_train_steps=1",
+         "callbacks.model_checkpoint.monitor=null", "callbacks.last_checkpoint.every_n_train_steps=1",
          "trainer.limit_val_batches=0", "validate_after_train=false", "scheduler.warmup_steps=5", *extra],
         output_dir=tmp_path, data_dir=shapes_dir,
     )

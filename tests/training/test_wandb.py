@@ -155,7 +155,7 @@ def test_checkpoints_are_artifacts_with_the_metric_in_the_alias(wandb_run):
     for artifact in best:
         score = artifact["metadata"]["score"]
         assert f"segmAP-{score:.4f}" in artifact["aliases"]
-        assert artifact["metadata"]["original_filename"].startswith("epoch")
+        assert artifact["metadata"]["original_filename"] == "best.ckpt"
     assert any(a["metadata"]["original_filename"] == "last.ckpt" and "latest" in a["aliases"] for a in models)
     for artifact in models:
         assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", alias) for alias in artifact["aliases"])

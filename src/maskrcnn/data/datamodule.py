@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 from maskrcnn.data.checks.images import apply_policy, validate_options
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
+from maskrcnn.data.resumable_loader import ResumableDataLoader, TrainPosition
 from maskrcnn.errors import DatasetError
 from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
 from maskrcnn.data.checks.setup import (
@@ -151,6 +152,7 @@ class CocoDataModule(pl.LightningDataModule):
         # (where they come from, category id -> name) the splits must match; evaluation sets it from
         # the checkpoint, whose class names label the predictions.
         self.expected_categories: tuple[str, dict[int, str]] | None = None
+        self._train_position = TrainPosition()  # mid-epoch resume (maskrcnn.data.resumable_loader)
 
     def _shapes_paths(self) -> dict[str, dict[str, str]]:
         assert self.generate_shapes_kwargs is not None  # only called with generate_shapes
@@ -298,7 +300,14 @@ class CocoDataModule(pl.LightningDataModule):
         else:
             group_ids = [0] * len(self.train_dataset)
         batch_sampler = GroupedBatchSampler(sampler, group_ids, self.batch_size, drop_last=self.drop_last)
-        return DataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
+        loader = ResumableDataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
+        return self._train_position.attach(loader)  # resumed mid-epoch: continues with the next batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._train_position.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_position.load_state_dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")

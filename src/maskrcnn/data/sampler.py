@@ -28,6 +28,10 @@ class GroupedBatchSampler(BatchSampler):
     DDP: pass a ``DistributedSampler`` as ``sampler``. Lightning can also swap in its own one: it
     re-creates this class with the new ``sampler`` argument, and calls ``sampler.set_epoch``.
 
+    ``skip_batches`` (attribute, 0 by default) leaves out the first that many batches of the next
+    iteration only (mid-epoch resume, ``maskrcnn.data.resumable_loader``); the batches after them
+    are the ones a full iteration would yield.
+
     Args:
         sampler: yields dataset indices (e.g. ``DistributedSampler(dataset, shuffle=True)``).
         group_ids: group of every dataset index, ``len(group_ids) == len(dataset)``.
@@ -42,8 +46,15 @@ class GroupedBatchSampler(BatchSampler):
         self.group_ids = list(group_ids)
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.skip_batches = 0
 
     def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip_batches = self.skip_batches, 0
+        for number, batch in enumerate(self._batches()):
+            if number >= skip:
+                yield batch
+
+    def _batches(self) -> Iterator[list[int]]:
         buffers: dict[int, list[int]] = defaultdict(list)
         for index in self.sampler:
             group = buffers[self.group_ids[index]]

@@ -35,7 +35,7 @@ from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.postprocess import paste_masks
 from maskrcnn.modeling.transform import map_boxes_to_original
-from maskrcnn.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, read_run_checkpoint
+from maskrcnn.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, describe_checkpoint, read_run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tu
         FileNotFoundError / CheckpointError: naming the path (see ``maskrcnn.run_checkpoint``).
     """
     ckpt = read_run_checkpoint(ckpt_path)
+    logging.getLogger("maskrcnn").info("Loading %s", describe_checkpoint(ckpt_path, ckpt))
     net = cast(MaskRCNN, build_net_from_checkpoint(ckpt, ckpt_path, mask_format=mask_format))  # run configs build one
     return net, checkpoint_meta(ckpt)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from maskrcnn.file_kinds import is_missing
 from maskrcnn.training import config_checks as checks
 from maskrcnn.errors import ConfigError
+from maskrcnn.run_checkpoint import resolve_ckpt_path
 from maskrcnn.training.module import MaskRCNNModule
 
 if TYPE_CHECKING:
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = [  # ConfigError is re-exported: it lived here first
+__all__ = [  # ConfigError and resolve_ckpt_path are re-exported: they lived here first
     "ConfigError", "build_callbacks", "build_datamodule", "build_loggers", "build_module", "build_trainer",
     "effective_batch_size", "resolve_ckpt_path", "scaled_lr",
 ]
@@ -108,6 +110,10 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         callbacks.append(RunSummary(describe_config(cfg), output_dir, fit_report=bool(cfg.get("dataset_report", True))))
         # warn when the batch the LR is scaled for cannot be filled by the training set
         callbacks.append(checks.BatchFitsDatasetCheck(int(cfg.data.batch_size), effective_batch_size(cfg), scaled_lr(cfg)))
+        from maskrcnn.training.checkpoints import RandomStateResume
+        from maskrcnn.training.interrupts import StopOnSignal
+
+        callbacks += [RandomStateResume(), StopOnSignal(Path(output_dir) / "checkpoints" / "last.ckpt")]
     dashboard = (cfg.get("logger") or {}).get("wandb_dashboard")  # conf/logger/wandb.yaml
     if dashboard:
         from maskrcnn.training.wandb_dashboard import WandbDashboard
@@ -132,16 +138,11 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         if dropped:
             log.info("No logger (logger=none): leaving out the callbacks that need one: %s", ", ".join(dropped))
         callbacks = [c for c in callbacks if not _needs_logger(c)]
+    if not sys.stdout.isatty():
+        # A redirected log gets ProgressLog's plain lines: no progress bar, no Rich live display or
+        # its refresh thread (and no tqdm bar in its place).
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+        overrides.setdefault("enable_progress_bar", False)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``"last"`` means ``<output_dir>/checkpoints/last.ckpt``; any path must exist (what else is wrong
-    with it, the checked loader of ``maskrcnn.checkpoint_file`` says)."""
-    if ckpt_path in (None, ""):
-        return None
-    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if is_missing(path):
-        hint = " (run again with hydra.run.dir=<the crashed run's directory>)" if ckpt_path == "last" else ""
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: checkpoint file {path} does not exist{hint}")
-    return str(path)
+from maskrcnn.errors import ConfigError
+from maskrcnn.run_checkpoint import resolve_ckpt_path

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from maskrcnn.training.auto_settings import resolve_auto_settings
 from maskrcnn.training.config_types import check_config_types
@@ -25,8 +28,10 @@ from maskrcnn.training.builders import (
     build_trainer,
     resolve_ckpt_path,
 )
+from maskrcnn.training.interrupts import TrainingInterrupted, interrupted, resume_command
 from maskrcnn.run_checkpoint import (
     check_resume_checkpoint,
+    describe_checkpoint,
     checkpoint_meta,
     inference_model_config,
     load_net_state,
@@ -55,15 +60,43 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if ckpt_path is not None:  # one line for a file Lightning would fail on with a traceback
         check_resume_checkpoint(ckpt_path, module.net, cfg.data.num_classes)
     trainer = build_trainer(cfg)  # its RunSummary callback prints batch, LR and schedule at fit start
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if ckpt_path is not None:
+        rank_zero_info(f"Resuming from {describe_checkpoint(ckpt_path)}")
+    _fit_or_stop(cfg, trainer, module, datamodule, ckpt_path)
     metrics = _metrics(trainer)
     if cfg.get("validate_after_train") and not getattr(trainer, "fast_dev_run", False):  # set by Lightning
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", None) or None  # a ModelCheckpoint's, if it saved one
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(_metrics(trainer))
-        _print_coco_summary(module)
+        scored = describe_checkpoint(best, _read_progress(best)) if best else "the weights at the end of training"
+        _print_coco_summary(module, f"Scored: {scored}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+
+
+def _fit_or_stop(
+    cfg: DictConfig, trainer: pl.Trainer, module: MaskRCNNModule, datamodule: pl.LightningDataModule, ckpt_path: str | None
+) -> None:
+    """``trainer.fit``; a stop by signal (``maskrcnn.training.interrupts``) logs its one line and
+    leaves as :class:`TrainingInterrupted` (``SystemExit`` 128 + signal number)."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except (TrainingInterrupted, SIGTERMException) as exc:
+        stop = exc if isinstance(exc, TrainingInterrupted) else interrupted(trainer, signal.SIGTERM)
+        if trainer.is_global_zero:
+            overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+            saved = trainer.global_step > 0 or (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+            log.warning(stop.message(resume_command(cfg.paths.output_dir, overrides), saved))
+        raise stop from None
+
+
+def _read_progress(path: str | Path) -> dict | None:
+    """epoch, global_step and callback states of a checkpoint (weights memory-mapped, not read), or None."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - only for a description
+        return None
+    return {k: ckpt.get(k) for k in ("epoch", "global_step", "callbacks")}
 
 
 def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
@@ -88,10 +121,12 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
         datamodule.expected_categories = (f"checkpoint ({ckpt_path})", names)
     module = build_module(cfg)
     load_net_state(module.net, ckpt, ckpt_path, built_for=f"data.num_classes={cfg.data.num_classes}")
+    scored = describe_checkpoint(ckpt_path, ckpt)
+    rank_zero_info(f"Evaluating {scored}")
     del ckpt  # the weights now live in the module
     trainer = build_trainer(cfg)
     trainer.validate(module, datamodule=datamodule, verbose=True)
-    _print_coco_summary(module)
+    _print_coco_summary(module, f"Scored: {scored}")
     return _metrics(trainer)
 
 
@@ -140,8 +175,9 @@ def config_from_checkpoint(cfg: DictConfig, run_config: dict, overrides: Sequenc
     return merged
 
 
-def _print_coco_summary(module: MaskRCNNModule) -> None:
-    """COCO summary (AP, AP50, AP75, APs/m/l for boxes and masks) and the per-category table."""
+def _print_coco_summary(module: MaskRCNNModule, scored: str = "") -> None:
+    """COCO summary (AP, AP50, AP75, APs/m/l for boxes and masks) and the per-category table, after
+    ``scored`` (the line naming the checkpoint file the numbers are for)."""
     if module.evaluator is None or not module.trainer.is_global_zero:
         return
     m = module.last_val_metrics
@@ -150,4 +186,5 @@ def _print_coco_summary(module: MaskRCNNModule) -> None:
     for kind in ("bbox", "segm"):
         values = (m.get(f"{kind}_{n}", math.nan) for n in names)
         lines.append(f"{kind:5}" + "".join(f"{'-':>8}" if math.isnan(v) else f"{v:8.3f}" for v in values))  # - : not computable
-    rank_zero_info("\n" + "\n".join(lines) + "\n\n" + module.evaluator.per_category_table())
+    head = f"\n{scored}" if scored else ""
+    rank_zero_info(head + "\n" + "\n".join(lines) + "\n\n" + module.evaluator.per_category_table())
