@@ -11,7 +11,7 @@ import torch
 
 from helpers.config import compose
 from maskrcnn.inference.predict_images import load_checkpoint_model
-from maskrcnn.training.builders import ConfigError
+from maskrcnn.errors import ConfigError
 from maskrcnn.training.pipeline import config_from_checkpoint, evaluate, train
 from maskrcnn.errors import CheckpointError
 from maskrcnn.run_checkpoint import read_run_checkpoint

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from helpers.config import compose
-from maskrcnn.training.builders import ConfigError
+from maskrcnn.errors import ConfigError
 from maskrcnn.training.config_checks import check_transform_sizes, positive_float, positive_int
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.pipeline import train

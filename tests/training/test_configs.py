@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from helpers.config import CONF, ROOT, compose
 from maskrcnn.losses.criterion import TERMS
-from maskrcnn.training.builders import ConfigError, build_datamodule, build_loggers, effective_batch_size, scaled_lr
+from maskrcnn.errors import ConfigError
+from maskrcnn.training.builders import build_datamodule, build_loggers, effective_batch_size, scaled_lr
 
 
 def options(group: str) -> list[str]:

@@ -88,7 +88,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny, shapes_dir, tmp_path
 
 
 def test_missing_resume_checkpoint_is_a_clear_error(tiny, shapes_dir, tmp_path):
-    from maskrcnn.training.builders import ConfigError
+    from maskrcnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match="ckpt_path='last'.*last.ckpt does not exist"):
         train(_resume_cfg(tiny, tmp_path, shapes_dir, ["ckpt_path=last"]))

@@ -12,21 +12,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from maskrcnn.file_kinds import is_missing
 from maskrcnn.training import config_checks as checks
 from maskrcnn.errors import ConfigError
-from maskrcnn.run_checkpoint import resolve_ckpt_path
 from maskrcnn.training.module import MaskRCNNModule
 
 if TYPE_CHECKING:
     from maskrcnn.data.datamodule import CocoDataModule
 
 log = logging.getLogger(__name__)
-
-__all__ = [  # ConfigError and resolve_ckpt_path are re-exported: they lived here first
-    "ConfigError", "build_callbacks", "build_datamodule", "build_loggers", "build_module", "build_trainer",
-    "effective_batch_size", "resolve_ckpt_path", "scaled_lr",
-]
 
 # Callbacks that raise without a logger (Lightning: "Cannot use LearningRateMonitor callback with
 # Trainer that has no logger"); our own declare it with a ``requires_logger = True`` attribute.
@@ -144,5 +137,3 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
         overrides.setdefault("enable_progress_bar", False)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
-from maskrcnn.errors import ConfigError
-from maskrcnn.run_checkpoint import resolve_ckpt_path

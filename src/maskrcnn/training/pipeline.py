@@ -21,17 +21,13 @@ from maskrcnn.training.auto_settings import resolve_auto_settings
 from maskrcnn.training.config_types import check_config_types
 from maskrcnn.training.third_party_noise import silence_third_party_noise
 from maskrcnn.training.module import MaskRCNNModule
-from maskrcnn.training.builders import (
-    ConfigError,
-    build_datamodule,
-    build_module,
-    build_trainer,
-    resolve_ckpt_path,
-)
+from maskrcnn.errors import ConfigError
+from maskrcnn.training.builders import build_datamodule, build_module, build_trainer
 from maskrcnn.training.interrupts import TrainingInterrupted, interrupted, resume_command
 from maskrcnn.run_checkpoint import (
     check_resume_checkpoint,
     describe_checkpoint,
+    resolve_ckpt_path,
     checkpoint_meta,
     inference_model_config,
     load_net_state,
