@@ -210,7 +210,7 @@ def test_checkpoint_loading(tmp_path):
     assert len(skipped) == 6
 
     wrong = build_mask_rcnn(3, backbone={"name": "resnet34", "norm": "frozen_bn"})
-    with pytest.raises(CheckpointError, match="built for another architecture.*missing keys"):
+    with pytest.raises(CheckpointError, match=r"built for another architecture than this run's model \(\d+ missing, 0 unexpected keys\): missing backbone"):
         load_torchvision_checkpoint(wrong, tmp_path / "raw.pth")
 
 
