@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from maskrcnn.benchmark import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
+from maskrcnn.benchmark import data_pipeline, datasets, eval_backends, model_peak_rss, model_speed, peak_memory
 from maskrcnn.benchmark.reference_loop import TrainSettings
 from maskrcnn.benchmark.report import load_average, machine_description, to_markdown
 from maskrcnn.cli_args import non_negative_int, output_file, positive_float, positive_int
@@ -124,7 +124,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
 
 def _train_options(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("train (--task train)")
-    t.add_argument("--dataset", choices=("nuts", "cells"), help="a built-in dataset (or give --train-*/--val-*)")
+    t.add_argument("--dataset", choices=datasets.DATASETS, help="a built-in dataset (or give --train-*/--val-*)")
     for name in ("--train-dir", "--train-ann", "--val-dir", "--val-ann"):
         t.add_argument(name)
     t.add_argument("--num-classes", type=positive_int, help="foreground classes (with --train-*)")
@@ -185,7 +185,6 @@ def _command(argv) -> str:
 
 
 def run_train(args: argparse.Namespace, argv=None) -> str:
-    from maskrcnn.benchmark import datasets
     from maskrcnn.benchmark.training_report import run_training_comparison
 
     logging.basicConfig(level=logging.WARNING)
