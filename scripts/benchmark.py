@@ -9,6 +9,7 @@ measured in one run on one machine, printed as one markdown table.
     python scripts/benchmark.py --task memory --predict-photo 6000x4000
     python scripts/benchmark.py --task train --dataset nuts --seeds 0 1 2
     python scripts/benchmark.py --task train --dataset cells --steps 300 --variant "grouping off=data.aspect_ratio_grouping=false"
+    python scripts/benchmark.py --task train --dataset nuclei --min-sizes 384 --max-size 640 --detections-per-img 300
     python scripts/benchmark.py --task train --train-dir D --train-ann A.json --val-dir D2 --val-ann B.json --num-classes 5
     python scripts/benchmark.py --eval-images 1000 --out docs/benchmark_cpu.md
     python scripts/benchmark.py --task inference --iters 5 --score-thresh 0.0 [--compile]
