@@ -9,6 +9,7 @@ measured in one run on one machine, printed as one markdown table.
     python scripts/benchmark.py --task memory --predict-photo 6000x4000
     python scripts/benchmark.py --task train --dataset nuts --seeds 0 1 2
     python scripts/benchmark.py --task train --dataset cells --steps 300 --variant "grouping off=data.aspect_ratio_grouping=false"
+    python scripts/benchmark.py --task train --dataset nuclei --min-sizes 384 --max-size 640 --detections-per-img 300
     python scripts/benchmark.py --task train --train-dir D --train-ann A.json --val-dir D2 --val-ann B.json --num-classes 5
     python scripts/benchmark.py --eval-images 1000 --out docs/benchmark_cpu.md
     python scripts/benchmark.py --task inference --iters 5 --score-thresh 0.0 [--compile]
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from bench import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
+from bench import data_pipeline, datasets, eval_backends, model_peak_rss, model_speed, peak_memory
 from bench.reference_loop import TrainSettings
 from bench.report import load_average, machine_description, to_markdown
 from maskrcnn.cli_args import non_negative_int, output_file, positive_float, positive_int
@@ -124,7 +125,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
 
 def _train_options(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("train (--task train)")
-    t.add_argument("--dataset", choices=("nuts", "cells"), help="a built-in dataset (or give --train-*/--val-*)")
+    t.add_argument("--dataset", choices=datasets.DATASETS, help="a built-in dataset (or give --train-*/--val-*)")
     for name in ("--train-dir", "--train-ann", "--val-dir", "--val-ann"):
         t.add_argument(name)
     t.add_argument("--num-classes", type=positive_int, help="foreground classes (with --train-*)")
@@ -185,7 +186,6 @@ def _command(argv) -> str:
 
 
 def run_train(args: argparse.Namespace, argv=None) -> str:
-    from bench import datasets
     from bench.training_report import run_training_comparison
 
     logging.basicConfig(level=logging.WARNING)

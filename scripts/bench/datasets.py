@@ -1,5 +1,6 @@
-"""Datasets the training comparison runs on: a train/val split of the shipped nuts photos and the
-generated dense small-objects ("cells") set. Both are written as COCO folders, nothing is downloaded."""
+"""Datasets the training comparison runs on: a train/val split of the shipped nuts photos, the
+generated dense small-objects ("cells") set and the generated microscopy stand-in ("nuclei", RLE
+masks; "nuclei_poly", the same with polygons). All are written as COCO folders, nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from bench.cells import generate_cells
+from bench.nuclei import generate_nuclei
 
 REPO = Path(__file__).resolve().parents[2]
 NUTS = REPO / "tests" / "assets" / "nuts"
@@ -51,13 +53,18 @@ def cells(out_dir: str | Path) -> dict:
     return generate_cells(Path(out_dir))
 
 
+DATASETS = ("nuts", "cells", "nuclei", "nuclei_poly")
+
+
 def prepare(name: str, work_dir: str | Path) -> tuple[dict, int]:
-    """``(splits, num_classes)`` of a named dataset (``nuts`` | ``cells``) under ``work_dir``."""
+    """``(splits, num_classes)`` of a named dataset (one of ``DATASETS``) under ``work_dir``."""
     if name == "nuts":
         return nuts_split(Path(work_dir) / "nuts_split"), 3
     if name == "cells":
         return cells(Path(work_dir) / "cells"), 1
-    raise ValueError(f"unknown dataset {name!r}; expected 'nuts' or 'cells' (or pass --train/--val)")
+    if name in ("nuclei", "nuclei_poly"):  # one folder: the same images, two annotation files
+        return generate_nuclei(Path(work_dir) / "nuclei", polygons=name == "nuclei_poly"), 1
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} (or pass --train/--val)")
 
 
 def remove(work_dir: str | Path) -> None:

@@ -19,7 +19,9 @@ from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
 from maskrcnn.data.resumable_loader import ResumableDataLoader, TrainPosition
 from maskrcnn.errors import DatasetError
-from maskrcnn.data.sampler import GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids
+from maskrcnn.data.sampler import (
+    GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids, grouping_is_worthwhile,
+)
 from maskrcnn.data.checks.setup import (
     category_names, check_categories_agree, check_mask_memory, check_resize_keeps_instances, check_same_categories,
     check_training_instances, pipeline_scale, validate_augmentation_sizes, warn_if_nothing_to_evaluate,
@@ -69,7 +71,11 @@ class CocoDataModule(pl.LightningDataModule):
             only; val is never resized here — the model resizes in eval mode.
         min_size / max_size: resize rule of the training pipeline (a dict's keys win).
         root: informational (the ``data=folder`` config derives the split paths from it).
-        aspect_ratio_grouping: batch landscape and portrait images separately.
+        aspect_ratio_grouping: batch landscape and portrait images separately: ``True``, ``False``
+            (random pairs, like a shuffling DataLoader) or ``"auto"``: group only when every
+            orientation fills at least ``sampler.MIN_BATCHES_PER_GROUP`` batches
+            (``sampler.grouping_is_worthwhile``); a rare orientation is otherwise batched only
+            with itself, always the same few images together (docs/training_parity.md).
         keep_empty: keep training images without instances (validation always keeps them so
             COCO evaluation sees the full json).
         skipped_log_dir: folder for ``skipped_{train,val}.jsonl`` (skipped annotations) and
@@ -85,7 +91,8 @@ class CocoDataModule(pl.LightningDataModule):
             ``skip``: then nothing is left to fail mid-epoch, so no rank meets an empty batch.
         generate_shapes: kwargs of ``maskrcnn.data.shapes.generate_shapes`` (``out_dir``,
             ``num_train``, ``num_val``, ``image_size``, ``seed``); generated in ``prepare_data``.
-        seed: shuffling seed of the training sampler.
+        seed: shuffling seed of the training sampler (the data config passes the run's ``seed``,
+            so runs with different seeds see the images in different orders).
     """
 
     def __init__(
@@ -100,7 +107,7 @@ class CocoDataModule(pl.LightningDataModule):
         augmentation: str | dict = "default",
         min_size: int = 800,
         max_size: int = 1333,
-        aspect_ratio_grouping: bool = True,
+        aspect_ratio_grouping: bool | str = "auto",
         keep_empty: bool = True,
         skipped_log_dir: str | os.PathLike | None = None,
         generate_shapes: dict | None = None,
@@ -112,6 +119,8 @@ class CocoDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         validate_options(bad_images, check_images)
+        if aspect_ratio_grouping not in (True, False, "auto"):
+            raise ConfigError(f"data.aspect_ratio_grouping must be true, false or auto, got {aspect_ratio_grouping!r}")
         self.check_images, self.bad_images = check_images, bad_images
         self.generate_shapes_kwargs = dict(generate_shapes) if generate_shapes else None
         if self.generate_shapes_kwargs is not None:
@@ -295,9 +304,11 @@ class CocoDataModule(pl.LightningDataModule):
                           "use_distributed_sampler=False, otherwise training batches are not shuffled")
         sampler: DistributedSampler  # of indices into train_dataset
         sampler = DistributedSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        if self.aspect_ratio_grouping:
-            group_ids = aspect_ratio_group_ids(self.train_dataset.aspect_ratios())
-        else:
+        group_ids = aspect_ratio_group_ids(self.train_dataset.aspect_ratios())
+        grouping = self.aspect_ratio_grouping
+        if grouping == "auto":
+            grouping = grouping_is_worthwhile(group_ids, self.batch_size)
+        if not grouping:
             group_ids = [0] * len(self.train_dataset)
         batch_sampler = GroupedBatchSampler(sampler, group_ids, self.batch_size, drop_last=self.drop_last)
         loader = ResumableDataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())

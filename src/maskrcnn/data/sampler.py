@@ -14,6 +14,25 @@ def aspect_ratio_group_ids(aspect_ratios: Sequence[float]) -> list[int]:
     return [0 if ratio >= 1.0 else 1 for ratio in aspect_ratios]
 
 
+# ``aspect_ratio_grouping="auto"`` groups only when every group fills at least this many batches.
+MIN_BATCHES_PER_GROUP = 8
+
+
+def grouping_is_worthwhile(group_ids: Sequence[int], batch_size: int,
+                           min_batches: int = MIN_BATCHES_PER_GROUP) -> bool:
+    """True when every non-empty group holds at least ``min_batches * batch_size`` images.
+
+    A smaller group is batched only with itself: with 2 portrait images among 12 at batch 2, the
+    same portrait pair is every sixth step and those two are never batched with any other image.
+    Then random pairs (grouping off, as a plain DataLoader with ``shuffle=True`` gives) are the
+    better choice; a large dataset groups (less padding) with batches as random as ungrouped ones.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    counts = [list(group_ids).count(g) for g in set(group_ids)]
+    return len(counts) > 1 and min(counts) >= min_batches * batch_size
+
+
 class GroupedBatchSampler(BatchSampler):
     """Yield batches whose images all share an aspect-ratio group (less padding per batch).
 
