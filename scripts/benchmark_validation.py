@@ -36,8 +36,14 @@ def make_coco(num_annotations: int, compressed_share: float, seed: int = 0) -> d
     annotations = []
     for k in range(num_annotations):
         image_id = int(rng.integers(1, num_images + 1))
-        ann = {"id": k + 1, "image_id": image_id, "category_id": int(rng.integers(1, 81)), "iscrowd": 0,
-               "area": 1000.0, "bbox": [200.0, 100.0, 180.0, 120.0]}
+        ann = {
+            "id": k + 1,
+            "image_id": image_id,
+            "category_id": int(rng.integers(1, 81)),
+            "iscrowd": 0,
+            "area": 1000.0,
+            "bbox": [200.0, 100.0, 180.0, 120.0],
+        }
         draw = rng.random()
         if draw < 0.01:
             ann.update(iscrowd=1, segmentation={"size": [480, 640], "counts": uncompressed})
@@ -81,12 +87,16 @@ def main() -> None:
             check_cpu.append(time.process_time() - start_cpu)
     kept = sum(map(len, index.instances.values()))
     # CPU time is the steadier number on a shared machine; numpy may use several threads for none of this.
-    print("| annotations | compressed RLE | json MB | json.load s | validate_coco s | validate_coco CPU s | "
-          "CPU us / annotation | kept | skipped |")
+    print(
+        "| annotations | compressed RLE | json MB | json.load s | validate_coco s | validate_coco CPU s | "
+        "CPU us / annotation | kept | skipped |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.annotations} | {args.compressed:.0%} | {size_mb:.0f} | {statistics.median(load):.2f} | "
-          f"{statistics.median(check):.2f} | {statistics.median(check_cpu):.2f} | "
-          f"{1e6 * statistics.median(check_cpu) / args.annotations:.1f} | {kept} | {len(index.skipped)} |")
+    print(
+        f"| {args.annotations} | {args.compressed:.0%} | {size_mb:.0f} | {statistics.median(load):.2f} | "
+        f"{statistics.median(check):.2f} | {statistics.median(check_cpu):.2f} | "
+        f"{1e6 * statistics.median(check_cpu) / args.annotations:.1f} | {kept} | {len(index.skipped)} |"
+    )
 
 
 if __name__ == "__main__":

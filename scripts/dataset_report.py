@@ -10,7 +10,8 @@ with the Hydra override line to paste, and suggested anchor sizes / min_size
 types, structure, categories equal across the splits, at least one training instance; no image is
 opened): a file training would reject is rejected here with the same message. Skipped annotations
 are summarised as warnings. Object boxes are measured from the masks, as training takes them (the
-json ``bbox`` may be absent); a json bbox that disagrees with its mask is listed in a warning. Exit status 0 even with warnings; 2 when a json cannot be used.
+json ``bbox`` may be absent); a json bbox that disagrees with its mask is listed in a warning.
+Exit status 0 even with warnings; 2 when a json cannot be used.
 """
 
 import argparse
@@ -20,10 +21,10 @@ import sys
 from pathlib import Path
 
 from maskrcnn.cli_args import output_file, positive_float, positive_int, unit_fraction
-from maskrcnn.data.coco import CocoInstanceDataset
-from maskrcnn.errors import DatasetError
-from maskrcnn.data.fit.report import compute_fit_report
 from maskrcnn.data.checks.setup import check_same_categories, check_training_instances
+from maskrcnn.data.coco import CocoInstanceDataset
+from maskrcnn.data.fit.report import compute_fit_report
+from maskrcnn.errors import DatasetError
 
 
 def check_like_training(train: str, val: str | None) -> None:
@@ -38,14 +39,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True, help="training annotation json")
     parser.add_argument("--val", help="validation annotation json")
-    parser.add_argument("--min-size", type=positive_int, nargs="+", default=[800],
-                        help="shortest edge of the training resize; several = multi-scale training")
+    parser.add_argument(
+        "--min-size",
+        type=positive_int,
+        nargs="+",
+        default=[800],
+        help="shortest edge of the training resize; several = multi-scale training",
+    )
     parser.add_argument("--max-size", type=positive_int, default=1333, help="cap of the longest edge")
-    parser.add_argument("--anchor-sizes", type=positive_float, nargs="+", default=[32, 64, 128, 256, 512],
-                        help="one anchor size per FPN level (model.rpn.anchor_sizes)")
-    parser.add_argument("--aspect-ratios", type=positive_float, nargs="+", default=[0.5, 1.0, 2.0],
-                        help="anchor aspect ratios h/w, the same on every level")
-    parser.add_argument("--detections-per-img", type=positive_int, default=100, help="model.roi_heads.detections_per_img")
+    parser.add_argument(
+        "--anchor-sizes",
+        type=positive_float,
+        nargs="+",
+        default=[32, 64, 128, 256, 512],
+        help="one anchor size per FPN level (model.rpn.anchor_sizes)",
+    )
+    parser.add_argument(
+        "--aspect-ratios",
+        type=positive_float,
+        nargs="+",
+        default=[0.5, 1.0, 2.0],
+        help="anchor aspect ratios h/w, the same on every level",
+    )
+    parser.add_argument(
+        "--detections-per-img", type=positive_int, default=100, help="model.roi_heads.detections_per_img"
+    )
     parser.add_argument("--rpn-fg-iou", type=unit_fraction, default=0.7, help="model.rpn.fg_iou_thresh")
     parser.add_argument("--class-min-instances", type=positive_int, default=10, help="warn for classes with fewer")
     parser.add_argument("--out", type=output_file, help="also write the report as JSON here")
@@ -55,7 +73,8 @@ def main() -> int:
     try:
         check_like_training(args.train, args.val)
         report = compute_fit_report(
-            args.train, args.val,
+            args.train,
+            args.val,
             min_size=args.min_size[0] if len(args.min_size) == 1 else args.min_size,
             max_size=args.max_size,
             anchor_sizes=[[int(s) if s == int(s) else s] for s in args.anchor_sizes],

@@ -39,8 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=positive_int, default=1088, help="fixed input width")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
     parser.add_argument("--example", default=None, help="image file to trace with (must give detections)")
-    parser.add_argument("--inference", choices=("eager", "fast"), default="eager",
-                        help="fast: export optimize_for_inference(net) (BatchNorm folded, channels_last)")
+    parser.add_argument(
+        "--inference",
+        choices=("eager", "fast"),
+        default="eager",
+        help="fast: export optimize_for_inference(net) (BatchNorm folded, channels_last)",
+    )
     return parser.parse_args(argv)
 
 

@@ -16,7 +16,9 @@ def image_size(text: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="data/shapes", type=output_folder, help="output folder (train/, val/, meta.json)")
+    parser.add_argument(
+        "--out", default="data/shapes", type=output_folder, help="output folder (train/, val/, meta.json)"
+    )
     parser.add_argument("--train", type=positive_int, default=300, help="number of training images")
     parser.add_argument("--val", type=positive_int, default=50, help="number of validation images")
     parser.add_argument("--size", type=image_size, default=128, help="square image size in pixels")

@@ -23,8 +23,21 @@ from PIL import Image, ImageDraw, ImageFont
 from bench.wandb_run_reader import OfflineRun, read_offline_run
 
 PALETTE = np.array(
-    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
-     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [170, 110, 40]],
+    [
+        [0, 0, 0],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+        [0, 128, 128],
+        [170, 110, 40],
+    ],
     dtype=np.float32,
 )
 
@@ -33,8 +46,15 @@ def colour(label: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in PALETTE[1 + (label - 1) % (len(PALETTE) - 1)]) if label > 0 else (0, 0, 0)
 
 
-def draw_layer(image: np.ndarray, label_map: np.ndarray | None, boxes: list[dict], class_labels: dict[int, str],
-               scale: int, min_score: float, alpha: float = 0.5) -> Image.Image:
+def draw_layer(
+    image: np.ndarray,
+    label_map: np.ndarray | None,
+    boxes: list[dict],
+    class_labels: dict[int, str],
+    scale: int,
+    min_score: float,
+    alpha: float = 0.5,
+) -> Image.Image:
     """The image with one mask layer (label map ``uint8 [H, W]``) and one box layer drawn."""
     out = image.astype(np.float32)
     if label_map is not None:
@@ -96,13 +116,27 @@ def render(run: OfflineRun, max_images: int, scale: int, min_score: float) -> tu
     for key in keys:
         layers = load_layers(run, key, row)
         image = layers["image"]
-        panels.append([
-            draw_layer(image, None, [], {}, scale, min_score),
-            draw_layer(image, layers["ground_truth_mask"], layers["ground_truth_boxes"], layers["ground_truth_labels"],
-                       scale, min_score),
-            draw_layer(image, layers["predictions_mask"], layers["predictions_boxes"], layers["predictions_labels"],
-                       scale, min_score),
-        ])
+        panels.append(
+            [
+                draw_layer(image, None, [], {}, scale, min_score),
+                draw_layer(
+                    image,
+                    layers["ground_truth_mask"],
+                    layers["ground_truth_boxes"],
+                    layers["ground_truth_labels"],
+                    scale,
+                    min_score,
+                ),
+                draw_layer(
+                    image,
+                    layers["predictions_mask"],
+                    layers["predictions_boxes"],
+                    layers["predictions_labels"],
+                    scale,
+                    min_score,
+                ),
+            ]
+        )
     titles = ["image", "ground_truth (masks + boxes)", f"predictions (masks + boxes, score >= {min_score:g})"]
     width = max(p.width for r in panels for p in r)
     heights = [max(p.height for p in r) for r in panels]

@@ -81,7 +81,7 @@ def check_command(command: str) -> None:
         assert not unknown, f"{argv[1]} has no option(s) {unknown}"
     elif argv[0] == "torchrun":
         script = next(a for a in argv if a in ENTRY_POINTS)
-        check_entry_point(script, argv[argv.index(script) + 1:])
+        check_entry_point(script, argv[argv.index(script) + 1 :])
     elif argv[:2] == ["sbatch", "scripts/slurm_train.sh"]:
         assert '"$@"' in (ROOT / "scripts/slurm_train.sh").read_text(encoding="utf-8")
         check_entry_point("src/train.py", argv[2:])
@@ -108,8 +108,16 @@ COMMANDS = readme_commands(README.read_text(encoding="utf-8"))
 
 def test_the_readme_has_the_commands_a_user_needs():
     firsts = {" ".join(shlex.split(c)[:2]) for c in COMMANDS}
-    for needed in ("make train", "make test", "python src/train.py", "python src/eval.py", "python src/predict.py",
-                   "python scripts/export.py", "python scripts/dataset_report.py", "python scripts/browse_dataset.py"):
+    for needed in (
+        "make train",
+        "make test",
+        "python src/train.py",
+        "python src/eval.py",
+        "python src/predict.py",
+        "python scripts/export.py",
+        "python scripts/dataset_report.py",
+        "python scripts/browse_dataset.py",
+    ):
         assert needed in firsts, f"README shows no `{needed}` command"
 
 
@@ -118,16 +126,19 @@ def test_readme_command_works_as_written(command):
     check_command(command)
 
 
-@pytest.mark.parametrize("command", [
-    "python src/train.py model=no_such_model",
-    "python src/train.py model.no_such_key=1",
-    "python src/eval.py ckpt_path=x.ckpt optimizer.lr_per_16_imgs=0.1",
-    "python src/predict.py ckpt_path=x.ckpt input=a output=b inference=no_such_option",
-    "make no-such-target",
-    "python scripts/dataset_report.py --no-such-option 1",
-    "python scripts/dataset_report.py --min 800",
-    "cowsay hello",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "python src/train.py model=no_such_model",
+        "python src/train.py model.no_such_key=1",
+        "python src/eval.py ckpt_path=x.ckpt optimizer.lr_per_16_imgs=0.1",
+        "python src/predict.py ckpt_path=x.ckpt input=a output=b inference=no_such_option",
+        "make no-such-target",
+        "python scripts/dataset_report.py --no-such-option 1",
+        "python scripts/dataset_report.py --min 800",
+        "cowsay hello",
+    ],
+)
 def test_a_broken_command_fails(command):
     with pytest.raises(BaseException) as caught:
         check_command(command)

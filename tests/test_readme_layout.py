@@ -21,5 +21,7 @@ def test_every_file_in_the_layout_table_exists():
     assert len(rows) >= 10
     paths = [p for row in rows for p in re.findall(r"`([^`]+)`", row[1])]
     assert "src/predict.py" in paths and "inference/predict_images.py" in paths
-    missing = [p for p in paths if not (ROOT / p if p.startswith(OUTSIDE_PACKAGE) else ROOT / "src" / "maskrcnn" / p).exists()]
+    missing = [
+        p for p in paths if not (ROOT / p if p.startswith(OUTSIDE_PACKAGE) else ROOT / "src" / "maskrcnn" / p).exists()
+    ]
     assert not missing, f"README 'Where things live' names files that do not exist: {missing}"

@@ -59,7 +59,9 @@ def render_image(rng: np.random.Generator, width: int, height: int, count: int) 
             cx, cy = rng.uniform(diameter / 2, width - diameter / 2), rng.uniform(diameter / 2, height - diameter / 2)
             poly = _blob_polygon(rng, cx, cy, diameter)
             radius = float(np.max(np.hypot(poly[:, 0] - cx, poly[:, 1] - cy)))
-            if len(centres) == 0 or np.all(np.hypot(centres[:, 0] - cx, centres[:, 1] - cy) > centres[:, 2] + radius + 1):
+            if len(centres) == 0 or np.all(
+                np.hypot(centres[:, 0] - cx, centres[:, 1] - cy) > centres[:, 2] + radius + 1
+            ):
                 break
         else:
             continue
@@ -79,14 +81,26 @@ def _annotation(poly: np.ndarray, ann_id: int, image_id: int) -> dict:
     area = 0.5 * abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
     x0, y0 = float(xs.min()), float(ys.min())
     return {
-        "id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-        "segmentation": [[round(float(v), 2) for v in poly.ravel()]], "area": round(area, 2),
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "iscrowd": 0,
+        "segmentation": [[round(float(v), 2) for v in poly.ravel()]],
+        "area": round(area, 2),
         "bbox": [round(x0, 2), round(y0, 2), round(float(xs.max()) - x0, 2), round(float(ys.max()) - y0, 2)],
     }
 
 
-def _write_split(root: Path, split: int, name: str, count: int, size: tuple[int, int], portrait_every: int,
-                 instances: tuple[int, int], seed: int) -> None:
+def _write_split(
+    root: Path,
+    split: int,
+    name: str,
+    count: int,
+    size: tuple[int, int],
+    portrait_every: int,
+    instances: tuple[int, int],
+    seed: int,
+) -> None:
     image_dir = root / name
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -121,9 +135,16 @@ def generate_cells(
     Returns:
         ``{"train": {"image_dir", "annotation_file"}, "val": {...}}`` as for ``generate_shapes``.
     """
-    meta = {"generator": "cells", "version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
-            "image_size": list(image_size), "portrait_every": portrait_every,
-            "instances_per_image": list(instances_per_image), "seed": seed}
+    meta = {
+        "generator": "cells",
+        "version": _FORMAT_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": list(image_size),
+        "portrait_every": portrait_every,
+        "instances_per_image": list(instances_per_image),
+        "seed": seed,
+    }
 
     def write(root: Path) -> None:
         for split, (name, count) in enumerate((("train", num_train), ("val", num_val))):

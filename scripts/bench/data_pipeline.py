@@ -45,8 +45,13 @@ def _polygon(rng: np.random.Generator, height: int, width: int) -> list[float]:
 
 
 def make_synthetic_coco(
-    root: str | Path, num_images: int = 64, width: int = 640, height: int = 480, instances: int = 7,
-    categories: int = 5, seed: int = 0,
+    root: str | Path,
+    num_images: int = 64,
+    width: int = 640,
+    height: int = 480,
+    instances: int = 7,
+    categories: int = 5,
+    seed: int = 0,
 ) -> tuple[Path, Path]:
     """Write ``num_images`` JPEGs (quality 90) with ``instances`` polygon objects each and a COCO json.
 
@@ -65,10 +70,17 @@ def make_synthetic_coco(
             inside = mask_utils.decode(rle).astype(bool)
             pixels[inside] = (pixels[inside] * 0.4 + rng.integers(0, 256, 3) * 0.6).astype(np.uint8)
             x, y, w, h = mask_utils.toBbox(rle).tolist()
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.integers(1, categories + 1)),
-                "segmentation": [poly], "area": float(mask_utils.area(rle)), "bbox": [x, y, w, h], "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.integers(1, categories + 1)),
+                    "segmentation": [poly],
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [x, y, w, h],
+                    "iscrowd": 0,
+                }
+            )
         file_name = f"{image_id:06d}.jpg"
         Image.fromarray(pixels).save(image_dir / file_name, quality=90)
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
@@ -86,19 +98,27 @@ class TorchvisionStyleDataset(torch.utils.data.Dataset):
     ``boxes`` BoundingBoxes[N, 4] xyxy, ``labels Tensor[N] int64``, ``masks`` Mask[N, H, W] uint8.
     """
 
-    def __init__(self, image_dir: str | Path, annotation_file: str | Path, min_size: int = 800,
-                 max_size: int = 1333, hflip_prob: float = 0.5) -> None:
+    def __init__(
+        self,
+        image_dir: str | Path,
+        annotation_file: str | Path,
+        min_size: int = 800,
+        max_size: int = 1333,
+        hflip_prob: float = 0.5,
+    ) -> None:
         from torchvision.datasets import CocoDetection
         from torchvision.transforms import v2
 
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco = CocoDetection(str(image_dir), str(annotation_file))
-        self.transforms = v2.Compose([
-            v2.ToImage(),
-            v2.Resize(min_size, max_size=max_size),
-            v2.RandomHorizontalFlip(hflip_prob),
-            v2.ToDtype(torch.float32, scale=True),
-        ])
+        self.transforms = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(min_size, max_size=max_size),
+                v2.RandomHorizontalFlip(hflip_prob),
+                v2.ToDtype(torch.float32, scale=True),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.coco)
@@ -137,8 +157,9 @@ def build_pipelines(image_dir: Path, ann_file: Path, min_size: int = 800, max_si
     from maskrcnn.data.coco import CocoInstanceDataset
     from maskrcnn.data.transforms import build_transforms
 
-    ours = CocoInstanceDataset(image_dir, ann_file,
-                               transforms=build_transforms("default", train=True, min_size=min_size, max_size=max_size))
+    ours = CocoInstanceDataset(
+        image_dir, ann_file, transforms=build_transforms("default", train=True, min_size=min_size, max_size=max_size)
+    )
     return {"ours": ours, "torchvision": TorchvisionStyleDataset(image_dir, ann_file, min_size, max_size)}
 
 
@@ -183,21 +204,37 @@ def time_pipelines(datasets: dict, repeats: int = 3, threads: int = 1) -> dict[s
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def run_data_benchmark(num_images: int = 64, repeats: int = 3, min_size: int = 800, max_size: int = 1333,
-                       width: int = 640, height: int = 480, instances: int = 7) -> dict[str, float]:
+def run_data_benchmark(
+    num_images: int = 64,
+    repeats: int = 3,
+    min_size: int = 800,
+    max_size: int = 1333,
+    width: int = 640,
+    height: int = 480,
+    instances: int = 7,
+) -> dict[str, float]:
     """Generate the synthetic dataset in a temp dir and return {"ours": img/s, "torchvision": img/s}."""
     with tempfile.TemporaryDirectory() as tmp:
         image_dir, ann_file = make_synthetic_coco(tmp, num_images, width, height, instances)
         return time_pipelines(build_pipelines(image_dir, ann_file, min_size, max_size), repeats)
 
 
-def run_on_dataset(image_dir: str | Path, annotation_file: str | Path, num_images: int = 64,
-                   repeats: int = 3, min_size: int = 800, max_size: int = 1333) -> dict[str, float]:
+def run_on_dataset(
+    image_dir: str | Path,
+    annotation_file: str | Path,
+    num_images: int = 64,
+    repeats: int = 3,
+    min_size: int = 800,
+    max_size: int = 1333,
+) -> dict[str, float]:
     """Like ``run_data_benchmark`` but on the first ``num_images`` images of an existing COCO-format
     dataset that have at least one non-crowd polygon annotation (e.g. COCO val2017)."""
     data = json.loads(Path(annotation_file).read_text())
-    annotated = {a["image_id"] for a in data["annotations"]
-                 if not a.get("iscrowd", 0) and isinstance(a.get("segmentation"), list)}
+    annotated = {
+        a["image_id"]
+        for a in data["annotations"]
+        if not a.get("iscrowd", 0) and isinstance(a.get("segmentation"), list)
+    }
     images = [img for img in data["images"] if img["id"] in annotated][:num_images]
     ids = {img["id"] for img in images}
     subset = {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
@@ -210,8 +247,9 @@ def run_on_dataset(image_dir: str | Path, annotation_file: str | Path, num_image
 DATA_TARGET = 50.0  # images/s per worker the data pipeline should reach
 
 
-def data_rows(num_images: int, repeats: int, min_size: int = 800, image_dir: str | None = None,
-              annotation_file: str | None = None) -> list[tuple]:
+def data_rows(
+    num_images: int, repeats: int, min_size: int = 800, image_dir: str | None = None, annotation_file: str | None = None
+) -> list[tuple]:
     """Report row: images/s per worker, ours vs torchvision-style, on synthetic JPEGs or on
     ``image_dir`` + ``annotation_file`` when given."""
     if image_dir is not None:
@@ -222,6 +260,13 @@ def data_rows(num_images: int, repeats: int, min_size: int = 800, image_dir: str
         images = f"{num_images} JPEG 640x480, 7 polygons each"
     print(f"data: ours {rates['ours']:.1f}, torchvision-style {rates['torchvision']:.1f} images/s", flush=True)
     verdict = "meets" if rates["ours"] >= DATA_TARGET else "MISSES"
-    return [("data", f"images/s per worker (decode+masks+resize {min_size}+flip)", rates["ours"], rates["torchvision"],
-             f"torchvision CocoDetection + pycocotools masks + v2 Resize/Flip; {images}; "
-             f"1 thread; higher is better; {verdict} target >= {DATA_TARGET:.0f}")]
+    return [
+        (
+            "data",
+            f"images/s per worker (decode+masks+resize {min_size}+flip)",
+            rates["ours"],
+            rates["torchvision"],
+            f"torchvision CocoDetection + pycocotools masks + v2 Resize/Flip; {images}; "
+            f"1 thread; higher is better; {verdict} target >= {DATA_TARGET:.0f}",
+        )
+    ]

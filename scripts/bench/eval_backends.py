@@ -49,14 +49,20 @@ def make_ground_truth(rng, num_images, gt_per_image, num_categories, height, wid
         cats = 2 * rng.integers(1, num_categories + 1, size=gt_per_image) + 1
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         radii = (boxes[:, 2:] - boxes[:, :2]) / 2
-        for box, cat, c, r in zip(boxes, cats, centres, radii):
+        for box, cat, c, r in zip(boxes, cats, centres, radii, strict=True):
             polygon = np.stack([c[0] + r[0] * np.cos(angles), c[1] + r[1] * np.sin(angles)], axis=1)
             x0, y0, x1, y1 = box.tolist()
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": int(cat),
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(np.pi * r[0] * r[1]),
-                "iscrowd": 0, "segmentation": [polygon.round(2).ravel().tolist()],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(cat),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": float(np.pi * r[0] * r[1]),
+                    "iscrowd": 0,
+                    "segmentation": [polygon.round(2).ravel().tolist()],
+                }
+            )
     categories = [{"id": 2 * k + 1, "name": f"class_{k}"} for k in range(1, num_categories + 1)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -74,8 +80,10 @@ def make_detections(rng, coco, dets_per_image, num_categories, height, width):
     detections, image_ids = [], []
     for image in coco["images"]:
         anns = by_image.get(image["id"], [])
-        gt = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                       for a in anns], dtype=np.int64).reshape(-1, 4)
+        gt = np.array(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+            dtype=np.int64,
+        ).reshape(-1, 4)
         gt_labels = np.array([(a["category_id"] - 1) // 2 for a in anns], dtype=np.int64)
         copies = np.repeat(gt, 2, axis=0)
         copies = copies + rng.integers(-6, 7, size=copies.shape)
@@ -87,22 +95,30 @@ def make_detections(rng, coco, dets_per_image, num_categories, height, width):
         labels = np.concatenate([np.repeat(gt_labels, 2), rng.integers(1, num_categories + 1, size=n_random)])
         labels = labels[:dets_per_image]
         scores = rng.uniform(0.05, 1.0, size=len(boxes))
-        uncompressed = [{"size": [height, width], "counts": rectangle_rle_counts(*b, height, width)}
-                        for b in boxes.tolist()]
+        uncompressed = [
+            {"size": [height, width], "counts": rectangle_rle_counts(*b, height, width)} for b in boxes.tolist()
+        ]
         rles = mask_utils.frPyObjects(uncompressed, height, width)
-        detections.append({
-            "boxes": torch.from_numpy(boxes.astype(np.float32)),
-            "labels": torch.from_numpy(labels),
-            "scores": torch.from_numpy(scores.astype(np.float32)),
-            "masks": rles,
-        })
+        detections.append(
+            {
+                "boxes": torch.from_numpy(boxes.astype(np.float32)),
+                "labels": torch.from_numpy(labels),
+                "scores": torch.from_numpy(scores.astype(np.float32)),
+                "masks": rles,
+            }
+        )
         image_ids.append(image["id"])
     return detections, image_ids
 
 
 def run_eval_benchmark(
-    num_images: int = 5000, gt_per_image: int = 7, dets_per_image: int = 100, categories: int = 20,
-    height: int = 480, width: int = 640, seed: int = 0,
+    num_images: int = 5000,
+    gt_per_image: int = 7,
+    dets_per_image: int = 100,
+    categories: int = 20,
+    height: int = 480,
+    width: int = 640,
+    seed: int = 0,
 ) -> dict:
     """Time ``CocoEvaluator.compute()`` (bbox + segm) with both backends on the same detections.
 
@@ -126,20 +142,40 @@ def run_eval_benchmark(
             timings[backend] = time.perf_counter() - tic
     worst = max(abs(metrics["pycocotools"][k] - metrics["faster_coco_eval"][k]) for k in metrics["pycocotools"])
     return {
-        "seconds": timings, "metrics": metrics, "num_images": num_images,
-        "num_gt": len(coco["annotations"]), "num_detections": sum(len(d["scores"]) for d in detections),
+        "seconds": timings,
+        "metrics": metrics,
+        "num_images": num_images,
+        "num_gt": len(coco["annotations"]),
+        "num_detections": sum(len(d["scores"]) for d in detections),
         "max_metric_diff": worst,
     }
 
 
-def eval_rows(num_images: int = 5000, gt_per_image: int = 7, dets_per_image: int = 100, categories: int = 20,
-              height: int = 480, width: int = 640, seed: int = 0) -> list[tuple]:
+def eval_rows(
+    num_images: int = 5000,
+    gt_per_image: int = 7,
+    dets_per_image: int = 100,
+    categories: int = 20,
+    height: int = 480,
+    width: int = 640,
+    seed: int = 0,
+) -> list[tuple]:
     """Report row: seconds of bbox + segm COCOeval, faster-coco-eval (ours) vs pycocotools."""
     r = run_eval_benchmark(num_images, gt_per_image, dets_per_image, categories, height, width, seed)
     s, m = r["seconds"], r["metrics"]["faster_coco_eval"]
-    print(f"eval: faster-coco-eval {s['faster_coco_eval']:.2f} s, pycocotools {s['pycocotools']:.2f} s, "
-          f"bbox AP {m['bbox_AP']:.4f}, segm AP {m['segm_AP']:.4f}", flush=True)
-    return [("eval", f"COCOeval bbox+segm, {r['num_images']} images [s]", s["faster_coco_eval"], s["pycocotools"],
-             f"pycocotools (ours = faster-coco-eval backend); {r['num_detections']} detections, {r['num_gt']} gt; "
-             f"bbox/segm AP {m['bbox_AP']:.4f}/{m['segm_AP']:.4f}; "
-             f"max metric diff {r['max_metric_diff']:.1e}; lower is better")]
+    print(
+        f"eval: faster-coco-eval {s['faster_coco_eval']:.2f} s, pycocotools {s['pycocotools']:.2f} s, "
+        f"bbox AP {m['bbox_AP']:.4f}, segm AP {m['segm_AP']:.4f}",
+        flush=True,
+    )
+    return [
+        (
+            "eval",
+            f"COCOeval bbox+segm, {r['num_images']} images [s]",
+            s["faster_coco_eval"],
+            s["pycocotools"],
+            f"pycocotools (ours = faster-coco-eval backend); {r['num_detections']} detections, {r['num_gt']} gt; "
+            f"bbox/segm AP {m['bbox_AP']:.4f}/{m['segm_AP']:.4f}; "
+            f"max metric diff {r['max_metric_diff']:.1e}; lower is better",
+        )
+    ]

@@ -56,8 +56,9 @@ COMPILE_VARIANTS: dict[str, dict] = {
 TOLERANCE = {"boxes": 1e-3, "scores": 1e-4, "masks": 1e-3}
 
 
-def build_models(size: int, score_thresh: float, variants: dict[str, dict], seed: int = 0,
-                 dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
+def build_models(
+    size: int, score_thresh: float, variants: dict[str, dict], seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, nn.Module]:
     """torchvision's model, ours eager and ours optimised per variant, all with the same weights,
     in ``dtype`` (converted before optimising, so BatchNorm is folded in that precision)."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -66,13 +67,15 @@ def build_models(size: int, score_thresh: float, variants: dict[str, dict], seed
     from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 
     torch.manual_seed(seed)
-    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size, max_size=size,
-                                      box_score_thresh=score_thresh)
+    reference = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=size, max_size=size, box_score_thresh=score_thresh
+    )
     reference.load_state_dict(trained_like_state(reference.state_dict(), seed))
     calibrate_predictors(reference, _image(size, seed))
     state = reference.state_dict()
-    ours = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size},
-                                            roi_heads={"score_thresh": score_thresh})
+    ours = torchvision_compatible_mask_rcnn(
+        NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size}, roi_heads={"score_thresh": score_thresh}
+    )
     ours.load_state_dict(state)
     models = {TORCHVISION: reference.to(dtype).eval(), EAGER: ours.to(dtype).eval()}
     for name, options in variants.items():
@@ -90,8 +93,9 @@ def _detections(model: nn.Module, image: torch.Tensor) -> dict:
     return out[0] if isinstance(out, list) else out["detections"][0]
 
 
-def _nearest_same_label(boxes: torch.Tensor, labels: torch.Tensor, other_boxes: torch.Tensor,
-                        other_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_same_label(
+    boxes: torch.Tensor, labels: torch.Tensor, other_boxes: torch.Tensor, other_labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each box (Tensor[N, 4] xyxy px), the largest coordinate difference to the closest box of
     the same label among ``other_boxes`` (Tensor[M, 4]) and that box's index: Tensor[N] float64 (inf
     where no box has the label), Tensor[N] long."""
@@ -121,8 +125,12 @@ def compare_detections(ours: dict, reference: dict) -> dict:
     def diff(key: str) -> float:
         return float((ours[key].double() - reference[key][pair].double()).abs().max())
 
-    return {"labels_equal": labels_equal, "boxes": float(torch.maximum(forward.max(), backward.max())),
-            "scores": diff("scores"), "masks": diff("masks")}
+    return {
+        "labels_equal": labels_equal,
+        "boxes": float(torch.maximum(forward.max(), backward.max())),
+        "scores": diff("scores"),
+        "masks": diff("masks"),
+    }
 
 
 @torch.inference_mode()
@@ -138,8 +146,17 @@ def float64_differences(size: int, score_thresh: float, variants: dict[str, dict
 
 
 @torch.inference_mode()
-def run(size: int = 800, iters: int = 3, warmup: int = 0, threads: int | None = None, score_thresh: float = 0.05,
-        compile: bool = False, seed: int = 0, float64: bool = True, log=print) -> list[dict]:  # noqa: A002
+def run(
+    size: int = 800,
+    iters: int = 3,
+    warmup: int = 0,
+    threads: int | None = None,
+    score_thresh: float = 0.05,
+    compile: bool = False,
+    seed: int = 0,
+    float64: bool = True,
+    log=print,
+) -> list[dict]:  # noqa: A002
     """Time every model on one ``size`` x ``size`` image, interleaved; check detections against torchvision.
 
     The checking pass (every model once) is also the warm-up; ``warmup`` adds untimed repetitions.
@@ -178,32 +195,50 @@ def run(size: int = 800, iters: int = 3, warmup: int = 0, threads: int | None = 
         check = checks[name]
         within = check["labels_equal"] and all(check[k] <= tol for k, tol in TOLERANCE.items())
         check64 = exact.get(name, {})
-        rows.append({"model": name, "ms_per_image": 1000 * median, "speedup": base / median,
-                     "detections": int(outputs[name]["boxes"].shape[0]), **check, "within_tolerance": within,
-                     "labels_equal_float64": check64.get("labels_equal"), "boxes_float64": check64.get("boxes", math.nan),
-                     "scores_float64": check64.get("scores", math.nan)})
+        rows.append(
+            {
+                "model": name,
+                "ms_per_image": 1000 * median,
+                "speedup": base / median,
+                "detections": int(outputs[name]["boxes"].shape[0]),
+                **check,
+                "within_tolerance": within,
+                "labels_equal_float64": check64.get("labels_equal"),
+                "boxes_float64": check64.get("boxes", math.nan),
+                "scores_float64": check64.get("scores", math.nan),
+            }
+        )
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``run``'s rows."""
-    lines = ["| model | ms/image | torchvision time / this | detections | same labels | max box diff [px] | max score diff | "
-             "max mask diff | within 1e-3 px / 1e-4 / 1e-3 | float64: same labels | float64: max box diff [px] | "
-             "float64: max score diff |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | ms/image | torchvision time / this | detections | same labels | max box diff [px] | "
+        "max score diff | "
+        "max mask diff | within 1e-3 px / 1e-4 / 1e-3 | float64: same labels | float64: max box diff [px] | "
+        "float64: max score diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         same64 = "–" if r.get("labels_equal_float64") is None else r["labels_equal_float64"]
         box64 = "–" if math.isnan(r.get("boxes_float64", math.nan)) else f"{r['boxes_float64']:.2g}"
         score64 = "–" if math.isnan(r.get("scores_float64", math.nan)) else f"{r['scores_float64']:.2g}"
-        lines.append(f"| {r['model']} | {r['ms_per_image']:.0f} | {r['speedup']:.2f} | {r['detections']} | {r['labels_equal']} | "
-                     f"{r['boxes']:.2g} | {r['scores']:.2g} | {r['masks']:.2g} | {r['within_tolerance']} | "
-                     f"{same64} | {box64} | {score64} |")
+        lines.append(
+            f"| {r['model']} | {r['ms_per_image']:.0f} | {r['speedup']:.2f} | {r['detections']} | "
+            f"{r['labels_equal']} | "
+            f"{r['boxes']:.2g} | {r['scores']:.2g} | {r['masks']:.2g} | {r['within_tolerance']} | "
+            f"{same64} | {box64} | {score64} |"
+        )
     return "\n".join(lines)
 
 
 def machine_line(threads: int) -> str:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, torch threads {threads}, "
-            f"torch {torch.__version__}; load average (1/5/15 min) {load}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, torch threads {threads}, "
+        f"torch {torch.__version__}; load average (1/5/15 min) {load}"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -214,17 +249,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--score-thresh", type=float, default=0.05, help="box score threshold of all models")
     parser.add_argument("--compile", action="store_true", help="add torch.compile variants (minutes to build)")
-    parser.add_argument("--no-float64", dest="float64", action="store_false",
-                        help="skip the float64 rebuild of every exact variant and torchvision (untimed check)")
+    parser.add_argument(
+        "--no-float64",
+        dest="float64",
+        action="store_false",
+        help="skip the float64 rebuild of every exact variant and torchvision (untimed check)",
+    )
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
     print(f"machine at start: {machine_line(threads)}")
     rows = run(args.size, args.iters, args.warmup, threads, args.score_thresh, args.compile, float64=args.float64)
-    print(f"\n1 image {args.size}x{args.size}, batch 1, median of {args.iters} interleaved repetitions "
-          f"after a checking pass and {args.warmup} warm-up; "
-          "differences are to torchvision's detections"
-          + ("; float64 columns: every model rebuilt in float64 from the same weights (untimed)" if args.float64 else "")
-          + "\n")
+    print(
+        f"\n1 image {args.size}x{args.size}, batch 1, median of {args.iters} interleaved repetitions "
+        f"after a checking pass and {args.warmup} warm-up; "
+        "differences are to torchvision's detections"
+        + ("; float64 columns: every model rebuilt in float64 from the same weights (untimed)" if args.float64 else "")
+        + "\n"
+    )
     print(format_table(rows))
     print(f"\nmachine at end: {machine_line(threads)}")
     return rows

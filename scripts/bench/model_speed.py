@@ -26,9 +26,12 @@ CHANNELS_LAST_THREADS = "ours, channels_last + backward_threads"
 # the data-dependent sampling / NMS code between them stays eager
 COMPILE = "ours, compile"
 CHANNELS_LAST_COMPILE = "ours, channels_last + compile"
-_SUFFIX = {CHANNELS_LAST: " (model.channels_last=true)",
-           CHANNELS_LAST_THREADS: " (model.channels_last=true model.roi_align.backward_threads=2)",
-           COMPILE: " (torch.compile)", CHANNELS_LAST_COMPILE: " (model.channels_last=true + torch.compile)"}
+_SUFFIX = {
+    CHANNELS_LAST: " (model.channels_last=true)",
+    CHANNELS_LAST_THREADS: " (model.channels_last=true model.roi_align.backward_threads=2)",
+    COMPILE: " (torch.compile)",
+    CHANNELS_LAST_COMPILE: " (model.channels_last=true + torch.compile)",
+}
 ARCHS = ("resnet50", "resnet101")
 
 
@@ -76,11 +79,12 @@ def build_model(impl: str, size: int, state: dict, arch: str = "resnet50") -> tu
         model.load_state_dict(state)
         return model, lambda m, im, t: sum(m(im, t).values())
 
-    from maskrcnn.losses import build_criterion
     from bench.torchvision_compat import torchvision_compatible_mask_rcnn
+    from maskrcnn.losses import build_criterion
 
-    model = torchvision_compatible_mask_rcnn(NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size},
-                                             backbone_name=arch)
+    model = torchvision_compatible_mask_rcnn(
+        NUM_CLASSES_INCL_BG, transform={"min_size": size, "max_size": size}, backbone_name=arch
+    )
     model.load_state_dict(state)
     if impl in (CHANNELS_LAST, CHANNELS_LAST_THREADS, CHANNELS_LAST_COMPILE):
         from maskrcnn.ops.memory_format import use_channels_last
@@ -96,8 +100,9 @@ def build_model(impl: str, size: int, state: dict, arch: str = "resnet50") -> tu
     return model, lambda m, im, t: sum(criterion(m(im, t)["loss_inputs"]).values())
 
 
-def reference_state(seed: int = 0, arch: str = "resnet50", trained_like_size: int | None = None,
-                    device: str = "cpu") -> dict:
+def reference_state(
+    seed: int = 0, arch: str = "resnet50", trained_like_size: int | None = None, device: str = "cpu"
+) -> dict:
     """Random (seeded) state dict of torchvision's model for ``arch``; loaded into both models.
 
     ``trained_like_size``: make the weights behave like trained ones (``trained_like_weights``:
@@ -152,8 +157,16 @@ def infer(model, images, device: str, amp: str | None) -> list[dict]:
 
 
 def time_model_pair(
-    size: int, mode: str, iters: int = 5, warmup: int = 1, device: str = "cpu", amp: str | None = None,
-    state: dict | None = None, arch: str = "resnet50", impls: tuple[str, ...] = IMPLS, batch: int = 2,
+    size: int,
+    mode: str,
+    iters: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    amp: str | None = None,
+    state: dict | None = None,
+    arch: str = "resnet50",
+    impls: tuple[str, ...] = IMPLS,
+    batch: int = 2,
     detections: dict | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of ours vs torchvision (same weights), iterations interleaved.
@@ -194,8 +207,7 @@ def time_model_pair(
                 times[impl].append(seconds)
     if detections is not None and mode == "eval":
         for impl, (model, _) in models.items():
-            detections[impl] = [{k: v.float().cpu() for k, v in d.items()}
-                                for d in infer(model, images, device, amp)]
+            detections[impl] = [{k: v.float().cpu() for k, v in d.items()} for d in infer(model, images, device, amp)]
     return {impl: statistics.median(t) for impl, t in times.items()}
 
 
@@ -210,16 +222,18 @@ def detection_differences(detections: dict[str, list[dict]]) -> dict[str, str]:
     reference = outputs.pop("torchvision")
     text = {}
     for impl, dets in outputs.items():
-        counts = [(len(a["boxes"]), len(b["boxes"])) for a, b in zip(dets, reference)]
+        counts = [(len(a["boxes"]), len(b["boxes"])) for a, b in zip(dets, reference, strict=True)]
         if any(a != b for a, b in counts):
             text[impl] = "detections/image " + ", ".join(f"{a} vs {b}" for a, b in counts)
             continue
-        diffs = [compare_detections(a, b) for a, b in zip(dets, reference)]
+        diffs = [compare_detections(a, b) for a, b in zip(dets, reference, strict=True)]
         worst = {k: max(d[k] for d in diffs) for k in ("boxes", "scores", "masks")}
         labels = "same labels" if all(d["labels_equal"] for d in diffs) else "labels DIFFER"
-        text[impl] = (f"boxes <= {worst['boxes']:.1g} px, scores <= {worst['scores']:.1g}, masks <= "
-                      f"{worst['masks']:.1g}, {labels}, {min(a for a, _ in counts)}-{max(a for a, _ in counts)} "
-                      "detections/image")
+        text[impl] = (
+            f"boxes <= {worst['boxes']:.1g} px, scores <= {worst['scores']:.1g}, masks <= "
+            f"{worst['masks']:.1g}, {labels}, {min(a for a, _ in counts)}-{max(a for a, _ in counts)} "
+            "detections/image"
+        )
     return text
 
 
@@ -236,9 +250,17 @@ def _impls(mode: str, device: str, compile: bool) -> tuple[str, ...]:  # noqa: A
     return (*IMPLS, CHANNELS_LAST, *threads, *((COMPILE, CHANNELS_LAST_COMPILE) if compile else ()))
 
 
-def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
-               archs: tuple[str, ...] = ("resnet50",), batches: tuple[int, ...] = (2,),
-               compile: bool = False, trained_like: bool = False) -> list[tuple]:  # noqa: A002
+def model_rows(
+    sizes,
+    iters: int,
+    warmup: int,
+    device: str,
+    amp: str | None,
+    archs: tuple[str, ...] = ("resnet50",),
+    batches: tuple[int, ...] = (2,),
+    compile: bool = False,
+    trained_like: bool = False,
+) -> list[tuple]:  # noqa: A002
     """Report rows: train step [s/iter] and inference [s/image] per arch, size and batch (images per
     call), interleaved timing; ``compile`` adds torch.compile'd variants of ours; ``trained_like``
     uses ``reference_state(trained_like_size=size)`` weights."""
@@ -253,15 +275,37 @@ def model_rows(sizes, iters: int, warmup: int, device: str, amp: str | None,
                 label, per = ("train step [s/iter]", 1) if mode == "train" else ("inference [s/image]", batch)
                 impls = _impls(mode, device, compile)
                 detections: dict = {}
-                t = time_model_pair(size, mode, iters, warmup, device, amp, state, arch=arch, impls=impls, batch=batch,
-                                    detections=detections)
-                print(f"model {name} {size}px {mode} batch {batch}: " + ", ".join(f"{k} {v:.4f} s" for k, v in t.items()),
-                      flush=True)
+                t = time_model_pair(
+                    size,
+                    mode,
+                    iters,
+                    warmup,
+                    device,
+                    amp,
+                    state,
+                    arch=arch,
+                    impls=impls,
+                    batch=batch,
+                    detections=detections,
+                )
+                print(
+                    f"model {name} {size}px {mode} batch {batch}: " + ", ".join(f"{k} {v:.4f} s" for k, v in t.items()),
+                    flush=True,
+                )
                 same = detection_differences(detections) if mode == "eval" else {}
                 for impl, suffix in ((i, _SUFFIX.get(i, "")) for i in impls if i != "torchvision"):
-                    rate = (f"= {batch / t[impl]:.1f} vs {batch / t['torchvision']:.1f} images/s; "
-                            if mode == "train" else f"vs torchvision: {same[impl]}; ")
-                    rows.append(("model", f"{name} {label}{suffix}, {batch} img {size}x{size}", t[impl] / per,
-                                 t["torchvision"] / per,
-                                 f"torchvision {baseline}, {weights}; {where}; median of {iters}; {rate}lower is better"))
+                    rate = (
+                        f"= {batch / t[impl]:.1f} vs {batch / t['torchvision']:.1f} images/s; "
+                        if mode == "train"
+                        else f"vs torchvision: {same[impl]}; "
+                    )
+                    rows.append(
+                        (
+                            "model",
+                            f"{name} {label}{suffix}, {batch} img {size}x{size}",
+                            t[impl] / per,
+                            t["torchvision"] / per,
+                            f"torchvision {baseline}, {weights}; {where}; median of {iters}; {rate}lower is better",
+                        )
+                    )
     return rows

@@ -159,13 +159,23 @@ def _annotations(poly: np.ndarray, width: int, height: int) -> tuple[dict, dict]
     if area < 1:
         return None
     bbox = [float(v) for v in mask_utils.toBbox(rle)]
-    rle_ann = {"category_id": 1, "iscrowd": 0, "area": area, "bbox": bbox,
-               "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")}}
+    rle_ann = {
+        "category_id": 1,
+        "iscrowd": 0,
+        "area": area,
+        "bbox": bbox,
+        "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+    }
     xs, ys = poly[:, 0], poly[:, 1]
     x0, y0 = float(xs.min()), float(ys.min())
     poly_area = 0.5 * abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
-    poly_ann = {"category_id": 1, "iscrowd": 0, "area": round(poly_area, 2), "segmentation": [flat],
-                "bbox": [round(x0, 2), round(y0, 2), round(float(xs.max()) - x0, 2), round(float(ys.max()) - y0, 2)]}
+    poly_ann = {
+        "category_id": 1,
+        "iscrowd": 0,
+        "area": round(poly_area, 2),
+        "segmentation": [flat],
+        "bbox": [round(x0, 2), round(y0, 2), round(float(xs.max()) - x0, 2), round(float(ys.max()) - y0, 2)],
+    }
     return rle_ann, poly_ann
 
 
@@ -183,7 +193,7 @@ def _write_split(root: Path, split: int, name: str, specs: tuple[Acquisition, ..
             pair = _annotations(poly, acq.width, acq.height)
             if pair is None:
                 continue
-            for anns, ann in zip((rle_anns, poly_anns), pair):
+            for anns, ann in zip((rle_anns, poly_anns), pair, strict=True):
                 anns.append({"id": len(anns) + 1, "image_id": i + 1, **ann})
     for file, anns in (("annotations.json", rle_anns), ("annotations_poly.json", poly_anns)):
         with open(image_dir / file, "w", encoding="utf-8") as f:
@@ -198,9 +208,17 @@ def generate_nuclei(out_dir: str | os.PathLike, seed: int = 0, polygons: bool = 
     Returns:
         ``{"train": {"image_dir", "annotation_file"}, "val": {...}}`` as for ``generate_cells``.
     """
-    meta = json.loads(json.dumps({"generator": "nuclei", "version": _FORMAT_VERSION, "seed": seed,  # as stored
-                                  "train": [list(a.__dict__.values()) for a in TRAIN_IMAGES],
-                                  "val": [list(a.__dict__.values()) for a in VAL_IMAGES]}))
+    meta = json.loads(
+        json.dumps(
+            {
+                "generator": "nuclei",
+                "version": _FORMAT_VERSION,
+                "seed": seed,  # as stored
+                "train": [list(a.__dict__.values()) for a in TRAIN_IMAGES],
+                "val": [list(a.__dict__.values()) for a in VAL_IMAGES],
+            }
+        )
+    )
 
     def write(root: Path) -> None:
         for split, (name, specs) in enumerate((("train", TRAIN_IMAGES), ("val", VAL_IMAGES))):

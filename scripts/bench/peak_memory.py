@@ -61,8 +61,9 @@ def _peak_rss_mb() -> float:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def paste_case(impl: str, num: int, width: int, height: int, chunk_size: int = 64, mask_size: int = 28,
-               seed: int = 0) -> dict:
+def paste_case(
+    impl: str, num: int, width: int, height: int, chunk_size: int = 64, mask_size: int = 28, seed: int = 0
+) -> dict:
     """Paste ``num`` random M x M masks into a ``height x width`` image IN THIS PROCESS.
 
     Boxes have sides of 5-50% of the image, like detections of a crowded scene.
@@ -96,19 +97,28 @@ def paste_case(impl: str, num: int, width: int, height: int, chunk_size: int = 6
     if tuple(out.shape) != (num, 1, height, width):
         raise RuntimeError(f"paste_case: {impl} returned shape {tuple(out.shape)}")
     peak = _peak_rss_mb()
-    return {"baseline_mb": baseline, "peak_mb": peak, "delta_mb": peak - baseline,
-            "output_mb": num * height * width * 4 / 2**20, "seconds": seconds}
+    return {
+        "baseline_mb": baseline,
+        "peak_mb": peak,
+        "delta_mb": peak - baseline,
+        "output_mb": num * height * width * 4 / 2**20,
+        "seconds": seconds,
+    }
 
 
-def measure_paste(impl: str, num: int, width: int, height: int, chunk_size: int = 64, threads: int = 2,
-                  timeout: float = 600) -> dict:
+def measure_paste(
+    impl: str, num: int, width: int, height: int, chunk_size: int = 64, threads: int = 2, timeout: float = 600
+) -> dict:
     """Run ``paste_case`` in a fresh interpreter (clean RSS peak) and return its result dict."""
-    return _run_child({"impl": impl, "num": num, "width": width, "height": height, "chunk_size": chunk_size,
-                       "threads": threads}, timeout)
+    return _run_child(
+        {"impl": impl, "num": num, "width": width, "height": height, "chunk_size": chunk_size, "threads": threads},
+        timeout,
+    )
 
 
-def run_memory_benchmark(instances=(100, 300), sizes=((1333, 800),), chunk_size: int = 64,
-                         threads: int = 2, skip_cases=()) -> list[dict]:
+def run_memory_benchmark(
+    instances=(100, 300), sizes=((1333, 800),), chunk_size: int = 64, threads: int = 2, skip_cases=()
+) -> list[dict]:
     """Every (size, instances, impl) case in its own process.
 
     Args:
@@ -146,21 +156,39 @@ def predict_case(width: int, height: int, score_thresh: float, min_size: int = 8
     from maskrcnn.inference.predict_images import predict
 
     torch.manual_seed(0)
-    model = {"_target_": "maskrcnn.modeling.build.build_mask_rcnn", "num_classes": 3, "roi_heads": {"score_thresh": 0.0},
-             "backbone": {"name": "resnet18", "pretrained": False, "norm": "bn", "trainable_layers": 5},
-             "transform": {"min_size": min_size, "max_size": max_size}}
+    model = {
+        "_target_": "maskrcnn.modeling.build.build_mask_rcnn",
+        "num_classes": 3,
+        "roi_heads": {"score_thresh": 0.0},
+        "backbone": {"name": "resnet18", "pretrained": False, "norm": "bn", "trainable_layers": 5},
+        "transform": {"min_size": min_size, "max_size": max_size},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         net = instantiate(model, _convert_="all")
-        torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "run_config": {"model": model},
-                    "class_names": ["__background__", "a", "b", "c"]}, tmp / "random.ckpt")
+        torch.save(
+            {
+                "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "run_config": {"model": model},
+                "class_names": ["__background__", "a", "b", "c"],
+            },
+            tmp / "random.ckpt",
+        )
         del net
         small = np.random.default_rng(0).integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
         (tmp / "in").mkdir()
         Image.fromarray(small).resize((width, height), Image.BILINEAR).save(tmp / "in" / "photo.jpg", quality=90)
         del small
-        cfg = OmegaConf.create({"ckpt_path": str(tmp / "random.ckpt"), "input": str(tmp / "in"), "output": str(tmp / "out"),
-                                "device": "cpu", "batch_size": 1, "score_thresh": score_thresh})
+        cfg = OmegaConf.create(
+            {
+                "ckpt_path": str(tmp / "random.ckpt"),
+                "input": str(tmp / "in"),
+                "output": str(tmp / "out"),
+                "device": "cpu",
+                "batch_size": 1,
+                "score_thresh": score_thresh,
+            }
+        )
         baseline = _status_mb("VmRSS") or _peak_rss_mb()
         _reset_peak()
         start = time.perf_counter()
@@ -176,8 +204,13 @@ def _run_child(case: dict, timeout: float = 900) -> dict:
     # the child imports bench and maskrcnn from where this process found them, installed or not
     roots = [str(Path(__file__).resolve().parents[1]), str(Path(maskrcnn.__file__).resolve().parents[1])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*roots, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "bench.peak_memory", json.dumps(case)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.peak_memory", json.dumps(case)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory case {case} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -208,10 +241,17 @@ def memory_rows(instances, sizes, chunk_size: int, threads: int, max_output_gb: 
     for i in range(0, len(results), 2):
         ours, tv = results[i], results[i + 1]
         case = f"paste {ours['num']} masks into {ours['width']}x{ours['height']}"
-        rows.append(("memory", f"{case}: peak RSS above pre-paste RSS [MB]", ours["delta_mb"], tv["delta_mb"],
-                     f"torchvision paste_masks_in_image; float32 output alone {ours['output_mb']:.0f} MB; "
-                     f"absolute peak RSS {ours['peak_mb']:.0f} vs {tv['peak_mb']:.0f} MB; ours chunk_size="
-                     f"{chunk_size}; fresh process each; lower is better"))
+        rows.append(
+            (
+                "memory",
+                f"{case}: peak RSS above pre-paste RSS [MB]",
+                ours["delta_mb"],
+                tv["delta_mb"],
+                f"torchvision paste_masks_in_image; float32 output alone {ours['output_mb']:.0f} MB; "
+                f"absolute peak RSS {ours['peak_mb']:.0f} vs {tv['peak_mb']:.0f} MB; ours chunk_size="
+                f"{chunk_size}; fresh process each; lower is better",
+            )
+        )
         rows.append(("memory", f"{case}: time [s]", ours["seconds"], tv["seconds"], "same cases; lower is better"))
     return rows
 
@@ -220,13 +260,24 @@ def predict_rows(width: int, height: int, threads: int, thresholds=(0.5, 0.0)) -
     """Report rows: peak RSS of ``predict`` on one ``width x height`` JPEG per score threshold (no baseline)."""
     rows = []
     for thresh in thresholds:
-        r = _run_child({"case": "predict", "width": width, "height": height, "score_thresh": thresh, "threads": threads})
-        print(f"memory: src/predict.py {width}x{height}, score_thresh={thresh}: {r['detections']} kept, "
-              f"peak RSS {r['peak_mb']:.0f} MB", flush=True)
-        rows.append(("memory", f"src/predict.py on one {width}x{height} JPEG, score_thresh={thresh}: peak RSS [MB]",
-                     r["peak_mb"], None,
-                     f"random-init R18-FPN at 800/1333; {r['detections']} detections kept; {r['baseline_mb']:.0f} MB "
-                     f"before predict (interpreter, torch, model); {r['seconds']:.1f} s; fresh process; lower is better"))
+        r = _run_child(
+            {"case": "predict", "width": width, "height": height, "score_thresh": thresh, "threads": threads}
+        )
+        print(
+            f"memory: src/predict.py {width}x{height}, score_thresh={thresh}: {r['detections']} kept, "
+            f"peak RSS {r['peak_mb']:.0f} MB",
+            flush=True,
+        )
+        rows.append(
+            (
+                "memory",
+                f"src/predict.py on one {width}x{height} JPEG, score_thresh={thresh}: peak RSS [MB]",
+                r["peak_mb"],
+                None,
+                f"random-init R18-FPN at 800/1333; {r['detections']} detections kept; {r['baseline_mb']:.0f} MB "
+                f"before predict (interpreter, torch, model); {r['seconds']:.1f} s; fresh process; lower is better",
+            )
+        )
     return rows
 
 

@@ -90,7 +90,11 @@ class ReferenceCocoDataset(Dataset):
         anns = self.anns[info["id"]]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        masks = np.stack([_polygons_or_rle_to_mask(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
+        masks = (
+            np.stack([_polygons_or_rle_to_mask(a["segmentation"], h, w) for a in anns])
+            if anns
+            else np.zeros((0, h, w), np.uint8)
+        )
         target = {
             "boxes": boxes,
             "labels": torch.tensor([self.labels[a["category_id"]] for a in anns], dtype=torch.int64),
@@ -114,10 +118,16 @@ def build_reference_model(settings: TrainSettings) -> nn.Module:
     backbone = resnet_fpn_backbone(
         backbone_name=settings.arch, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
     )
-    anchors = AnchorGenerator(tuple((s,) for s in settings.anchor_sizes), ((0.5, 1.0, 2.0),) * len(settings.anchor_sizes))
+    anchors = AnchorGenerator(
+        tuple((s,) for s in settings.anchor_sizes), ((0.5, 1.0, 2.0),) * len(settings.anchor_sizes)
+    )
     return MaskRCNN(
-        backbone, num_classes=settings.num_classes + 1, min_size=tuple(settings.min_sizes), max_size=settings.max_size,
-        rpn_anchor_generator=anchors, box_detections_per_img=settings.detections_per_img,
+        backbone,
+        num_classes=settings.num_classes + 1,
+        min_size=tuple(settings.min_sizes),
+        max_size=settings.max_size,
+        rpn_anchor_generator=anchors,
+        box_detections_per_img=settings.detections_per_img,
     )
 
 
@@ -126,10 +136,12 @@ def reference_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSetting
     from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
 
     milestones = [round(m * settings.steps) for m in settings.milestones]
-    return ChainedScheduler([
-        LinearLR(optimizer, start_factor=settings.warmup_factor, total_iters=settings.warmup_steps),
-        MultiStepLR(optimizer, milestones=milestones, gamma=0.1),
-    ])
+    return ChainedScheduler(
+        [
+            LinearLR(optimizer, start_factor=settings.warmup_factor, total_iters=settings.warmup_steps),
+            MultiStepLR(optimizer, milestones=milestones, gamma=0.1),
+        ]
+    )
 
 
 def train_reference(settings: TrainSettings, train_split: dict, seed: int) -> nn.Module:
@@ -143,8 +155,13 @@ def train_reference(settings: TrainSettings, train_split: dict, seed: int) -> nn
     torch.manual_seed(seed)
     model = build_reference_model(settings)
     dataset = ReferenceCocoDataset(train_split["image_dir"], train_split["annotation_file"], True, settings.hflip_prob)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, collate_fn=lambda b: tuple(zip(*b)),
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        collate_fn=lambda b: tuple(zip(*b, strict=True)),
+        generator=torch.Generator().manual_seed(seed),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     scheduler = reference_scheduler(optimizer, settings)

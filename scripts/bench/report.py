@@ -37,7 +37,9 @@ def machine_description(device: str) -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [f"CPU: {cpu}, {os.cpu_count()} logical cores ({usable} usable), torch threads {torch.get_num_threads()}"]
     try:
-        mem_kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
+        mem_kb = int(
+            next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
+        )
         lines.append(f"RAM: {mem_kb / 2**20:.1f} GiB")
     except (OSError, StopIteration):
         pass
@@ -46,7 +48,9 @@ def machine_description(device: str) -> list[str]:
         lines.append(f"load average at start (1/5/15 min): {load}")
     import torchvision
 
-    lines.append(f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}")
+    lines.append(
+        f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
+    )
     if device == "cuda":
         lines.append(f"GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}")
     return lines

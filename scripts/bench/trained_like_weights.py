@@ -66,14 +66,16 @@ def calibrate_predictors(model: nn.Module, image: Tensor) -> None:
             layer = model.get_submodule(path)
             layer.bias.zero_()
             outputs: list[Tensor] = []
-            handle = layer.register_forward_hook(lambda _m, _i, out: outputs.append(out.flatten()))
+            handle = layer.register_forward_hook(lambda _m, _i, out, outputs=outputs: outputs.append(out.flatten()))
             try:
                 model([image])
             finally:
                 handle.remove()
             if not outputs or sum(o.numel() for o in outputs) < 2:
-                raise RuntimeError(f"calibrate_predictors: {path} produced no outputs on the calibration image "
-                                   "(no proposals or detections reached it)")
+                raise RuntimeError(
+                    f"calibrate_predictors: {path} produced no outputs on the calibration image "
+                    "(no proposals or detections reached it)"
+                )
             std = torch.cat(outputs).float().std()
             if not torch.isfinite(std) or std == 0:
                 raise RuntimeError(f"calibrate_predictors: {path} gives outputs with std {float(std)}")

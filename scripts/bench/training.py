@@ -42,28 +42,59 @@ def our_overrides(settings: TrainSettings, train_split: dict, val_split: dict, s
     sizes = list(settings.min_sizes)
     anchors = [[s] for s in settings.anchor_sizes]
     return [
-        "data=folder", f"data.root={Path(train_split['image_dir']).parent}",
-        f"data.train.image_dir={train_split['image_dir']}", f"data.train.annotation_file={train_split['annotation_file']}",
-        f"data.val.image_dir={val_split['image_dir']}", f"data.val.annotation_file={val_split['annotation_file']}",
-        f"data.num_classes={settings.num_classes}", f"data.batch_size={settings.batch_size}", "data.num_workers=0",
-        f"model=resnet{settings.arch.removeprefix('resnet')}_fpn" if settings.arch.startswith("resnet") else f"model={settings.arch}_fpn",
-        "model.backbone.pretrained=false", "model.backbone.norm=bn", "model.backbone.trainable_layers=5",
-        f"model.transform.min_size={sizes[-1]}", f"model.transform.max_size={settings.max_size}",
-        f"model.rpn.anchor_sizes={anchors}", f"model.roi_heads.detections_per_img={settings.detections_per_img}",
-        "augmentation=multiscale", f"augmentation.multiscale_sizes={sizes}", f"augmentation.max_size={settings.max_size}",
+        "data=folder",
+        f"data.root={Path(train_split['image_dir']).parent}",
+        f"data.train.image_dir={train_split['image_dir']}",
+        f"data.train.annotation_file={train_split['annotation_file']}",
+        f"data.val.image_dir={val_split['image_dir']}",
+        f"data.val.annotation_file={val_split['annotation_file']}",
+        f"data.num_classes={settings.num_classes}",
+        f"data.batch_size={settings.batch_size}",
+        "data.num_workers=0",
+        f"model=resnet{settings.arch.removeprefix('resnet')}_fpn"
+        if settings.arch.startswith("resnet")
+        else f"model={settings.arch}_fpn",
+        "model.backbone.pretrained=false",
+        "model.backbone.norm=bn",
+        "model.backbone.trainable_layers=5",
+        f"model.transform.min_size={sizes[-1]}",
+        f"model.transform.max_size={settings.max_size}",
+        f"model.rpn.anchor_sizes={anchors}",
+        f"model.roi_heads.detections_per_img={settings.detections_per_img}",
+        "augmentation=multiscale",
+        f"augmentation.multiscale_sizes={sizes}",
+        f"augmentation.max_size={settings.max_size}",
         f"+augmentation.hflip_prob={settings.hflip_prob}",
-        "optimizer=sgd", f"optimizer.lr_per_16_images={settings.lr * 16 / settings.batch_size}",
-        f"optimizer.fn.momentum={settings.momentum}", f"optimizer.fn.weight_decay={settings.weight_decay}",
-        "scheduler=multistep", f"scheduler.warmup_steps={settings.warmup_steps}",
-        f"scheduler.warmup_factor={settings.warmup_factor}", f"scheduler.milestones={list(settings.milestones)}",
-        f"trainer.max_steps={settings.steps}", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
-        "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false", "+trainer.enable_progress_bar=false",
-        "validate_after_train=false", "callbacks=none", "logger=none", "log_val_images=0", f"seed={seed}",
+        "optimizer=sgd",
+        f"optimizer.lr_per_16_images={settings.lr * 16 / settings.batch_size}",
+        f"optimizer.fn.momentum={settings.momentum}",
+        f"optimizer.fn.weight_decay={settings.weight_decay}",
+        "scheduler=multistep",
+        f"scheduler.warmup_steps={settings.warmup_steps}",
+        f"scheduler.warmup_factor={settings.warmup_factor}",
+        f"scheduler.milestones={list(settings.milestones)}",
+        f"trainer.max_steps={settings.steps}",
+        "trainer.max_epochs=-1",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_model_summary=false",
+        "+trainer.enable_progress_bar=false",
+        "validate_after_train=false",
+        "callbacks=none",
+        "logger=none",
+        "log_val_images=0",
+        f"seed={seed}",
     ]
 
 
-def train_ours(settings: TrainSettings, train_split: dict, val_split: dict, seed: int,
-               extra_overrides: list[str] = (), workdir: str | Path | None = None) -> nn.Module:
+def train_ours(
+    settings: TrainSettings,
+    train_split: dict,
+    val_split: dict,
+    seed: int,
+    extra_overrides: list[str] = (),
+    workdir: str | Path | None = None,
+) -> nn.Module:
     """Run our ``train(cfg)`` with the matched overrides (+ ``extra_overrides``); returns the net in eval mode."""
     from hydra import compose, initialize_config_dir
 
@@ -140,8 +171,10 @@ def _row_text(r: RunResult) -> str:
     if r.metrics is None:
         return f"{r.pipeline:<40} seed {r.seed:<3} DIVERGED: {r.error}  {r.seconds:6.0f} s"
     m = r.metrics
-    return (f"{r.pipeline:<40} seed {r.seed:<3} box AP {m['bbox_AP']:.3f} (AP50 {m['bbox_AP50']:.3f})  "
-            f"mask AP {m['segm_AP']:.3f} (AP50 {m['segm_AP50']:.3f})  {r.seconds:6.0f} s")
+    return (
+        f"{r.pipeline:<40} seed {r.seed:<3} box AP {m['bbox_AP']:.3f} (AP50 {m['bbox_AP50']:.3f})  "
+        f"mask AP {m['segm_AP']:.3f} (AP50 {m['segm_AP50']:.3f})  {r.seconds:6.0f} s"
+    )
 
 
 def _value(r: RunResult, key: str) -> float:
@@ -154,18 +187,30 @@ def summary_table(results: list[RunResult], baseline: str = "torchvision loop") 
     A diverged run counts as AP 0 in the mean and shows as "NaN@step" in the per-seed column.
     """
     names = list(dict.fromkeys(r.pipeline for r in results))
-    mean = {n: {k: statistics.fmean(_value(r, k) for r in results if r.pipeline == n)
-                for k in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")} for n in names}
-    lines = ["| pipeline | seeds | box AP (AP50) | mask AP (AP50) | mask AP per seed | mask AP / baseline |",
-             "|---|---|---|---|---|---|"]
+    mean = {
+        n: {
+            k: statistics.fmean(_value(r, k) for r in results if r.pipeline == n)
+            for k in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
+        }
+        for n in names
+    }
+    lines = [
+        "| pipeline | seeds | box AP (AP50) | mask AP (AP50) | mask AP per seed | mask AP / baseline |",
+        "|---|---|---|---|---|---|",
+    ]
     for n in names:
         runs = [r for r in results if r.pipeline == n]
         per_seed = ", ".join(f"{r.metrics['segm_AP']:.3f}" if r.metrics else _diverged_at(r) for r in runs)
-        ratio = (f"{mean[n]['segm_AP'] / mean[baseline]['segm_AP']:.2f}"
-                 if baseline in mean and mean[baseline]["segm_AP"] > 0 else "-")
+        ratio = (
+            f"{mean[n]['segm_AP'] / mean[baseline]['segm_AP']:.2f}"
+            if baseline in mean and mean[baseline]["segm_AP"] > 0
+            else "-"
+        )
         m = mean[n]
-        lines.append(f"| {n} | {', '.join(str(r.seed) for r in runs)} | {m['bbox_AP']:.3f} ({m['bbox_AP50']:.3f}) | "
-                     f"{m['segm_AP']:.3f} ({m['segm_AP50']:.3f}) | {per_seed} | {ratio} |")
+        lines.append(
+            f"| {n} | {', '.join(str(r.seed) for r in runs)} | {m['bbox_AP']:.3f} ({m['bbox_AP50']:.3f}) | "
+            f"{m['segm_AP']:.3f} ({m['segm_AP50']:.3f}) | {per_seed} | {ratio} |"
+        )
     return "\n".join(lines)
 
 

@@ -32,8 +32,9 @@ from maskrcnn.data.sampler import GroupedBatchSampler, aspect_ratio_group_ids
 from maskrcnn.data.transforms import build_transforms
 
 
-def sampled_batches(aspect_ratios: list[float], grouping: bool, seed: int, steps: int, batch_size: int = 2,
-                    set_epoch: bool = True) -> list[tuple[int, ...]]:
+def sampled_batches(
+    aspect_ratios: list[float], grouping: bool, seed: int, steps: int, batch_size: int = 2, set_epoch: bool = True
+) -> list[tuple[int, ...]]:
     """The first ``steps`` batches (sorted index tuples) of our training sampler, epochs as the Trainer runs them."""
     from lightning_fabric.utilities.data import _set_sampler_epoch
 
@@ -63,15 +64,19 @@ def batch_composition(annotation_file: str | Path, steps: int = 150, seeds: tupl
         for seed in seeds:
             b = sampled_batches(ratios, grouping, seed, steps)
             pairs, seen = collections.Counter(b), collections.Counter(i for x in b for i in x)
-            epochs = {tuple(b[i:i + per_epoch]) for i in range(0, len(b), per_epoch)}
+            epochs = {tuple(b[i : i + per_epoch]) for i in range(0, len(b), per_epoch)}
             mixed = sum(1 for x in b if set(x) & set(portrait) and not set(x) <= set(portrait))
-            lines.append(f"grouping={grouping} data seed {seed}: {len(pairs)} distinct pairs; most common x"
-                         f"{pairs.most_common(1)[0][1]}; portrait pair x{pairs[portrait] if len(portrait) == 2 else '-'}; "
-                         f"batches mixing a portrait with a landscape image {mixed}; views per image "
-                         f"{min(seen.values())}-{max(seen.values())}; distinct epoch orders {len(epochs)}")
+            lines.append(
+                f"grouping={grouping} data seed {seed}: {len(pairs)} distinct pairs; most common x"
+                f"{pairs.most_common(1)[0][1]}; portrait pair x{pairs[portrait] if len(portrait) == 2 else '-'}; "
+                f"batches mixing a portrait with a landscape image {mixed}; views per image "
+                f"{min(seen.values())}-{max(seen.values())}; distinct epoch orders {len(epochs)}"
+            )
     fixed = sampled_batches(ratios, True, 0, steps, set_epoch=False)
-    lines.append(f"without set_epoch: distinct epoch orders "
-                 f"{len({tuple(fixed[i:i + per_epoch]) for i in range(0, len(fixed), per_epoch)})}")
+    lines.append(
+        f"without set_epoch: distinct epoch orders "
+        f"{len({tuple(fixed[i : i + per_epoch]) for i in range(0, len(fixed), per_epoch)})}"
+    )
     return lines
 
 
@@ -93,8 +98,10 @@ def target_differences(split: dict, min_size: int, max_size: int, flip: bool = F
         image_o, t_o = ours[i]
         counts[0] += len(t_o["boxes"])
         counts[1] += len(t_r["boxes"])
-        line = (f"image {i} ({ref.images[i]['width']}x{ref.images[i]['height']}): ours {tuple(image_o.shape[1:])}, "
-                f"loop {(h, w)}, instances {len(t_o['boxes'])} / {len(t_r['boxes'])}")
+        line = (
+            f"image {i} ({ref.images[i]['width']}x{ref.images[i]['height']}): ours {tuple(image_o.shape[1:])}, "
+            f"loop {(h, w)}, instances {len(t_o['boxes'])} / {len(t_r['boxes'])}"
+        )
         if tuple(image_o.shape[1:]) == (h, w) and len(t_o["boxes"]) == len(t_r["boxes"]):
             box.append((t_o["boxes"] - t_r["boxes"]).abs().mean().item())
             mo, mr = t_o["masks"].bool(), t_r["masks"].bool()
@@ -102,9 +109,11 @@ def target_differences(split: dict, min_size: int, max_size: int, flip: bool = F
             pix.append((image_o - (batch.tensors[0, :, :h, :w] * std + mean)).abs().mean().item())
             line += f", |box diff| {box[-1]:.3f} px, mask IoU {iou[-1]:.4f}, |pixel diff| {pix[-1]:.4f}"
         lines.append(line)
-    lines.append(f"{'flipped: ' if flip else ''}instances ours {counts[0]}, loop {counts[1]}; over {len(box)} same-size "
-                 f"images: mean |box diff| {np.mean(box):.3f} px, mean mask IoU {np.mean(iou):.4f}, "
-                 f"mean |pixel diff| {np.mean(pix):.4f}")
+    lines.append(
+        f"{'flipped: ' if flip else ''}instances ours {counts[0]}, loop {counts[1]}; over {len(box)} same-size "
+        f"images: mean |box diff| {np.mean(box):.3f} px, mean mask IoU {np.mean(iou):.4f}, "
+        f"mean |pixel diff| {np.mean(pix):.4f}"
+    )
     return lines
 
 

@@ -16,8 +16,14 @@ from bench.training import compare, summary_table
 
 
 def run_training_comparison(
-    settings: TrainSettings, splits: dict, seeds: list[int], variants: dict[str, list[str]], reference: bool,
-    dataset_label: str, command: str, out: str | None = None,
+    settings: TrainSettings,
+    splits: dict,
+    seeds: list[int],
+    variants: dict[str, list[str]],
+    reference: bool,
+    dataset_label: str,
+    command: str,
+    out: str | None = None,
 ) -> str:
     """Train and evaluate every run, print a header line (settings, machine, time) and the table.
 
@@ -35,10 +41,12 @@ def run_training_comparison(
     start = time.time()
     results = compare(settings, splits["train"], splits["val"], seeds, variants, reference=reference)
     table = summary_table(results)
-    header = (f"dataset {dataset_label}, {settings.steps} steps, sizes {list(settings.min_sizes)} max "
-              f"{settings.max_size}, seeds {seeds}, "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-              f"{torch.get_num_threads()}, {time.time() - start:.0f} s in all")
+    header = (
+        f"dataset {dataset_label}, {settings.steps} steps, sizes {list(settings.min_sizes)} max "
+        f"{settings.max_size}, seeds {seeds}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, {time.time() - start:.0f} s in all"
+    )
     print("\n" + header + "\n" + table)
     if out:
         with open(out, "a", encoding="utf-8") as f:

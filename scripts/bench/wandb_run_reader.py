@@ -140,13 +140,15 @@ def _parse(run_dir: Path, log: Path) -> OfflineRun:
             _merge_items(run.summary, record.summary.update)
         elif kind == "artifact":
             artifact = record.artifact
-            run.artifacts.append({
-                "name": artifact.name,
-                "type": artifact.type,
-                "aliases": list(artifact.aliases),
-                "metadata": json.loads(artifact.metadata) if artifact.metadata else {},
-                "files": [entry.path for entry in artifact.manifest.contents],
-            })
+            run.artifacts.append(
+                {
+                    "name": artifact.name,
+                    "type": artifact.type,
+                    "aliases": list(artifact.aliases),
+                    "metadata": json.loads(artifact.metadata) if artifact.metadata else {},
+                    "files": [entry.path for entry in artifact.manifest.contents],
+                }
+            )
         elif kind == "exit":
             run.finished = True
     return run

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from maskrcnn.errors import CheckpointError
 from maskrcnn.file_kinds import path_problem
 
-
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 PICKLE_MAGIC = b"\x80"  # torch.save's legacy format starts with a pickle protocol opcode
 
@@ -88,8 +87,10 @@ def load_checkpoint_file(path: str | Path, key: str, weights_only: bool = False)
                 f"{where} holds Python objects besides tensors (a training checkpoint? resume it with ckpt_path=); "
                 f"{key} takes a plain state_dict"
             ) from exc
-        raise CheckpointError(f"{where} is truncated or damaged ({size} bytes; torch.load failed: "
-                              f"{_short(exc)}); use an earlier checkpoint or copy the file again") from exc
+        raise CheckpointError(
+            f"{where} is truncated or damaged ({size} bytes; torch.load failed: "
+            f"{_short(exc)}); use an earlier checkpoint or copy the file again"
+        ) from exc
     except Exception as exc:  # RuntimeError (zip), EOFError / UnpicklingError (pickle), OSError, ...
         raise CheckpointError(
             f"{where} is truncated or damaged ({size} bytes; torch.load failed: {_short(exc)}); "
@@ -106,8 +107,9 @@ def classes_of(state: Mapping[str, Tensor], prefix: str = "") -> int | None:
     return None
 
 
-def check_state_fits(net: nn.Module, state: Mapping[str, Tensor], where: str, built_for: str = "",
-                     ignore: tuple[str, ...] = ()) -> None:
+def check_state_fits(
+    net: nn.Module, state: Mapping[str, Tensor], where: str, built_for: str = "", ignore: tuple[str, ...] = ()
+) -> None:
     """Raise when ``state`` (``net``'s key names) cannot be loaded into ``net`` strictly.
 
     Args:
@@ -139,8 +141,11 @@ def check_state_fits(net: nn.Module, state: Mapping[str, Tensor], where: str, bu
             problems.append(f"missing {name}")
         elif tuple(state[name].shape) != tuple(tensor.shape):
             problems.append(f"{name} is {list(state[name].shape)} in the checkpoint, {list(tensor.shape)} here")
-    problems += [f"unexpected {name}" for name in state if name not in own and not name.startswith(ignore)
-                 and not name.endswith("num_batches_tracked")]
+    problems += [
+        f"unexpected {name}"
+        for name in state
+        if name not in own and not name.startswith(ignore) and not name.endswith("num_batches_tracked")
+    ]
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise CheckpointError(f"{where} was built for another architecture than this run's model: {shown}")

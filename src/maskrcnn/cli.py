@@ -68,7 +68,7 @@ def _from_traceback_text(text: str, expected: tuple[type[BaseException], ...]) -
         marker = f"{cls.__module__}.{cls.__qualname__}: " if cls.__module__ != "builtins" else f"{cls.__name__}: "
         at = text.rfind("\n" + marker)
         if at > where:
-            found, where = cls(text[at + 1 + len(marker):].strip()), at
+            found, where = cls(text[at + 1 + len(marker) :].strip()), at
     return found
 
 
@@ -80,7 +80,7 @@ def error_message(exc: BaseException) -> str:
     if "\nOriginal Traceback" in text:
         marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
         cut = text.rfind(marker)
-        text = text[cut + len(marker):] if cut >= 0 else text
+        text = text[cut + len(marker) :] if cut >= 0 else text
     return f"{type(exc).__name__}: {text.strip()}"
 
 

@@ -36,8 +36,10 @@ def _stat_error(path: Path, exc: OSError) -> str:
         return "is a symbolic link loop"
     if exc.errno == errno.ENAMETOOLONG:
         longest = max((len(part) for part in path.parts), default=0)
-        return (f"has a name too long for the file system ({len(str(path))} characters, the longest part "
-                f"{longest}; most file systems allow 255 per part)")
+        return (
+            f"has a name too long for the file system ({len(str(path))} characters, the longest part "
+            f"{longest}; most file systems allow 255 per part)"
+        )
     if exc.errno == errno.ENOENT:
         try:
             if path.is_symlink():

@@ -69,12 +69,19 @@ class CheckpointArtifactWandbLogger(WandbLogger):
         import wandb
 
         monitor = getattr(checkpoint_callback, "monitor", None)
-        settings = {k: getattr(checkpoint_callback, k) for k in ("monitor", "mode", "save_last", "save_top_k")
-                    if hasattr(checkpoint_callback, k)}
+        settings = {
+            k: getattr(checkpoint_callback, k)
+            for k in ("monitor", "mode", "save_last", "save_top_k")
+            if hasattr(checkpoint_callback, k)
+        }
         for mtime, path, score, tag in _scan_checkpoints(checkpoint_callback, self._artifact_times):
             value = float(score) if isinstance(score, (Tensor, float, int)) else None
-            metadata = {"score": value, "monitor": monitor, "original_filename": Path(path).name,
-                        "ModelCheckpoint": settings}
+            metadata = {
+                "score": value,
+                "monitor": monitor,
+                "original_filename": Path(path).name,
+                "ModelCheckpoint": settings,
+            }
             artifact = wandb.Artifact(name=f"model-{self.experiment.id}", type="model", metadata=metadata)
             artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
             aliases = ["latest"]
@@ -121,7 +128,9 @@ def build_wandb_logger(
         # is still open, and Lightning would log this run into it: close it first.
         wandb.finish()
     if resolved == "offline":
-        log.info("W&B runs offline in %s/wandb; upload later with `wandb sync %s/wandb/offline-run-*`", save_dir, save_dir)
+        log.info(
+            "W&B runs offline in %s/wandb; upload later with `wandb sync %s/wandb/offline-run-*`", save_dir, save_dir
+        )
     return CheckpointArtifactWandbLogger(
         project=project, name=name, save_dir=save_dir, mode=resolved, log_model=log_model, **kwargs
     )

@@ -60,10 +60,11 @@ def net_state(ckpt: dict, path: str | Path, key: str = "ckpt_path") -> dict:
     Raises:
         CheckpointError: the state_dict has no ``net.*`` weights.
     """
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     if not state:
-        raise CheckpointError(f"{key}={str(path)!r}: the checkpoint's state_dict has no 'net.*' weights "
-                              "(from another project?)")
+        raise CheckpointError(
+            f"{key}={str(path)!r}: the checkpoint's state_dict has no 'net.*' weights (from another project?)"
+        )
     return state
 
 
@@ -78,8 +79,7 @@ def inference_model_config(run_config: dict, mask_format: str | None = None) -> 
     return model_cfg
 
 
-def load_net_state(net: nn.Module, ckpt: dict, path: str | Path, key: str = "ckpt_path",
-                   built_for: str = "") -> None:
+def load_net_state(net: nn.Module, ckpt: dict, path: str | Path, key: str = "ckpt_path", built_for: str = "") -> None:
     """Copy the checkpoint's ``net.*`` weights into ``net`` strictly.
 
     Raises:
@@ -106,8 +106,9 @@ def check_resume_checkpoint(path: str | Path, net: nn.Module, num_classes: int, 
             f"{key}={str(path)!r} holds weights but no training state to resume ({', '.join(missing)} missing); "
             "evaluate it with src/eval.py, or start a new run without ckpt_path"
         )
-    check_state_fits(net, net_state(ckpt, path, key), f"{key}={str(path)!r}",
-                     built_for=f"data.num_classes={num_classes}")
+    check_state_fits(
+        net, net_state(ckpt, path, key), f"{key}={str(path)!r}", built_for=f"data.num_classes={num_classes}"
+    )
 
 
 def build_net_from_checkpoint(ckpt: dict, path: str | Path, mask_format: str | None = None) -> nn.Module:

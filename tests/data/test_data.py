@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from maskrcnn.data.coco import CocoInstanceDataset, masks_to_boxes
@@ -30,7 +29,9 @@ def test_shapes_deterministic_valid_and_idempotent(tmp_path):
     c = generate_shapes(tmp_path / "c", num_train=20, num_val=5, image_size=96, seed=4)
     ann_a, ann_b, ann_c = (json.loads(Path(p["train"]["annotation_file"]).read_text()) for p in (a, b, c))
     assert ann_a == ann_b and ann_a != ann_c
-    assert (Path(a["train"]["image_dir"]) / "000007.png").read_bytes() == (Path(b["train"]["image_dir"]) / "000007.png").read_bytes()
+    assert (Path(a["train"]["image_dir"]) / "000007.png").read_bytes() == (
+        Path(b["train"]["image_dir"]) / "000007.png"
+    ).read_bytes()
 
     # idempotent: same params -> nothing rewritten; different params -> regenerated
     ann_file = Path(a["train"]["annotation_file"])
@@ -92,8 +93,9 @@ def test_nuts_dataset_targets(nuts):
 
 
 def test_transformed_nuts_stay_consistent(nuts):
-    nuts_aug = CocoInstanceDataset(NUTS / "images", NUTS / "annotations.json",
-                                   transforms=build_transforms("lsj", True, lsj_size=256))
+    nuts_aug = CocoInstanceDataset(
+        NUTS / "images", NUTS / "annotations.json", transforms=build_transforms("lsj", True, lsj_size=256)
+    )
     torch.manual_seed(0)
     for i in (0, 1):
         image, t = nuts_aug[i]
@@ -200,10 +202,21 @@ def test_ddp_split_covers_every_index(n):
 
 # ---------------------------------------------------------------- datamodule
 def test_datamodule_on_generated_shapes(tmp_path):
-    dm = CocoDataModule(batch_size=3, num_workers=0, augmentation="default", min_size=64, max_size=100,
-                        skipped_log_dir=tmp_path / "logs",
-                        generate_shapes={"out_dir": str(tmp_path / "shapes"), "num_train": 7, "num_val": 5,
-                                         "image_size": 64, "seed": 0})
+    dm = CocoDataModule(
+        batch_size=3,
+        num_workers=0,
+        augmentation="default",
+        min_size=64,
+        max_size=100,
+        skipped_log_dir=tmp_path / "logs",
+        generate_shapes={
+            "out_dir": str(tmp_path / "shapes"),
+            "num_train": 7,
+            "num_val": 5,
+            "image_size": 64,
+            "seed": 0,
+        },
+    )
     assert dm.persistent_workers is False
     dm.prepare_data()
     dm.setup("fit")
@@ -244,8 +257,14 @@ def test_draw_instances():
     image = np.full((40, 50, 3), 100, np.uint8)
     masks = np.zeros((1, 40, 50), np.uint8)
     masks[0, 10:20, 10:30] = 1
-    out = draw_instances(image, torch.tensor([[10.0, 10, 30, 20]]), torch.from_numpy(masks), torch.tensor([1]),
-                         ["__background__", "thing"], scores=torch.tensor([0.9]))
+    out = draw_instances(
+        image,
+        torch.tensor([[10.0, 10, 30, 20]]),
+        torch.from_numpy(masks),
+        torch.tensor([1]),
+        ["__background__", "thing"],
+        scores=torch.tensor([0.9]),
+    )
     assert out.shape == image.shape and out.dtype == np.uint8
     assert not np.array_equal(out[15, 20], image[15, 20])  # tinted under the mask
     assert np.array_equal(out[35, 45], image[35, 45])  # untouched elsewhere
@@ -275,8 +294,16 @@ def test_lightning_fit_consumes_the_datamodule(tmp_path):
     gen = {"out_dir": str(tmp_path / "s"), "num_train": 5, "num_val": 3, "image_size": 32}
     dm = CocoDataModule(batch_size=2, num_workers=0, generate_shapes=gen, min_size=32, max_size=64)
     probe = Probe()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(probe, datamodule=dm)
     assert sorted(probe.seen) == [1, 2, 3, 4, 5]
 
@@ -378,7 +405,7 @@ def test_dataset_rasterises_at_the_resized_scale(nuts):
     raw = json.loads((NUTS / "annotations.json").read_text())
     anns = [a for a in raw["annotations"] if a["image_id"] == target["image_id"]]
     assert len(anns) == len(target["masks"]) > 0
-    for ann, mask in zip(anns, target["masks"].numpy()):
+    for ann, mask in zip(anns, target["masks"].numpy(), strict=True):
         full = decode_segmentation(ann["segmentation"], 600, 800)
         resized = cv2.resize(full, (400, 300), interpolation=cv2.INTER_NEAREST)
         assert (mask != resized).sum() <= 0.1 * resized.sum() + 10  # boundary pixels only

@@ -39,6 +39,11 @@ def test_mask_stack_flip_equals_albumentations_mask_by_mask(shape, dtype):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (*shape[1:], 3), dtype=np.uint8)
     masks = (rng.random(shape) > 0.5).astype(dtype)
-    ours, theirs = HorizontalFlipMasks(p=1.0)(image=image, masks=masks), A.HorizontalFlip(p=1.0)(image=image, masks=masks)
+    ours, theirs = (
+        HorizontalFlipMasks(p=1.0)(image=image, masks=masks),
+        A.HorizontalFlip(p=1.0)(image=image, masks=masks),
+    )
     assert np.array_equal(ours["image"], theirs["image"])
-    assert np.asarray(ours["masks"]).dtype == dtype and np.array_equal(np.asarray(ours["masks"]), np.asarray(theirs["masks"]))
+    assert np.asarray(ours["masks"]).dtype == dtype and np.array_equal(
+        np.asarray(ours["masks"]), np.asarray(theirs["masks"])
+    )

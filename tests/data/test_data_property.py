@@ -24,8 +24,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn.data.coco import CocoInstanceDataset
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.transforms import build_transforms
+from maskrcnn.errors import DatasetError
 
 SIZES = {1: (24, 18), 2: (16, 20)}  # image id -> (width, height)
 
@@ -42,8 +42,15 @@ def _valid_coco() -> dict:
     uncompressed[-1] = flat.size - sum(uncompressed[:-1])
 
     def ann(id_, image_id, category_id, segmentation, bbox, iscrowd=0):
-        return {"id": id_, "image_id": image_id, "category_id": category_id, "segmentation": segmentation,
-                "bbox": bbox, "area": float(bbox[2] * bbox[3]), "iscrowd": iscrowd}
+        return {
+            "id": id_,
+            "image_id": image_id,
+            "category_id": category_id,
+            "segmentation": segmentation,
+            "bbox": bbox,
+            "area": float(bbox[2] * bbox[3]),
+            "iscrowd": iscrowd,
+        }
 
     return {
         "images": [{"id": i, "file_name": f"{i}.png", "width": w, "height": h} for i, (w, h) in SIZES.items()],
@@ -62,11 +69,48 @@ VALID = _valid_coco()
 
 # Replacement values: other JSON types, numbers as strings, extremes, broken RLE strings, nestings.
 VALUES = st.one_of(
-    st.sampled_from([None, True, False, 0, 1, -1, 2, 3.0, 0.5, -7.5, 1e300, -1e300, 10**6, 2**70, -(2**70),
-                     math.nan, math.inf, -math.inf, "", "3", "1", "0", "img1", "garbage!!", ";4", "PPPP", "0",
-                     [], {}, [[]], [1, 2], [[1, 2], [3, 4], [5, 6]], [2, 2, 12, 2, 12, 10], [[0, 0, 1e8, 0, 1e8, 1e8]],
-                     {"size": [20, 16]}, {"size": [20, 16], "counts": [320]}, {"counts": "abc", "size": "20x16"},
-                     [1e6, 1e6, 1e6, 1e6]]),
+    st.sampled_from(
+        [
+            None,
+            True,
+            False,
+            0,
+            1,
+            -1,
+            2,
+            3.0,
+            0.5,
+            -7.5,
+            1e300,
+            -1e300,
+            10**6,
+            2**70,
+            -(2**70),
+            math.nan,
+            math.inf,
+            -math.inf,
+            "",
+            "3",
+            "1",
+            "0",
+            "img1",
+            "garbage!!",
+            ";4",
+            "PPPP",
+            "0",
+            [],
+            {},
+            [[]],
+            [1, 2],
+            [[1, 2], [3, 4], [5, 6]],
+            [2, 2, 12, 2, 12, 10],
+            [[0, 0, 1e8, 0, 1e8, 1e8]],
+            {"size": [20, 16]},
+            {"size": [20, 16], "counts": [320]},
+            {"counts": "abc", "size": "20x16"},
+            [1e6, 1e6, 1e6, 1e6],
+        ]
+    ),
     st.integers(-(2**65), 2**65),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=6),
@@ -100,8 +144,22 @@ def mutated_coco(draw) -> dict:
             node = node[key]
         if parent is None:
             continue
-        op = draw(st.sampled_from(["replace", "replace", "replace", "stringify", "delete", "duplicate", "wrap",
-                                   "unwrap", "scale", "empty"]))
+        op = draw(
+            st.sampled_from(
+                [
+                    "replace",
+                    "replace",
+                    "replace",
+                    "stringify",
+                    "delete",
+                    "duplicate",
+                    "wrap",
+                    "unwrap",
+                    "scale",
+                    "empty",
+                ]
+            )
+        )
         value = parent[key]
         if op == "replace":
             parent[key] = draw(VALUES)
@@ -139,7 +197,9 @@ def _check_item(item, dataset: CocoInstanceDataset) -> None:
     assert image.dtype == torch.float32 and image.ndim == 3 and image.shape[0] == 3
     n, (h, w) = len(target["labels"]), image.shape[1:]
     assert target["boxes"].shape == (n, 4) and target["masks"].shape == (n, h, w)
-    assert target["labels"].dtype == torch.int64 and all(1 <= int(v) <= dataset.num_categories for v in target["labels"])
+    assert target["labels"].dtype == torch.int64 and all(
+        1 <= int(v) <= dataset.num_categories for v in target["labels"]
+    )
     assert torch.isfinite(target["boxes"]).all() and type(target["image_id"]) is int
 
 
@@ -155,15 +215,22 @@ def _setup_then_load_everything(image_dir, doc: dict, for_evaluation: bool) -> N
     bad = dataset.check_images(full_decode=True)  # what the data module does in setup
     assert all(str(image_dir) in b["reason"] for b in bad)  # a mutated file_name or size: names the file
     dataset.exclude_images(bad)
-    event(f"loaded, {'some' if dataset.skipped else 'no'} annotations skipped, {'some' if bad else 'no'} images excluded")
+    event(
+        f"loaded, {'some' if dataset.skipped else 'no'} annotations skipped, {'some' if bad else 'no'} images excluded"
+    )
     for transforms in (None, TRAIN):
         dataset.transforms = transforms
         for i in range(len(dataset)):
             _check_item(dataset[i], dataset)
 
 
-FAST = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def test_the_valid_file_loads(image_dir):

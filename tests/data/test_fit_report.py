@@ -15,8 +15,8 @@ import torch
 
 from helpers.config import ROOT
 from maskrcnn.data.fit.anchors import anchor_shapes, best_anchor_iou, fitness, training_scale
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.fit.report import compute_fit_report
+from maskrcnn.errors import DatasetError
 
 NUTS = ROOT / "tests" / "assets" / "nuts" / "annotations.json"
 DEFAULT_ANCHORS = [[32], [64], [128], [256], [512]]
@@ -27,6 +27,7 @@ def write_coco(path: Path, images: list[tuple[int, int, int]], anns: list[dict],
     """images: (id, width, height); anns: dicts with image_id, category_id, bbox (+ iscrowd). An
     annotation without "segmentation" gets its bbox as a rectangle polygon: boxes are measured from
     masks, as training does (the report skips an annotation without a usable one)."""
+
     def with_mask(a: dict) -> dict:
         if "segmentation" in a or "bbox" not in a:
             return a
@@ -47,16 +48,24 @@ def golden_json(tmp_path) -> Path:
     """Image 1 (800x800, training scale exactly 1): squares of side 1..100 px - sides 1..5 are the
     class "rare", the rest "common" - plus one crowd region and one invalid (negative-width) box.
     Image 2 (2000x500, scale 1333/2000 = 0.6665): no instances."""
-    anns = [{"image_id": 1, "category_id": 1 if s <= 5 else 2, "bbox": [10.0, 10.0, float(s), float(s)]}
-            for s in range(1, 101)]
+    anns = [
+        {"image_id": 1, "category_id": 1 if s <= 5 else 2, "bbox": [10.0, 10.0, float(s), float(s)]}
+        for s in range(1, 101)
+    ]
     anns.append({"image_id": 1, "category_id": 2, "bbox": [0, 0, 400, 400], "iscrowd": 1})
     anns.append({"image_id": 1, "category_id": 2, "bbox": [0, 0, -5, 10]})
     return write_coco(tmp_path / "golden.json", [(1, 800, 800), (2, 2000, 500)], anns, {1: "rare", 2: "common"})
 
 
 def test_golden_numbers(golden_json):
-    r = compute_fit_report(golden_json, min_size=800, max_size=1333, anchor_sizes=DEFAULT_ANCHORS,
-                           aspect_ratios=RATIOS, detections_per_img=50)
+    r = compute_fit_report(
+        golden_json,
+        min_size=800,
+        max_size=1333,
+        anchor_sizes=DEFAULT_ANCHORS,
+        aspect_ratios=RATIOS,
+        detections_per_img=50,
+    )
     t = r.splits["train"]
     assert (t.images, t.instances, t.crowd, t.images_without_instances) == (2, 100, 1, 1)
     assert t.invalid == {"polygon lies entirely outside the image (zero area after clipping)": 1}
@@ -76,7 +85,7 @@ def test_golden_numbers(golden_json):
 
     s = r.suggestion
     assert not s.keep_anchors and s.anchor_sizes[0][0] < 32
-    assert all(b[0] == 2 * a[0] for a, b in zip(s.anchor_sizes, s.anchor_sizes[1:]))
+    assert all(b[0] == 2 * a[0] for a, b in zip(s.anchor_sizes, s.anchor_sizes[1:], strict=False))
     assert s.frac_iou_below_half < 0.22 and s.best_doubling_fitness >= s.configured_fitness + 0.01
     # p5 5.95 px needs x2.69 to reach 16 px; capped at min_size 1333; max_size follows 1333 * 1333/800.
     assert (s.min_size, s.max_size) == (1333, 2221)
@@ -160,16 +169,29 @@ def dense_small_json(path: Path, images: int = 4, per_image: int = 150) -> Path:
         w, h = side / np.sqrt(aspect), side * np.sqrt(aspect)
         x, y = rng.uniform(0, 800 - w), rng.uniform(0, 800 - h)
         # The box as a polygon: the report measures the mask (as training), the json checks want one.
-        anns += [{"image_id": i, "category_id": int(c), "bbox": [float(a), float(b), float(c2), float(d)],
-                  "segmentation": [[float(a), float(b), float(a + c2), float(b), float(a + c2), float(b + d),
-                                    float(a), float(b + d)]]}
-                 for a, b, c2, d, c in zip(x, y, w, h, rng.integers(1, 3, per_image))]
+        anns += [
+            {
+                "image_id": i,
+                "category_id": int(c),
+                "bbox": [float(a), float(b), float(c2), float(d)],
+                "segmentation": [
+                    [float(a), float(b), float(a + c2), float(b), float(a + c2), float(b + d), float(a), float(b + d)]
+                ],
+            }
+            for a, b, c2, d, c in zip(x, y, w, h, rng.integers(1, 3, per_image), strict=True)
+        ]
     return write_coco(path, [(i, 800, 800) for i in range(1, images + 1)], anns, {1: "cell", 2: "debris"})
 
 
 def test_dense_small_objects_warn_and_suggest_smaller_anchors(tmp_path):
-    r = compute_fit_report(dense_small_json(tmp_path / "dense.json"), min_size=800, max_size=1333,
-                           anchor_sizes=DEFAULT_ANCHORS, aspect_ratios=RATIOS, detections_per_img=100)
+    r = compute_fit_report(
+        dense_small_json(tmp_path / "dense.json"),
+        min_size=800,
+        max_size=1333,
+        anchor_sizes=DEFAULT_ANCHORS,
+        aspect_ratios=RATIOS,
+        detections_per_img=100,
+    )
     t = r.splits["train"]
     assert t.instances == 600 and t.max_instances == 150 and t.images_over_detections == 4
     assert 2 <= t.sizes["min"] and t.sizes["max"] <= 31  # mask boxes: the rasterised polygon, +-1 px per side
@@ -188,33 +210,47 @@ def test_bad_input_names_file_and_image(tmp_path):
     with pytest.raises(DatasetError, match="missing.json"):
         compute_fit_report(tmp_path / "missing.json")
     bad = tmp_path / "nosize.json"
-    bad.write_text(json.dumps({"images": [{"id": 1, "width": 10, "height": 10}, {"id": 5, "file_name": "x.jpg"}],
-                               "annotations": [], "categories": []}))
+    bad.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "width": 10, "height": 10}, {"id": 5, "file_name": "x.jpg"}],
+                "annotations": [],
+                "categories": [],
+            }
+        )
+    )
     with pytest.raises(DatasetError, match=r"nosize.json: image 5 needs integer"):
         compute_fit_report(bad)
     dup = write_coco(tmp_path / "dup.json", [(3, 10, 10), (3, 10, 10)], [], {1: "a"})
     with pytest.raises(DatasetError, match="image id 3 appears more than once"):
         compute_fit_report(dup)
-    anns = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, float("nan"), 5]},
-            {"image_id": 1, "category_id": 1},  # no bbox
-            {"image_id": 9, "category_id": 1, "bbox": [0, 0, 5, 5]},
-            {"image_id": 1, "category_id": 4, "bbox": [0, 0, 5, 5]},
-            {"image_id": 1, "category_id": 1, "bbox": [50, 0, 5, 5]},
-            {"image_id": 1, "category_id": 1, "bbox": [8, 8, 5, 5]}]  # the one valid box, clipped to 2x2
+    anns = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, float("nan"), 5]},
+        {"image_id": 1, "category_id": 1},  # no bbox
+        {"image_id": 9, "category_id": 1, "bbox": [0, 0, 5, 5]},
+        {"image_id": 1, "category_id": 4, "bbox": [0, 0, 5, 5]},
+        {"image_id": 1, "category_id": 1, "bbox": [50, 0, 5, 5]},
+        {"image_id": 1, "category_id": 1, "bbox": [8, 8, 5, 5]},
+    ]  # the one valid box, clipped to 2x2
     some_bad = write_coco(tmp_path / "some_bad.json", [(1, 10, 10)], anns, {1: "a"})
     r = compute_fit_report(some_bad, min_size=10, max_size=10)
     t = r.splits["train"]
     # the reasons training's loader gives (the masks are the bboxes as rectangles)
-    assert t.invalid == {"polygon has NaN / inf coordinates": 1, "missing segmentation (Mask R-CNN needs polygon or RLE masks)": 1, "unknown image_id": 1,
-                         "unknown category_id": 1,
-                         "polygon coordinates reach far outside the 10x10 image (x from 50 to 55, y from 0 to 5; "
-                         "at most one image size beyond an edge is accepted)": 1}
+    assert t.invalid == {
+        "polygon has NaN / inf coordinates": 1,
+        "missing segmentation (Mask R-CNN needs polygon or RLE masks)": 1,
+        "unknown image_id": 1,
+        "unknown category_id": 1,
+        "polygon coordinates reach far outside the 10x10 image (x from 50 to 55, y from 0 to 5; "
+        "at most one image size beyond an edge is accepted)": 1,
+    }
     assert t.instances == 1 and t.sizes["max"] == pytest.approx(2.0)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/dataset_report.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "scripts/dataset_report.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_end_to_end(tmp_path):
@@ -227,8 +263,22 @@ def test_cli_end_to_end(tmp_path):
     assert json.loads(out.read_text())["splits"]["val"]["instances_per_class"]["fig"] == 41
 
     dense = dense_small_json(tmp_path / "dense.json")
-    proc = run_cli("--train", str(dense), "--min-size", "800", "--max-size", "1333",
-                   "--anchor-sizes", "32", "64", "128", "256", "512", "--detections-per-img", "100")
+    proc = run_cli(
+        "--train",
+        str(dense),
+        "--min-size",
+        "800",
+        "--max-size",
+        "1333",
+        "--anchor-sizes",
+        "32",
+        "64",
+        "128",
+        "256",
+        "512",
+        "--detections-per-img",
+        "100",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fix: model.roi_heads.detections_per_img=200" in proc.stdout
     assert "fix: model.rpn.anchor_sizes='[[" in proc.stdout and "model.transform.min_size=" in proc.stdout

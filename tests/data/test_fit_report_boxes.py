@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
 from helpers.config import ROOT
+from maskrcnn.data.checks.annotation_file import validate_coco
 from maskrcnn.data.fit.boxes import load_coco_boxes, segmentation_boxes
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.fit.report import compute_fit_report
 from maskrcnn.data.readers.masks import decode_segmentation, masks_to_boxes
-from maskrcnn.data.checks.annotation_file import validate_coco
+from maskrcnn.errors import DatasetError
 
 STANDARD = [[32], [64], [128], [256], [512]]  # what model.rpn.anchor_sizes=auto starts from
 
@@ -40,15 +40,28 @@ def objects(n: int = 100, seed: int = 0) -> list[dict]:
     for k in range(n):
         s = float(rng.integers(8, 21))
         x, y = (float(v) for v in rng.integers(0, 180, 2))
-        anns.append({"id": k + 1, "image_id": k // 5 + 1, "category_id": 1 + k % 2, "iscrowd": 0,
-                     "segmentation": square(x, y, s), "bbox": [x, y, s, s], "area": s * s})
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": k // 5 + 1,
+                "category_id": 1 + k % 2,
+                "iscrowd": 0,
+                "segmentation": square(x, y, s),
+                "bbox": [x, y, s, s],
+                "area": s * s,
+            }
+        )
     return anns
 
 
 def write(path: Path, anns: list[dict], images: int = 20, size: tuple[int, int] = (200, 200)) -> Path:
-    data = {"images": [{"id": i, "file_name": f"{i}.png", "width": size[0], "height": size[1]}
-                       for i in range(1, images + 1)],
-            "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    data = {
+        "images": [
+            {"id": i, "file_name": f"{i}.png", "width": size[0], "height": size[1]} for i in range(1, images + 1)
+        ],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
     path.write_text(json.dumps(data))
     return path
 
@@ -104,15 +117,19 @@ def shapes() -> dict[str, object]:
             value, count = v, 0
         count += 1
     runs.append(count)
-    return {"polygon": [[4, 3, 13, 3, 13, 8, 4, 8]],
-            "compressed RLE": {"size": [20, 30], "counts": compressed["counts"].decode()},
-            "uncompressed RLE": {"size": [20, 30], "counts": [int(c) for c in runs]}}
+    return {
+        "polygon": [[4, 3, 13, 3, 13, 8, 4, 8]],
+        "compressed RLE": {"size": [20, 30], "counts": compressed["counts"].decode()},
+        "uncompressed RLE": {"size": [20, 30], "counts": [int(c) for c in runs]},
+    }
 
 
 def test_polygon_and_rle_are_measured_alike(tmp_path):
     segs = shapes()
-    anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": seg, "bbox": [0, 0, 2, 2]}
-            for k, seg in enumerate(segs.values())]
+    anns = [
+        {"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": seg, "bbox": [0, 0, 2, 2]}
+        for k, seg in enumerate(segs.values())
+    ]
     # without a usable segmentation training skips an annotation whatever its bbox: so does the report,
     # with the reason training's loader gives
     anns.append({"id": 9, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 4]})
@@ -120,8 +137,11 @@ def test_polygon_and_rle_are_measured_alike(tmp_path):
     anns.append({"id": 11, "image_id": 1, "category_id": 1, "segmentation": []})
     boxes = load_coco_boxes(write(tmp_path / "mixed.json", anns, images=1, size=(30, 20)))
     assert boxes.wh.tolist() == [[9, 5]] * 3
-    assert boxes.invalid == {"missing segmentation (Mask R-CNN needs polygon or RLE masks)": 1, "polygon lies entirely outside the image (zero area after clipping)": 1,
-                             "empty polygon list": 1}
+    assert boxes.invalid == {
+        "missing segmentation (Mask R-CNN needs polygon or RLE masks)": 1,
+        "polygon lies entirely outside the image (zero area after clipping)": 1,
+        "empty polygon list": 1,
+    }
     assert [e["annotation_id"] for e in boxes.invalid_examples] == [9, 10, 11]
     assert boxes.disagree == 3
     for seg in segs.values():  # the same box as the training target of each
@@ -146,8 +166,9 @@ def polygons(draw):
     return parts
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(segs=st.lists(polygons(), min_size=1, max_size=6))
 def test_polygon_boxes_are_the_training_targets(segs):
     anns = [{"segmentation": s} for s in segs]
@@ -161,8 +182,9 @@ def test_polygon_boxes_are_the_training_targets(segs):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/dataset_report.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "scripts/dataset_report.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_on_bbox_less_train_and_val(tmp_path):
@@ -183,8 +205,11 @@ def test_cli_on_bbox_less_train_and_val(tmp_path):
 
 
 def test_validation_split_without_bbox_is_rejected(tmp_path):
-    data = json.loads(write(tmp_path / "v.json", [{k: v for k, v in a.items() if k != "bbox"} for a in objects(5)],
-                            images=1).read_text())
+    data = json.loads(
+        write(
+            tmp_path / "v.json", [{k: v for k, v in a.items() if k != "bbox"} for a in objects(5)], images=1
+        ).read_text()
+    )
     with pytest.raises(DatasetError, match=r"v\.json: annotation id 1 \(image id 1\): COCO evaluation .*\['bbox'\]"):
         validate_coco(data, str(tmp_path / "v.json"), for_evaluation=True)
     assert validate_coco(data, "v.json").instances[1]  # training itself does not need it

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.config import TINY, compose
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from helpers.config import TINY, compose
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.readers.image_io import TruncatedImageError, exif_size, open_image
 from maskrcnn.training.pipeline import train
@@ -53,16 +53,34 @@ def _hostile_split(root: Path) -> tuple[Path, dict[str, str]]:
     (root / "good.jpg").write_bytes(jpeg)
     long_name = "x" * 300 + ".jpg"
     expected = {
-        "truncated.png": "truncated", "cut_in_header.png": "cannot be read", "empty.jpg": "is empty (0 bytes)",
-        "text.jpg": "cannot be read as an image", "folder.jpg": "is a directory", "loop_a.jpg": "symbolic link loop",
-        "broken.jpg": "is a broken symbolic link", "fifo.jpg": "is not a regular file (a FIFO)",
-        long_name: "has a name too long", "missing.jpg": "does not exist",
+        "truncated.png": "truncated",
+        "cut_in_header.png": "cannot be read",
+        "empty.jpg": "is empty (0 bytes)",
+        "text.jpg": "cannot be read as an image",
+        "folder.jpg": "is a directory",
+        "loop_a.jpg": "symbolic link loop",
+        "broken.jpg": "is a broken symbolic link",
+        "fifo.jpg": "is not a regular file (a FIFO)",
+        long_name: "has a name too long",
+        "missing.jpg": "does not exist",
     }
     names = ["good.png", "good.jpg", *expected]
-    coco = {"images": [{"id": i + 1, "file_name": n, "width": 64, "height": 48} for i, n in enumerate(names)],
-            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "segmentation": [SQUARE],
-                             "bbox": [10, 10, 30, 30], "area": 900.0, "iscrowd": 0} for i in range(len(names))],
-            "categories": [{"id": 1, "name": "square"}]}
+    coco = {
+        "images": [{"id": i + 1, "file_name": n, "width": 64, "height": 48} for i, n in enumerate(names)],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "segmentation": [SQUARE],
+                "bbox": [10, 10, 30, 30],
+                "area": 900.0,
+                "iscrowd": 0,
+            }
+            for i in range(len(names))
+        ],
+        "categories": [{"id": 1, "name": "square"}],
+    }
     (root / "annotations.json").write_text(json.dumps(coco))
     return root / "annotations.json", expected
 
@@ -83,6 +101,7 @@ def _no_decode(load, allow: bool):
         if not allow and self.format == "PNG":
             raise AssertionError("the header check decoded a PNG")
         return load(self)
+
     return guarded
 
 
@@ -106,8 +125,11 @@ def test_a_png_cut_anywhere_is_a_skip_naming_the_file(tmp_path, cut, full):
     root = tmp_path / f"cut{cut}{full}"
     root.mkdir(exist_ok=True)
     (root / "a.png").write_bytes(PNG[:cut])
-    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 30, "height": 40}], "annotations": [],
-            "categories": [{"id": 1, "name": "s"}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 30, "height": 40}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "s"}],
+    }
     (root / "a.json").write_text(json.dumps(coco))
     bad = CocoInstanceDataset(root, root / "a.json", bad_images="skip").check_images(full_decode=full)
     assert len(bad) == 1 and repr(str(root / "a.png")) in bad[0]["reason"], bad
@@ -123,11 +145,22 @@ def test_truncated_png_chunk_walk_says_where_it_ends(tmp_path):
 def test_a_run_with_every_bad_path_in_the_training_split_trains_and_lists_them(tmp_path, shapes_dir):
     annotations, expected = _hostile_split(tmp_path / "train")
     val = shapes_dir / "shapes" / "val"
-    cfg = compose([*TINY, "data.num_classes=1", f"data.train.image_dir={tmp_path / 'train'}",
-                   f"data.train.annotation_file={annotations}", f"data.val.image_dir={tmp_path / 'train'}",
-                   f"data.val.annotation_file={annotations}", "data.generate_shapes=null", "trainer.max_steps=1",
-                   "validate_after_train=false", "dataset_report=false", "trainer.limit_val_batches=1"],
-                  output_dir=tmp_path / "run")
+    cfg = compose(
+        [
+            *TINY,
+            "data.num_classes=1",
+            f"data.train.image_dir={tmp_path / 'train'}",
+            f"data.train.annotation_file={annotations}",
+            f"data.val.image_dir={tmp_path / 'train'}",
+            f"data.val.annotation_file={annotations}",
+            "data.generate_shapes=null",
+            "trainer.max_steps=1",
+            "validate_after_train=false",
+            "dataset_report=false",
+            "trainer.limit_val_batches=1",
+        ],
+        output_dir=tmp_path / "run",
+    )
     assert val.is_dir()
     train(cfg)
     listed = [json.loads(line) for line in (tmp_path / "run" / "skipped_images_train.jsonl").read_text().splitlines()]

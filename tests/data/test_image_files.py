@@ -1,22 +1,15 @@
 """Image files: missing, empty, corrupt, truncated or mis-sized files, and unusual but valid images."""
 
 import io
-import json
-import logging
-import math
-import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from maskrcnn.data.coco import CocoInstanceDataset
-from maskrcnn.errors import DatasetError
+from helpers.coco_files import ann, make
 from maskrcnn.data.transforms import build_transforms
-
-from helpers.coco_files import IMG, SQUARE, ann, make, small_datamodule, split_folder, write_coco
+from maskrcnn.errors import DatasetError
 
 
 # ---------------------------------------------------------------- bad image files
@@ -30,8 +23,12 @@ def test_missing_zero_byte_corrupt_and_truncated_files(tmp_path):
     (tmp_path / "5.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated
     ds = make(tmp_path, images=imgs, annotations=[], write_images=False)
     assert ds[0][0].shape == (3, 48, 64)
-    for index, pattern in [(1, "2.jpg'.*image id 2.*does not exist"), (2, "3.jpg'.*image id 3.*empty"),
-                           (3, "4.jpg'.*image id 4.*cannot be read"), (4, "5.jpg'.*image id 5.*truncated")]:
+    for index, pattern in [
+        (1, "2.jpg'.*image id 2.*does not exist"),
+        (2, "3.jpg'.*image id 3.*empty"),
+        (3, "4.jpg'.*image id 4.*cannot be read"),
+        (4, "5.jpg'.*image id 5.*truncated"),
+    ]:
         with pytest.raises(DatasetError, match=pattern):
             ds[index]
     assert [b["image_id"] for b in ds.check_images()] == [2, 3, 4]  # header check cannot see truncation
@@ -50,7 +47,9 @@ def test_size_mismatch_is_reported(tmp_path):
 def _load_single(tmp_path, pil_image, name="a.png", **save_kwargs):
     pil_image.save(tmp_path / name, **save_kwargs)
     w, h = pil_image.size
-    ds = make(tmp_path, images=[{"id": 1, "file_name": name, "width": w, "height": h}], annotations=[], write_images=False)
+    ds = make(
+        tmp_path, images=[{"id": 1, "file_name": name, "width": w, "height": h}], annotations=[], write_images=False
+    )
     image, _ = ds[0]
     assert image.dtype == torch.float32 and image.shape == (3, h, w)
     return (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -95,8 +94,13 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_huge_image_loads_and_default_transform_downsizes(tmp_path):
     Image.new("L", (10000, 10000), 77).save(tmp_path / "huge.png", compress_level=1)
     images = [{"id": 1, "file_name": "huge.png", "width": 10000, "height": 10000}]
-    ds = make(tmp_path, images=images, annotations=[ann(1, [[0, 0, 5000, 0, 5000, 5000, 0, 5000]])],
-              write_images=False, transforms=build_transforms("default", True, min_size=100, max_size=100, hflip_prob=0.0))
+    ds = make(
+        tmp_path,
+        images=images,
+        annotations=[ann(1, [[0, 0, 5000, 0, 5000, 5000, 0, 5000]])],
+        write_images=False,
+        transforms=build_transforms("default", True, min_size=100, max_size=100, hflip_prob=0.0),
+    )
     image, target = ds[0]
     assert image.shape == (3, 100, 100) and target["orig_size"] == (10000, 10000)
     assert abs(image[0, 50, 50].item() - 77 / 255) < 1e-6

@@ -1,22 +1,11 @@
 """RLE masks, crowd regions and non-contiguous category ids; compressed RLE checks against pycocotools."""
 
-import io
-import json
-import logging
-import math
 import re
 
 import numpy as np
-import pytest
-import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 
-from maskrcnn.data.coco import CocoInstanceDataset
-from maskrcnn.errors import DatasetError
-from maskrcnn.data.transforms import build_transforms
-
-from helpers.coco_files import IMG, SQUARE, ann, make, small_datamodule, split_folder, write_coco
+from helpers.coco_files import SQUARE, ann, make
 
 
 # ---------------------------------------------------------------- RLE, iscrowd, category ids
@@ -34,9 +23,12 @@ def test_rle_iscrowd_and_noncontiguous_categories(tmp_path):
     counts[-1] = h * w - sum(counts[:-1])
     uncompressed = {"size": [h, w], "counts": counts}
     cats = [{"id": 9, "name": "zebra"}, {"id": 3, "name": "ant"}]
-    anns = [ann(1, SQUARE, category_id=9), ann(2, compressed, category_id=3),
-            {**ann(3, uncompressed, category_id=3), "iscrowd": 1},
-            ann(4, {"size": [h, w], "counts": [h * w]}, category_id=3)]  # empty RLE: skipped
+    anns = [
+        ann(1, SQUARE, category_id=9),
+        ann(2, compressed, category_id=3),
+        {**ann(3, uncompressed, category_id=3), "iscrowd": 1},
+        ann(4, {"size": [h, w], "counts": [h * w]}, category_id=3),
+    ]  # empty RLE: skipped
     ds = make(tmp_path, annotations=anns, categories=cats)
     assert ds.class_names == ["__background__", "ant", "zebra"]
     assert ds.category_id_to_label == {3: 1, 9: 2} and ds.label_to_category_id == {1: 3, 2: 9}
@@ -50,8 +42,11 @@ def test_rle_iscrowd_and_noncontiguous_categories(tmp_path):
 
 def test_instance_cropped_away_is_dropped_consistently(tmp_path):
     cats = [{"id": 1, "name": "left"}, {"id": 2, "name": "right"}]
-    anns = [ann(1, [[15, 2, 19, 2, 19, 6, 15, 6]], category_id=2), ann(2, SQUARE, category_id=1),
-            {**ann(3, [[16, 10, 19, 10, 19, 14, 16, 14]], category_id=1), "iscrowd": 1}]
+    anns = [
+        ann(1, [[15, 2, 19, 2, 19, 6, 15, 6]], category_id=2),
+        ann(2, SQUARE, category_id=1),
+        {**ann(3, [[16, 10, 19, 10, 19, 14, 16, 14]], category_id=1), "iscrowd": 1},
+    ]
 
     def keep_left_half(image, masks):  # stands in for a crop augmentation
         return image[:, :13].copy(), masks[:, :, :13].copy()
@@ -60,8 +55,6 @@ def test_instance_cropped_away_is_dropped_consistently(tmp_path):
     assert target["labels"].tolist() == [1] and target["boxes"].tolist() == [[2, 2, 12, 10]]
     assert target["masks"].shape == (1, 16, 13) and target["crowd_boxes"].shape == (0, 4)
     assert target["orig_size"] == (16, 20)
-
-
 
 
 # ---------------------------------------------------------------- compressed RLE strings vs pycocotools
@@ -96,10 +89,10 @@ def test_compressed_rle_check_agrees_with_pycocotools():
         strings.append(mask_utils.encode(np.asfortranarray(mask))["counts"].decode("ascii"))
         totals.append(h * w)
         masks.append(mask)
-    for problem, mask in zip(compressed_rle_problems(strings, totals), masks):
+    for problem, mask in zip(compressed_rle_problems(strings, totals), masks, strict=True):
         assert (problem is None) == bool(mask.any())  # an empty mask is skipped as empty, not as broken
     mutated, mutated_totals, passed = [], [], 0
-    for s, total in zip(strings, totals):
+    for s, total in zip(strings, totals, strict=True):
         for _ in range(20):
             chars = list(s)
             pos = int(rng.integers(0, len(chars)))
@@ -112,7 +105,9 @@ def test_compressed_rle_check_agrees_with_pycocotools():
                 chars.insert(pos, chr(int(rng.integers(48, 112))))
             mutated.append("".join(chars))
             mutated_totals.append(total)
-    for s, total, problem in zip(mutated, mutated_totals, compressed_rle_problems(mutated, mutated_totals)):
+    for s, total, problem in zip(
+        mutated, mutated_totals, compressed_rle_problems(mutated, mutated_totals), strict=True
+    ):
         closed = (ord(s[-1]) - 48) & 0x20 == 0
         longest = max(len(n) for n in re.findall(r"[\x50-\x6f]*[\x30-\x4f]", s)) if closed else 0
         expected = closed and longest <= MAX_NUMBER_CHARS and sum(_reference_runs(s)) == total

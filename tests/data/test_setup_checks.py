@@ -1,52 +1,62 @@
 """The data module's setup checks: usable instances, augmentation sizes, categories, mask memory."""
 
-import io
-import json
 import logging
-import math
 import re
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from pycocotools import mask as mask_utils
 
-from maskrcnn.data.coco import CocoInstanceDataset
+from helpers.coco_files import IMG, SQUARE, ann, make, small_datamodule
 from maskrcnn.errors import DatasetError
-from maskrcnn.data.transforms import build_transforms
-
-from helpers.coco_files import IMG, SQUARE, ann, make, small_datamodule, split_folder, write_coco
 
 
 # ---------------------------------------------------------------- the data module: setup checks
-@pytest.mark.parametrize("annotations, reason", [
-    ([], r"the file has 2 image\(s\) but no annotations"),
-    ([{**ann(1, SQUARE), "iscrowd": 1}, {**ann(2, SQUARE, image_id=2), "iscrowd": 1}],
-     r"of its 2 annotation\(s\), 2 are crowd regions \(iscrowd=1\), which are never training instances"),
-    ([ann(1, [[1, 1, 5, 5]]), ann(2, [[1, 1, 5, 5, 9, 9]])],
-     r"2 were skipped as unusable \(most often: polygon with fewer than 3 points \(2\); all listed in .*skipped_train\.jsonl\)"),
-])
+@pytest.mark.parametrize(
+    "annotations, reason",
+    [
+        ([], r"the file has 2 image\(s\) but no annotations"),
+        (
+            [{**ann(1, SQUARE), "iscrowd": 1}, {**ann(2, SQUARE, image_id=2), "iscrowd": 1}],
+            r"of its 2 annotation\(s\), 2 are crowd regions \(iscrowd=1\), which are never training instances",
+        ),
+        (
+            [ann(1, [[1, 1, 5, 5]]), ann(2, [[1, 1, 5, 5, 9, 9]])],
+            r"2 were skipped as unusable \(most often: polygon with fewer than 3 points \(2\); "
+            r"all listed in .*skipped_train\.jsonl\)",
+        ),
+    ],
+)
 def test_zero_training_instances_stop_setup(tmp_path, annotations, reason):
     dm = small_datamodule(tmp_path, annotations)
-    with pytest.raises(DatasetError, match=r"train split \(.*train/ann\.json\): no training instance left: .*" + reason):
+    with pytest.raises(
+        DatasetError, match=r"train split \(.*train/ann\.json\): no training instance left: .*" + reason
+    ):
         dm.setup("fit")
 
 
 def test_zero_training_instances_after_unreadable_images(tmp_path):
     dm = small_datamodule(tmp_path, [ann(1, SQUARE)])
     (tmp_path / "train" / "1.png").write_bytes(b"not a png")
-    with pytest.raises(DatasetError, match=r"train split .*: no training instance left: of its 1 annotation\(s\), 1 are on images that were excluded as unreadable"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train split .*: no training instance left: of its 1 annotation\(s\), "
+        r"1 are on images that were excluded as unreadable",
+    ):
         dm.setup("fit")
 
 
-@pytest.mark.parametrize("augmentation, pattern", [
-    ({"name": "default", "min_size": 0, "max_size": 64}, r"augmentation\.min_size=0: must be a whole number of pixels in 1\.\.16384"),
-    ({"name": "default", "min_size": 32, "max_size": "big"}, r"augmentation\.max_size='big'"),
-    ({"name": "default", "min_size": 800.5, "max_size": 1333}, r"augmentation\.min_size=800\.5"),
-    ({"name": "multiscale", "multiscale_sizes": [640, -1]}, r"augmentation\.multiscale_sizes=-1"),
-    ({"name": "lsj", "lsj_scale": [2.0, 0.1]}, r"augmentation\.lsj_scale=\[2\.0, 0\.1\]: must be \[low, high\]"),
-])
+@pytest.mark.parametrize(
+    "augmentation, pattern",
+    [
+        (
+            {"name": "default", "min_size": 0, "max_size": 64},
+            r"augmentation\.min_size=0: must be a whole number of pixels in 1\.\.16384",
+        ),
+        ({"name": "default", "min_size": 32, "max_size": "big"}, r"augmentation\.max_size='big'"),
+        ({"name": "default", "min_size": 800.5, "max_size": 1333}, r"augmentation\.min_size=800\.5"),
+        ({"name": "multiscale", "multiscale_sizes": [640, -1]}, r"augmentation\.multiscale_sizes=-1"),
+        ({"name": "lsj", "lsj_scale": [2.0, 0.1]}, r"augmentation\.lsj_scale=\[2\.0, 0\.1\]: must be \[low, high\]"),
+    ],
+)
 def test_augmentation_sizes_are_checked_where_read(tmp_path, augmentation, pattern):
     from maskrcnn.errors import ConfigError
 
@@ -58,8 +68,11 @@ def test_resize_that_loses_every_instance_stops_setup(tmp_path):
     """min_size=1 keeps the config valid but shrinks the 40x32 images to 1 px: no instance survives."""
     anns = [ann(1, [[2, 2, 6, 2, 6, 6, 2, 6]]), ann(2, [[30, 20, 34, 20, 34, 24]], image_id=2)]
     dm = small_datamodule(tmp_path, anns, augmentation={"name": "default", "min_size": 1, "max_size": 2})
-    with pytest.raises(DatasetError, match=r"train split .*with augmentation 'default' \(augmentation\.min_size=1, "
-                                           r"augmentation\.max_size=2\) even the largest instances have no pixel left"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train split .*with augmentation 'default' \(augmentation\.min_size=1, "
+        r"augmentation\.max_size=2\) even the largest instances have no pixel left",
+    ):
         dm.setup("fit")
     (tmp_path / "ok").mkdir()
     dm = small_datamodule(tmp_path / "ok", anns, augmentation={"name": "default", "min_size": 8, "max_size": 16})
@@ -68,13 +81,18 @@ def test_resize_that_loses_every_instance_stops_setup(tmp_path):
 
 
 def test_category_names_must_agree_across_splits(tmp_path):
-    dm = small_datamodule(tmp_path, [ann(1, SQUARE)], train_categories=[{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-                     val_categories=[{"id": 1, "name": "cat"}, {"id": 2, "name": "wolf"}])
-    with pytest.raises(DatasetError, match=r"train \(.*train/ann\.json\) and val \(.*val/ann\.json\) annotation files "
-                                           r"give categories different names \(train vs val: id 2: 'dog' vs 'wolf'\)"):
+    dm = small_datamodule(
+        tmp_path,
+        [ann(1, SQUARE)],
+        train_categories=[{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        val_categories=[{"id": 1, "name": "cat"}, {"id": 2, "name": "wolf"}],
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"train \(.*train/ann\.json\) and val \(.*val/ann\.json\) annotation files "
+        r"give categories different names \(train vs val: id 2: 'dog' vs 'wolf'\)",
+    ):
         dm.setup("fit")
-
-
 
 
 # ---------------------------------------------------------------- memory: what passes setup must load
@@ -92,9 +110,15 @@ def test_masks_of_a_crowded_image_are_checked_against_memory(tmp_path, caplog):
     assert not caplog.records
     with caplog.at_level(logging.WARNING):
         check_mask_memory(ds, "train", scale, limit=need, warn=need - 1)
-    assert re.search(r"train split \(.*ann\.json\): image id 1 \('a\.png'\) has 50 instance and crowd masks; at 40x32 px", caplog.text)
-    with pytest.raises(DatasetError, match=r"image id 1 .* has 50 .* need about 0\.0 GiB .*more than this machine's "
-                                           r"0\.0 GiB of memory; lower augmentation\.min_size / max_size"):
+    assert re.search(
+        r"train split \(.*ann\.json\): image id 1 \('a\.png'\) has 50 instance and crowd masks; at 40x32 px",
+        caplog.text,
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"image id 1 .* has 50 .* need about 0\.0 GiB .*more than this machine's "
+        r"0\.0 GiB of memory; lower augmentation\.min_size / max_size",
+    ):
         check_mask_memory(ds, "train", scale, limit=need - 1, warn=0)
     with pytest.raises(DatasetError, match=r"val split .* at 20x16 px.*resize the validation images on disk"):
         check_mask_memory(ds, "val", pipeline_scale("none", {}), limit=need // 4 - 1, warn=0)
@@ -105,5 +129,8 @@ def test_images_sharing_a_file_are_warned(tmp_path, caplog):
     images = [IMG, {**IMG, "id": 2}, {**IMG, "id": 3, "file_name": "b.png"}]
     with caplog.at_level(logging.WARNING):
         make(tmp_path, images=images, annotations=[ann(1, SQUARE), ann(2, SQUARE, image_id=2)])
-    assert re.search(r"ann\.json: 1 file name\(s\) are used by more than one image record, each of which is loaded "
-                     r"with only its own annotations \('a\.png': image ids \[1, 2\]\)", caplog.text)
+    assert re.search(
+        r"ann\.json: 1 file name\(s\) are used by more than one image record, each of which is loaded "
+        r"with only its own annotations \('a\.png': image ids \[1, 2\]\)",
+        caplog.text,
+    )

@@ -11,15 +11,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers.config import compose
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from helpers.config import compose
+from maskrcnn.data.checks.setup import check_training_instances
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.fit.boxes import load_coco_boxes
 from maskrcnn.errors import DatasetError
-from maskrcnn.data.checks.setup import check_training_instances
 from maskrcnn.training.auto_settings import resolve_auto_settings
 from maskrcnn.training.run_summary import describe_config, fit_report
 
@@ -28,10 +28,14 @@ SQUARE = [5, 5, 25, 5, 25, 20, 5, 20]
 
 
 def _write(path: Path, annotations: list[dict], images: int = 1) -> Path:
-    coco = {"images": [{"id": i + 1, "file_name": f"{i}.png", "width": W, "height": H} for i in range(images)],
-            "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1.0, **a}
-                            for k, a in enumerate(annotations)],
-            "categories": [{"id": 1, "name": "thing"}]}
+    coco = {
+        "images": [{"id": i + 1, "file_name": f"{i}.png", "width": W, "height": H} for i in range(images)],
+        "annotations": [
+            {"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1.0, **a}
+            for k, a in enumerate(annotations)
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
     path.write_text(json.dumps(coco))
     return path
 
@@ -59,8 +63,13 @@ def test_degenerate_inside_is_not_called_outside_and_outside_is_not_called_degen
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(x=st.floats(0, W), y=st.floats(0, H), dx=st.floats(-10, 10), dy=st.floats(-10, 10),
-       t=st.lists(st.floats(-1, 2), min_size=3, max_size=6))
+@given(
+    x=st.floats(0, W),
+    y=st.floats(0, H),
+    dx=st.floats(-10, 10),
+    dy=st.floats(-10, 10),
+    t=st.lists(st.floats(-1, 2), min_size=3, max_size=6),
+)
 def test_any_collinear_polygon_in_the_image_is_degenerate(tmp_path, x, y, dx, dy, t):
     polygon = [v for k in t for v in (x + k * dx, y + k * dy)]
     path = _write(tmp_path / "line.json", [{"segmentation": [polygon], "bbox": [0, 0, 1, 1]}])
@@ -80,12 +89,19 @@ def test_a_valid_polygon_with_any_wrong_json_bbox_is_kept_by_training_and_the_re
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(bbox=st.one_of(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
-                      st.lists(st.integers(-10**6, 10**6), min_size=4, max_size=4), st.none(), st.text(max_size=3)),
-       polygon=st.sampled_from([SQUARE, [5, 5, 10, 10, 15, 15], [50, 5, 60, 5, 60, 15], [0, 0, 40, 0, 40, 30]]))
+@given(
+    bbox=st.one_of(
+        st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
+        st.lists(st.integers(-(10**6), 10**6), min_size=4, max_size=4),
+        st.none(),
+        st.text(max_size=3),
+    ),
+    polygon=st.sampled_from([SQUARE, [5, 5, 10, 10, 15, 15], [50, 5, 60, 5, 60, 15], [0, 0, 40, 0, 40, 30]]),
+)
 def test_training_and_the_report_count_the_same_instances_for_the_same_reasons(tmp_path, bbox, polygon):
-    path = _write(tmp_path / "one.json", [{"segmentation": [polygon], "bbox": bbox},
-                                           {"segmentation": [SQUARE], "bbox": bbox}])
+    path = _write(
+        tmp_path / "one.json", [{"segmentation": [polygon], "bbox": bbox}, {"segmentation": [SQUARE], "bbox": bbox}]
+    )
     loader, report, instances, counted = _loader_and_report(path)
     assert loader == report and instances == counted
 
@@ -109,15 +125,35 @@ def test_keep_empty_false_without_annotations_counts_the_images_of_the_file(tmp_
 def _auto(tmp_path: Path, side: float, caplog) -> tuple[str, str]:
     """Resolve anchor_sizes=auto on 64x64 images with one side x side object each: (log, report text)."""
     square = [10, 10, 10 + side, 10, 10 + side, 10 + side, 10, 10 + side]
-    coco = {"images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(1, 9)],
-            "annotations": [{"id": i, "image_id": i, "category_id": 1, "segmentation": [square], "iscrowd": 0,
-                             "bbox": [10, 10, side, side], "area": side * side} for i in range(1, 9)],
-            "categories": [{"id": 1, "name": "dot"}]}
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(1, 9)],
+        "annotations": [
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 1,
+                "segmentation": [square],
+                "iscrowd": 0,
+                "bbox": [10, 10, side, side],
+                "area": side * side,
+            }
+            for i in range(1, 9)
+        ],
+        "categories": [{"id": 1, "name": "dot"}],
+    }
     ann = tmp_path / f"side{side}.json"
     ann.write_text(json.dumps(coco))
-    cfg = compose(["model=resnet18_fpn", "model.rpn.anchor_sizes=auto", "data.num_classes=1",
-                   "model.transform.min_size=64", "model.transform.max_size=64", f"data.train.annotation_file={ann}"],
-                  output_dir=tmp_path)
+    cfg = compose(
+        [
+            "model=resnet18_fpn",
+            "model.rpn.anchor_sizes=auto",
+            "data.num_classes=1",
+            "model.transform.min_size=64",
+            "model.transform.max_size=64",
+            f"data.train.annotation_file={ann}",
+        ],
+        output_dir=tmp_path,
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="maskrcnn.training.auto_settings"):
         resolve_auto_settings(cfg, SimpleNamespace(train_spec={"annotation_file": str(ann)}))

@@ -1,22 +1,14 @@
 """browse_dataset.py, dataset_report.py and training read the same json the same way."""
 
-import io
 import json
 import logging
-import math
 import re
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from pycocotools import mask as mask_utils
 
+from helpers.coco_files import IMG, SQUARE, ann, write_coco
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.errors import DatasetError
-from maskrcnn.data.transforms import build_transforms
-
-from helpers.coco_files import IMG, SQUARE, ann, make, small_datamodule, split_folder, write_coco
 
 
 # ---------------------------------------------------------------- browse_dataset.py on the same inputs
@@ -27,8 +19,22 @@ def _browse(tmp_path, monkeypatch, capsys, caplog):
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "browse_dataset.py"
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # conftest sets it; the script must end as a user sees it
-    monkeypatch.setattr("sys.argv", ["browse_dataset.py", "--images", str(tmp_path), "--ann", str(tmp_path / "ann.json"),
-                                     "--min-size", "32", "--max-size", "64", "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "browse_dataset.py",
+            "--images",
+            str(tmp_path),
+            "--ann",
+            str(tmp_path / "ann.json"),
+            "--min-size",
+            "32",
+            "--max-size",
+            "64",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as info:
         runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr()
@@ -56,8 +62,6 @@ def test_browse_dataset_skips_bad_annotations_and_names_unreadable_images(tmp_pa
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
 
 
-
-
 # ---------------------------------------------------------------- every tool reads the same json the same way
 def _report(path, monkeypatch, capsys, *extra):
     """Run scripts/dataset_report.py in this process; returns (exit status, stdout, stderr)."""
@@ -65,8 +69,9 @@ def _report(path, monkeypatch, capsys, *extra):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "dataset_report.py"
-    monkeypatch.setattr("sys.argv", ["dataset_report.py", "--train", str(path), "--min-size", "32", "--max-size", "64",
-                                     *extra])
+    monkeypatch.setattr(
+        "sys.argv", ["dataset_report.py", "--train", str(path), "--min-size", "32", "--max-size", "64", *extra]
+    )
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr()
@@ -84,17 +89,30 @@ def _all(key, fn, *where):
             for item in doc[name]:
                 if key in item:
                     item[key] = fn(item[key])
+
     return mutate
 
 
 HOSTILE_JSON = [  # (mutation of a valid two-image document, what every tool must say)
-    (lambda d: (_all("id", lambda v: f"img{v}", "images")(d), _all("image_id", lambda v: f"img{v}", "annotations")(d)),
-     r"image id 'img1' \(images\[0\], file_name 'a\.png'\) must be a JSON integer, got a string"),
-    (lambda d: (_all("id", str, "categories")(d), _all("category_id", str, "annotations")(d)),
-     r"category id '1' \(categories\[0\], name 'thing'\) must be a JSON integer, got a string"),
-    (lambda d: d["categories"].append({"id": "2", "name": "other"}),
-     r"category id '2' \(categories\[1\], name 'other'\) must be a JSON integer"),
-    (lambda d: d["images"][1].update(id="1"), r"image id '1' \(images\[1\], file_name 'b\.png'\) must be a JSON integer"),
+    (
+        lambda d: (
+            _all("id", lambda v: f"img{v}", "images")(d),
+            _all("image_id", lambda v: f"img{v}", "annotations")(d),
+        ),
+        r"image id 'img1' \(images\[0\], file_name 'a\.png'\) must be a JSON integer, got a string",
+    ),
+    (
+        lambda d: (_all("id", str, "categories")(d), _all("category_id", str, "annotations")(d)),
+        r"category id '1' \(categories\[0\], name 'thing'\) must be a JSON integer, got a string",
+    ),
+    (
+        lambda d: d["categories"].append({"id": "2", "name": "other"}),
+        r"category id '2' \(categories\[1\], name 'other'\) must be a JSON integer",
+    ),
+    (
+        lambda d: d["images"][1].update(id="1"),
+        r"image id '1' \(images\[1\], file_name 'b\.png'\) must be a JSON integer",
+    ),
     (_all("iscrowd", lambda v: "0", "annotations"), r"annotation id 1 \(image id 1\) has iscrowd '0' \(a string\)"),
     (_with(images=None), r"'images' must be a list, got null"),
     (_with(images=[], annotations=[]), r"'images' is empty"),
@@ -105,15 +123,36 @@ HOSTILE_JSON = [  # (mutation of a valid two-image document, what every tool mus
 
 
 @pytest.mark.parametrize("tool", ["train", "eval", "browse", "report"])
-@pytest.mark.parametrize("mutate, pattern", HOSTILE_JSON, ids=[
-    "image-ids-str", "category-ids-str", "category-ids-mixed", "image-id-1-and-'1'", "iscrowd-'0'", "images-null",
-    "images-empty", "file_name-number", "file_name-null", "width-absurd"])
-def test_every_tool_rejects_the_same_json_naming_file_and_key(tmp_path, monkeypatch, capsys, caplog, tool, mutate, pattern):
+@pytest.mark.parametrize(
+    "mutate, pattern",
+    HOSTILE_JSON,
+    ids=[
+        "image-ids-str",
+        "category-ids-str",
+        "category-ids-mixed",
+        "image-id-1-and-'1'",
+        "iscrowd-'0'",
+        "images-null",
+        "images-empty",
+        "file_name-number",
+        "file_name-null",
+        "width-absurd",
+    ],
+)
+def test_every_tool_rejects_the_same_json_naming_file_and_key(
+    tmp_path, monkeypatch, capsys, caplog, tool, mutate, pattern
+):
     """train / eval (the data module's two datasets), browse_dataset.py and dataset_report.py read the
     same json with the same checks: never a conversion, never a deep traceback."""
     images = [IMG, {**IMG, "id": 2, "file_name": "b.png"}]
-    path = write_coco(tmp_path, images=images, annotations=[ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80),
-                                                            ann(2, SQUARE, image_id=2, bbox=[2, 2, 10, 8], area=80)])
+    path = write_coco(
+        tmp_path,
+        images=images,
+        annotations=[
+            ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80),
+            ann(2, SQUARE, image_id=2, bbox=[2, 2, 10, 8], area=80),
+        ],
+    )
     doc = json.loads(path.read_text())
     mutate(doc)
     path.write_text(json.dumps(doc))
@@ -131,8 +170,13 @@ def test_every_tool_rejects_the_same_json_naming_file_and_key(tmp_path, monkeypa
 
 def test_dataset_report_runs_the_training_checks(tmp_path, monkeypatch, capsys, caplog):
     """Skipped annotations are listed as in training; a file training refuses is refused."""
-    path = write_coco(tmp_path, annotations=[ann(1, SQUARE, bbox=[2, 2, 10, 8]),
-                                             ann(2, {"size": [16, 20], "counts": "garbage!!"}, bbox=[2, 2, 10, 8])])
+    path = write_coco(
+        tmp_path,
+        annotations=[
+            ann(1, SQUARE, bbox=[2, 2, 10, 8]),
+            ann(2, {"size": [16, 20], "counts": "garbage!!"}, bbox=[2, 2, 10, 8]),
+        ],
+    )
     with caplog.at_level(logging.WARNING):  # the script's warnings (pytest owns the root logger's handlers)
         code, out, err = _report(path, monkeypatch, capsys)
     assert code == 0 and "Dataset fit report" in out

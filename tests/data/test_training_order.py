@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers.config import compose
 from hydra.utils import instantiate
 
 from bench.nuclei import generate_nuclei
+from helpers.config import compose
 from maskrcnn.data.sampler import GroupedBatchSampler, aspect_ratio_group_ids, grouping_is_worthwhile
 
 
@@ -34,17 +34,37 @@ class _RecordBatches(pl.LightningModule):
 
 
 def _batches(splits: dict, tmp_path, seed: int, epochs: int = 4, extra: tuple[str, ...] = ()) -> list[tuple[int, ...]]:
-    cfg = compose([
-        "data=folder", f"data.root={tmp_path}", "data.num_classes=1", "data.num_workers=0",
-        f"data.train.image_dir={splits['train']['image_dir']}", f"data.train.annotation_file={splits['train']['annotation_file']}",
-        f"data.val.image_dir={splits['val']['image_dir']}", f"data.val.annotation_file={splits['val']['annotation_file']}",
-        "model.transform.min_size=64", "model.transform.max_size=96", "data.check_images=none", f"seed={seed}", *extra,
-    ], output_dir=tmp_path / "run")
+    cfg = compose(
+        [
+            "data=folder",
+            f"data.root={tmp_path}",
+            "data.num_classes=1",
+            "data.num_workers=0",
+            f"data.train.image_dir={splits['train']['image_dir']}",
+            f"data.train.annotation_file={splits['train']['annotation_file']}",
+            f"data.val.image_dir={splits['val']['image_dir']}",
+            f"data.val.annotation_file={splits['val']['annotation_file']}",
+            "model.transform.min_size=64",
+            "model.transform.max_size=96",
+            "data.check_images=none",
+            f"seed={seed}",
+            *extra,
+        ],
+        output_dir=tmp_path / "run",
+    )
     datamodule = instantiate(cfg.data, _convert_="all")
     module = _RecordBatches()
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0, use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
     trainer.fit(module, datamodule=datamodule)
     return module.batches
 
@@ -57,7 +77,7 @@ def nuclei(tmp_path_factory):
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 def test_default_training_order_on_a_small_set_is_random_pairs_that_follow_the_seed(nuclei, tmp_path):
     batches = _batches(nuclei, tmp_path, seed=0)
-    epochs = [batches[i:i + 6] for i in range(0, len(batches), 6)]
+    epochs = [batches[i : i + 6] for i in range(0, len(batches), 6)]
     assert len(epochs) == 4 and all(len(e) == 6 for e in epochs)
     for epoch in epochs:  # every image exactly once per epoch
         assert sorted(i for b in epoch for i in b) == list(range(1, 13))

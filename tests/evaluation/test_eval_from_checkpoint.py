@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from helpers.config import compose
+from maskrcnn.errors import CheckpointError, ConfigError
 from maskrcnn.inference.predict_images import load_checkpoint_model
-from maskrcnn.errors import ConfigError
-from maskrcnn.training.pipeline import config_from_checkpoint, evaluate, train
-from maskrcnn.errors import CheckpointError
 from maskrcnn.run_checkpoint import read_run_checkpoint
+from maskrcnn.training.pipeline import config_from_checkpoint, evaluate, train
+
 
 @pytest.fixture(scope="module")
 def trained(tiny, shapes_dir, tmp_path_factory):
@@ -22,9 +22,19 @@ def trained(tiny, shapes_dir, tmp_path_factory):
     # A run whose model (32-channel FPN, 64 px) and data (its own shapes folder) differ from every
     # eval.yaml default: evaluating it with eval.yaml's composition would not even load the weights.
     out = tmp_path_factory.mktemp("run")
-    cfg = compose([*tiny, "model.roi_heads.score_thresh=0.0", "trainer.max_steps=3", "callbacks=default", "callbacks.rich_progress_bar=null",
-                   "callbacks.model_checkpoint.monitor=null", "validate_after_train=true"],
-                  output_dir=out, data_dir=shapes_dir)
+    cfg = compose(
+        [
+            *tiny,
+            "model.roi_heads.score_thresh=0.0",
+            "trainer.max_steps=3",
+            "callbacks=default",
+            "callbacks.rich_progress_bar=null",
+            "callbacks.model_checkpoint.monitor=null",
+            "validate_after_train=true",
+        ],
+        output_dir=out,
+        data_dir=shapes_dir,
+    )
     metrics, _ = train(cfg)
     return out / "checkpoints" / "last.ckpt", metrics
 
@@ -47,8 +57,13 @@ def test_overrides_apply_on_top_of_the_stored_config(trained, tmp_path, caplog):
     ckpt, _ = trained
     # 300 detections on every image (score_thresh=0, 1000 proposals): pycocotools' mask.area used
     # to overflow above 255. detections_per_img is also COCO maxDets (AR300).
-    overrides = [f"ckpt_path={ckpt}", "model.roi_heads.detections_per_img=300", "model.rpn.pre_nms_top_n_test=1000",
-                 "model.rpn.post_nms_top_n_test=1000", "data.num_workers=0"]
+    overrides = [
+        f"ckpt_path={ckpt}",
+        "model.roi_heads.detections_per_img=300",
+        "model.rpn.pre_nms_top_n_test=1000",
+        "model.rpn.post_nms_top_n_test=1000",
+        "data.num_workers=0",
+    ]
     with caplog.at_level(logging.INFO):
         metrics = evaluate(_eval_cfg(tmp_path, *overrides), overrides=overrides)
     assert "val/bbox_AR300" in metrics and "val/bbox_AR100" not in metrics
@@ -62,8 +77,12 @@ def test_config_from_checkpoint_takes_only_what_the_user_wrote(tiny, tmp_path):
     run_config = OmegaConf.to_container(stored, resolve=True)
     run_config["model"]["backbone"]["pretrained"] = True  # must not download at eval
     run_config["model"]["init_from"] = "torchvision:maskrcnn_resnet50_fpn_coco"
-    overrides = ["model.roi_heads.score_thresh=0.01", "data.val.annotation_file=/elsewhere/val.json",
-                 "~data.generate_shapes", "trainer.accelerator=cpu"]
+    overrides = [
+        "model.roi_heads.score_thresh=0.01",
+        "data.val.annotation_file=/elsewhere/val.json",
+        "~data.generate_shapes",
+        "trainer.accelerator=cpu",
+    ]
     cfg = compose(overrides, config_name="eval", output_dir=tmp_path / "eval")
     merged = config_from_checkpoint(cfg, run_config, overrides)
     assert merged.model.roi_heads.score_thresh == 0.01  # the override
@@ -90,8 +109,11 @@ def test_files_that_are_not_checkpoints_are_named(tmp_path, trained):
     torch.save({"conv.weight": torch.zeros(1)}, weights)
     no_config = tmp_path / "old.ckpt"
     torch.save({"state_dict": {"net.x": torch.zeros(1)}}, no_config)
-    for path, match in [(text, "is a text file, not a checkpoint"), (weights, "is a torch file but not a training checkpoint"),
-                        (no_config, "has no stored run config")]:
+    for path, match in [
+        (text, "is a text file, not a checkpoint"),
+        (weights, "is a torch file but not a training checkpoint"),
+        (no_config, "has no stored run config"),
+    ]:
         with pytest.raises(CheckpointError, match=rf"ckpt_path='{path}' {match}"):
             evaluate(_eval_cfg(tmp_path, f"ckpt_path={path}"))
         with pytest.raises(CheckpointError, match=match):

@@ -20,9 +20,12 @@ LABEL_TO_CAT = {1: 3, 2: 7, 3: 12}  # non-contiguous COCO category ids
 CAT_TO_LABEL = {c: label for label, c in LABEL_TO_CAT.items()}
 IMAGES = {1: (64, 80), 2: (48, 64), 3: (64, 64), 4: (72, 96)}  # id -> (H, W)
 GT = [  # (image id, category id, xywh)
-    (1, 3, [5, 5, 20, 15]), (1, 7, [30, 20, 40, 30]),
-    (2, 12, [10, 10, 30, 25]), (2, 3, [2, 30, 10, 10]),
-    (3, 7, [0, 0, 64, 40]), (3, 12, [40, 45, 20, 15]),
+    (1, 3, [5, 5, 20, 15]),
+    (1, 7, [30, 20, 40, 30]),
+    (2, 12, [10, 10, 30, 25]),
+    (2, 3, [2, 30, 10, 10]),
+    (3, 7, [0, 0, 64, 40]),
+    (3, 12, [40, 45, 20, 15]),
     (4, 3, [10, 10, 25, 20]),
 ]
 CROWD = (4, 3, [50, 30, 40, 35])  # iscrowd region, stored as RLE
@@ -31,7 +34,7 @@ CROWD = (4, 3, [50, 30, 40, 35])  # iscrowd region, stored as RLE
 def rect_mask(h, w, xyxy):
     m = np.zeros((h, w), dtype=np.uint8)
     x0, y0, x1, y1 = (int(round(v)) for v in xyxy)
-    m[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 1
+    m[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = 1
     return m
 
 
@@ -42,13 +45,30 @@ def ann_file(tmp_path_factory):
     anns = []
     for k, (img, cat, (x, y, w, h)) in enumerate(GT, start=1):
         poly = [x, y, x + w, y, x + w, y + h, x, y + h]
-        anns.append({"id": k, "image_id": img, "category_id": cat, "bbox": [x, y, w, h],
-                     "area": w * h, "iscrowd": 0, "segmentation": [poly]})
+        anns.append(
+            {
+                "id": k,
+                "image_id": img,
+                "category_id": cat,
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+                "segmentation": [poly],
+            }
+        )
     img, cat, (x, y, w, h) = CROWD
     rle = mask_utils.encode(np.asfortranarray(rect_mask(*IMAGES[img], [x, y, x + w, y + h])))
-    anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat, "bbox": [x, y, w, h],
-                 "area": w * h, "iscrowd": 1,
-                 "segmentation": {"size": list(IMAGES[img]), "counts": rle["counts"].decode()}})
+    anns.append(
+        {
+            "id": len(anns) + 1,
+            "image_id": img,
+            "category_id": cat,
+            "bbox": [x, y, w, h],
+            "area": w * h,
+            "iscrowd": 1,
+            "segmentation": {"size": list(IMAGES[img]), "counts": rle["counts"].decode()},
+        }
+    )
     path = tmp_path_factory.mktemp("coco") / "instances.json"
     path.write_text(json.dumps({"images": images, "categories": cats, "annotations": anns}))
     return str(path)
@@ -57,10 +77,12 @@ def ann_file(tmp_path_factory):
 def to_detection(image_id, boxes, labels, scores, masks):
     """masks: ndarray[D, H, W] uint8 -> Detection with probability masks [D, 1, H, W]."""
     h, w = IMAGES[image_id]
-    return {"boxes": torch.tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "scores": torch.tensor(scores, dtype=torch.float32),
-            "masks": torch.tensor(np.asarray(masks, dtype=np.float32).reshape(-1, 1, h, w))}
+    return {
+        "boxes": torch.tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "masks": torch.tensor(np.asarray(masks, dtype=np.float32).reshape(-1, 1, h, w)),
+    }
 
 
 def perfect_detections(ann_file, image_ids, score=1.0, shift=0):
@@ -69,11 +91,14 @@ def perfect_detections(ann_file, image_ids, score=1.0, shift=0):
     dets = []
     for img in image_ids:
         anns = [a for a in coco.imgToAnns[img] if not a["iscrowd"]]
-        boxes = [[a["bbox"][0] + shift, a["bbox"][1], a["bbox"][0] + a["bbox"][2] + shift,
-                  a["bbox"][1] + a["bbox"][3]] for a in anns]
+        boxes = [
+            [a["bbox"][0] + shift, a["bbox"][1], a["bbox"][0] + a["bbox"][2] + shift, a["bbox"][1] + a["bbox"][3]]
+            for a in anns
+        ]
         masks = [np.roll(coco.annToMask(a), shift, axis=1) for a in anns]
-        dets.append(to_detection(img, boxes, [CAT_TO_LABEL[a["category_id"]] for a in anns],
-                                 [score] * len(anns), masks))
+        dets.append(
+            to_detection(img, boxes, [CAT_TO_LABEL[a["category_id"]] for a in anns], [score] * len(anns), masks)
+        )
     return dets
 
 
@@ -129,7 +154,7 @@ def test_backends_agree(ann_file, capsys):
     for iou_type in ("bbox", "segm"):
         coco_eval = reference.coco_evals[iou_type]
         coco_eval.summarize()
-        for name, stat in zip(names, coco_eval.stats):
+        for name, stat in zip(names, coco_eval.stats, strict=True):
             expected = stat if stat > -1 else math.nan  # "not computable" (here: no large objects)
             assert results[1][f"{iou_type}_{name}"] == pytest.approx(expected, abs=1e-12, nan_ok=True), name
         assert math.isnan(results[1][f"{iou_type}_APl"]) and results[1][f"{iou_type}_APm"] > 0
@@ -143,8 +168,7 @@ def test_backends_agree(ann_file, capsys):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shifted_boxes_lower_ap(ann_file, backend):
     ids = list(IMAGES)
-    ap = [evaluate(ann_file, perfect_detections(ann_file, ids, shift=s), ids, backend=backend)
-          for s in (0, 1, 3)]
+    ap = [evaluate(ann_file, perfect_detections(ann_file, ids, shift=s), ids, backend=backend) for s in (0, 1, 3)]
     for iou_type in ("bbox", "segm"):
         values = [m[f"{iou_type}_AP"] for m in ap]
         assert values[0] == pytest.approx(1.0)
@@ -294,7 +318,11 @@ def test_per_category_results_and_pr_curves_from_the_one_evaluation(ann_file, ba
     perfect.update(perfect_detections(ann_file, ids), ids)
     perfect.compute()
     rows = perfect.per_category_results()
-    assert [(r["category_id"], r["name"], r["instances"]) for r in rows] == [(3, "cat", 3), (7, "dog", 2), (12, "zebra", 2)]
+    assert [(r["category_id"], r["name"], r["instances"]) for r in rows] == [
+        (3, "cat", 3),
+        (7, "dog", 2),
+        (12, "zebra", 2),
+    ]
     assert all(r[k] == pytest.approx(1.0) for r in rows for k in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50"))
     recall, curves = perfect.precision_recall("segm", 0.75)
     assert sorted(curves) == [3, 7, 12] and all((c == 1.0).all() for c in curves.values())
@@ -332,7 +360,7 @@ def test_backends_give_the_same_per_category_results(ann_file):
         results.append((evaluator.per_category_results(), evaluator.precision_recall("segm")[1]))
     (rows_a, curves_a), (rows_b, curves_b) = results
     assert [a.keys() for a in rows_a] == [b.keys() for b in rows_b]
-    for a, b in zip(rows_a, rows_b):
+    for a, b in zip(rows_a, rows_b, strict=True):
         for key, value in a.items():
             assert b[key] == (value if isinstance(value, (str, int)) else pytest.approx(value, abs=1e-12)), key
     for category_id in curves_a:

@@ -32,7 +32,14 @@ def make(tmp_path, images=None, annotations=None, categories=None, write_images=
 
 def ann(id_, segmentation, image_id=1, category_id=1, **extra):
     """One non-crowd annotation dict."""
-    return {"id": id_, "image_id": image_id, "category_id": category_id, "segmentation": segmentation, "iscrowd": 0, **extra}
+    return {
+        "id": id_,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": segmentation,
+        "iscrowd": 0,
+        **extra,
+    }
 
 
 def split_folder(root, name, annotations, categories=None, images=2):
@@ -47,12 +54,21 @@ def split_folder(root, name, annotations, categories=None, images=2):
     return {"image_dir": str(folder), "annotation_file": str(folder / "ann.json")}
 
 
-def small_datamodule(tmp_path, train_annotations, val_annotations=None, train_categories=None, val_categories=None, **kwargs):
+def small_datamodule(
+    tmp_path, train_annotations, val_annotations=None, train_categories=None, val_categories=None, **kwargs
+):
     """A CocoDataModule over two ``split_folder`` splits (val: one square by default), no workers."""
     from maskrcnn.data.datamodule import CocoDataModule
 
     val_annotations = [ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80)] if val_annotations is None else val_annotations
-    options = {"num_workers": 0, "augmentation": {"name": "default", "min_size": 32, "max_size": 64},
-               "skipped_log_dir": str(tmp_path / "run"), **kwargs}
-    return CocoDataModule(train=split_folder(tmp_path, "train", train_annotations, train_categories),
-                          val=split_folder(tmp_path, "val", val_annotations, val_categories), **options)
+    options = {
+        "num_workers": 0,
+        "augmentation": {"name": "default", "min_size": 32, "max_size": 64},
+        "skipped_log_dir": str(tmp_path / "run"),
+        **kwargs,
+    }
+    return CocoDataModule(
+        train=split_folder(tmp_path, "train", train_annotations, train_categories),
+        val=split_folder(tmp_path, "val", val_annotations, val_categories),
+        **options,
+    )

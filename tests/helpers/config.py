@@ -40,7 +40,9 @@ TINY = [
 TINY_EVAL = [o for o in TINY if not o.startswith(("callbacks", "scheduler", "log_val_images"))]
 
 
-def compose(overrides: list[str] = (), config_name: str = "train", output_dir: Path | None = None, data_dir: Path | None = None):
+def compose(
+    overrides: list[str] = (), config_name: str = "train", output_dir: Path | None = None, data_dir: Path | None = None
+):
     """Compose a config like the command line does, with run paths pointed at temp dirs."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

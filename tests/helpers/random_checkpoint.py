@@ -20,6 +20,13 @@ def save_random_checkpoint(path: Path, overrides: list[str] = (), data_dir: Path
 
     torch.manual_seed(0)
     module = build_module(compose([*TINY, *overrides], output_dir=path.parent, data_dir=data_dir))
-    torch.save({"state_dict": module.state_dict(), "run_config": module.run_config, "class_names": SHAPES_CLASSES,
-                "label_to_category_id": {1: 1, 2: 2, 3: 3}}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "run_config": module.run_config,
+            "class_names": SHAPES_CLASSES,
+            "label_to_category_id": {1: 1, 2: 2, 3: 3},
+        },
+        path,
+    )
     return path

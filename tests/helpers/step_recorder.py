@@ -28,8 +28,12 @@ class StepRecorder(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "lr": lr,
-                  "image_ids": [int(t["image_id"]) for t in batch[1]]}
+        record = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "lr": lr,
+            "image_ids": [int(t["image_id"]) for t in batch[1]],
+        }
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -12,6 +12,9 @@ import onnx
 import pytest
 import torch
 
+from helpers.random_checkpoint import save_random_checkpoint
+from helpers.scripts import load_script
+from helpers.tiny_model import build_tiny_model
 from maskrcnn.inference.export_graph import (
     ExportWrapper,
     example_image,
@@ -20,10 +23,6 @@ from maskrcnn.inference.export_graph import (
     run_exported,
 )
 from maskrcnn.modeling.postprocess import paste_masks
-
-from helpers.random_checkpoint import save_random_checkpoint
-from helpers.scripts import load_script
-from helpers.tiny_model import build_tiny_model
 
 SIZE = (96, 128)
 
@@ -171,8 +170,9 @@ def test_export_errors(net, tmp_path):
 def test_cli_exports_a_training_checkpoint_to_torchscript(tmp_path, capsys):
     ckpt = save_random_checkpoint(tmp_path / "random.ckpt", ["model.roi_heads.score_thresh=0.0"])
     out = tmp_path / "cli.pt"
-    diffs = load_script("export").main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(out),
-                                        "--height", "64", "--width", "96"])
+    diffs = load_script("export").main(
+        ["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(out), "--height", "64", "--width", "96"]
+    )
     assert out.is_file() and max(diffs.values()) < 1e-4
     assert "max |exported - eager| masks" in capsys.readouterr().out
 
@@ -189,12 +189,25 @@ def test_cli_mistakes_end_with_one_line_before_or_instead_of_a_traceback(tmp_pat
             main(args)
         return info.value.code, caplog.text + capsys.readouterr().err  # logged, or printed without logging
 
-    code, text = message(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(tmp_path),
-                          "--height", "64", "--width", "96"])
+    code, text = message(
+        ["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(tmp_path), "--height", "64", "--width", "96"]
+    )
     assert code == 1 and f"--out {str(tmp_path)!r} is a folder" in text and "Traceback" not in text
     nothing = save_random_checkpoint(tmp_path / "strict.ckpt", ["model.roi_heads.score_thresh=1.0"])
-    code, text = message(["--ckpt", str(nothing), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
-                          "--height", "64", "--width", "96"])
+    code, text = message(
+        [
+            "--ckpt",
+            str(nothing),
+            "--format",
+            "torchscript",
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--height",
+            "64",
+            "--width",
+            "96",
+        ]
+    )
     assert code == 1 and "gives no detections" in text and "Traceback" not in text
     code, text = message(["--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--height", "0"])
     assert code == 2 and "argument --height: must be a positive integer, got 0" in text

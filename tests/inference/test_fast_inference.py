@@ -17,9 +17,9 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from maskrcnn.inference.export_graph import ExportWrapper, export_torchscript, run_exported
-from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.inference.optimize.fast_inference import BF16_TOLERANCE, fold_batchnorm, optimize_for_inference
 from maskrcnn.inference.optimize.onednn_linear import OneDNNLinear
+from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 
 SIZES = ((96, 128), (160, 112))
@@ -65,8 +65,9 @@ def _image(size: tuple[int, int], seed: int) -> torch.Tensor:
     """Tensor[3, H, W] float32 in [0, 1]: smooth noise plus a bright rectangle."""
     g = torch.Generator().manual_seed(seed)
     h, w = size
-    image = torch.nn.functional.interpolate(torch.rand(1, 3, h // 8, w // 8, generator=g), size=(h, w),
-                                            mode="bilinear", align_corners=False)[0]
+    image = torch.nn.functional.interpolate(
+        torch.rand(1, 3, h // 8, w // 8, generator=g), size=(h, w), mode="bilinear", align_corners=False
+    )[0]
     image[:, h // 4 : h // 2, w // 3 : w * 2 // 3] = 1.0
     return image
 
@@ -79,7 +80,7 @@ def _detect(net: nn.Module, images: list[torch.Tensor]) -> list[dict]:
 def assert_same_detections(fast: list[dict], eager: list[dict]) -> None:
     """Identical labels, boxes within 1e-3 px, scores within 1e-4, mask probabilities within 1e-3."""
     assert len(fast) == len(eager)
-    for f, e in zip(fast, eager):
+    for f, e in zip(fast, eager, strict=True):
         assert e["boxes"].shape[0] > 0, "the test model must detect something"
         assert torch.equal(f["labels"], e["labels"])
         torch.testing.assert_close(f["boxes"], e["boxes"], atol=1e-3, rtol=0)
@@ -89,13 +90,16 @@ def assert_same_detections(fast: list[dict], eager: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
-@pytest.mark.parametrize("options", [
-    {},  # fold_bn + channels_last + roi_align_threads + onednn_linear, the defaults
-    {"fold_bn": True, "channels_last": False, "roi_align_threads": False, "onednn_linear": False},
-    {"fold_bn": False, "channels_last": True, "roi_align_threads": False, "onednn_linear": False},
-    {"fold_bn": False, "channels_last": False, "roi_align_threads": True, "onednn_linear": False},
-    {"fold_bn": False, "channels_last": False, "roi_align_threads": False, "onednn_linear": True},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # fold_bn + channels_last + roi_align_threads + onednn_linear, the defaults
+        {"fold_bn": True, "channels_last": False, "roi_align_threads": False, "onednn_linear": False},
+        {"fold_bn": False, "channels_last": True, "roi_align_threads": False, "onednn_linear": False},
+        {"fold_bn": False, "channels_last": False, "roi_align_threads": True, "onednn_linear": False},
+        {"fold_bn": False, "channels_last": False, "roi_align_threads": False, "onednn_linear": True},
+    ],
+)
 def test_fast_copy_gives_eager_detections(norm, options, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # roi_align_threads: split even on 1 core
     net = build_net(norm)

@@ -15,17 +15,20 @@ from maskrcnn.inference.optimize.module_swap import swap_exact_type
 def _features(sizes, channels=(8, 16, 32, 64), seed=0, channels_last=False):
     g = torch.Generator().manual_seed(seed)
     feats = OrderedDict()
-    for i, ((h, w), c) in enumerate(zip(sizes, channels)):
+    for i, ((h, w), c) in enumerate(zip(sizes, channels, strict=True)):
         f = torch.randn(2, c, h, w, generator=g)
         feats[str(i)] = f.to(memory_format=torch.channels_last) if channels_last else f
     return feats
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("sizes", [
-    [(32, 40), (16, 20), (8, 10), (4, 5)],  # exact 2x steps: fused in place
-    [(33, 41), (17, 21), (9, 11), (5, 6)],  # odd sizes: nearest interpolation is not 2x, plain path
-])
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [(32, 40), (16, 20), (8, 10), (4, 5)],  # exact 2x steps: fused in place
+        [(33, 41), (17, 21), (9, 11), (5, 6)],  # odd sizes: nearest interpolation is not 2x, plain path
+    ],
+)
 def test_fused_fpn_equals_torchvision(sizes, channels_last):
     torch.manual_seed(0)
     fpn = FeaturePyramidNetwork([8, 16, 32, 64], 24, extra_blocks=LastLevelMaxPool()).eval()

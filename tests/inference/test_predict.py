@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools.coco import COCO
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from helpers.config import ROOT, compose
+from helpers.random_checkpoint import save_random_checkpoint
 from maskrcnn.errors import DatasetError
 from maskrcnn.inference.inputs import list_inputs
 from maskrcnn.inference.predict_images import load_checkpoint_model, load_for_model, predict
-from helpers.random_checkpoint import save_random_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(shapes_dir, tmp_path_factory):
     """A tiny random-init model that finds something everywhere (score_thresh=0)."""
-    return save_random_checkpoint(tmp_path_factory.mktemp("run") / "random.ckpt", ["model.roi_heads.score_thresh=0.0"],
-                                  data_dir=shapes_dir)
+    return save_random_checkpoint(
+        tmp_path_factory.mktemp("run") / "random.ckpt", ["model.roi_heads.score_thresh=0.0"], data_dir=shapes_dir
+    )
 
 
 @pytest.fixture
@@ -43,8 +44,11 @@ def images(shapes_dir, tmp_path):
 
 def test_predict_writes_overlays_and_loadable_coco_results(checkpoint, images, tmp_path):
     out = tmp_path / "out"
-    cfg = compose([f"ckpt_path={checkpoint}", f"input={images}", f"output={out}", "score_thresh=0.0", "device=cpu"],
-                  config_name="predict", output_dir=tmp_path)
+    cfg = compose(
+        [f"ckpt_path={checkpoint}", f"input={images}", f"output={out}", "score_thresh=0.0", "device=cpu"],
+        config_name="predict",
+        output_dir=tmp_path,
+    )
     predict(cfg)
     files = list_inputs(str(images)).files
     for f in files:
@@ -81,7 +85,7 @@ def test_predict_batches_match_single_images(checkpoint, shapes_dir):
     with torch.no_grad():
         batched = net(tensors)["detections"]
         single = [net([t])["detections"][0] for t in tensors]
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=True):
         assert torch.allclose(b["boxes"], s["boxes"], atol=1e-3)
         assert torch.allclose(b["scores"], s["scores"], atol=1e-4)
 
@@ -96,9 +100,18 @@ def test_predict_errors_name_the_input(tmp_path):
 def test_predict_cli(checkpoint, images, tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, "src/predict.py", f"ckpt_path={checkpoint}", f"input={images}/*.png", f"output={out}",
-         f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "src/predict.py",
+            f"ckpt_path={checkpoint}",
+            f"input={images}/*.png",
+            f"output={out}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(out.glob("*.png"))) == 2 and (out / "predictions.json").is_file()
@@ -109,15 +122,19 @@ def _jpeg(path, size, quality=90):
     w, h = size
     x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
-    rgb = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
-                          np.broadcast_to((x + y) / 2, (h, w, 1))], axis=2).astype(np.uint8)
+    rgb = np.concatenate(
+        [np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.broadcast_to((x + y) / 2, (h, w, 1))], axis=2
+    ).astype(np.uint8)
     Image.fromarray(rgb).save(path, quality=quality)
     return path
 
 
 def _predict(checkpoint, folder, out, *extra):
-    cfg = compose([f"ckpt_path={checkpoint}", f"input={folder}", f"output={out}", "score_thresh=0.0", "device=cpu",
-                   *extra], config_name="predict", output_dir=out.parent)
+    cfg = compose(
+        [f"ckpt_path={checkpoint}", f"input={folder}", f"output={out}", "score_thresh=0.0", "device=cpu", *extra],
+        config_name="predict",
+        output_dir=out.parent,
+    )
     return predict(cfg)
 
 
@@ -212,7 +229,7 @@ def test_predict_results_equal_the_network_output(checkpoint, images, tmp_path):
         det = net([image_to_tensor(load_rgb(path))])["detections"][0]
     rows = [r for r in results if r["image_id"] == 1]
     assert len(rows) == len(det["scores"]) > 0
-    for row, box, score, rle in zip(rows, det["boxes"].tolist(), det["scores"].tolist(), det["masks"]):
+    for row, box, score, rle in zip(rows, det["boxes"].tolist(), det["scores"].tolist(), det["masks"], strict=True):
         assert row["score"] == pytest.approx(score, abs=1e-6)
         assert row["bbox"] == pytest.approx([box[0], box[1], box[2] - box[0], box[3] - box[1]], abs=1e-4)
         assert row["segmentation"] == rle
@@ -247,7 +264,7 @@ def test_predict_with_the_fast_inference_copy_gives_eager_results(checkpoint, im
     eager = json.loads((tmp_path / "eager" / "predictions.json").read_text())
     fast = json.loads((tmp_path / "fast" / "predictions.json").read_text())
     assert len(fast) == len(eager) > 0
-    for f, e in zip(fast, eager):
+    for f, e in zip(fast, eager, strict=True):
         assert (f["image_id"], f["category_id"]) == (e["image_id"], e["category_id"])
         assert f["score"] == pytest.approx(e["score"], abs=1e-4)
         assert f["bbox"] == pytest.approx(e["bbox"], abs=1e-3)

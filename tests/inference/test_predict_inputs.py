@@ -17,17 +17,17 @@ from PIL import Image
 
 from helpers.config import ROOT, compose
 from helpers.random_checkpoint import save_random_checkpoint
-from maskrcnn.errors import DatasetError
+from maskrcnn.errors import ConfigError, DatasetError
 from maskrcnn.inference.inputs import list_inputs, overlay_names
 from maskrcnn.inference.predict_images import predict
-from maskrcnn.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def checkpoint(shapes_dir, tmp_path_factory):
     """A tiny random-init model that finds something everywhere (score_thresh=0)."""
-    return save_random_checkpoint(tmp_path_factory.mktemp("run") / "random.ckpt", ["model.roi_heads.score_thresh=0.0"],
-                                  data_dir=shapes_dir)
+    return save_random_checkpoint(
+        tmp_path_factory.mktemp("run") / "random.ckpt", ["model.roi_heads.score_thresh=0.0"], data_dir=shapes_dir
+    )
 
 
 def _image(path: Path, width: int, height: int = 40) -> Path:
@@ -38,8 +38,11 @@ def _image(path: Path, width: int, height: int = 40) -> Path:
 
 
 def _predict(checkpoint, spec, out, *extra):
-    cfg = compose([f"ckpt_path={checkpoint}", f"input={spec}", f"output={out}", "score_thresh=0.0", "device=cpu",
-                   *extra], config_name="predict", output_dir=out.parent)
+    cfg = compose(
+        [f"ckpt_path={checkpoint}", f"input={spec}", f"output={out}", "score_thresh=0.0", "device=cpu", *extra],
+        config_name="predict",
+        output_dir=out.parent,
+    )
     return predict(cfg)
 
 
@@ -62,7 +65,10 @@ def test_inputs_sharing_a_stem_in_one_folder_keep_their_suffix(checkpoint, tmp_p
     assert _overlays(out) == {"x.jpg.png": 40, "x.png.png": 48, "y.png": 56}
     images = json.loads((out / "images.json").read_text())
     assert [(Path(m["file_name"]).name, m["overlay"], m["width"]) for m in images] == [
-        ("x.jpg", "x.jpg.png", 40), ("x.png", "x.png.png", 48), ("y.png", "y.png", 56)]
+        ("x.jpg", "x.jpg.png", 40),
+        ("x.png", "x.png.png", 48),
+        ("y.png", "y.png", 56),
+    ]
     assert len({m["file_name"] for m in images}) == 3
     results = json.loads((out / "predictions.json").read_text())
     assert {r["image_id"] for r in results} == {1, 2, 3}  # each detection names its file through images.json
@@ -77,8 +83,11 @@ def test_a_recursive_glob_mirrors_the_subfolders(checkpoint, tmp_path):
     assert _overlays(out) == {"a/y.png": 40, "b/y.png": 48, "b/c/y.png": 56, "z.png": 64}
     images = json.loads((out / "images.json").read_text())
     assert {m["file_name"]: m["overlay"] for m in images} == {
-        str(root / "a" / "y.jpg"): "a/y.png", str(root / "b" / "y.jpg"): "b/y.png",
-        str(root / "b" / "c" / "y.jpg"): "b/c/y.png", str(root / "z.jpg"): "z.png"}
+        str(root / "a" / "y.jpg"): "a/y.png",
+        str(root / "b" / "y.jpg"): "b/y.png",
+        str(root / "b" / "c" / "y.jpg"): "b/c/y.png",
+        str(root / "z.jpg"): "z.png",
+    }
 
 
 def test_a_folder_is_not_searched_below_and_says_so(tmp_path, caplog):
@@ -98,8 +107,13 @@ def test_overlay_names_are_unique_even_ignoring_case_and_deterministic():
     root = Path("/data")
     files = [root / n for n in ("X.jpg", "a/p.tif", "x.jpg", "x.jpg.png", "x.png")]
     names = overlay_names(files, root)
-    assert names == {root / "X.jpg": "X.jpg.png", root / "a/p.tif": "a/p.png", root / "x.jpg": "x.jpg~2.png",
-                     root / "x.jpg.png": "x.jpg~3.png", root / "x.png": "x.png.png"}
+    assert names == {
+        root / "X.jpg": "X.jpg.png",
+        root / "a/p.tif": "a/p.png",
+        root / "x.jpg": "x.jpg~2.png",
+        root / "x.jpg.png": "x.jpg~3.png",
+        root / "x.png": "x.png.png",
+    }
     assert len({n.casefold() for n in names.values()}) == len(files)
     assert overlay_names(files, root) == names
     # an overlay file never takes the name of a folder other overlays go into
@@ -237,13 +251,25 @@ def test_bad_output_folders_are_config_errors_naming_output(tmp_path):
 def test_cli_prints_one_line_naming_the_key(tmp_path, kind):
     _image(tmp_path / "in" / "a.png", 40)
     (tmp_path / "taken").write_text("")
-    arg, expected = {"device": ("device=cuda", "ConfigError: device='cuda' but CUDA is not available here"),
-                     "output": (f"output={tmp_path / 'taken'}", "is an existing file, not a folder")}[kind]
+    arg, expected = {
+        "device": ("device=cuda", "ConfigError: device='cuda' but CUDA is not available here"),
+        "output": (f"output={tmp_path / 'taken'}", "is an existing file, not a folder"),
+    }[kind]
     out = [f"output={tmp_path / 'out'}"] if kind == "device" else []
     proc = subprocess.run(
-        [sys.executable, "src/predict.py", f"ckpt_path={tmp_path / 'missing.ckpt'}", f"input={tmp_path / 'in'}",
-         *out, arg, f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "src/predict.py",
+            f"ckpt_path={tmp_path / 'missing.ckpt'}",
+            f"input={tmp_path / 'in'}",
+            *out,
+            arg,
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "HYDRA_FULL_ERROR": "0"},
     )
     output = proc.stdout + proc.stderr

@@ -13,20 +13,38 @@ from omegaconf import OmegaConf
 from torchvision.models.detection.roi_heads import fastrcnn_loss, maskrcnn_loss, project_masks_on_boxes
 
 from maskrcnn.losses import (
-    TERMS, BCEMaskLoss, BCEObjectnessLoss, CrossEntropyClassifierLoss, FocalClassifierLoss,
-    FocalMaskLoss, FocalObjectnessLoss, GIoUBoxLoss, MaskRCNNCriterion, SmoothL1BoxLoss,
-    build_criterion, sigmoid_focal_loss, softmax_focal_loss,
+    TERMS,
+    BCEMaskLoss,
+    BCEObjectnessLoss,
+    CrossEntropyClassifierLoss,
+    FocalClassifierLoss,
+    FocalMaskLoss,
+    FocalObjectnessLoss,
+    GIoUBoxLoss,
+    MaskRCNNCriterion,
+    SmoothL1BoxLoss,
+    build_criterion,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
 )
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "loss"
 T = torch.tensor
 ALL_MODULES = [  # (module, branch it reads)
-    pytest.param(m, b, id=f"{type(m).__name__}-{b}") for m, b in [
-        (BCEObjectnessLoss(), "rpn"), (FocalObjectnessLoss(), "rpn"), (SmoothL1BoxLoss(), "rpn"),
+    pytest.param(m, b, id=f"{type(m).__name__}-{b}")
+    for m, b in [
+        (BCEObjectnessLoss(), "rpn"),
+        (FocalObjectnessLoss(), "rpn"),
+        (SmoothL1BoxLoss(), "rpn"),
         (GIoUBoxLoss(), "rpn"),
-        (CrossEntropyClassifierLoss(), "roi"), (FocalClassifierLoss(), "roi"), (SmoothL1BoxLoss(), "roi"),
-        (FocalClassifierLoss(alpha=0.25, normalizer="num_foreground"), "roi"), (GIoUBoxLoss(), "roi"),
-        (BCEMaskLoss(), "mask"), (FocalMaskLoss(), "mask")]
+        (CrossEntropyClassifierLoss(), "roi"),
+        (FocalClassifierLoss(), "roi"),
+        (SmoothL1BoxLoss(), "roi"),
+        (FocalClassifierLoss(alpha=0.25, normalizer="num_foreground"), "roi"),
+        (GIoUBoxLoss(), "roi"),
+        (BCEMaskLoss(), "mask"),
+        (FocalMaskLoss(), "mask"),
+    ]
 ]
 
 
@@ -43,10 +61,22 @@ def make_inputs(seed=0, S=16, P=5, R=12, Q=4, K=3, M=7, dtype=torch.float32):
     roi_labels = torch.randint(0, K + 1, (R,), generator=g)
     roi_labels[:Q] = torch.randint(1, K + 1, (Q,), generator=g)
     return {
-        "rpn": {"objectness": rnd(S), "labels": rpn_labels, "box_deltas": rnd(P, 4), "box_targets": rnd(P, 4),
-                "pred_boxes": random_boxes(P, g).to(dtype), "gt_boxes": random_boxes(P, g)},
-        "roi": {"class_logits": rnd(R, K + 1), "labels": roi_labels, "box_deltas": rnd(Q, 4),
-                "box_targets": rnd(Q, 4), "pred_boxes": random_boxes(Q, g).to(dtype), "gt_boxes": random_boxes(Q, g)},
+        "rpn": {
+            "objectness": rnd(S),
+            "labels": rpn_labels,
+            "box_deltas": rnd(P, 4),
+            "box_targets": rnd(P, 4),
+            "pred_boxes": random_boxes(P, g).to(dtype),
+            "gt_boxes": random_boxes(P, g),
+        },
+        "roi": {
+            "class_logits": rnd(R, K + 1),
+            "labels": roi_labels,
+            "box_deltas": rnd(Q, 4),
+            "box_targets": rnd(Q, 4),
+            "pred_boxes": random_boxes(Q, g).to(dtype),
+            "gt_boxes": random_boxes(Q, g),
+        },
         "mask": {"logits": rnd(Q, M, M), "targets": torch.rand(Q, M, M, generator=g).round()},
     }
 
@@ -68,7 +98,7 @@ def hand_sigmoid_focal(x, t, alpha, gamma):
 def test_sigmoid_focal_golden(alpha, gamma):
     xs, ts = [0.0, 2.0, -1.0, 3.5], [1.0, 0.0, 1.0, 1.0]
     out = sigmoid_focal_loss(T(xs), T(ts), alpha, gamma, reduction="none")
-    close(out, [hand_sigmoid_focal(x, t, alpha, gamma) for x, t in zip(xs, ts)])
+    close(out, [hand_sigmoid_focal(x, t, alpha, gamma) for x, t in zip(xs, ts, strict=True)])
     close(sigmoid_focal_loss(T(xs), T(ts), alpha, gamma, "sum"), out.sum())
     close(sigmoid_focal_loss(T(xs), T(ts), alpha, gamma, "mean"), out.mean())
 
@@ -76,20 +106,20 @@ def test_sigmoid_focal_golden(alpha, gamma):
 def test_softmax_focal_golden():
     logits, labels = T([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]]), T([0, 2])
     logp = [1.0 - math.log(math.e + math.e**2 + 1), 3.0 - math.log(math.e**0.5 + math.e**-1 + math.e**3)]
-    fl = [-(1 - math.exp(lp)) ** 2 * lp for lp in logp]
+    fl = [-((1 - math.exp(lp)) ** 2) * lp for lp in logp]
     close(softmax_focal_loss(logits, labels, gamma=2.0), fl)
     # float alpha: background (label 0) weighted 1 - alpha, foreground alpha
     close(softmax_focal_loss(logits, labels, 2.0, alpha=0.25), [0.75 * fl[0], 0.25 * fl[1]])
-    close(softmax_focal_loss(logits, labels, 2.0, alpha=T([0.1, 0.2, 0.3]), reduction="sum"),
-          0.1 * fl[0] + 0.3 * fl[1])
+    close(softmax_focal_loss(logits, labels, 2.0, alpha=T([0.1, 0.2, 0.3]), reduction="sum"), 0.1 * fl[0] + 0.3 * fl[1])
 
 
 def test_focal_gamma0_equals_ce_and_bce():
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(500, generator=g) * 5, torch.rand(500, generator=g)  # soft targets too
     for red in ("none", "mean", "sum"):
-        assert torch.equal(sigmoid_focal_loss(x, t, None, 0.0, red),
-                           F.binary_cross_entropy_with_logits(x, t, reduction=red))  # bit-exact
+        assert torch.equal(
+            sigmoid_focal_loss(x, t, None, 0.0, red), F.binary_cross_entropy_with_logits(x, t, reduction=red)
+        )  # bit-exact
     logits, labels = torch.randn(300, 5, generator=g) * 4, torch.randint(0, 5, (300,), generator=g)
     for red in ("none", "mean", "sum"):
         ref = F.cross_entropy(logits, labels, reduction=red)
@@ -173,8 +203,18 @@ def test_mask_golden():
 # ---------------------------------------------------------------- torchvision equality
 def test_rpn_losses_match_torchvision():
     from torchvision.models.detection.rpn import RegionProposalNetwork
-    rpn = RegionProposalNetwork(None, None, 0.7, 0.3, batch_size_per_image=10**6, positive_fraction=0.5,
-                                pre_nms_top_n={}, post_nms_top_n={}, nms_thresh=0.7)
+
+    rpn = RegionProposalNetwork(
+        None,
+        None,
+        0.7,
+        0.3,
+        batch_size_per_image=10**6,
+        positive_fraction=0.5,
+        pre_nms_top_n={},
+        post_nms_top_n={},
+        nms_thresh=0.7,
+    )
     g = torch.Generator().manual_seed(4)
     labels = [torch.randint(-1, 2, (60,), generator=g).float() for _ in range(2)]  # -1 = ignored
     targets = [torch.randn(60, 4, generator=g) for _ in range(2)]
@@ -182,8 +222,12 @@ def test_rpn_losses_match_torchvision():
     ref_obj, ref_box = rpn.compute_loss(objectness, deltas, labels, targets)  # samples everything
     lab, tgt = torch.cat(labels), torch.cat(targets)
     keep, pos = lab >= 0, lab == 1
-    ours = {"objectness": objectness.flatten()[keep], "labels": lab[keep], "box_deltas": deltas[pos],
-            "box_targets": tgt[pos]}
+    ours = {
+        "objectness": objectness.flatten()[keep],
+        "labels": lab[keep],
+        "box_deltas": deltas[pos],
+        "box_targets": tgt[pos],
+    }
     close(BCEObjectnessLoss()(ours), ref_obj)
     close(SmoothL1BoxLoss()(ours), ref_box)
 
@@ -197,8 +241,12 @@ def test_roi_losses_match_torchvision():
     ref_cls, ref_box = fastrcnn_loss(logits, box_reg, labels, targets)
     lab, tgt = torch.cat(labels), torch.cat(targets)
     pos = torch.where(lab > 0)[0]
-    roi = {"class_logits": logits, "labels": lab, "box_deltas": box_reg.reshape(R, -1, 4)[pos, lab[pos]],
-           "box_targets": tgt[pos]}
+    roi = {
+        "class_logits": logits,
+        "labels": lab,
+        "box_deltas": box_reg.reshape(R, -1, 4)[pos, lab[pos]],
+        "box_targets": tgt[pos],
+    }
     close(CrossEntropyClassifierLoss()(roi), ref_cls)
     close(SmoothL1BoxLoss()(roi), ref_box)
 
@@ -212,8 +260,10 @@ def test_mask_loss_matches_torchvision():
     matched = [torch.randint(0, 3, (5,), generator=g) for _ in range(2)]
     mask_logits = torch.randn(10, K + 1, M, M, generator=g)
     ref = maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, matched)
-    labels = torch.cat([gl[i] for gl, i in zip(gt_labels, matched)])
-    targets = torch.cat([project_masks_on_boxes(m, p, i, M) for m, p, i in zip(gt_masks, proposals, matched)])
+    labels = torch.cat([gl[i] for gl, i in zip(gt_labels, matched, strict=True)])
+    targets = torch.cat(
+        [project_masks_on_boxes(m, p, i, M) for m, p, i in zip(gt_masks, proposals, matched, strict=True)]
+    )
     close(BCEMaskLoss()({"logits": mask_logits[torch.arange(10), labels], "targets": targets}), ref)
 
 
@@ -251,16 +301,31 @@ def test_autocast_half_inputs_float32_output(module, branch, half, device):
 
 _ROI = make_inputs(10)["roi"]
 BAD_INPUTS = [  # (call, exception, message pattern)
-    (lambda: SmoothL1BoxLoss()({"box_deltas": _ROI["box_deltas"], "box_targets": _ROI["box_targets"]}),
-     KeyError, r"SmoothL1BoxLoss: .*objectness.*class_logits"),
-    (lambda: SmoothL1BoxLoss()({**_ROI, "class_logits": _ROI["class_logits"][:2]}),
-     ValueError, "positive boxes but only 2 sampled"),
-    (lambda: BCEMaskLoss()({"logits": torch.zeros(1, 2, 2)}),
-     KeyError, r"BCEMaskLoss\['mask'\]: missing key\(s\) \['targets'\]"),
-    (lambda: BCEObjectnessLoss()({"objectness": torch.zeros(4), "labels": torch.zeros(5)}),
-     ValueError, r"BCEObjectnessLoss\['rpn'\]: .*'labels' has shape"),
-    (lambda: CrossEntropyClassifierLoss()({"class_logits": torch.zeros(2, 3), "labels": torch.zeros(2)}),
-     TypeError, r"CrossEntropyClassifierLoss\['roi'\]: labels must be int64"),
+    (
+        lambda: SmoothL1BoxLoss()({"box_deltas": _ROI["box_deltas"], "box_targets": _ROI["box_targets"]}),
+        KeyError,
+        r"SmoothL1BoxLoss: .*objectness.*class_logits",
+    ),
+    (
+        lambda: SmoothL1BoxLoss()({**_ROI, "class_logits": _ROI["class_logits"][:2]}),
+        ValueError,
+        "positive boxes but only 2 sampled",
+    ),
+    (
+        lambda: BCEMaskLoss()({"logits": torch.zeros(1, 2, 2)}),
+        KeyError,
+        r"BCEMaskLoss\['mask'\]: missing key\(s\) \['targets'\]",
+    ),
+    (
+        lambda: BCEObjectnessLoss()({"objectness": torch.zeros(4), "labels": torch.zeros(5)}),
+        ValueError,
+        r"BCEObjectnessLoss\['rpn'\]: .*'labels' has shape",
+    ),
+    (
+        lambda: CrossEntropyClassifierLoss()({"class_logits": torch.zeros(2, 3), "labels": torch.zeros(2)}),
+        TypeError,
+        r"CrossEntropyClassifierLoss\['roi'\]: labels must be int64",
+    ),
     (lambda: sigmoid_focal_loss(torch.zeros(3), torch.zeros(4)), ValueError, "sigmoid_focal_loss: .*shape"),
     (lambda: softmax_focal_loss(torch.zeros(2, 3), T([0, 3])), ValueError, r"labels must lie in \[0, 3\)"),
     (lambda: sigmoid_focal_loss(torch.zeros(3), torch.zeros(3), reduction="avg"), ValueError, "reduction"),
@@ -280,9 +345,14 @@ def test_criterion_routes_branches_and_errors():
     inputs = make_inputs(12)
     losses = build_criterion("ce", mask=FocalMaskLoss())(inputs)
     rpn, roi = inputs["rpn"], inputs["roi"]
-    expected = [BCEObjectnessLoss()(rpn), SmoothL1BoxLoss()(rpn), CrossEntropyClassifierLoss()(roi),
-                SmoothL1BoxLoss()(roi), FocalMaskLoss()(inputs["mask"])]
-    assert all(torch.equal(losses[t], e) for t, e in zip(TERMS, expected))
+    expected = [
+        BCEObjectnessLoss()(rpn),
+        SmoothL1BoxLoss()(rpn),
+        CrossEntropyClassifierLoss()(roi),
+        SmoothL1BoxLoss()(roi),
+        FocalMaskLoss()(inputs["mask"]),
+    ]
+    assert all(torch.equal(losses[t], e) for t, e in zip(TERMS, expected, strict=True))
     with pytest.raises(TypeError, match="unknown slot"):
         build_criterion("ce", boxes=GIoUBoxLoss())
     with pytest.raises(ValueError, match="kind"):
@@ -312,10 +382,16 @@ def test_every_loss_yaml_instantiates(path):
 
 def test_documented_overrides_compose():
     from hydra import compose, initialize_config_dir
+
     box, mask = "maskrcnn.losses.box_regression.GIoUBoxLoss", "maskrcnn.losses.mask.FocalMaskLoss"
-    overrides = ["+loss=focal", f"loss.criterion.box._target_={box}", 
-                 f"loss.criterion.mask._target_={mask}", "+loss.criterion.mask.alpha=0.25",
-                 "+loss.criterion.mask.gamma=2.0", "loss.criterion.classifier.alpha=[0.25,0.75,0.75,0.75]"]
+    overrides = [
+        "+loss=focal",
+        f"loss.criterion.box._target_={box}",
+        f"loss.criterion.mask._target_={mask}",
+        "+loss.criterion.mask.alpha=0.25",
+        "+loss.criterion.mask.gamma=2.0",
+        "loss.criterion.classifier.alpha=[0.25,0.75,0.75,0.75]",
+    ]
     with initialize_config_dir(str(CONF_DIR.parent), version_base=None):
         criterion = hydra.utils.instantiate(compose(config_name=None, overrides=overrides).loss.criterion)
     assert isinstance(criterion.box, GIoUBoxLoss) and isinstance(criterion.mask, FocalMaskLoss)

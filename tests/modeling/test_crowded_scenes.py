@@ -33,14 +33,22 @@ def _scene(tmp_path, num: int, num_categories: int):
     boxes = np.array([[x, y, x + SIDE, y + SIDE] for x, y in boxes], dtype=np.float32)
     labels = torch.arange(num) % num_categories + 1
     annotations = [
-        {"id": i + 1, "image_id": 1, "category_id": int(labels[i]), "iscrowd": 0, "area": SIDE * SIDE,
-         "bbox": [float(x0), float(y0), SIDE, SIDE],
-         "segmentation": [[float(x0), float(y0), float(x1), float(y0), float(x1), float(y1), float(x0), float(y1)]]}
+        {
+            "id": i + 1,
+            "image_id": 1,
+            "category_id": int(labels[i]),
+            "iscrowd": 0,
+            "area": SIDE * SIDE,
+            "bbox": [float(x0), float(y0), SIDE, SIDE],
+            "segmentation": [[float(x0), float(y0), float(x1), float(y0), float(x1), float(y1), float(x0), float(y1)]],
+        }
         for i, (x0, y0, x1, y1) in enumerate(boxes.tolist())
     ]
-    coco = {"images": [{"id": 1, "file_name": "crowd.png", "height": height, "width": width}],
-            "categories": [{"id": c, "name": f"cell{c}"} for c in range(1, num_categories + 1)],
-            "annotations": annotations}
+    coco = {
+        "images": [{"id": 1, "file_name": "crowd.png", "height": height, "width": width}],
+        "categories": [{"id": c, "name": f"cell{c}"} for c in range(1, num_categories + 1)],
+        "annotations": annotations,
+    }
     path = tmp_path / f"crowd{num}.json"
     path.write_text(json.dumps(coco))
     return str(path), height, width, boxes, labels
@@ -66,8 +74,12 @@ CASES = [(backend, *case) for backend in BACKENDS for case in [(300, 1, "prob"),
 @pytest.mark.parametrize(("backend", "num", "num_categories", "kind"), [*CASES, ("faster_coco_eval", 1000, 4, "bool")])
 def test_perfect_crowded_detections_give_ap_one(tmp_path, backend, num, num_categories, kind):
     ann_file, height, width, boxes, labels = _scene(tmp_path, num, num_categories)
-    detection = {"boxes": torch.from_numpy(boxes), "labels": labels,
-                 "scores": torch.linspace(1.0, 0.5, num), "masks": _masks(boxes, height, width, kind)}
+    detection = {
+        "boxes": torch.from_numpy(boxes),
+        "labels": labels,
+        "scores": torch.linspace(1.0, 0.5, num),
+        "masks": _masks(boxes, height, width, kind),
+    }
     identity = {c: c for c in range(1, num_categories + 1)}
     evaluator = CocoEvaluator(ann_file, identity, max_dets=num, backend=backend)
     evaluator.update([detection], [1])

@@ -6,11 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models import resnet18
-from torchvision.models.detection import _utils as tv_utils, maskrcnn_resnet50_fpn
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection import _utils as tv_utils
+from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork as TVRPN, RPNHead as TVRPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork as TVRPN
+from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from maskrcnn.modeling.anchors import AnchorGenerator
@@ -67,7 +69,7 @@ def test_sampler_consumes_rng_like_torchvision():
     torch.manual_seed(123)
     tv_pos, tv_neg, after_theirs = *tv_utils.BalancedPositiveNegativeSampler(64, 0.25)(labels), torch.rand(1)
     assert torch.equal(after_ours, after_theirs)  # same amount of RNG consumed
-    for p, n, tp, tn in zip(pos, neg, tv_pos, tv_neg):
+    for p, n, tp, tn in zip(pos, neg, tv_pos, tv_neg, strict=True):
         assert torch.equal(p, torch.where(tp)[0]) and torch.equal(n, torch.where(tn)[0])
     assert pos[0].numel() == 16 and neg[0].numel() == 48 and pos[3].numel() == 0
     (all_pos, *_), (all_neg, *_) = BalancedSampler(None, 0.5)(labels)  # no sampling: everything
@@ -101,13 +103,15 @@ def _images_and_targets():
     masks = [(torch.rand(2, *im.shape[-2:], generator=g) > 0.5).to(torch.uint8) for im in images]
     boxes = [random_boxes(2, 30, g) for _ in images]
     labels = torch.tensor([1, 2])
-    return images, [{"boxes": b, "labels": labels, "masks": m, "crowd_boxes": b[:1]} for b, m in zip(boxes, masks)]
+    return images, [
+        {"boxes": b, "labels": labels, "masks": m, "crowd_boxes": b[:1]} for b, m in zip(boxes, masks, strict=True)
+    ]
 
 
 def _assert_same_batch(ours, our_targets, theirs, their_targets):
     assert isinstance(ours, ImageBatch) and ours.image_sizes == theirs.image_sizes
     assert torch.equal(ours.tensors, theirs.tensors)
-    for a, b in zip(our_targets, their_targets):
+    for a, b in zip(our_targets, their_targets, strict=True):
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["masks"], b["masks"])
         assert a["masks"].dtype == torch.uint8 and torch.equal(a["crowd_boxes"], b["boxes"][:1])
 
@@ -213,8 +217,11 @@ def _rpn_pair(in_channels=16):
         for p in ours.head.parameters():
             p.normal_(0, 0.3)
     theirs = TVRPN(
-        TVAnchorGenerator(SIZES, RATIOS), TVRPNHead(in_channels, 3),
-        pre_nms_top_n={"training": 120, "testing": 60}, post_nms_top_n={"training": 150, "testing": 80}, **RPN_KW,
+        TVAnchorGenerator(SIZES, RATIOS),
+        TVRPNHead(in_channels, 3),
+        pre_nms_top_n={"training": 120, "testing": 60},
+        post_nms_top_n={"training": 150, "testing": 80},
+        **RPN_KW,
     )
     theirs.head.load_state_dict(ours.head.state_dict())
     return ours, theirs
@@ -246,10 +253,10 @@ def test_rpn_eval_proposals_match_torchvision():
         props, loss_inputs = ours(batch, feats)
         tv_props, _ = theirs(image_list, feats)
     assert loss_inputs is None and all(10 < p.shape[0] <= 80 for p in props)
-    assert all(torch.equal(a, b) for a, b in zip(props, tv_props))
+    assert all(torch.equal(a, b) for a, b in zip(props, tv_props, strict=True))
     with torch.no_grad():  # eval mode with targets: test-time top-n proposals and loss inputs as well
         props2, loss_inputs = ours(batch, feats, targets)
-    assert all(torch.equal(a, b) for a, b in zip(props2, tv_props)) and loss_inputs is not None
+    assert all(torch.equal(a, b) for a, b in zip(props2, tv_props, strict=True)) and loss_inputs is not None
 
 
 def test_rpn_training_loss_inputs_match_torchvision_losses():
@@ -261,7 +268,7 @@ def test_rpn_training_loss_inputs_match_torchvision_losses():
         props, li = ours(batch, feats, targets)
         torch.manual_seed(seed)
         tv_props, tv_losses = theirs(image_list, feats, targets)
-        assert all(torch.equal(a, b) for a, b in zip(props, tv_props))
+        assert all(torch.equal(a, b) for a, b in zip(props, tv_props, strict=True))
         objectness, box = _losses_from_inputs(li)
         assert torch.allclose(objectness, tv_losses["loss_objectness"], rtol=1e-6, atol=0)
         assert torch.allclose(box, tv_losses["loss_rpn_box_reg"], rtol=1e-6, atol=0)

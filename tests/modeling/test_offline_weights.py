@@ -13,10 +13,10 @@ import torch.hub
 
 from helpers.config import compose
 from maskrcnn.cli import error_message, expected_error
+from maskrcnn.errors import WeightsDownloadError
 from maskrcnn.modeling.backbone import build_backbone
 from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.modeling.checkpoint import TORCHVISION_COCO
-from maskrcnn.errors import WeightsDownloadError
 from maskrcnn.training.pipeline import train
 
 

@@ -152,5 +152,6 @@ def test_multiscale_rois_without_a_level_pool_to_zeros_like_torchvision():
         assert torch.equal(out[3], torch.zeros(4, 7, 7)) and torch.equal(out[4], torch.zeros(4, 7, 7))
         keep = [0, 1, 2, 5, 6, 7]
         theirs = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(
-            feats, [boxes[0][:3], boxes[1][1:]], image_sizes)
+            feats, [boxes[0][:3], boxes[1][1:]], image_sizes
+        )
         torch.testing.assert_close(out[keep], theirs, atol=1e-5, rtol=0)

@@ -67,7 +67,7 @@ def test_binary_and_rle_round_trip():
     assert binary.dtype == torch.bool and torch.equal(binary, masks > 0.5)
     rles = masks_to_rle(masks)
     assert len(rles) == 4
-    for rle, b in zip(rles, binary):
+    for rle, b in zip(rles, binary, strict=True):
         assert rle["size"] == [33, 47] and isinstance(rle["counts"], str)
         decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
         np.testing.assert_array_equal(decoded, b[0].numpy().astype(np.uint8))
@@ -112,7 +112,7 @@ def _grid_sample_paste(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int
     ys = torch.arange(h, dtype=torch.float32) + 0.5
     xs = torch.arange(w, dtype=torch.float32) + 0.5
     out = []
-    for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist()):
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist(), strict=True):
         gy = (ys - y0) / (y1 - y0) * 2 - 1
         gx = (xs - x0) / (x1 - x0) * 2 - 1
         grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]

@@ -76,18 +76,30 @@ IMAGES = [torch.rand(3, 32, 40), torch.rand(3, 32, 40)]
 BAD_TARGETS = [  # (second target, exception, message after "target 1 (image_id=7)" or its key)
     ({k: v for k, v in _target().items() if k != "labels"}, KeyError, r"target 1 \(image_id=7\) has no 'labels' key"),
     ([1, 2], TypeError, "target 1 must be a dict, got list"),
-    (_with(boxes=torch.zeros(2, 5)),
-     ValueError, r"boxes of target 1 \(image_id=7\) must be a Tensor\[N, 4\], got \(2, 5\)"),
-    (_with(boxes=[[1, 2, 3, 4]] * 2),
-     ValueError, r"boxes of target 1 \(image_id=7\) must be a Tensor\[N, 4\], got list"),
-    (_with(boxes=torch.tensor([[1, 2, 10, 12], [5, 5, 30, 20]])),
-     TypeError, "boxes of .* must be float, got torch.int64"),
+    (
+        _with(boxes=torch.zeros(2, 5)),
+        ValueError,
+        r"boxes of target 1 \(image_id=7\) must be a Tensor\[N, 4\], got \(2, 5\)",
+    ),
+    (
+        _with(boxes=[[1, 2, 3, 4]] * 2),
+        ValueError,
+        r"boxes of target 1 \(image_id=7\) must be a Tensor\[N, 4\], got list",
+    ),
+    (
+        _with(boxes=torch.tensor([[1, 2, 10, 12], [5, 5, 30, 20]])),
+        TypeError,
+        "boxes of .* must be float, got torch.int64",
+    ),
     (_with(labels=torch.tensor([1.0, 3.0])), TypeError, r"labels of target 1 \(image_id=7\) must be int64"),
     (_with(labels=torch.tensor([[1, 3]])), ValueError, r"labels of .* must be a Tensor\[N\], got \(1, 2\)"),
     (_with(masks=torch.zeros(2, 32, 41, dtype=torch.uint8)), ValueError, r"\(H, W\) = \(32, 40\), got \(2, 32, 41\)"),
     (_with(labels=torch.tensor([1])), ValueError, r"\(image_id=7\) has 2 boxes, 1 labels and 2 masks"),
-    (_with(boxes=torch.tensor([[1.0, 2.0, 10.0, 12.0], [5.0, 5.0, 5.0, 20.0]])),
-     ValueError, r"\(image_id=7\) box 1 = \[5.0, 5.0, 5.0, 20.0\] has non-positive width or height"),
+    (
+        _with(boxes=torch.tensor([[1.0, 2.0, 10.0, 12.0], [5.0, 5.0, 5.0, 20.0]])),
+        ValueError,
+        r"\(image_id=7\) box 1 = \[5.0, 5.0, 5.0, 20.0\] has non-positive width or height",
+    ),
     (_with(labels=torch.tensor([1, 0])), ValueError, r"\(image_id=7\) label 1 is 0; labels are class ids 1..K"),
     (_with(crowd_boxes=torch.zeros(4)), ValueError, r"crowd_boxes of target 1 \(image_id=7\) must be a Tensor\[N, 4\]"),
 ]

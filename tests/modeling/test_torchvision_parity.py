@@ -7,10 +7,10 @@ import pytest
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from maskrcnn.losses import build_criterion
 from bench.torchvision_compat import torchvision_compatible_mask_rcnn
-from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.errors import CheckpointError
+from maskrcnn.losses import build_criterion
+from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.modeling.checkpoint import load_torchvision_checkpoint
 from maskrcnn.modeling.roi_heads import RoIHeads
 
@@ -91,7 +91,7 @@ def test_eval_parity(models):
     with torch.no_grad():
         expected = tv(images)
         got = ours(images)["detections"]
-    for image, e, o in zip(images, expected, got):
+    for image, e, o in zip(images, expected, got, strict=True):
         assert len(o["boxes"]) == len(e["boxes"]) > 0
         assert o["masks"].shape == (len(e["boxes"]), 1, *image.shape[-2:])
         torch.testing.assert_close(o["boxes"], e["boxes"], atol=1e-4, rtol=0)
@@ -121,8 +121,12 @@ def test_training_losses_and_gradients_match(models):
     tv.zero_grad(), ours.zero_grad()
     sum(expected.values()).backward()
     sum(losses.values()).backward()
-    for name in ("roi_heads.box_predictor.cls_score.weight", "roi_heads.mask_predictor.mask_fcn_logits.weight",
-                 "rpn.head.bbox_pred.weight", "backbone.fpn.layer_blocks.0.0.weight"):
+    for name in (
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.mask_predictor.mask_fcn_logits.weight",
+        "rpn.head.bbox_pred.weight",
+        "backbone.fpn.layer_blocks.0.0.weight",
+    ):
         mine, theirs = ours.get_parameter(name).grad, tv.get_parameter(name).grad
         torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-3, msg=name)
 
@@ -139,7 +143,7 @@ def test_roi_heads_zero_proposals_and_zero_gt_match_torchvision(models):
         expected, _ = tv.roi_heads(feats, proposals, sizes)
         got, loss_inputs = ours.roi_heads(feats, proposals, sizes)
     assert loss_inputs is None and len(got[1]["boxes"]) == 0 and len(got[0]["boxes"]) > 0
-    for e, o in zip(expected, got):
+    for e, o in zip(expected, got, strict=True):
         for key in ("boxes", "scores", "labels", "masks"):
             torch.testing.assert_close(o[key], e[key], atol=1e-5, rtol=0)
 
@@ -168,9 +172,14 @@ def test_crowd_regions_are_ignored_and_no_sampling_keeps_all(models):
     feats = OrderedDict((str(i), torch.randn(1, 256, 32 // 2**i, 32 // 2**i, generator=g)) for i in range(4))
     proposals = [
         torch.tensor(
-            [[10.0, 10, 50, 50], [12, 11, 49, 52],  # on the gt
-             [80, 80, 120, 120], [82, 79, 118, 121], [85, 85, 119, 117],  # on the crowd region
-             [60, 5, 100, 30]]  # plain background
+            [
+                [10.0, 10, 50, 50],
+                [12, 11, 49, 52],  # on the gt
+                [80, 80, 120, 120],
+                [82, 79, 118, 121],
+                [85, 85, 119, 117],  # on the crowd region
+                [60, 5, 100, 30],
+            ]  # plain background
         )
     ]
     target = _target(128, 128, 1, seed=18)
@@ -210,7 +219,11 @@ def test_checkpoint_loading(tmp_path):
     assert len(skipped) == 6
 
     wrong = build_mask_rcnn(3, backbone={"name": "resnet34", "norm": "frozen_bn"})
-    with pytest.raises(CheckpointError, match=r"built for another architecture than this run's model \(\d+ missing, 0 unexpected keys\): missing backbone"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"built for another architecture than this run's model \(\d+ missing, 0 unexpected keys\): "
+        r"missing backbone",
+    ):
         load_torchvision_checkpoint(wrong, tmp_path / "raw.pth")
 
 
@@ -241,14 +254,14 @@ def test_mixed_batch_bicubic_aligned_losses_finite_and_eval_outputs():
         out = model(images, targets)
     assert set(out) == {"loss_inputs", "detections"}
     assert all(torch.isfinite(v) for v in criterion(out["loss_inputs"]).values())
-    for (h, w), det in zip(shapes, out["detections"]):
+    for (h, w), det in zip(shapes, out["detections"], strict=True):
         assert len(det["boxes"]) > 0 and len(det["masks"]) == len(det["boxes"])
         assert det["masks"][0]["size"] == [h, w] and isinstance(det["masks"][0]["counts"], str)
         assert (det["boxes"][:, 2] <= w).all() and (det["boxes"][:, 3] <= h).all()
     # the validation-loss pass does not change the detections
     with torch.no_grad():
         plain = model(images)["detections"]
-    for det, ref in zip(out["detections"], plain):
+    for det, ref in zip(out["detections"], plain, strict=True):
         assert torch.equal(det["boxes"], ref["boxes"]) and [m["counts"] for m in det["masks"]] == [
             m["counts"] for m in ref["masks"]
         ]
@@ -281,18 +294,30 @@ def test_resnet101_fpn_matches_torchvision_maskrcnn_with_resnet101_backbone():
     from torchvision.models.resnet import Bottleneck
 
     torch.manual_seed(0)
-    backbone = resnet_fpn_backbone(backbone_name="resnet101", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet101", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
+    )
     # With random weights, 33 residual blocks blow activations up to ~1e5 and every proposal
     # degenerates. Small last-BN scales keep them near 1, as zero-init-residual training does.
     for module in backbone.modules():
         if isinstance(module, Bottleneck):
             nn.init.uniform_(module.bn3.weight, 0.0, 0.1)
     images = [torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(1))]
-    tv = MaskRCNN(backbone, num_classes=4, box_score_thresh=0.0, box_detections_per_img=10,
-                  rpn_post_nms_top_n_test=100, min_size=128, max_size=160).eval()
+    tv = MaskRCNN(
+        backbone,
+        num_classes=4,
+        box_score_thresh=0.0,
+        box_detections_per_img=10,
+        rpn_post_nms_top_n_test=100,
+        min_size=128,
+        max_size=160,
+    ).eval()
     ours = torchvision_compatible_mask_rcnn(
-        4, backbone_name="resnet101", transform={"min_size": 128, "max_size": 160},
-        rpn={"post_nms_top_n_test": 100}, roi_heads={"score_thresh": 0.0, "detections_per_img": 10},
+        4,
+        backbone_name="resnet101",
+        transform={"min_size": 128, "max_size": 160},
+        rpn={"post_nms_top_n_test": 100},
+        roi_heads={"score_thresh": 0.0, "detections_per_img": 10},
     ).eval()
     ours.load_state_dict(tv.state_dict(), strict=True)
     with torch.no_grad():

@@ -11,9 +11,9 @@ import copy
 
 import pytest
 import torch
-from helpers.config import compose
 from torch import nn
 
+from helpers.config import compose
 from maskrcnn.losses import build_criterion
 from maskrcnn.modeling.build import build_mask_rcnn
 from maskrcnn.ops.memory_format import CONV_PARTS, to_nchw, use_channels_last
@@ -22,9 +22,11 @@ from maskrcnn.ops.memory_format import CONV_PARTS, to_nchw, use_channels_last
 def small_net(channels_last: bool = False) -> nn.Module:
     torch.manual_seed(0)
     net = build_mask_rcnn(
-        3, backbone={"name": "resnet18", "out_channels": 32, "norm": "bn", "pretrained": False, "trainable_layers": 5},
+        3,
+        backbone={"name": "resnet18", "out_channels": 32, "norm": "bn", "pretrained": False, "trainable_layers": 5},
         roi_heads={"representation_size": 64, "mask_layers": (32, 32)},
-        transform={"min_size": 96, "max_size": 128}, channels_last=channels_last,
+        transform={"min_size": 96, "max_size": 128},
+        channels_last=channels_last,
     )
     # Spread objectness and class scores: with the flat scores of a fresh head, proposals tie, and
     # a 1e-7 difference would reorder them and change which RoIs get sampled.
@@ -38,11 +40,13 @@ def batch() -> tuple[list[torch.Tensor], list[dict]]:
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 112, 96, generator=g)]
     targets = []
-    for image, boxes, labels in zip(images, ([[10, 12, 60, 70], [50, 20, 120, 90]], [[5, 30, 80, 100]]), ([1, 3], [2])):
+    for image, boxes, labels in zip(
+        images, ([[10, 12, 60, 70], [50, 20, 120, 90]], [[5, 30, 80, 100]]), ([1, 3], [2]), strict=True
+    ):
         boxes_t = torch.tensor(boxes, dtype=torch.float32)
         masks = torch.zeros(len(boxes), *image.shape[1:], dtype=torch.uint8)
         for i, (x0, y0, x1, y1) in enumerate(boxes):
-            masks[i, y0 + 5:y1 - 5, x0 + 5:x1 - 5] = 1
+            masks[i, y0 + 5 : y1 - 5, x0 + 5 : x1 - 5] = 1
         targets.append({"boxes": boxes_t, "labels": torch.tensor(labels), "masks": masks})
     return images, targets
 
@@ -136,7 +140,7 @@ def test_detections_match_nchw():
         ref = plain.eval()(images)["detections"]
         out = fast.eval()(images)["detections"]
     assert sum(d["boxes"].shape[0] for d in ref) > 0
-    for r, o in zip(ref, out):
+    for r, o in zip(ref, out, strict=True):
         assert torch.equal(r["labels"], o["labels"])
         torch.testing.assert_close(o["boxes"], r["boxes"], atol=1e-3, rtol=0)
         torch.testing.assert_close(o["scores"], r["scores"], atol=1e-4, rtol=0)

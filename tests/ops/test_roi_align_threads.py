@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.config import compose
 from torchvision.ops import roi_align
 
+from helpers.config import compose
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 from maskrcnn.ops import roi_align_threads
 from maskrcnn.ops.roi_align_threads import roi_align_forward_threads, roi_align_threaded_backward
@@ -31,8 +31,10 @@ def test_forward_exact_and_gradient_within_float32_reordering(threads, aligned):
     rois = _rois(50, 2, 96.0)
     upstream = torch.randn(50, 8, 7, 7, generator=g)
     results = []
-    for fn in (lambda f: roi_align(f, rois, (7, 7), 0.25, 2, aligned),
-               lambda f: roi_align_threaded_backward(f, rois, (7, 7), 0.25, 2, aligned, threads)):
+    for fn in (
+        lambda f: roi_align(f, rois, (7, 7), 0.25, 2, aligned),
+        lambda f: roi_align_threaded_backward(f, rois, (7, 7), 0.25, 2, aligned, threads),
+    ):
         f = feature.clone().requires_grad_(True)
         out = fn(f)
         results.append(type(out.grad_fn).__name__)
@@ -42,8 +44,9 @@ def test_forward_exact_and_gradient_within_float32_reordering(threads, aligned):
     assert "RoIAlignThreadedBackward" in threaded_fn and "RoIAlignThreadedBackward" not in ref_fn
     # the worker threads record no graph of their own (grad mode is per thread; the autograd
     # Function's forward calls this with a feature that requires grad)
-    shares = roi_align_threads.roi_align_threaded_forward(feature.clone().requires_grad_(True), rois, (7, 7),
-                                                          0.25, 2, aligned, threads)
+    shares = roi_align_threads.roi_align_threaded_forward(
+        feature.clone().requires_grad_(True), rois, (7, 7), 0.25, 2, aligned, threads
+    )
     assert shares.grad_fn is None and not shares.requires_grad
     assert torch.equal(out, ref_out)
     assert grad.shape == ref_grad.shape and grad.is_contiguous()

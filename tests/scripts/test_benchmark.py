@@ -11,7 +11,6 @@ import torch
 
 from bench import data_pipeline, eval_backends, model_peak_rss, model_speed, peak_memory
 from bench.report import to_markdown
-
 from helpers.scripts import load_script
 
 NUTS = Path(__file__).resolve().parents[1] / "assets" / "nuts"
@@ -57,9 +56,11 @@ def test_model_pair_train_times_are_positive():
 def test_model_rows_add_the_channels_last_train_rows():
     rows = model_speed.model_rows([64], iters=1, warmup=0, device="cpu", amp=None)
     assert [r[1] for r in rows] == [
-        "R50-FPN train step [s/iter], 2 img 64x64", "R50-FPN train step [s/iter] (model.channels_last=true), 2 img 64x64",
+        "R50-FPN train step [s/iter], 2 img 64x64",
+        "R50-FPN train step [s/iter] (model.channels_last=true), 2 img 64x64",
         "R50-FPN train step [s/iter] (model.channels_last=true model.roi_align.backward_threads=2), 2 img 64x64",
-        "R50-FPN inference [s/image], 2 img 64x64"]
+        "R50-FPN inference [s/image], 2 img 64x64",
+    ]
     assert all(_positive(r[2]) and _positive(r[3]) for r in rows)
     assert rows[0][3] == rows[1][3] == rows[2][3]  # all against the same torchvision timing
 
@@ -74,8 +75,11 @@ def test_model_pair_resnet101_train_times_are_positive():
 def test_model_peak_rss_rows_come_from_fresh_processes():
     rows = model_peak_rss.model_peak_rss_rows([64], iters=1, warmup=0, threads=1)
     assert [r[1] for r in rows] == [
-        "R50-FPN train step [s/iter], 2 img 64x64", "R50-FPN peak RSS train [MB], 2 img 64x64",
-        "R50-FPN inference [s/image], 2 img 64x64", "R50-FPN peak RSS eval [MB], 2 img 64x64"]
+        "R50-FPN train step [s/iter], 2 img 64x64",
+        "R50-FPN peak RSS train [MB], 2 img 64x64",
+        "R50-FPN inference [s/image], 2 img 64x64",
+        "R50-FPN peak RSS eval [MB], 2 img 64x64",
+    ]
     assert all(_positive(r[2]) and _positive(r[3]) for r in rows)
     assert rows[1][2] > 100 and rows[1][3] > 100  # a whole interpreter with torch and a model
 
@@ -112,14 +116,16 @@ def test_synthetic_coco_and_both_pipelines_agree_on_shapes(tmp_path):
 
 
 def test_data_benchmark_runs_on_an_existing_coco_dataset():
-    rates = data_pipeline.run_on_dataset(NUTS / "images", NUTS / "annotations.json", num_images=2,
-                                         repeats=1, min_size=120, max_size=200)
+    rates = data_pipeline.run_on_dataset(
+        NUTS / "images", NUTS / "annotations.json", num_images=2, repeats=1, min_size=120, max_size=200
+    )
     assert set(rates) == {"ours", "torchvision"} and all(_positive(r) for r in rates.values())
 
 
 def test_data_rows_name_the_dataset_and_the_size():
-    (row,) = data_pipeline.data_rows(2, 1, min_size=120, image_dir=str(NUTS / "images"),
-                                     annotation_file=str(NUTS / "annotations.json"))
+    (row,) = data_pipeline.data_rows(
+        2, 1, min_size=120, image_dir=str(NUTS / "images"), annotation_file=str(NUTS / "annotations.json")
+    )
     section, metric, ours, baseline, notes = row
     assert section == "data" and metric == "images/s per worker (decode+masks+resize 120+flip)"
     assert _positive(ours) and _positive(baseline) and "first 2 annotated images of" in notes
@@ -167,7 +173,9 @@ def test_main_writes_one_table_with_memory_rows(cli, tmp_path, capsys):
 def test_skip_and_task_select_the_same_sections(cli, monkeypatch):
     calls = []
     for task in cli.TABLE_TASKS:
-        monkeypatch.setitem(cli.TABLE_TASKS, task, lambda a, task=task: calls.append(task) or [(task, "m", 1.0, 2.0, "")])
+        monkeypatch.setitem(
+            cli.TABLE_TASKS, task, lambda a, task=task: calls.append(task) or [(task, "m", 1.0, 2.0, "")]
+        )
     cli.main(["--skip", "model,memory"])
     assert calls == ["data", "eval"]
     calls.clear()
@@ -184,8 +192,14 @@ def test_to_markdown_ratio_and_cli_validation(cli):
     full = cli.parse_args([])
     assert full.sizes == [512, 800] and full.eval_images == 5000 and full.threads == 2
     assert full.task == ["model", "data", "eval", "memory"]
-    for bad in (["--skip", "model,gpu"], ["--task", "gpu"], ["--data-image-dir", "x"], ["--amp", "bf16"],
-                ["--task", "train", "model", "--dataset", "nuts"], ["--task", "train"]):
+    for bad in (
+        ["--skip", "model,gpu"],
+        ["--task", "gpu"],
+        ["--data-image-dir", "x"],
+        ["--amp", "bf16"],
+        ["--task", "train", "model", "--dataset", "nuts"],
+        ["--task", "train"],
+    ):
         with pytest.raises(SystemExit):
             cli.parse_args(bad)
     train = cli.parse_args(["--task", "train", "--dataset", "nuts", "--seeds", "0"])
@@ -194,9 +208,29 @@ def test_to_markdown_ratio_and_cli_validation(cli):
 
 def test_train_task_trains_evaluates_and_records_each_run(cli, tmp_path, capsys):
     out = tmp_path / "compare.md"
-    table = cli.main(["--task", "train", "--dataset", "nuts", "--seeds", "0", "--steps", "2", "--no-reference",
-                      "--min-sizes", "64", "--max-size", "96", "--detections-per-img", "10",
-                      "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    table = cli.main(
+        [
+            "--task",
+            "train",
+            "--dataset",
+            "nuts",
+            "--seeds",
+            "0",
+            "--steps",
+            "2",
+            "--no-reference",
+            "--min-sizes",
+            "64",
+            "--max-size",
+            "96",
+            "--detections-per-img",
+            "10",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     assert table.splitlines()[0].startswith("| pipeline | seeds | box AP (AP50) | mask AP (AP50) |")
     (row,) = _table_rows(table)
     assert row[0] == "ours" and row[1] == "0"

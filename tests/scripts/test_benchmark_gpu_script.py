@@ -8,14 +8,26 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "benchmark_gpu.sh"
-STAGES = ("cuda tests", "model eager", "shapes demo on the GPU", "predict inference=fast", "data pipeline per worker",
-          "model compile")
+STAGES = (
+    "cuda tests",
+    "model eager",
+    "shapes demo on the GPU",
+    "predict inference=fast",
+    "data pipeline per worker",
+    "model compile",
+)
 
 
 def _run(tmp_path: Path, stages: str) -> str:
     env = {**os.environ, "STAGES": stages, "PYTHON": sys.executable, "BUDGET_S": "60"}
-    run = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True, env=env,
-                         cwd=SCRIPT.parents[1], timeout=120)
+    run = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=SCRIPT.parents[1],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     return run.stdout
 

@@ -16,8 +16,12 @@ from bench.trained_like_weights import OUTPUT_STD, calibrate_predictors, trained
 def _detections(boxes: list[list[float]], labels: list[int], scores: list[float]) -> dict:
     n = len(boxes)
     masks = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 4, 4) / 10
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).view(n, 4), "labels": torch.tensor(labels),
-            "scores": torch.tensor(scores), "masks": masks.clone()}
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).view(n, 4),
+        "labels": torch.tensor(labels),
+        "scores": torch.tensor(scores),
+        "masks": masks.clone(),
+    }
 
 
 def test_tied_detections_in_another_order_are_equal():

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from bench import data_pipeline, model_speed
-
 from helpers.scripts import load_script
 
 
@@ -32,8 +31,13 @@ def test_variants_per_mode_and_device():
     assert ms._impls("train", "cpu", False) == ("ours", "torchvision", ms.CHANNELS_LAST, ms.CHANNELS_LAST_THREADS)
     # threaded RoIAlign is a CPU kernel: no such row on a GPU
     assert ms._impls("train", "cuda", False) == ("ours", "torchvision", ms.CHANNELS_LAST)
-    assert ms._impls("train", "cuda", True) == ("ours", "torchvision", ms.CHANNELS_LAST, ms.COMPILE,
-                                                 ms.CHANNELS_LAST_COMPILE)
+    assert ms._impls("train", "cuda", True) == (
+        "ours",
+        "torchvision",
+        ms.CHANNELS_LAST,
+        ms.COMPILE,
+        ms.CHANNELS_LAST_COMPILE,
+    )
     assert ms._impls("eval", "cpu", False) == ("ours", "torchvision")
     assert ms._impls("eval", "cuda", True) == ("ours", "torchvision", ms.CHANNELS_LAST, ms.COMPILE)
 
@@ -56,17 +60,27 @@ def test_trained_like_weights_detect_and_ours_matches_torchvision_exactly():
     state = model_speed.reference_state(arch="resnet50", trained_like_size=96)
     plain = model_speed.reference_state(arch="resnet50")
     assert state.keys() == plain.keys()
-    assert not torch.equal(state["roi_heads.box_predictor.cls_score.weight"],
-                           plain["roi_heads.box_predictor.cls_score.weight"])  # calibrated
+    assert not torch.equal(
+        state["roi_heads.box_predictor.cls_score.weight"], plain["roi_heads.box_predictor.cls_score.weight"]
+    )  # calibrated
     detections: dict = {}
-    times = model_speed.time_model_pair(96, "eval", iters=1, warmup=0, state=state, batch=2,
-                                        impls=("ours", "torchvision", model_speed.CHANNELS_LAST), detections=detections)
+    times = model_speed.time_model_pair(
+        96,
+        "eval",
+        iters=1,
+        warmup=0,
+        state=state,
+        batch=2,
+        impls=("ours", "torchvision", model_speed.CHANNELS_LAST),
+        detections=detections,
+    )
     assert set(times) == set(detections) and all(len(d) == 2 for d in detections.values())
     text = model_speed.detection_differences(detections)
     assert set(text) == {"ours", model_speed.CHANNELS_LAST}
     # same arithmetic as torchvision: equal boxes and scores, same labels, detections found
-    match = re.fullmatch(r"boxes <= 0 px, scores <= 0, masks <= (\S+), same labels, (\d+)-(\d+) detections/image",
-                         text["ours"])
+    match = re.fullmatch(
+        r"boxes <= 0 px, scores <= 0, masks <= (\S+), same labels, (\d+)-(\d+) detections/image", text["ours"]
+    )
     assert match, text["ours"]
     assert float(match[1]) < 1e-5 and int(match[2]) > 0
     assert "same labels" in text[model_speed.CHANNELS_LAST]  # another float32 summation order
@@ -102,8 +116,20 @@ def test_data_pipelines_are_timed_item_by_item_alternating_which_goes_first(monk
     assert set(rates) == {"a", "b"} and all(r > 0 for r in rates.values())
     assert log[0] == "malloc thresholds"  # fixed before anything is timed
     timed = log[3:]  # after one untimed warm-up item each
-    assert timed == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2),
-                     ("b", 0), ("a", 0), ("a", 1), ("b", 1), ("b", 2), ("a", 2)]
+    assert timed == [
+        ("a", 0),
+        ("b", 0),
+        ("b", 1),
+        ("a", 1),
+        ("a", 2),
+        ("b", 2),
+        ("b", 0),
+        ("a", 0),
+        ("a", 1),
+        ("b", 1),
+        ("b", 2),
+        ("a", 2),
+    ]
 
 
 @pytest.mark.slow  # inductor builds C++ kernels for a ResNet-50 Mask R-CNN: a minute or more on 2 cores
@@ -126,7 +152,7 @@ def test_compiled_variant_runs_other_roi_counts_without_recompiling():
             out = model_speed.infer(model, images, "cpu", None)
             expected = model_speed.infer(reference, images, "cpu", None)
             assert [len(d["boxes"]) for d in out] == [kept, kept]
-            for ours, theirs in zip(out, expected):
+            for ours, theirs in zip(out, expected, strict=True):
                 assert torch.equal(ours["labels"], theirs["labels"])
                 torch.testing.assert_close(ours["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
                 torch.testing.assert_close(ours["masks"], theirs["masks"], atol=1e-4, rtol=0)

@@ -7,8 +7,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from bench import datasets
-from maskrcnn.data.coco import CocoInstanceDataset
 from bench.nuclei import TRAIN_IMAGES, VAL_IMAGES, generate_nuclei
+from maskrcnn.data.coco import CocoInstanceDataset
 
 
 def _training_scale(img: dict, short: int = 384, long: int = 640) -> float:

@@ -31,8 +31,23 @@ def test_generate_shapes_cli(tmp_path):
 
 def test_browse_dataset_renders_augmented_ground_truth(tmp_path):
     out = tmp_path / "browse"
-    run("scripts/browse_dataset.py", "--images", str(NUTS / "images"), "--ann", str(NUTS / "annotations.json"),
-        "--augmentation", "default", "--min-size", "300", "--max-size", "400", "--num", "3", "--out", str(out))
+    run(
+        "scripts/browse_dataset.py",
+        "--images",
+        str(NUTS / "images"),
+        "--ann",
+        str(NUTS / "annotations.json"),
+        "--augmentation",
+        "default",
+        "--min-size",
+        "300",
+        "--max-size",
+        "400",
+        "--num",
+        "3",
+        "--out",
+        str(out),
+    )
     pictures = sorted(out.glob("*.png"))
     assert len(pictures) == 3
     for p in pictures:
@@ -44,8 +59,9 @@ def test_browse_dataset_renders_augmented_ground_truth(tmp_path):
 
 def test_benchmark_cli_prints_one_table_per_run(tmp_path):
     out = tmp_path / "bench.md"
-    proc = run("scripts/benchmark.py", "--task", "eval", "--eval-images", "4", "--eval-dets-per-image", "5",
-               "--out", str(out))
+    proc = run(
+        "scripts/benchmark.py", "--task", "eval", "--eval-images", "4", "--eval-dets-per-image", "5", "--out", str(out)
+    )
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| section | metric | ours | baseline | ours / baseline |")
     assert len(table) == 2 and table[1].startswith("| eval | COCOeval bbox+segm, 4 images [s] |")

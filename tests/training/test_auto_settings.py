@@ -2,8 +2,8 @@
 
 from omegaconf import OmegaConf
 
-from helpers.config import compose
 from bench.cells import generate_cells
+from helpers.config import compose
 from maskrcnn.training.auto_settings import STANDARD_ANCHORS, resolve_auto_settings
 from maskrcnn.training.builders import build_datamodule
 
@@ -14,8 +14,16 @@ def _cfg(data_overrides, tmp_path):
 
 def test_auto_anchors_fit_small_objects_and_keep_the_standard_set_for_large_ones(tmp_path):
     paths = generate_cells(tmp_path / "cells", num_train=3, num_val=1, seed=1)
-    cfg = _cfg(["data=folder", f"data.root={tmp_path / 'cells'}", "data.num_classes=1",
-                "model.transform.min_size=512", "model.transform.max_size=683"], tmp_path)
+    cfg = _cfg(
+        [
+            "data=folder",
+            f"data.root={tmp_path / 'cells'}",
+            "data.num_classes=1",
+            "model.transform.min_size=512",
+            "model.transform.max_size=683",
+        ],
+        tmp_path,
+    )
     resolve_auto_settings(cfg, build_datamodule(cfg))
     anchors = OmegaConf.to_container(cfg.model.rpn.anchor_sizes)
     assert anchors[0][0] < 32 and [a[0] * 2 for a in anchors[:-1]] == [a[0] for a in anchors[1:]]
@@ -27,8 +35,15 @@ def test_auto_anchors_fit_small_objects_and_keep_the_standard_set_for_large_ones
 
 
 def test_auto_anchors_on_generated_data_generate_it_first(tmp_path):
-    cfg = _cfg([f"paths.data_dir={tmp_path / 'fresh'}", "data.generate_shapes.num_train=4",
-                "data.generate_shapes.num_val=2", "data.generate_shapes.image_size=64"], tmp_path)
+    cfg = _cfg(
+        [
+            f"paths.data_dir={tmp_path / 'fresh'}",
+            "data.generate_shapes.num_train=4",
+            "data.generate_shapes.num_val=2",
+            "data.generate_shapes.image_size=64",
+        ],
+        tmp_path,
+    )
     resolve_auto_settings(cfg, build_datamodule(cfg))
     assert cfg.model.rpn.anchor_sizes != "auto" and (tmp_path / "fresh" / "shapes" / "meta.json").is_file()
 

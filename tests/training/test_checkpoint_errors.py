@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.config import ROOT, TINY, compose
-from helpers.random_checkpoint import save_random_checkpoint
-from helpers.scripts import load_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers.config import ROOT, TINY, compose
+from helpers.random_checkpoint import save_random_checkpoint
+from helpers.scripts import load_script
 from maskrcnn.checkpoint_file import load_checkpoint_file
 from maskrcnn.errors import CheckpointError
 from maskrcnn.inference.predict_images import load_checkpoint_model
@@ -86,9 +86,11 @@ def test_train_resume_eval_predict_export_name_path_and_cause(good, tmp_path, sh
         if name == "weights_only":
             continue  # eval, predict and export only need the weights
         eval_cfg = compose([f"ckpt_path={path}"], config_name="eval", output_dir=tmp_path / "eval")
-        for message in (_one_line(evaluate, eval_cfg, caplog=caplog),
-                        _one_line(load_checkpoint_model, path, caplog=caplog),
-                        _one_line(export.main, ["--ckpt", str(path), "--out", str(tmp_path / "m.pt")], caplog=caplog)):
+        for message in (
+            _one_line(evaluate, eval_cfg, caplog=caplog),
+            _one_line(load_checkpoint_model, path, caplog=caplog),
+            _one_line(export.main, ["--ckpt", str(path), "--out", str(tmp_path / "m.pt")], caplog=caplog),
+        ):
             assert str(path) in message and cause.replace("training checkpoint", "") in message, (name, message)
 
 
@@ -97,8 +99,9 @@ def test_resume_with_another_num_classes_names_both_numbers(good, tmp_path, shap
     cfg = compose([*TINY, f"ckpt_path={good}", "data.num_classes=5"], output_dir=tmp_path, data_dir=shapes_dir)
     message = _one_line(train, cfg, caplog=caplog)
     assert f"ckpt_path='{good}' was trained for num_classes=3" in message and "data.num_classes=5" in message
-    cfg = compose([*TINY, f"ckpt_path={good}", "model.backbone.out_channels=16"], output_dir=tmp_path,
-                  data_dir=shapes_dir)
+    cfg = compose(
+        [*TINY, f"ckpt_path={good}", "model.backbone.out_channels=16"], output_dir=tmp_path, data_dir=shapes_dir
+    )
     message = _one_line(train, cfg, caplog=caplog)
     assert "was built for another architecture" in message and "backbone.fpn" in message
 
@@ -114,9 +117,14 @@ def test_eval_with_another_num_classes_names_both_numbers(good, tmp_path, caplog
 def test_init_from_files_that_are_not_torchvision_weights(good, tmp_path):
     bad = _bad_files(tmp_path, good)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "foreign.pth")
-    cases = [(bad["truncated"][0], "is truncated or damaged"), (bad["text"][0], "is a text file"),
-             (bad["empty"][0], "is empty"), (bad["directory"][0], "is a directory"),
-             (good, "is a checkpoint of src/train.py"), (tmp_path / "foreign.pth", "shares no layer name")]
+    cases = [
+        (bad["truncated"][0], "is truncated or damaged"),
+        (bad["text"][0], "is a text file"),
+        (bad["empty"][0], "is empty"),
+        (bad["directory"][0], "is a directory"),
+        (good, "is a checkpoint of src/train.py"),
+        (tmp_path / "foreign.pth", "shares no layer name"),
+    ]
     for path, cause in cases:
         with pytest.raises(CheckpointError, match=rf"model.init_from='{path}' .*{cause}"):
             build_mask_rcnn(3, {"name": "resnet18", "pretrained": False}, init_from=str(path))
@@ -126,7 +134,7 @@ def test_init_from_files_that_are_not_torchvision_weights(good, tmp_path):
 @given(cut=st.floats(0.0, 0.999), junk=st.binary(min_size=1, max_size=64))
 def test_any_truncation_or_junk_is_one_checkpoint_error(good, tmp_path, cut, junk):
     data = good.read_bytes()
-    for name, content in (("cut", data[: int(len(data) * cut)]), ("junk", junk), ("tail", data[:-1 - len(junk)])):
+    for name, content in (("cut", data[: int(len(data) * cut)]), ("junk", junk), ("tail", data[: -1 - len(junk)])):
         path = tmp_path / f"{name}.ckpt"
         path.write_bytes(content)
         with pytest.raises(CheckpointError) as info:
@@ -139,9 +147,22 @@ def test_train_entry_point_with_a_truncated_checkpoint_exits_1_with_one_line(goo
     truncated.write_bytes(good.read_bytes()[:5000])
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, "src/train.py", *TINY, f"paths.data_dir={shapes_dir}",
-                           f"ckpt_path={truncated}", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "src/train.py",
+            *TINY,
+            f"paths.data_dir={shapes_dir}",
+            f"ckpt_path={truncated}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
     errors = [line for line in output.splitlines() if "[ERROR]" in line]

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 import torch
-from helpers.config import TINY, compose
 
-from maskrcnn.run_checkpoint import resolve_ckpt_path
+from helpers.config import TINY, compose
 from maskrcnn.errors import ConfigError
+from maskrcnn.run_checkpoint import resolve_ckpt_path
 from maskrcnn.training.pipeline import train
 
 BASE = [*TINY, "callbacks=default", "callbacks.rich_progress_bar=null", "logger=none", "dataset_report=false"]
@@ -21,9 +21,19 @@ def _ckpt(path):
 
 def test_last_holds_the_final_step_when_the_metric_never_improves(shapes_dir, tmp_path, caplog):
     # monitor "epoch" in mode min: epoch 0 is the best, every later validation is worse
-    cfg = compose([*BASE, "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                   "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
-                   "validate_after_train=true"], output_dir=tmp_path, data_dir=shapes_dir)
+    cfg = compose(
+        [
+            *BASE,
+            "trainer.max_epochs=3",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "callbacks.model_checkpoint.monitor=epoch",
+            "callbacks.model_checkpoint.mode=min",
+            "validate_after_train=true",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
+    )
     with caplog.at_level(logging.INFO):
         train(cfg)
     folder = tmp_path / "checkpoints"
@@ -38,8 +48,17 @@ def test_last_holds_the_final_step_when_the_metric_never_improves(shapes_dir, tm
 
 
 def test_last_is_written_at_the_end_of_training_mid_epoch_without_validation(shapes_dir, tmp_path):
-    cfg = compose([*BASE, "trainer.max_epochs=-1", "trainer.max_steps=3", "trainer.limit_val_batches=0",
-                   "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+    cfg = compose(
+        [
+            *BASE,
+            "trainer.max_epochs=-1",
+            "trainer.max_steps=3",
+            "trainer.limit_val_batches=0",
+            "validate_after_train=false",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
+    )
     train(cfg)
     last = _ckpt(tmp_path / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 3

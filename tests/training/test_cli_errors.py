@@ -11,16 +11,16 @@ import pytest
 from hydra.errors import InstantiationException
 
 from helpers.config import ROOT
-from maskrcnn.cli import error_message, exit_on_expected_errors, expected_error
-from maskrcnn.errors import DatasetError
-from maskrcnn.errors import ConfigError
 from helpers.random_checkpoint import save_random_checkpoint
+from maskrcnn.cli import error_message, exit_on_expected_errors, expected_error
+from maskrcnn.errors import ConfigError, DatasetError
 
 
 def _raising(exc: BaseException):
     @exit_on_expected_errors
     def main():
         raise exc
+
     return main
 
 
@@ -54,22 +54,30 @@ def test_unexpected_errors_and_full_error_keep_the_traceback(monkeypatch):
 
 
 def test_dataloader_worker_errors_keep_only_the_original_message():
-    text = ("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-            '  File "coco.py", line 3, in load\n    raise DatasetError(...)\n'
-            "maskrcnn.errors.DatasetError: image file 'a.jpg' (image id 3) is corrupt or truncated")
+    text = (
+        "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "coco.py", line 3, in load\n    raise DatasetError(...)\n'
+        "maskrcnn.errors.DatasetError: image file 'a.jpg' (image id 3) is corrupt or truncated"
+    )
     assert error_message(DatasetError(text)) == "DatasetError: image file 'a.jpg' (image id 3) is corrupt or truncated"
 
 
 def test_errors_of_ddp_spawn_workers_are_recognised():
     from torch.multiprocessing import ProcessRaisedException
 
-    text = ("\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
-            '  File "module.py", line 134, in _is_nonfinite\n'
-            "maskrcnn.errors.NonFiniteLossError: nonfinite_loss=skip: 5 of the last 5 training steps")
+    text = (
+        "\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+        '  File "module.py", line 134, in _is_nonfinite\n'
+        "maskrcnn.errors.NonFiniteLossError: nonfinite_loss=skip: 5 of the last 5 training steps"
+    )
     found = expected_error(ProcessRaisedException(text, 1, 123))
     assert error_message(found) == "NonFiniteLossError: nonfinite_loss=skip: 5 of the last 5 training steps"
-    assert expected_error(ProcessRaisedException(text.replace("maskrcnn.errors.NonFiniteLossError",
-                                                              "RuntimeError"), 1, 123)) is None
+    assert (
+        expected_error(
+            ProcessRaisedException(text.replace("maskrcnn.errors.NonFiniteLossError", "RuntimeError"), 1, 123)
+        )
+        is None
+    )
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -87,8 +95,10 @@ def _one_message(proc: subprocess.CompletedProcess, expected: str) -> None:
 def test_entry_points_end_with_one_message(tiny, tmp_path, shapes_dir):
     # src/eval.py uses the same wrapper; its CheckpointError is tested in test_eval_from_checkpoint.py.
     hydra_dir = f"hydra.run.dir={tmp_path / 'run'}"
-    _one_message(_run("src/train.py", *tiny, "data.batch_size=-1", f"paths.data_dir={shapes_dir}", hydra_dir),
-                 "ConfigError: data.batch_size=-1 must be a positive integer")
+    _one_message(
+        _run("src/train.py", *tiny, "data.batch_size=-1", f"paths.data_dir={shapes_dir}", hydra_dir),
+        "ConfigError: data.batch_size=-1 must be a positive integer",
+    )
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "a.jpg").write_bytes(b"\xff\xd8 not a jpeg")

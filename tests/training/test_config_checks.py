@@ -17,8 +17,10 @@ from maskrcnn.training.pipeline import train
 @pytest.fixture
 def no_training(monkeypatch):
     """Fails the test if any training step runs."""
+
     def step(self, batch, batch_idx):
         raise AssertionError("training started")
+
     monkeypatch.setattr(MaskRCNNModule, "training_step", step)
 
 
@@ -49,8 +51,11 @@ def test_value_checks():
         ("data.num_classes=0", r"data\.num_classes=0 must be a positive integer"),
         ("model.transform.min_size=0", r"model\.transform\.min_size=0 must be a positive integer"),
         # the class head must match the data (it would fail inside a training / validation step)
-        ("model.num_classes=7", r"model\.num_classes=7 but data\.num_classes=3: the class head must have one "
-                                r"output per dataset category \(drop the model\.num_classes override"),
+        (
+            "model.num_classes=7",
+            r"model\.num_classes=7 but data\.num_classes=3: the class head must have one "
+            r"output per dataset category \(drop the model\.num_classes override",
+        ),
         ("model.num_classes=2", r"model\.num_classes=2 but data\.num_classes=3"),
         ("model.num_classes=0", r"model\.num_classes=0 must be a positive integer"),
         ("model.transform.max_size=-64", r"model\.transform\.max_size=-64 must be a positive integer"),
@@ -64,8 +69,17 @@ def test_bad_values_are_rejected_naming_the_key(tiny, shapes_dir, tmp_path, no_t
 
 
 def test_a_batch_larger_than_the_training_set_is_named(tiny, shapes_dir, tmp_path, caplog):
-    cfg = compose([*tiny, "data.batch_size=1000", "trainer.max_steps=1", "trainer.limit_val_batches=0",
-                   "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+    cfg = compose(
+        [
+            *tiny,
+            "data.batch_size=1000",
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=0",
+            "validate_after_train=false",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
+    )
     with caplog.at_level(logging.WARNING):
         _, objects = train(cfg)
     warning = next(r.getMessage() for r in caplog.records if "one epoch cannot fill one step" in r.getMessage())

@@ -33,13 +33,16 @@ def _cases() -> dict[str, tuple[str, list[str]]]:
             cases[f"train {group}={option}"] = ("train", [f"{group}={option}", *(FOLDER if option == "folder" else [])])
     for data in _options("data"):
         cases[f"train data={data} model=resnet18_fpn"] = (
-            "train", [f"data={data}", "model=resnet18_fpn", *(FOLDER if data == "folder" else [])])
+            "train",
+            [f"data={data}", "model=resnet18_fpn", *(FOLDER if data == "folder" else [])],
+        )
     return cases
 
 
 def _composed(config_name: str, overrides: list[str]) -> dict:
-    cfg = compose([*overrides, "paths.root_dir=/ROOT", "paths.data_dir=/DATA", "paths.output_dir=/OUT"],
-                  config_name=config_name)
+    cfg = compose(
+        [*overrides, "paths.root_dir=/ROOT", "paths.data_dir=/DATA", "paths.output_dir=/OUT"], config_name=config_name
+    )
     return OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -10,27 +10,36 @@ import subprocess
 import sys
 
 import pytest
-from helpers.config import ROOT, TINY, compose
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
-from maskrcnn.run_dir_check import run_dir_problem
+from helpers.config import ROOT, TINY, compose
 from maskrcnn.errors import ConfigError
+from maskrcnn.run_dir_check import run_dir_problem
 from maskrcnn.training.config_types import CONFIG_TYPES, check_config_types
 from maskrcnn.training.pipeline import train
 
 BAD = [  # (override, key the message must name)
-    ("seed=abc", "seed='abc'"), ("seed=-3", "seed=-3"), ("data.num_workers=-1", "data.num_workers=-1"),
-    ("data.batch_size=0", "data.batch_size=0"), ("optimizer.lr_per_16_images=-0.01", "optimizer.lr_per_16_images"),
-    ("trainer.max_steps=0", "trainer.max_steps=0"), ("trainer.max_epochs=-5", "trainer.max_epochs=-5"),
-    ("model.transform.min_size=0", "model.transform.min_size=0"), ("model.rpn.nms_thresh=1.5", "model.rpn.nms_thresh"),
-    ("model.roi_heads.score_thresh=-0.1", "model.roi_heads.score_thresh"), ("data.keep_empty=maybe", "data.keep_empty"),
-    ("trainer.precision=17", "trainer.precision=17"), ("loss.weights.loss_mask=-1", "loss.weights.loss_mask=-1"),
-    ("scheduler.warmup_steps=2.5", "scheduler.warmup_steps=2.5"), ("augmentation.name=rotate", "augmentation.name"),
+    ("seed=abc", "seed='abc'"),
+    ("seed=-3", "seed=-3"),
+    ("data.num_workers=-1", "data.num_workers=-1"),
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("optimizer.lr_per_16_images=-0.01", "optimizer.lr_per_16_images"),
+    ("trainer.max_steps=0", "trainer.max_steps=0"),
+    ("trainer.max_epochs=-5", "trainer.max_epochs=-5"),
+    ("model.transform.min_size=0", "model.transform.min_size=0"),
+    ("model.rpn.nms_thresh=1.5", "model.rpn.nms_thresh"),
+    ("model.roi_heads.score_thresh=-0.1", "model.roi_heads.score_thresh"),
+    ("data.keep_empty=maybe", "data.keep_empty"),
+    ("trainer.precision=17", "trainer.precision=17"),
+    ("loss.weights.loss_mask=-1", "loss.weights.loss_mask=-1"),
+    ("scheduler.warmup_steps=2.5", "scheduler.warmup_steps=2.5"),
+    ("augmentation.name=rotate", "augmentation.name"),
     ("model.rpn.anchor_sizes=[[0]]", "model.rpn.anchor_sizes"),
     ("model.roi_heads.mask_layers=[]", "model.roi_heads.mask_layers=[]"),
-    ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches=1.5"), ("nonfinite_loss=ignore", "nonfinite_loss"),
+    ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches=1.5"),
+    ("nonfinite_loss=ignore", "nonfinite_loss"),
     ("data.generate_shapes.image_size=big", "data.generate_shapes.image_size"),
     ("model.backbone.trainable_layers=9", "model.backbone.trainable_layers=9"),
 ]
@@ -50,15 +59,31 @@ def test_a_bad_value_is_one_config_error_naming_the_key_before_anything_is_built
 
 
 def test_every_shipped_composition_passes():
-    options = [[], ["experiment=coco_r50_1x"], ["experiment=nuts_finetune"], ["data=coco"], ["trainer=ddp"],
-               ["augmentation=lsj"], ["augmentation=multiscale"], ["loss=focal"], ["optimizer=sgd"], ["logger=wandb"]]
+    options = [
+        [],
+        ["experiment=coco_r50_1x"],
+        ["experiment=nuts_finetune"],
+        ["data=coco"],
+        ["trainer=ddp"],
+        ["augmentation=lsj"],
+        ["augmentation=multiscale"],
+        ["loss=focal"],
+        ["optimizer=sgd"],
+        ["logger=wandb"],
+    ]
     for overrides in options:
         check_config_types(compose(overrides, output_dir="/tmp/unused"))
     check_config_types(compose(["ckpt_path=x.ckpt"], config_name="eval", output_dir="/tmp/unused"))
 
 
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                   st.text(max_size=8), st.lists(st.integers(-5, 5), max_size=3))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-5, 5), max_size=3),
+)
 PLAIN_KEYS = sorted(k for k in CONFIG_TYPES if "*" not in k)
 
 
@@ -78,22 +103,34 @@ def test_any_value_of_any_key_is_accepted_or_named(key, value):
         assert str(info.value).startswith(f"{key}=") and CONFIG_TYPES[key].what in str(info.value)
 
 
-_BASE = OmegaConf.create(OmegaConf.to_container(compose(["trainer=ddp", "loss=focal", "augmentation=lsj"],
-                                                        output_dir="/tmp/unused"), resolve=True))
+_BASE = OmegaConf.create(
+    OmegaConf.to_container(
+        compose(["trainer=ddp", "loss=focal", "augmentation=lsj"], output_dir="/tmp/unused"), resolve=True
+    )
+)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "src/train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "src/train.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_entry_point_bad_value_and_unusable_run_dirs_end_in_one_line(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("keep me")
-    cases = [(["seed=abc", f"hydra.run.dir={tmp_path / 'run'}"], "ConfigError: seed='abc' must be an integer"),
-             ([f"hydra.run.dir={afile}/run"], f"'{afile}' is a file, not a directory")]
+    cases = [
+        (["seed=abc", f"hydra.run.dir={tmp_path / 'run'}"], "ConfigError: seed='abc' must be an integer"),
+        ([f"hydra.run.dir={afile}/run"], f"'{afile}' is a file, not a directory"),
+    ]
     for args, expected in cases:
         proc = _run(*TINY, "data.num_classes=3", *args)
         output = proc.stdout + proc.stderr

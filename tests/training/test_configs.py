@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from helpers.config import CONF, ROOT, compose
-from maskrcnn.losses.criterion import TERMS
 from maskrcnn.errors import ConfigError
+from maskrcnn.losses.criterion import TERMS
 from maskrcnn.training.builders import build_datamodule, build_loggers, effective_batch_size, scaled_lr
 
 
@@ -21,7 +21,19 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
-GROUPS = ["data", "augmentation", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "debug"]
+GROUPS = [
+    "data",
+    "augmentation",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "debug",
+]
 
 
 def test_every_group_has_the_promised_options():
@@ -71,7 +83,9 @@ def test_loss_configs_instantiate(loss, tmp_path):
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_optimizer_and_scheduler_instantiate(optimizer, scheduler, tmp_path):
-    cfg = compose([f"optimizer={optimizer}", f"scheduler={scheduler}", "scheduler.warmup_steps=10"], output_dir=tmp_path)
+    cfg = compose(
+        [f"optimizer={optimizer}", f"scheduler={scheduler}", "scheduler.warmup_steps=10"], output_dir=tmp_path
+    )
     param = torch.nn.Parameter(torch.zeros(3))
     opt = instantiate(cfg.optimizer.fn)([param], lr=0.1)
     sched = instantiate(cfg.scheduler)(opt, total_steps=100)
@@ -116,8 +130,14 @@ def test_callbacks_instantiate(tmp_path):
 
 def test_linear_scaling_rule(tmp_path):
     cfg = compose(
-        ["trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2", "data.batch_size=2", "trainer.accumulate_grad_batches=1",
-         "optimizer.lr_per_16_images=0.02"],
+        [
+            "trainer=ddp",
+            "trainer.devices=8",
+            "trainer.num_nodes=2",
+            "data.batch_size=2",
+            "trainer.accumulate_grad_batches=1",
+            "optimizer.lr_per_16_images=0.02",
+        ],
         output_dir=tmp_path,
     )
     assert effective_batch_size(cfg) == 32
@@ -148,9 +168,15 @@ def test_big_model_configs_build(model, tmp_path):
 def test_cli_resnet101_focal_runs(tiny, shapes_dir, tmp_path):
     """The README's headline command composes and runs end to end (one batch, from scratch)."""
     cmd = [
-        sys.executable, "src/train.py", "model=resnet101_fpn", "loss=focal", "model.backbone.pretrained=false",
-        "debug=fast_dev_run", *[o for o in tiny if not o.startswith(("model=", "experiment="))],
-        f"paths.data_dir={shapes_dir}", f"hydra.run.dir={tmp_path}",
+        sys.executable,
+        "src/train.py",
+        "model=resnet101_fpn",
+        "loss=focal",
+        "model.backbone.pretrained=false",
+        "debug=fast_dev_run",
+        *[o for o in tiny if not o.startswith(("model=", "experiment="))],
+        f"paths.data_dir={shapes_dir}",
+        f"hydra.run.dir={tmp_path}",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

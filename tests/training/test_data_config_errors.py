@@ -1,22 +1,11 @@
 """Data problems reached through the config and train(cfg) end as one-line errors naming the key."""
 
-import io
 import json
-import logging
-import math
-import re
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from pycocotools import mask as mask_utils
 
-from maskrcnn.data.coco import CocoInstanceDataset
+from helpers.coco_files import SQUARE, ann, small_datamodule, split_folder
 from maskrcnn.errors import DatasetError
-from maskrcnn.data.transforms import build_transforms
-
-from helpers.coco_files import IMG, SQUARE, ann, make, small_datamodule, split_folder, write_coco
 
 
 # ---------------------------------------------------------------- through the config and train(cfg)
@@ -25,11 +14,23 @@ def _folder_cfg(tmp_path, train_annotations, *overrides):
 
     root = tmp_path / "data"
     root.mkdir()
-    train, val = split_folder(root, "train", train_annotations), split_folder(root, "val", [ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80)])
+    train, val = (
+        split_folder(root, "train", train_annotations),
+        split_folder(root, "val", [ann(1, SQUARE, bbox=[2, 2, 10, 8], area=80)]),
+    )
     folder = [o for o in TINY if not o.startswith("data.generate_shapes")]
-    return compose([*folder, "data=folder", "data.num_classes=1", f"data.root={root}",
-                    f"data.train.annotation_file={train['annotation_file']}",
-                    f"data.val.annotation_file={val['annotation_file']}", *overrides], output_dir=tmp_path / "run")
+    return compose(
+        [
+            *folder,
+            "data=folder",
+            "data.num_classes=1",
+            f"data.root={root}",
+            f"data.train.annotation_file={train['annotation_file']}",
+            f"data.val.annotation_file={val['annotation_file']}",
+            *overrides,
+        ],
+        output_dir=tmp_path / "run",
+    )
 
 
 def test_augmentation_size_from_the_command_line_is_named(tmp_path):
@@ -50,18 +51,25 @@ def test_crowd_only_training_data_stops_before_the_first_step(tmp_path, monkeypa
 
     monkeypatch.setattr(MaskRCNNModule, "training_step", lambda *args: pytest.fail("training started"))
     cfg = _folder_cfg(tmp_path, [{**ann(1, SQUARE), "iscrowd": 1}, {**ann(2, SQUARE, image_id=2), "iscrowd": 1}])
-    with pytest.raises(DatasetError, match=r"train split \(.*train/ann\.json\): no training instance left: .*2 are crowd"):
+    with pytest.raises(
+        DatasetError, match=r"train split \(.*train/ann\.json\): no training instance left: .*2 are crowd"
+    ):
         train(cfg)
 
 
 # ---------------------------------------------------------------- data-module config values are expected errors
-@pytest.mark.parametrize("options, pattern", [
-    ({"bad_images": "ignore"}, r"data\.bad_images='ignore': expected one of"),
-    ({"check_images": "fast"}, r"data\.check_images='fast': expected one of"),
-    ({"augmentation": {"min_size": 32}}, r"augmentation\.name must be set"),
-    ({"augmentation": {"name": "default", "min_size": 32, "max_size": 64, "flip": 0.5}},
-     r"augmentation='default' with .*'flip': 0\.5.*unexpected keyword"),
-])
+@pytest.mark.parametrize(
+    "options, pattern",
+    [
+        ({"bad_images": "ignore"}, r"data\.bad_images='ignore': expected one of"),
+        ({"check_images": "fast"}, r"data\.check_images='fast': expected one of"),
+        ({"augmentation": {"min_size": 32}}, r"augmentation\.name must be set"),
+        (
+            {"augmentation": {"name": "default", "min_size": 32, "max_size": 64, "flip": 0.5}},
+            r"augmentation='default' with .*'flip': 0\.5.*unexpected keyword",
+        ),
+    ],
+)
 def test_data_options_are_config_errors_naming_the_key(tmp_path, options, pattern):
     """A ConfigError ends src/train.py with its one message; a plain ValueError kept Hydra's traceback."""
     from maskrcnn.errors import ConfigError
@@ -74,11 +82,12 @@ def test_num_classes_mismatch_is_a_config_error(tmp_path):
     from maskrcnn.errors import ConfigError
 
     dm = small_datamodule(tmp_path, [ann(1, SQUARE)], num_classes=7)
-    with pytest.raises(ConfigError, match=r"data\.num_classes=7 \(model\.num_classes\) but train annotations "
-                                          r".*train/ann\.json have 1 categories: \['thing'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.num_classes=7 \(model\.num_classes\) but train annotations "
+        r".*train/ann\.json have 1 categories: \['thing'\]",
+    ):
         dm.setup("fit")
-
-
 
 
 # ---------------------------------------------------------------- evaluation: the checkpoint's categories
@@ -97,9 +106,16 @@ def test_eval_rejects_a_val_file_whose_categories_differ_from_the_checkpoint(tmp
     doc = json.loads((val_dir / "annotations.json").read_text())
     doc["categories"] = [{**c, "name": "hexagon"} if c["id"] == 2 else c for c in doc["categories"]]
     (val_dir / "annotations.json").write_text(json.dumps(doc))
-    overrides = [f"ckpt_path={ckpt}", f"data.val.image_dir={val_dir}",
-                 f"data.val.annotation_file={val_dir / 'annotations.json'}", "data.num_workers=0"]
+    overrides = [
+        f"ckpt_path={ckpt}",
+        f"data.val.image_dir={val_dir}",
+        f"data.val.annotation_file={val_dir / 'annotations.json'}",
+        "data.num_workers=0",
+    ]
     cfg = compose(overrides, config_name="eval", output_dir=tmp_path / "eval", data_dir=tmp_path / "nothing")
-    with pytest.raises(DatasetError, match=r"checkpoint \(.*random\.ckpt\) and the val annotations \(.*val/annotations"
-                                           r"\.json\) give categories different names \(checkpoint vs val: id 2: 'circle' vs 'hexagon'\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"checkpoint \(.*random\.ckpt\) and the val annotations \(.*val/annotations"
+        r"\.json\) give categories different names \(checkpoint vs val: id 2: 'circle' vs 'hexagon'\)",
+    ):
         evaluate(cfg, overrides=overrides)

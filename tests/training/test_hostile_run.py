@@ -67,8 +67,18 @@ class _Split:
         self.next_id += 1
         xs, ys = polygon[0::2], polygon[1::2]
         bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-        self.coco["annotations"].append({"id": self.next_id, "image_id": image_id, "category_id": 1, "bbox": bbox,
-                                         "segmentation": [polygon], "iscrowd": 0, "area": 100.0, **extra})
+        self.coco["annotations"].append(
+            {
+                "id": self.next_id,
+                "image_id": image_id,
+                "category_id": 1,
+                "bbox": bbox,
+                "segmentation": [polygon],
+                "iscrowd": 0,
+                "area": 100.0,
+                **extra,
+            }
+        )
         return self.next_id
 
     def save(self, name: str = "annotations.json", **changes) -> Path:
@@ -94,8 +104,9 @@ def hostile(shapes_dir, tmp_path_factory):
     ok = {
         "16bit": train.add("gray16.png", (64, 48), _png(gray16)),
         "cmyk": train.add("cmyk.jpg", (64, 48), _jpeg_bytes((64, 48), "CMYK")),
-        "huge": train.add("huge.jpg", (10000, 10000), _jpeg_bytes((10000, 10000), "L"),
-                          polygon=[0, 0, 5000, 0, 5000, 5000, 0, 5000]),
+        "huge": train.add(
+            "huge.jpg", (10000, 10000), _jpeg_bytes((10000, 10000), "L"), polygon=[0, 0, 5000, 0, 5000, 5000, 0, 5000]
+        ),
     }
     found_by_check = {  # header check, before training
         train.add("corrupt.jpg", (64, 48), b"\xff\xd8 this is not a jpeg"): "cannot be read",
@@ -106,17 +117,32 @@ def hostile(shapes_dir, tmp_path_factory):
     # Two portrait images (the only ones): grouped into one batch that ends up empty.
     truncated = _jpeg_bytes((48, 64))
     found_at_load = [train.add(f"trunc{i}.jpg", (48, 64), truncated[: len(truncated) // 2]) for i in (1, 2)]
-    bad_anns = [train.annotate(1, [10, 10, float("nan"), 10, 40, 40]),  # NaN coordinate
-                train.annotate(2, [-30, -30, -5, -30, -5, -5])]  # negative coordinates, all outside
+    bad_anns = [
+        train.annotate(1, [10, 10, float("nan"), 10, 40, 40]),  # NaN coordinate
+        train.annotate(2, [-30, -30, -5, -30, -5, -5]),
+    ]  # negative coordinates, all outside
     train.annotate(1, SQUARE, bbox=[10, 10, -30, 30])  # negative-size json box: the box comes from the mask, kept
     kept_ann = train.annotate(2, [-10, -10, 30, -10, 30, 30, -10, 30])  # partly negative: clipped, kept
     train.save()
     val_check = val.add("missing.jpg", (64, 48), None)
     val_load = val.add("trunc.jpg", (64, 48), good[: len(good) // 2])
-    big_val = val.add("big.jpg", (4000, 3000), _jpeg_bytes((4000, 3000)), polygon=[100, 100, 2000, 100, 2000, 1500, 100, 1500])
+    big_val = val.add(
+        "big.jpg", (4000, 3000), _jpeg_bytes((4000, 3000)), polygon=[100, 100, 2000, 100, 2000, 1500, 100, 1500]
+    )
     val.save()
-    return {"root": root, "train": train, "val": val, "ok": ok, "check": found_by_check, "load": found_at_load,
-            "bad_anns": bad_anns, "kept_ann": kept_ann, "val_check": val_check, "val_load": val_load, "big_val": big_val}
+    return {
+        "root": root,
+        "train": train,
+        "val": val,
+        "ok": ok,
+        "check": found_by_check,
+        "load": found_at_load,
+        "bad_anns": bad_anns,
+        "kept_ann": kept_ann,
+        "val_check": val_check,
+        "val_load": val_load,
+        "big_val": big_val,
+    }
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -132,8 +158,10 @@ def _cfg(tiny, hostile, tmp_path, *extra):
 @pytest.fixture
 def no_training(monkeypatch):
     """Fails the test if any training step runs."""
+
     def step(self, batch, batch_idx):
         raise AssertionError("training started")
+
     monkeypatch.setattr(MaskRCNNModule, "training_step", step)
 
 
@@ -169,7 +197,8 @@ def test_bad_files_and_annotations_are_skipped_listed_and_counted(tiny, hostile,
     assert image.shape == (3, 64, 64) and target["orig_size"] == (10000, 10000) and target["masks"].shape == (1, 64, 64)
     _, target = dm.train_dataset[index[2]]  # its partly-negative polygon was clipped, not dropped
     assert target["boxes"].min() >= 0 and len(target["boxes"]) == sum(
-        a["image_id"] == 2 and a["id"] not in hostile["bad_anns"] for a in hostile["train"].coco["annotations"])
+        a["image_id"] == 2 and a["id"] not in hostile["bad_anns"] for a in hostile["train"].coco["annotations"]
+    )
 
 
 def test_bad_images_raise_rejects_before_training_naming_files(tiny, hostile, tmp_path, no_training):
@@ -202,7 +231,9 @@ def test_val_annotation_without_bbox_is_rejected_before_training(tiny, hostile, 
     anns = [dict(a) for a in hostile["val"].coco["annotations"]]
     del anns[1]["bbox"]
     path = hostile["val"].save("nobbox.json", annotations=anns)
-    with pytest.raises(DatasetError, match=rf"nobbox\.json: annotation id {anns[1]['id']} .*COCO evaluation.*\['bbox'\]"):
+    with pytest.raises(
+        DatasetError, match=rf"nobbox\.json: annotation id {anns[1]['id']} .*COCO evaluation.*\['bbox'\]"
+    ):
         train(_cfg(tiny, hostile, tmp_path, f"data.val.annotation_file={path}"))
 
 

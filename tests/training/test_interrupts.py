@@ -11,28 +11,46 @@ import sys
 
 import pytest
 import torch
+
 from helpers.config import ROOT, TINY, compose
 from helpers.step_recorder import read_steps
-
 from maskrcnn.training.pipeline import train
 
 # 12 images at batch 2: 6 steps per epoch; 8 steps end mid-epoch 2. No validation (speed); no
 # random augmentation (its own random stream is not part of a checkpoint, see docs/checkpoints.md).
-RUN = [*TINY, "trainer.max_epochs=2", "trainer.max_steps=8", "callbacks=default", "callbacks.rich_progress_bar=null",
-       "callbacks.progress_log=null", "trainer.limit_val_batches=0", "validate_after_train=false",
-       "+augmentation.hflip_prob=0.0", "scheduler.warmup_steps=5", "logger=none", "dataset_report=false"]
+RUN = [
+    *TINY,
+    "trainer.max_epochs=2",
+    "trainer.max_steps=8",
+    "callbacks=default",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.progress_log=null",
+    "trainer.limit_val_batches=0",
+    "validate_after_train=false",
+    "+augmentation.hflip_prob=0.0",
+    "scheduler.warmup_steps=5",
+    "logger=none",
+    "dataset_report=false",
+]
 EXIT = {"SIGINT": 130, "SIGTERM": 143, "SIGUSR1": 138}
 
 
 def _recorder(path, signal_at_step=None, signal_name="SIGTERM") -> list[str]:
     extra = [f"+callbacks.recorder.signal_at_step={signal_at_step}", f"+callbacks.recorder.signal_name={signal_name}"]
-    return ["+callbacks.recorder._target_=helpers.step_recorder.StepRecorder", f"+callbacks.recorder.path={path}",
-            *(extra if signal_at_step is not None else [])]
+    return [
+        "+callbacks.recorder._target_=helpers.step_recorder.StepRecorder",
+        f"+callbacks.recorder.path={path}",
+        *(extra if signal_at_step is not None else []),
+    ]
 
 
 def _run_cli(run_dir, shapes_dir, overrides) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
-               OMP_NUM_THREADS="2", HYDRA_FULL_ERROR="0")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
+        OMP_NUM_THREADS="2",
+        HYDRA_FULL_ERROR="0",
+    )
     cmd = [sys.executable, "src/train.py", *RUN, *overrides, f"paths.data_dir={shapes_dir}", f"hydra.run.dir={run_dir}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=550, check=False)
 
@@ -50,8 +68,11 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(shapes_dir, tmp_
     assert proc.returncode == 143, out[-3000:]
     lines = [line for line in out.splitlines() if "stopped by SIGTERM" in line]
     assert len(lines) == 1, out[-3000:]
-    assert re.search(r"stopped by SIGTERM at step 3 of 8 \(epoch 1 of 2\); resume: python src/train\.py .*"
-                     rf"ckpt_path=last hydra\.run\.dir={re.escape(str(run_dir))}$", lines[0]), lines[0]
+    assert re.search(
+        r"stopped by SIGTERM at step 3 of 8 \(epoch 1 of 2\); resume: python src/train\.py .*"
+        rf"ckpt_path=last hydra\.run\.dir={re.escape(str(run_dir))}$",
+        lines[0],
+    ), lines[0]
     saved = _ckpt(run_dir / "checkpoints" / "last.ckpt")
     assert saved["global_step"] == 3 and saved["epoch"] == 0
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"batches_done": 3}]
@@ -86,8 +107,11 @@ def test_sigint_and_sigusr1_stop_with_a_checkpoint_of_that_step(name, shapes_dir
 
 @pytest.mark.slow
 def test_sigkill_loses_only_the_steps_since_the_periodic_checkpoint(shapes_dir, tmp_path):
-    proc = _run_cli(tmp_path / "run", shapes_dir, [
-        "callbacks.last_checkpoint.every_n_train_steps=2", *_recorder(tmp_path / "s.jsonl", 5, "SIGKILL")])
+    proc = _run_cli(
+        tmp_path / "run",
+        shapes_dir,
+        ["callbacks.last_checkpoint.every_n_train_steps=2", *_recorder(tmp_path / "s.jsonl", 5, "SIGKILL")],
+    )
     assert proc.returncode == -signal.SIGKILL
     assert _ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 4
     assert not list((tmp_path / "run" / "checkpoints").glob("*.partial"))

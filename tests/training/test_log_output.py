@@ -7,28 +7,40 @@ import sys
 from helpers.config import ROOT
 
 NOISE = (
-    "LeafSpec",                          # torch's pytree deprecation, from Lightning
-    "💡 Tip",                            # Lightning's litlogger / litmodels adverts
-    "anonymous setting has no effect",   # wandb, from Lightning's WandbLogger arguments
-    "Images sizes do not match",         # wandb, mixed-size images under one key
+    "LeafSpec",  # torch's pytree deprecation, from Lightning
+    "💡 Tip",  # Lightning's litlogger / litmodels adverts
+    "anonymous setting has no effect",  # wandb, from Lightning's WandbLogger arguments
+    "Images sizes do not match",  # wandb, mixed-size images under one key
 )
 
 
 def test_redirected_run_prints_progress_and_ap_lines_and_no_noise(tiny, shapes_dir, tmp_path):
     # the default trainer settings as a user gets them (the tiny overrides switch the model summary off)
-    overrides = [o for o in tiny if not o.startswith(("logger=", "callbacks=", "log_val_images=",
-                                                      "trainer.enable_model_summary"))]
+    overrides = [
+        o
+        for o in tiny
+        if not o.startswith(("logger=", "callbacks=", "log_val_images=", "trainer.enable_model_summary"))
+    ]
     cmd = [
-        sys.executable, "src/train.py", *overrides, "logger=wandb", "callbacks=default", "log_val_images=2",
-        "trainer.max_epochs=2", "trainer.limit_train_batches=4", "callbacks.progress_log.every_n_steps=2",
+        sys.executable,
+        "src/train.py",
+        *overrides,
+        "logger=wandb",
+        "callbacks=default",
+        "log_val_images=2",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "callbacks.progress_log.every_n_steps=2",
         "callbacks.progress_log.every_n_seconds=0",
-        f"paths.data_dir={shapes_dir}", f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={shapes_dir}",
+        f"hydra.run.dir={tmp_path}",
     ]
     # stdout is a pipe, not a terminal: the "auto" progress lines must appear.
     # wandb as a user has it: not silenced (conftest silences it for the other tests)
     env = {k: v for k, v in __import__("os").environ.items() if k != "WANDB_SILENT"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**env, "WANDB_MODE": "offline"})
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**env, "WANDB_MODE": "offline"}
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     progress = [line.split(" - ", 1)[1] for line in out.splitlines() if "maskrcnn.progress" in line]

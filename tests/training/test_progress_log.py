@@ -24,9 +24,16 @@ class FakeClock:
 
 def _trainer(max_epochs: int = EPOCHS) -> SimpleNamespace:
     return SimpleNamespace(
-        global_step=0, current_epoch=0, max_epochs=max_epochs, max_steps=-1, is_global_zero=True, world_size=1,
-        estimated_stepping_batches=STEPS_PER_EPOCH * max_epochs, sanity_checking=False,
-        optimizers=[SimpleNamespace(param_groups=[{"lr": 0.01}])], state=SimpleNamespace(fn="fit"),
+        global_step=0,
+        current_epoch=0,
+        max_epochs=max_epochs,
+        max_steps=-1,
+        is_global_zero=True,
+        world_size=1,
+        estimated_stepping_batches=STEPS_PER_EPOCH * max_epochs,
+        sanity_checking=False,
+        optimizers=[SimpleNamespace(param_groups=[{"lr": 0.01}])],
+        state=SimpleNamespace(fn="fit"),
         callback_metrics={},
     )
 
@@ -104,8 +111,8 @@ def test_bad_interval_is_rejected(value):
 
 def test_no_progress_bar_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
     import pytorch_lightning as pl
-    from helpers.config import TINY, compose
 
+    from helpers.config import TINY, compose
     from maskrcnn.training.builders import build_trainer
 
     monkeypatch.setattr("sys.stdout.isatty", lambda: False)

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers.config import ROOT
 
+from helpers.config import ROOT
 from maskrcnn.training.run_dir_lock import (
     LOCK_NAME,
     RunDirBusy,
@@ -40,8 +40,9 @@ def test_live_lock_refuses_and_names_directory_and_pid(tmp_path, other_process):
 
 
 def test_stale_lock_is_taken_over_and_released(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     _write_lock(tmp_path, int(dead.stdout))
     lock = acquire(tmp_path)
     assert f"pid={os.getpid()}" in lock.read_text()
@@ -59,13 +60,21 @@ def test_earlier_config_is_kept(tmp_path):
 
 def test_second_concurrent_run_stops_with_one_line_and_writes_nothing(tmp_path, other_process):
     _write_lock(tmp_path, other_process.pid)
-    proc = subprocess.run([sys.executable, "src/train.py", "logger=none", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "src/train.py", "logger=none", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        (f"RunDirBusy: run directory {tmp_path} is in use by another run (pid {other_process.pid}); "
-         f"choose another hydra.run.dir, or stop that run (delete {tmp_path / LOCK_NAME} if it is gone)")
+        (
+            f"RunDirBusy: run directory {tmp_path} is in use by another run (pid {other_process.pid}); "
+            f"choose another hydra.run.dir, or stop that run (delete {tmp_path / LOCK_NAME} if it is gone)"
+        )
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # Hydra wrote nothing
 

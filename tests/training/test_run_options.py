@@ -8,23 +8,29 @@ import logging
 
 import pytest
 import torch
+
 from helpers.config import compose
 from helpers.nan_loss import make_mask_loss_nan
-
-from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.errors import NonFiniteLossError
+from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.nonfinite import SkipLimit
 from maskrcnn.training.pipeline import train
 
 # The default callbacks (checkpointing, progress lines), without the terminal progress bar.
-CALLBACKS = ["callbacks=default", "callbacks.rich_progress_bar=null", "trainer.max_steps=3",
-             "trainer.limit_val_batches=1", "validate_after_train=false"]
+CALLBACKS = [
+    "callbacks=default",
+    "callbacks.rich_progress_bar=null",
+    "trainer.max_steps=3",
+    "trainer.limit_val_batches=1",
+    "validate_after_train=false",
+]
 
 
 def test_logger_none_trains_without_the_callbacks_that_need_a_logger(tiny, shapes_dir, tmp_path, caplog):
     lr_monitor = "+callbacks.lr_monitor._target_=pytorch_lightning.callbacks.LearningRateMonitor"  # a user's addition
-    cfg = compose([*tiny, *CALLBACKS, lr_monitor, "logger=none", "log_val_images=2"], output_dir=tmp_path,
-                  data_dir=shapes_dir)
+    cfg = compose(
+        [*tiny, *CALLBACKS, lr_monitor, "logger=none", "log_val_images=2"], output_dir=tmp_path, data_dir=shapes_dir
+    )
     with caplog.at_level(logging.INFO):
         metrics, objects = train(cfg)
     trainer = objects["trainer"]
@@ -63,10 +69,16 @@ def test_skip_limit_counts_over_a_window():
 
 def test_a_run_skipping_most_steps_stops_naming_the_count(tiny, shapes_dir, tmp_path, monkeypatch):
     make_mask_loss_nan(monkeypatch)
-    cfg = compose([*tiny, "nonfinite_loss=skip", "trainer.limit_val_batches=0",
-                   "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
-    with pytest.raises(NonFiniteLossError, match=r"5 of the last 5 training steps had a non-finite loss.*"
-                                                 r"nonfinite_max_skip_fraction=0\.2"):
+    cfg = compose(
+        [*tiny, "nonfinite_loss=skip", "trainer.limit_val_batches=0", "validate_after_train=false"],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"5 of the last 5 training steps had a non-finite loss.*"
+        r"nonfinite_max_skip_fraction=0\.2",
+    ):
         train(cfg)
 
 
@@ -80,8 +92,11 @@ def test_a_run_skipping_few_steps_finishes_with_a_summary(tiny, shapes_dir, tmp_
 
     monkeypatch.setattr(MaskRCNNModule, "_weighted", every_third_nan)
     # 2 of 6 steps: above the 20% share, but below the default minimum of 5 skipped steps.
-    cfg = compose([*tiny, "nonfinite_loss=skip",
-                   "trainer.limit_val_batches=0", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+    cfg = compose(
+        [*tiny, "nonfinite_loss=skip", "trainer.limit_val_batches=0", "validate_after_train=false"],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
+    )
     with caplog.at_level(logging.INFO):
         _, objects = train(cfg)
     assert objects["module"].skipped_steps == 2
@@ -91,10 +106,17 @@ def test_a_run_skipping_few_steps_finishes_with_a_summary(tiny, shapes_dir, tmp_
 def test_small_data_recipe_trains_and_validates_by_steps(tiny, shapes_dir, tmp_path):
     """experiment=small_data end to end (tiny sizes): AdamW + cosine steps, fitted anchors, validation
     by step count; the run summary names what the recipe chose."""
-    steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-             "scheduler.warmup_steps=2"]
-    cfg = compose(["experiment=small_data", *tiny, *steps, "augmentation.multiscale_sizes=[56,64]",
-                   "augmentation.max_size=64"], output_dir=tmp_path, data_dir=shapes_dir)
+    steps = [
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "scheduler.warmup_steps=2",
+    ]
+    cfg = compose(
+        ["experiment=small_data", *tiny, *steps, "augmentation.multiscale_sizes=[56,64]", "augmentation.max_size=64"],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
+    )
     metrics, objects = train(cfg)
     trainer = objects["trainer"]
     assert trainer.global_step == 4

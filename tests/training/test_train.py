@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers.config import ROOT, compose
 from helpers.nan_loss import make_mask_loss_nan
-
 from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.training.pipeline import evaluate, train
 
@@ -23,8 +23,15 @@ def _train_losses(run_dir: Path) -> list[float]:
 
 def test_training_reduces_loss_and_reports_coco_ap(tiny, tiny_eval, shapes_dir, tmp_path):
     cfg = compose(
-        [*tiny, "trainer.max_epochs=4", "callbacks=default", "callbacks.rich_progress_bar=null", "validate_after_train=true"],
-        output_dir=tmp_path, data_dir=shapes_dir,
+        [
+            *tiny,
+            "trainer.max_epochs=4",
+            "callbacks=default",
+            "callbacks.rich_progress_bar=null",
+            "validate_after_train=true",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
     )
     metrics, objects = train(cfg)
     losses = _train_losses(tmp_path)
@@ -40,7 +47,9 @@ def test_training_reduces_loss_and_reports_coco_ap(tiny, tiny_eval, shapes_dir, 
     assert (ckpt_dir / "last.ckpt").is_file()
     # The best checkpoint is re-evaluated by src/eval.py's code path to the same numbers.
     best = objects["trainer"].checkpoint_callback.best_model_path
-    eval_cfg = compose([*tiny_eval, f"ckpt_path={best}"], config_name="eval", output_dir=tmp_path / "eval", data_dir=shapes_dir)
+    eval_cfg = compose(
+        [*tiny_eval, f"ckpt_path={best}"], config_name="eval", output_dir=tmp_path / "eval", data_dir=shapes_dir
+    )
     eval_metrics = evaluate(eval_cfg)
     for key in AP_KEYS:
         assert eval_metrics[key] == pytest.approx(metrics[key], abs=1e-9)
@@ -52,10 +61,21 @@ def test_training_reduces_loss_and_reports_coco_ap(tiny, tiny_eval, shapes_dir, 
 
 def _resume_cfg(tiny, tmp_path, shapes_dir, extra=()):
     return compose(
-        [*tiny, "trainer.max_epochs=-1", "trainer.max_steps=8", "callbacks=default", "callbacks.rich_progress_bar=null",
-         "callbacks.model_checkpoint.monitor=null", "callbacks.last_checkpoint.every_n_train_steps=1",
-         "trainer.limit_val_batches=0", "validate_after_train=false", "scheduler.warmup_steps=5", *extra],
-        output_dir=tmp_path, data_dir=shapes_dir,
+        [
+            *tiny,
+            "trainer.max_epochs=-1",
+            "trainer.max_steps=8",
+            "callbacks=default",
+            "callbacks.rich_progress_bar=null",
+            "callbacks.model_checkpoint.monitor=null",
+            "callbacks.last_checkpoint.every_n_train_steps=1",
+            "trainer.limit_val_batches=0",
+            "validate_after_train=false",
+            "scheduler.warmup_steps=5",
+            *extra,
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
     )
 
 
@@ -84,7 +104,9 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny, shapes_dir, tmp_path
     assert trainer.global_step == ref_trainer.global_step
     assert trainer.current_epoch == ref_trainer.current_epoch
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(ref_lr, rel=1e-12)
-    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == ref_trainer.lr_scheduler_configs[0].scheduler.last_epoch
+    assert (
+        trainer.lr_scheduler_configs[0].scheduler.last_epoch == ref_trainer.lr_scheduler_configs[0].scheduler.last_epoch
+    )
 
 
 def test_missing_resume_checkpoint_is_a_clear_error(tiny, shapes_dir, tmp_path):
@@ -104,9 +126,15 @@ def test_nonfinite_loss_stops_naming_step_and_term(tiny, shapes_dir, tmp_path, m
 def test_nonfinite_loss_skip_policy_skips_steps(tiny, shapes_dir, tmp_path, monkeypatch):
     make_mask_loss_nan(monkeypatch)
     cfg = compose(
-        [*tiny, "nonfinite_loss=skip", "nonfinite_max_skip_fraction=1.0",
-         "trainer.limit_val_batches=0", "validate_after_train=false"],
-        output_dir=tmp_path, data_dir=shapes_dir,
+        [
+            *tiny,
+            "nonfinite_loss=skip",
+            "nonfinite_max_skip_fraction=1.0",
+            "trainer.limit_val_batches=0",
+            "validate_after_train=false",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
     )
     _, objects = train(cfg)
     assert objects["module"].skipped_steps == 6
@@ -117,8 +145,15 @@ def test_nonfinite_loss_skip_policy_skips_steps(tiny, shapes_dir, tmp_path, monk
 
 def test_bf16_autocast_training_step_is_finite(tiny, shapes_dir, tmp_path):
     cfg = compose(
-        [*tiny, "trainer.precision=bf16-mixed", "trainer.max_steps=2", "trainer.limit_val_batches=0", "validate_after_train=false"],
-        output_dir=tmp_path, data_dir=shapes_dir,
+        [
+            *tiny,
+            "trainer.precision=bf16-mixed",
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=0",
+            "validate_after_train=false",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
     )
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 2
@@ -127,9 +162,15 @@ def test_bf16_autocast_training_step_is_finite(tiny, shapes_dir, tmp_path):
 
 def test_gradient_accumulation_and_clipping(tiny, shapes_dir, tmp_path, capsys):
     cfg = compose(
-        [*tiny, "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "trainer.limit_val_batches=0",
-         "validate_after_train=false"],
-        output_dir=tmp_path, data_dir=shapes_dir,
+        [
+            *tiny,
+            "trainer.accumulate_grad_batches=2",
+            "trainer.gradient_clip_val=1.0",
+            "trainer.limit_val_batches=0",
+            "validate_after_train=false",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
     )
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 3  # 6 batches / 2
@@ -145,7 +186,8 @@ def test_wrong_num_classes_is_rejected_before_training(tiny, shapes_dir, tmp_pat
 def test_wandb_offline_logger_writes_a_run(tiny, shapes_dir, tmp_path):
     cfg = compose(
         [*tiny, "logger=wandb", "log_val_images=2", "trainer.limit_val_batches=1", "validate_after_train=false"],
-        output_dir=tmp_path, data_dir=shapes_dir,
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
     )
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -161,15 +203,31 @@ def test_ddp_two_processes_match_single_process_evaluation(tiny, tiny_eval, shap
     """2 CPU processes (gloo) train and validate; AP equals a 1-process evaluation of the same
     checkpoint (5 val images: not divisible by the world size, each counted once)."""
     cfg = compose(
-        [*tiny, "trainer=ddp_sim", "trainer.max_epochs=1", "callbacks=default", "callbacks.rich_progress_bar=null",
-         "validate_after_train=false"],
-        output_dir=tmp_path, data_dir=shapes_dir,
+        [
+            *tiny,
+            "trainer=ddp_sim",
+            "trainer.max_epochs=1",
+            "callbacks=default",
+            "callbacks.rich_progress_bar=null",
+            "validate_after_train=false",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
     )
     train(cfg)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    ddp = evaluate(compose([*tiny_eval, "trainer=ddp_sim", f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e2", data_dir=shapes_dir))
-    single = evaluate(compose([*tiny_eval, f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e1", data_dir=shapes_dir))
+    ddp = evaluate(
+        compose(
+            [*tiny_eval, "trainer=ddp_sim", f"ckpt_path={last}"],
+            config_name="eval",
+            output_dir=tmp_path / "e2",
+            data_dir=shapes_dir,
+        )
+    )
+    single = evaluate(
+        compose([*tiny_eval, f"ckpt_path={last}"], config_name="eval", output_dir=tmp_path / "e1", data_dir=shapes_dir)
+    )
     for key in AP_KEYS:
         assert ddp[key] == pytest.approx(single[key], abs=1e-9), key
 
@@ -182,9 +240,17 @@ def test_cli_ddp_subprocess_launcher_uses_one_run_dir(tiny, shapes_dir, tmp_path
 
     log_dir = tmp_path / "logs"
     cmd = [
-        sys.executable, "src/train.py", *tiny, "trainer=ddp_sim", "trainer.strategy=ddp", "trainer.max_epochs=1",
-        "callbacks=default", "callbacks.rich_progress_bar=null", "validate_after_train=false",
-        f"paths.data_dir={shapes_dir}", f"paths.log_dir={log_dir}",
+        sys.executable,
+        "src/train.py",
+        *tiny,
+        "trainer=ddp_sim",
+        "trainer.strategy=ddp",
+        "trainer.max_epochs=1",
+        "callbacks=default",
+        "callbacks.rich_progress_bar=null",
+        "validate_after_train=false",
+        f"paths.data_dir={shapes_dir}",
+        f"paths.log_dir={log_dir}",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

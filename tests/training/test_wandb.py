@@ -19,10 +19,9 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from helpers.config import CONF, ROOT, compose
-from maskrcnn.evaluation import CocoEvaluator
-from maskrcnn.training.wandb_media import flatten_masks, make_sample, to_wandb_image
 from bench.wandb_run_reader import latest_offline_run, read_offline_run
+from helpers.config import CONF, ROOT, compose
+from maskrcnn.training.wandb_media import flatten_masks, make_sample, to_wandb_image
 
 NAMES = ["__background__", "square", "circle", "triangle"]
 
@@ -40,19 +39,35 @@ def wandb_run(tiny, shapes_dir, tmp_path_factory):
         mp.setenv("WANDB_DATA_DIR", str(out / "wandb_data"))  # artifact staging copies
         mp.setenv("WANDB_CACHE_DIR", str(out / "wandb_cache"))
         cfg = compose(
-            [*tiny, "logger=[wandb,csv,tensorboard]", "log_val_images=3", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
-             "callbacks=default", "callbacks.rich_progress_bar=null", "logger.wandb.log_model=true",
-             "validate_after_train=false", "model.roi_heads.score_thresh=0.0",  # always some detections
-             "logger.wandb_dashboard.box_score_thresh=0.0", "logger.wandb_dashboard.mask_score_thresh=0.0"],
-            output_dir=out, data_dir=shapes_dir,
+            [
+                *tiny,
+                "logger=[wandb,csv,tensorboard]",
+                "log_val_images=3",
+                "trainer.max_epochs=2",
+                "trainer.limit_train_batches=1",
+                "callbacks=default",
+                "callbacks.rich_progress_bar=null",
+                "logger.wandb.log_model=true",
+                "validate_after_train=false",
+                "model.roi_heads.score_thresh=0.0",  # always some detections
+                "logger.wandb_dashboard.box_score_thresh=0.0",
+                "logger.wandb_dashboard.mask_score_thresh=0.0",
+            ],
+            output_dir=out,
+            data_dir=shapes_dir,
         )
         _, objects = train(cfg)
         wandb.finish()  # flush the run file, as the end of the process would
     val_dir = shapes_dir / "shapes" / "val"
     run = read_offline_run(latest_offline_run(out), wait_s=60)
     assert run.finished
-    return {"run": run, "out": out, "module": objects["module"],
-            "val_json": json.loads((val_dir / "annotations.json").read_text()), "val_dir": val_dir}
+    return {
+        "run": run,
+        "out": out,
+        "module": objects["module"],
+        "val_json": json.loads((val_dir / "annotations.json").read_text()),
+        "val_dir": val_dir,
+    }
 
 
 def _validation_rows(run) -> list[dict]:
@@ -80,13 +95,16 @@ def test_samples_are_native_images_with_prediction_and_ground_truth_layers(wandb
         # Ground-truth layer: the dataset's instance masks, flattened, pixel for pixel.
         gt_map = np.asarray(Image.open(run.files_dir / logged["masks"]["ground_truth"]["path"]))
         masks = target["masks"].numpy().astype(bool)
-        expected = flatten_masks(masks, target["labels"].numpy(), np.argsort(-masks.sum((1, 2)), kind="stable"), image.shape[:2])
+        expected = flatten_masks(
+            masks, target["labels"].numpy(), np.argsort(-masks.sum((1, 2)), kind="stable"), image.shape[:2]
+        )
         np.testing.assert_array_equal(gt_map, expected)
         assert set(np.unique(gt_map)) - {0} == set(target["labels"].tolist())
         gt_boxes = json.loads((run.files_dir / logged["boxes"]["ground_truth"]["path"]).read_text())
         assert [b["class_id"] for b in gt_boxes["box_data"]] == target["labels"].tolist()
         np.testing.assert_allclose(
-            [[b["position"][k] for k in ("minX", "minY", "maxX", "maxY")] for b in gt_boxes["box_data"]], target["boxes"].numpy()
+            [[b["position"][k] for k in ("minX", "minY", "maxX", "maxY")] for b in gt_boxes["box_data"]],
+            target["boxes"].numpy(),
         )
         # Prediction layers: a label map of the image size and boxes with scores and class names.
         pred_map = np.asarray(Image.open(run.files_dir / logged["masks"]["predictions"]["path"]))
@@ -122,11 +140,13 @@ def test_per_class_table_matches_the_evaluation(wandb_run):
     assert [row[:2] for row in table["data"]] == [[n, instances[n]] for n in ("square", "circle", "triangle")]
     # The numbers are those of the evaluation that ran (the module's evaluator, last epoch) ...
     expected = module.evaluator.per_category_results()
-    for row, ref in zip(table["data"], expected):
+    for row, ref in zip(table["data"], expected, strict=True):
         assert row[2:] == pytest.approx([ref["bbox_AP"], ref["bbox_AP50"], ref["segm_AP"], ref["segm_AP50"]])
     # ... and COCO AP is their mean over the classes.
     segm_ap = [row[4] for row in table["data"] if row[4] is not None]
-    assert np.mean(segm_ap) == pytest.approx(last["val/segm_AP"] if "val/segm_AP" in last else module.last_val_metrics["segm_AP"])
+    assert np.mean(segm_ap) == pytest.approx(
+        last["val/segm_AP"] if "val/segm_AP" in last else module.last_val_metrics["segm_AP"]
+    )
 
 
 def test_pr_curves_are_line_series_of_the_coco_precision_array(wandb_run):
@@ -164,13 +184,20 @@ def test_checkpoints_are_artifacts_with_the_metric_in_the_alias(wandb_run):
 def test_run_config_has_the_resolved_config_and_a_dataset_summary(wandb_run):
     config, val_json = wandb_run["run"].config, wandb_run["val_json"]
     assert config["model"]["num_classes"] == 3 and config["data"]["batch_size"] == 2
-    assert config["optimizer"]["lr_per_16_images"] == 0.004 and config["optimizer"]["fn"]["_target_"] == "torch.optim.AdamW"
+    assert (
+        config["optimizer"]["lr_per_16_images"] == 0.004
+        and config["optimizer"]["fn"]["_target_"] == "torch.optim.AdamW"
+    )
     assert "${" not in json.dumps({k: v for k, v in config.items() if k != "_wandb"})  # resolved
     summary = config["dataset"]
     assert summary["class_names"] == NAMES[1:]
     assert summary["val"]["images"] == len(val_json["images"]) == 5
     assert summary["train"]["images"] == 12
-    assert summary["val"]["instances"] == sum(summary["val"]["instances_per_class"].values()) == len(val_json["annotations"])
+    assert (
+        summary["val"]["instances"]
+        == sum(summary["val"]["instances_per_class"].values())
+        == len(val_json["annotations"])
+    )
     # The run summary and the dataset-fit report printed at start-up are run config too.
     assert config["run_summary"]["images_per_step"] == 2 and config["run_summary"]["train_images"] == 12
     fit = config["dataset_fit"]
@@ -188,8 +215,8 @@ def test_render_script_draws_the_logged_layers(wandb_run, tmp_path, capsys):
     # The ground-truth panel is the image with masks painted over it: the two differ.
     pad, header, side = 6, 18, 128
     top = header + pad
-    image = grid[top:top + side, pad:pad + side]
-    ground_truth = grid[top:top + side, 2 * pad + side:2 * pad + 2 * side]
+    image = grid[top : top + side, pad : pad + side]
+    ground_truth = grid[top : top + side, 2 * pad + side : 2 * pad + 2 * side]
     assert np.abs(image - ground_truth).max() > 50
     printed = capsys.readouterr().out
     assert "| class | instances | bbox AP | bbox AP50 | segm AP | segm AP50 |" in printed and "| triangle |" in printed
@@ -197,8 +224,12 @@ def test_render_script_draws_the_logged_layers(wandb_run, tmp_path, capsys):
 
 # ------------------------------------------------------------------ the pieces
 def _detection(masks, labels, scores, boxes):
-    return {"masks": torch.tensor(np.asarray(masks, dtype=np.float32))[:, None], "labels": torch.tensor(labels),
-            "scores": torch.tensor(scores, dtype=torch.float32), "boxes": torch.tensor(boxes, dtype=torch.float32)}
+    return {
+        "masks": torch.tensor(np.asarray(masks, dtype=np.float32))[:, None],
+        "labels": torch.tensor(labels),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+    }
 
 
 def test_overlapping_masks_flatten_higher_score_wins_and_small_ground_truth_on_top():
@@ -209,8 +240,12 @@ def test_overlapping_masks_flatten_higher_score_wins_and_small_ground_truth_on_t
     other[0:4, 0:4] = 1
     # Detections: label 2 (score 0.6) overlaps label 1 (score 0.9); label 3 (0.3) is below the mask threshold.
     det = _detection([small, big, other], [2, 1, 3], [0.6, 0.9, 0.3], [[5, 5, 12, 10], [2, 2, 25, 18], [0, 0, 4, 4]])
-    target = {"image_id": 7, "labels": torch.tensor([1, 2]), "boxes": torch.tensor([[2, 2, 25, 18], [5, 5, 12, 10]], dtype=torch.float32),
-              "masks": torch.tensor(np.stack([big, small]).astype(np.uint8))}
+    target = {
+        "image_id": 7,
+        "labels": torch.tensor([1, 2]),
+        "boxes": torch.tensor([[2, 2, 25, 18], [5, 5, 12, 10]], dtype=torch.float32),
+        "masks": torch.tensor(np.stack([big, small]).astype(np.uint8)),
+    }
     sample = make_sample(torch.rand(3, h, w), target, det, mask_score_thresh=0.5, box_score_thresh=0.05)
     assert (sample.pred_label_map[5:10, 5:12] == 1).all()  # higher score wins the overlap
     assert (sample.pred_label_map[0:2, 0:2] == 0).all()  # below the mask threshold
@@ -221,7 +256,9 @@ def test_overlapping_masks_flatten_higher_score_wins_and_small_ground_truth_on_t
     from pycocotools import mask as mask_utils
 
     rle_det = dict(det, masks=[mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in (small, big, other)])
-    np.testing.assert_array_equal(make_sample(torch.rand(3, h, w), target, rle_det).pred_label_map, sample.pred_label_map)
+    np.testing.assert_array_equal(
+        make_sample(torch.rand(3, h, w), target, rle_det).pred_label_map, sample.pred_label_map
+    )
     image = to_wandb_image(sample, NAMES)
     assert set(image._masks) == set(image._boxes) == {"predictions", "ground_truth"}
     with pytest.raises(ValueError, match="image 7: predicted masks"):
@@ -250,7 +287,9 @@ def test_wandb_init_gets_no_anonymous_setting(monkeypatch, tmp_path):
 # ------------------------------------------------------------------ sweeps
 def _compose_with_hydra(overrides):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return hydra_compose(config_name="train", overrides=[f"paths.root_dir={ROOT}", *overrides], return_hydra_config=True)
+        return hydra_compose(
+            config_name="train", overrides=[f"paths.root_dir={ROOT}", *overrides], return_hydra_config=True
+        )
 
 
 def test_optuna_sweep_config_composes_and_sweeps_existing_keys():
@@ -280,13 +319,24 @@ def test_optuna_sweep_runs_two_trials_and_reports_the_best_segm_ap(tiny, shapes_
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     # A swept key fixed on the command line is not searched: leave tiny's batch_size_per_image out.
     unswept = [o for o in tiny if not o.startswith("model.roi_heads.batch_size_per_image")]
-    cmd = [sys.executable, "src/train.py", "hparams_search=shapes_optuna", "hydra.sweeper.n_trials=2", *unswept,
-           "validate_after_train=false", f"paths.data_dir={shapes_dir}", f"paths.log_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "src/train.py",
+        "hparams_search=shapes_optuna",
+        "hydra.sweeper.n_trials=2",
+        *unswept,
+        "validate_after_train=false",
+        f"paths.data_dir={shapes_dir}",
+        f"paths.log_dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load(next(tmp_path.rglob("optimization_results.yaml")).read_text())
     assert 0.0 <= results["best_value"] <= 1.0 and set(results["best_params"]) == {
-        "optimizer.lr_per_16_images", "loss.weights.loss_mask", "model.roi_heads.batch_size_per_image"}
+        "optimizer.lr_per_16_images",
+        "loss.weights.loss_mask",
+        "model.roi_heads.batch_size_per_image",
+    }
 
 
 @pytest.mark.slow
@@ -298,8 +348,19 @@ def test_ddp_rank_zero_logs_the_samples_of_every_rank(tiny, shapes_dir, tmp_path
     from maskrcnn.training.pipeline import train
 
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
-    cfg = compose([*tiny, "trainer=ddp_sim", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "logger=wandb",
-                   "log_val_images=5", "validate_after_train=false"], output_dir=tmp_path, data_dir=shapes_dir)
+    cfg = compose(
+        [
+            *tiny,
+            "trainer=ddp_sim",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "logger=wandb",
+            "log_val_images=5",
+            "validate_after_train=false",
+        ],
+        output_dir=tmp_path,
+        data_dir=shapes_dir,
+    )
     train(cfg)
     wandb.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))

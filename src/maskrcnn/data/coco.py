@@ -7,20 +7,21 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from maskrcnn.data.checks.annotation_file import validate_coco
 from maskrcnn.data.checks.images import BAD_IMAGE_POLICIES, SkippedImageLog
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
 from maskrcnn.data.readers.masks import decode_segmentation, masks_to_boxes
-from maskrcnn.data.checks.annotation_file import validate_coco
+from maskrcnn.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +107,23 @@ class CocoInstanceDataset(Dataset):
                 self.images.append(img)
             else:
                 self.skipped.append(
-                    {"annotation_id": None, "image_id": img["id"], "file_name": img["file_name"],
-                     "reason": "image has no valid instance annotations (keep_empty=False)"}
+                    {
+                        "annotation_id": None,
+                        "image_id": img["id"],
+                        "file_name": img["file_name"],
+                        "reason": "image has no valid instance annotations (keep_empty=False)",
+                    }
                 )
         self._report_skipped(skipped_log)
         if index.shared_files:  # each record would train with only its own share of the objects
             examples = "; ".join(f"{name!r}: image ids {ids}" for name, ids in list(index.shared_files.items())[:5])
-            logger.warning("%s: %d file name(s) are used by more than one image record, each of which is loaded "
-                           "with only its own annotations (%s)", self.annotation_file, len(index.shared_files), examples)
+            logger.warning(
+                "%s: %d file name(s) are used by more than one image record, each of which is loaded "
+                "with only its own annotations (%s)",
+                self.annotation_file,
+                len(index.shared_files),
+                examples,
+            )
 
     def _report_skipped(self, skipped_log: str | os.PathLike | None) -> None:
         if skipped_log is not None:
@@ -130,8 +140,12 @@ class CocoInstanceDataset(Dataset):
         if self.num_annotations and usable < 0.01 * self.num_annotations:
             logger.warning(
                 "!!! %s: only %d of %d annotations (%.2f%%) passed the checks; the rest were skipped as unusable%s. "
-                "Is this the right file?", self.annotation_file, usable, self.num_annotations,
-                100.0 * usable / self.num_annotations, where,
+                "Is this the right file?",
+                self.annotation_file,
+                usable,
+                self.num_annotations,
+                100.0 * usable / self.num_annotations,
+                where,
             )
 
     # ------------------------------------------------------------------ category mapping
@@ -186,7 +200,8 @@ class CocoInstanceDataset(Dataset):
                 reasons = list(pool.map(probe, range(len(self.images)), chunksize=64))
         return [
             {"image_id": img["id"], "file_name": img["file_name"], "reason": reason}
-            for img, reason in zip(self.images, reasons) if reason is not None
+            for img, reason in zip(self.images, reasons, strict=True)
+            if reason is not None
         ]
 
     def _probe(self, index: int, full_decode: bool) -> str | None:
@@ -245,7 +260,8 @@ class CocoInstanceDataset(Dataset):
             record = {"image_id": img["id"], "file_name": img["file_name"], "reason": str(exc)}
             if self.image_log.append(record):
                 logger.warning(
-                    "skipping unreadable image (%s)%s", exc,
+                    "skipping unreadable image (%s)%s",
+                    exc,
                     f"; listed in {self.image_log.path}" if self.image_log.path is not None else "",
                 )
             return None
@@ -274,7 +290,7 @@ class CocoInstanceDataset(Dataset):
             image, masks = self.transforms(image, rasterise)
         else:
             image, masks = self.transforms(image, rasterise(*image.shape[:2]))
-        inst_masks, crowd_masks = masks[: len(instances)], masks[len(instances):]
+        inst_masks, crowd_masks = masks[: len(instances)], masks[len(instances) :]
         boxes, crowd_boxes = masks_to_boxes(inst_masks), masks_to_boxes(crowd_masks)
         # masks_to_boxes gives empty masks all-zero boxes; a non-empty mask has x2 >= x1 + 1.
         keep = boxes[:, 2] > boxes[:, 0]

@@ -9,27 +9,36 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
 from maskrcnn.data.checks.images import apply_policy, validate_options
+from maskrcnn.data.checks.setup import (
+    category_names,
+    check_categories_agree,
+    check_mask_memory,
+    check_resize_keeps_instances,
+    check_same_categories,
+    check_training_instances,
+    pipeline_scale,
+    validate_augmentation_sizes,
+    warn_if_nothing_to_evaluate,
+)
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
 from maskrcnn.data.resumable_loader import ResumableDataLoader, TrainPosition
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.sampler import (
-    GroupedBatchSampler, InferenceSampler, aspect_ratio_group_ids, grouping_is_worthwhile,
-)
-from maskrcnn.data.checks.setup import (
-    category_names, check_categories_agree, check_mask_memory, check_resize_keeps_instances, check_same_categories,
-    check_training_instances, pipeline_scale, validate_augmentation_sizes, warn_if_nothing_to_evaluate,
+    GroupedBatchSampler,
+    InferenceSampler,
+    aspect_ratio_group_ids,
+    grouping_is_worthwhile,
 )
 from maskrcnn.data.shapes import generate_shapes
 from maskrcnn.data.shapes import options_problem as shapes_options_problem
 from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
-from maskrcnn.errors import ConfigError
+from maskrcnn.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +175,10 @@ class CocoDataModule(pl.LightningDataModule):
     def _shapes_paths(self) -> dict[str, dict[str, str]]:
         assert self.generate_shapes_kwargs is not None  # only called with generate_shapes
         root = Path(self.generate_shapes_kwargs["out_dir"])
-        return {s: {"image_dir": str(root / s), "annotation_file": str(root / s / "annotations.json")}
-                for s in ("train", "val")}
+        return {
+            s: {"image_dir": str(root / s), "annotation_file": str(root / s / "annotations.json")}
+            for s in ("train", "val")
+        }
 
     def prepare_data(self) -> None:
         if self.generate_shapes_kwargs is not None:
@@ -180,8 +191,11 @@ class CocoDataModule(pl.LightningDataModule):
         # Every DDP rank finds the same skipped annotations; one writer avoids interleaved files.
         first_rank = self._world()[1] == 0
         return CocoInstanceDataset(
-            skipped_log=self._log_path(f"skipped_{split}") if first_rank else None, bad_images=self.bad_images,
-            skipped_images_log=self._log_path(f"skipped_images_{split}"), **kwargs, **spec,
+            skipped_log=self._log_path(f"skipped_{split}") if first_rank else None,
+            bad_images=self.bad_images,
+            skipped_images_log=self._log_path(f"skipped_images_{split}"),
+            **kwargs,
+            **spec,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -189,7 +203,10 @@ class CocoDataModule(pl.LightningDataModule):
         if self.train_dataset is None and stage in (None, "fit"):
             transforms = build_transforms(self.augmentation, True, **self.augmentation_kwargs)
             self.train_dataset = self._dataset(
-                "train", self.train_spec, transforms=transforms, keep_empty=self.keep_empty,
+                "train",
+                self.train_spec,
+                transforms=transforms,
+                keep_empty=self.keep_empty,
                 decode_min_size=self._decode_min_size(),
             )
             new.append(("train", self.train_dataset))
@@ -202,7 +219,11 @@ class CocoDataModule(pl.LightningDataModule):
             check_training_instances(dataset)
             check_resize_keeps_instances(dataset, self.augmentation, self.augmentation_kwargs)
         for split, dataset in new:  # validation images keep their size in the data pipeline
-            scale = pipeline_scale(self.augmentation, self.augmentation_kwargs) if split == "train" else pipeline_scale("none", {})
+            scale = (
+                pipeline_scale(self.augmentation, self.augmentation_kwargs)
+                if split == "train"
+                else pipeline_scale("none", {})
+            )
             check_mask_memory(dataset, split, scale)
         for split, dataset in new:
             self._check_image_files(split, dataset)
@@ -229,7 +250,9 @@ class CocoDataModule(pl.LightningDataModule):
         apply_policy(bad, self.bad_images, split, dataset.annotation_file)
         dataset.exclude_images(bad, write_log=self._world()[1] == 0)
         if not len(dataset):
-            raise DatasetError(f"{split} split ({dataset.annotation_file}): no readable image left after skipping {len(bad)}")
+            raise DatasetError(
+                f"{split} split ({dataset.annotation_file}): no readable image left after skipping {len(bad)}"
+            )
 
     def teardown(self, stage: str) -> None:
         """Summarise the images skipped over the whole run (including those found while loading)."""
@@ -254,9 +277,12 @@ class CocoDataModule(pl.LightningDataModule):
             source, expected = self.expected_categories
             for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
                 if dataset is not None:
-                    check_categories_agree(expected, category_names(dataset),
-                                           f"{source} and the {split} annotations ({dataset.annotation_file})",
-                                           f"{source.split(' ')[0]} vs {split}")
+                    check_categories_agree(
+                        expected,
+                        category_names(dataset),
+                        f"{source} and the {split} annotations ({dataset.annotation_file})",
+                        f"{source.split(' ')[0]} vs {split}",
+                    )
 
     # ------------------------------------------------------------------ dataset metadata
     def _any_dataset(self) -> CocoInstanceDataset:
@@ -290,9 +316,13 @@ class CocoDataModule(pl.LightningDataModule):
         return trainer.world_size, trainer.global_rank
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory and torch.cuda.is_available(),
-                "persistent_workers": self.persistent_workers, "collate_fn": collate,
-                "worker_init_fn": seed_worker if self.num_workers > 0 else None}
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.persistent_workers,
+            "collate_fn": collate,
+            "worker_init_fn": seed_worker if self.num_workers > 0 else None,
+        }
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -300,8 +330,11 @@ class CocoDataModule(pl.LightningDataModule):
         world, rank = self._world()
         connector = getattr(self.trainer, "_accelerator_connector", None)
         if world > 1 and getattr(connector, "use_distributed_sampler", False):
-            warnings.warn("CocoDataModule builds its own distributed samplers; create the Trainer with "
-                          "use_distributed_sampler=False, otherwise training batches are not shuffled")
+            warnings.warn(
+                "CocoDataModule builds its own distributed samplers; create the Trainer with "
+                "use_distributed_sampler=False, otherwise training batches are not shuffled",
+                stacklevel=2,
+            )
         sampler: DistributedSampler  # of indices into train_dataset
         sampler = DistributedSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         group_ids = aspect_ratio_group_ids(self.train_dataset.aspect_ratios())

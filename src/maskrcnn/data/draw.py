@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence, overload
+from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 import torch
@@ -11,8 +12,20 @@ from PIL import Image, ImageDraw, ImageFont
 from maskrcnn.modeling.structures import MASK_THRESHOLD
 
 _PALETTE = np.array(
-    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
-     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [170, 110, 40]],
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+        [0, 128, 128],
+        [170, 110, 40],
+    ],
     dtype=np.float32,
 )
 
@@ -58,12 +71,12 @@ def draw_instances(
     colours = _PALETTE[labels_np % len(_PALETTE)] if len(labels_np) else _PALETTE[:0]
     if masks_np is not None and len(masks_np):
         masks_np = masks_np.reshape(len(masks_np), *masks_np.shape[-2:]) > mask_threshold
-        for mask, colour in zip(masks_np, colours):
+        for mask, colour in zip(masks_np, colours, strict=True):
             out[mask] = (1 - alpha) * out[mask] + alpha * colour
     canvas = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    for i, (box, label, colour) in enumerate(zip(boxes_np, labels_np, colours)):
+    for i, (box, label, colour) in enumerate(zip(boxes_np, labels_np, colours, strict=True)):
         rgb = tuple(int(c) for c in colour)
         x0, y0, x1, y1 = (float(v) for v in box)
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=rgb, width=2)

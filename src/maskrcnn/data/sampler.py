@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
 
@@ -18,8 +18,7 @@ def aspect_ratio_group_ids(aspect_ratios: Sequence[float]) -> list[int]:
 MIN_BATCHES_PER_GROUP = 8
 
 
-def grouping_is_worthwhile(group_ids: Sequence[int], batch_size: int,
-                           min_batches: int = MIN_BATCHES_PER_GROUP) -> bool:
+def grouping_is_worthwhile(group_ids: Sequence[int], batch_size: int, min_batches: int = MIN_BATCHES_PER_GROUP) -> bool:
     """True when every non-empty group holds at least ``min_batches * batch_size`` images.
 
     A smaller group is batched only with itself: with 2 portrait images among 12 at batch 2, the
@@ -58,7 +57,9 @@ class GroupedBatchSampler(BatchSampler):
         drop_last: drop the final incomplete batch.
     """
 
-    def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int, drop_last: bool = False) -> None:
+    def __init__(
+        self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int, drop_last: bool = False
+    ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.sampler = sampler

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,7 +30,7 @@ def _shape_polygon(rng: np.random.Generator, category_id: int, cx: float, cy: fl
         n, rotation = (4 if category_id == 1 else 3), float(rng.uniform(0, 2 * math.pi))
     angles = rotation + np.arange(n) * (2 * math.pi / n)
     xs, ys = cx + radius * np.cos(angles), cy + radius * np.sin(angles)
-    return [round(float(v), 2) for xy in zip(xs, ys) for v in xy]
+    return [round(float(v), 2) for xy in zip(xs, ys, strict=True) for v in xy]
 
 
 def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> tuple[int, int, int]:
@@ -66,7 +66,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list
                 break
         else:
             continue
-        draw.polygon(list(zip(poly[0::2], poly[1::2])), fill=_colour(rng, np.array(background)))
+        draw.polygon(list(zip(poly[0::2], poly[1::2], strict=True)), fill=_colour(rng, np.array(background)))
         shapes.append((category_id, poly))
     return image, shapes
 
@@ -86,11 +86,17 @@ def _write_split(root: Path, split: int, name: str, count: int, size: int, seed:
             x0, y0, x1, y1 = _bbox(poly)
             xs, ys = np.array(poly[0::2]), np.array(poly[1::2])
             area = 0.5 * abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": category_id,
-                "segmentation": [poly], "area": round(area, 2),
-                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": category_id,
+                    "segmentation": [poly],
+                    "area": round(area, 2),
+                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                    "iscrowd": 0,
+                }
+            )
     annotation_file = image_dir / "annotations.json"
     with open(annotation_file, "w", encoding="utf-8") as f:
         json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
@@ -103,8 +109,11 @@ MIN_IMAGE_SIZE = 32
 
 def options_problem(num_train: object, num_val: object, image_size: object) -> str | None:
     """What is wrong with these ``generate_shapes`` arguments (``"num_val=0 must be ..."``), or None."""
-    for name, value, low in (("num_train", num_train, 1), ("num_val", num_val, 1),
-                             ("image_size", image_size, MIN_IMAGE_SIZE)):
+    for name, value, low in (
+        ("num_train", num_train, 1),
+        ("num_val", num_val, 1),
+        ("image_size", image_size, MIN_IMAGE_SIZE),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             return f"{name}={value!r} must be an integer >= {low}"
     return None
@@ -129,8 +138,14 @@ def generate_shapes(
     problem = options_problem(num_train, num_val, image_size)
     if problem is not None:
         raise ValueError(f"generate_shapes: {problem}")
-    meta = {"version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
-            "image_size": image_size, "seed": seed, "image_format": image_format}
+    meta = {
+        "version": _FORMAT_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": image_size,
+        "seed": seed,
+        "image_format": image_format,
+    }
 
     def write(root: Path) -> None:
         for split, (name, count) in enumerate((("train", num_train), ("val", num_val))):
@@ -145,8 +160,10 @@ def generate_once(out_dir: str | os.PathLike, meta: dict, write: Callable[[Path]
     interrupted generation is redone. Returns the ``{"train"|"val": {"image_dir", "annotation_file"}}``
     paths of ``root/{train,val}/``."""
     root = Path(out_dir)
-    paths = {name: {"image_dir": str(root / name), "annotation_file": str(root / name / "annotations.json")}
-             for name in ("train", "val")}
+    paths = {
+        name: {"image_dir": str(root / name), "annotation_file": str(root / name / "annotations.json")}
+        for name in ("train", "val")
+    }
     meta_file = root / "meta.json"
     if meta_file.is_file() and all(Path(p["annotation_file"]).is_file() for p in paths.values()):
         with open(meta_file, encoding="utf-8") as f:

@@ -22,7 +22,8 @@ predictions back to the original pixels, so COCO evaluation runs against the jso
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 # albumentations otherwise queries PyPI for a newer version at import time (slow / offline nodes).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -203,12 +204,16 @@ def build_transforms(
     if name == "hflip":
         return InstanceAugment([flip])
     if name == "lsj":
-        return InstanceAugment([
-            ResizeScale(lsj_size, lsj_scale),
-            A.PadIfNeeded(lsj_size, lsj_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
-            A.RandomCrop(lsj_size, lsj_size),
-            flip,
-        ])
+        return InstanceAugment(
+            [
+                ResizeScale(lsj_size, lsj_scale),
+                A.PadIfNeeded(
+                    lsj_size, lsj_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0
+                ),
+                A.RandomCrop(lsj_size, lsj_size),
+                flip,
+            ]
+        )
     if name == "multiscale":
         sizes = multiscale_sizes or default_multiscale_sizes(min_size)
         return InstanceAugment([ResizeShortestEdge(sizes, max_size), flip])

@@ -133,7 +133,7 @@ class CocoEvaluator:
         if len(detections) != len(image_ids):
             raise ValueError(f"update(): {len(detections)} detections but {len(image_ids)} image ids")
         with_masks = "segm" in self.iou_types
-        for detection, image_id in zip(detections, image_ids):
+        for detection, image_id in zip(detections, image_ids, strict=True):
             image_id = int(image_id)
             if image_id in self._results:
                 continue

@@ -17,8 +17,6 @@ from pycocotools import mask as mask_utils
 # One binarisation (> MASK_THRESHOLD, torchvision's "> 0.5", so AP stays comparable with its
 # published results) and one RLE encoder for the whole project.
 from maskrcnn.modeling.postprocess import masks_to_rle
-from maskrcnn.modeling.structures import MASK_THRESHOLD
-
 
 # pycocotools' ``mask.area`` sizes a scratch array with a uint8 (``np.array((n,), dtype=np.uint8)``),
 # which numpy 2 rejects for n > 255 ("Python integer 300 out of bounds for uint8"): call it in
@@ -59,18 +57,31 @@ class ImageResults:
         scores, category_ids = self.scores.tolist(), self.category_ids.tolist()
         if iou_type == "bbox":
             return [
-                {"image_id": image_id, "category_id": cat, "bbox": box, "score": score,
-                 "area": box[2] * box[3], "iscrowd": 0}
-                for box, score, cat in zip(self.boxes.tolist(), scores, category_ids)
+                {
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": box,
+                    "score": score,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+                for box, score, cat in zip(self.boxes.tolist(), scores, category_ids, strict=True)
             ]
         if iou_type == "segm":
             if self.rles is None or self.mask_boxes is None or self.mask_areas is None:  # set together
                 raise ValueError(f"image {image_id}: no masks were stored, cannot evaluate 'segm'")
             return [
-                {"image_id": image_id, "category_id": cat, "segmentation": dict(rle), "bbox": box,
-                 "score": score, "area": area, "iscrowd": 0}
+                {
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "segmentation": dict(rle),
+                    "bbox": box,
+                    "score": score,
+                    "area": area,
+                    "iscrowd": 0,
+                }
                 for rle, box, area, score, cat in zip(
-                    self.rles, self.mask_boxes.tolist(), self.mask_areas.tolist(), scores, category_ids
+                    self.rles, self.mask_boxes.tolist(), self.mask_areas.tolist(), scores, category_ids, strict=True
                 )
             ]
         raise ValueError(f"unsupported iou_type {iou_type!r}; expected 'bbox' or 'segm'")
@@ -121,8 +132,7 @@ def masks_to_rles(masks: object, image_id: int, image_size: tuple[int, int]) -> 
         return rles
     if not isinstance(masks, torch.Tensor):
         raise TypeError(
-            f"image {image_id}: detection['masks'] must be a Tensor or a list of RLE dicts, "
-            f"got {type(masks).__name__}"
+            f"image {image_id}: detection['masks'] must be a Tensor or a list of RLE dicts, got {type(masks).__name__}"
         )
     if masks.dim() == 4:
         if masks.shape[1] != 1:

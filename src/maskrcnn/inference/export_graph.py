@@ -20,8 +20,6 @@ proposal and one detection (else "empty" shortcuts, e.g. in NMS, would be baked 
 
 from __future__ import annotations
 
-from maskrcnn.errors import ExportError
-
 import contextlib
 import functools
 import warnings
@@ -32,11 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from maskrcnn.errors import ExportError
+
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 FORMATS = ("onnx", "torchscript")
-
-
 
 
 class ExportWrapper(nn.Module):
@@ -188,7 +186,11 @@ def export_torchscript(
 
 
 def export_model(
-    net: nn.Module, path: str | Path, fmt: str, image_size: tuple[int, int], opset: int = 17,
+    net: nn.Module,
+    path: str | Path,
+    fmt: str,
+    image_size: tuple[int, int],
+    opset: int = 17,
     example: Tensor | None = None,
 ) -> Path:
     """``export_onnx`` or ``export_torchscript`` by ``fmt`` ("onnx" | "torchscript")."""
@@ -247,5 +249,5 @@ def max_abs_diff(net: nn.Module, path: str | Path, image: Tensor, fmt: str | Non
         )
     return {
         name: float((e.cpu().double() - x.double()).abs().max()) if e.numel() else 0.0
-        for name, e, x in zip(OUTPUT_NAMES, eager, exported)
+        for name, e, x in zip(OUTPUT_NAMES, eager, exported, strict=True)
     }

@@ -26,12 +26,11 @@ from rich.progress import track
 from torch import Tensor
 
 from maskrcnn.data.draw import draw_instances
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
+from maskrcnn.errors import ConfigError, DatasetError
 from maskrcnn.inference.inputs import list_inputs, overlay_names
-from maskrcnn.errors import ConfigError
-from maskrcnn.inference.predict_options import check_output, check_predict_config
 from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
+from maskrcnn.inference.predict_options import check_output, check_predict_config
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.postprocess import paste_masks
 from maskrcnn.modeling.transform import map_boxes_to_original
@@ -158,8 +157,10 @@ def predict(cfg: DictConfig) -> Path:
     readable = {os.path.realpath(f) for f in files if f not in inputs.problems}
     for f, name in overlays.items():  # output=<the input folder> would replace x.png by its overlay
         if os.path.realpath(Path(str(cfg.get("output"))) / name) in readable:
-            raise ConfigError(f"output={str(cfg.get('output'))!r}: the overlay {name} would overwrite "
-                               f"the input {str(f)!r}; choose another output folder")
+            raise ConfigError(
+                f"output={str(cfg.get('output'))!r}: the overlay {name} would overwrite "
+                f"the input {str(f)!r}; choose another output folder"
+            )
     out_dir = check_output(cfg.get("output"))
     net, meta = load_checkpoint_model(cfg.ckpt_path)
     device, thresh, batch_size, strict = opts.device, opts.score_thresh, opts.batch_size, opts.strict
@@ -207,29 +208,33 @@ def _predict_batch(
     names, to_cat = meta["class_names"], meta["label_to_category_id"]
     tensors = [image_to_tensor(array).to(device) for _, array, _ in batch]
     detections, resized_sizes = _detect(net, tensors)
-    for (path, array, original), det, resized in zip(batch, detections, resized_sizes):
+    for (path, array, original), det, resized in zip(batch, detections, resized_sizes, strict=True):
         image_id = len(outputs.images) + 1
         overlay = outputs.overlays[path]
-        outputs.images.append({"id": image_id, "file_name": str(path), "overlay": overlay,
-                               "height": original[0], "width": original[1]})
+        outputs.images.append(
+            {"id": image_id, "file_name": str(path), "overlay": overlay, "height": original[0], "width": original[1]}
+        )
         keep = det["scores"] >= thresh
         masks, labels, scores = det["masks"][keep], det["labels"][keep], det["scores"][keep]
         boxes = map_boxes_to_original(det["boxes"][keep], resized, original)  # Tensor[D, 4] xyxy, file pixels
         # box-cropped RLEs: the cost grows with the boxes, not with a 24-megapixel photo
         rles = paste_masks(masks, boxes, original, mask_format="rle", aligned=net.paste_aligned)
-        for box, label, score, rle in zip(boxes.tolist(), labels.tolist(), scores.tolist(), rles):
+        for box, label, score, rle in zip(boxes.tolist(), labels.tolist(), scores.tolist(), rles, strict=True):
             x0, y0, x1, y1 = box
-            outputs.results.append({
-                "image_id": image_id,
-                "category_id": to_cat.get(int(label), int(label)),
-                "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "score": float(score),
-                "segmentation": rle,
-            })
+            outputs.results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": to_cat.get(int(label), int(label)),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                    "segmentation": rle,
+                }
+            )
         decoded = array.shape[:2]
         drawn_boxes = map_boxes_to_original(det["boxes"][keep], resized, decoded)
-        drawn_masks = paste_masks(masks, drawn_boxes, decoded, mask_format="binary", chunk_size=_chunk(decoded),
-                                  aligned=net.paste_aligned)
+        drawn_masks = paste_masks(
+            masks, drawn_boxes, decoded, mask_format="binary", chunk_size=_chunk(decoded), aligned=net.paste_aligned
+        )
         assert isinstance(drawn_masks, Tensor)  # mask_format="binary"
         picture = draw_instances(array, drawn_boxes.cpu(), drawn_masks.cpu(), labels.cpu(), names, scores=scores.cpu())
         target = outputs.out_dir / overlay

@@ -49,12 +49,15 @@ def check_device(value: object) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             built = "built without CUDA" if torch.version.cuda is None else "no usable CUDA GPU found"
-            raise ConfigError(f"device={value!r} but CUDA is not available here "
-                               f"(PyTorch {torch.__version__}, {built}); use device=cpu or device=auto")
+            raise ConfigError(
+                f"device={value!r} but CUDA is not available here "
+                f"(PyTorch {torch.__version__}, {built}); use device=cpu or device=auto"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ConfigError(f"device={value!r} but this machine has {count} CUDA device(s) "
-                               f"(cuda:0 to cuda:{count - 1})")
+            raise ConfigError(
+                f"device={value!r} but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={value!r} but MPS (Apple GPU) is not available here; use device=cpu or device=auto")
     return device
@@ -119,5 +122,10 @@ def check_predict_config(cfg: DictConfig) -> PredictOptions:
     strict = cfg.get("strict", False)
     if not isinstance(strict, bool):
         raise ConfigError(f"strict={strict!r} must be true or false")
-    return PredictOptions(device=check_device(cfg.get("device", "auto")), batch_size=batch_size,
-                          score_thresh=float(score_thresh), strict=strict, inference_options=_inference_options(cfg))
+    return PredictOptions(
+        device=check_device(cfg.get("device", "auto")),
+        batch_size=batch_size,
+        score_thresh=float(score_thresh),
+        strict=strict,
+        inference_options=_inference_options(cfg),
+    )

@@ -45,7 +45,7 @@ def require_same_shape(a: Tensor, b: Tensor, names: tuple[str, str], where: str)
 
 def require_ndim(t: Tensor, ndim: int, name: str, where: str, trailing: tuple[int, ...] = ()) -> None:
     """Raise unless ``t`` has ``ndim`` dims and its last dims equal ``trailing``."""
-    if t.dim() != ndim or (trailing and tuple(t.shape[-len(trailing):]) != trailing):
+    if t.dim() != ndim or (trailing and tuple(t.shape[-len(trailing) :]) != trailing):
         want = "[" + ", ".join(["*"] * (ndim - len(trailing)) + [str(d) for d in trailing]) + "]"
         raise ValueError(f"{where}: '{name}' must have shape {want}, got {tuple(t.shape)}")
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
-from maskrcnn.modeling.structures import RoILossInputs, RPNLossInputs
 from maskrcnn.losses._checks import require_ndim, require_same_shape, require_tensors
+from maskrcnn.modeling.structures import RoILossInputs, RPNLossInputs
 
 
 def sampled_count(branch: Mapping[str, object], where: str) -> int:

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskrcnn.modeling.structures import RoILossInputs
 from maskrcnn.losses._checks import require_ndim, require_tensors
 from maskrcnn.losses.focal import softmax_focal_loss
+from maskrcnn.modeling.structures import RoILossInputs
 
 
 def _classifier_inputs(roi: Mapping[str, object], where: str) -> tuple[Tensor, Tensor]:
@@ -73,8 +73,7 @@ class FocalClassifierLoss(nn.Module):
         super().__init__()
         if normalizer not in ("mean", "num_foreground"):
             raise ValueError(
-                f"{type(self).__name__}: normalizer must be 'mean' or "
-                f"'num_foreground', got {normalizer!r}"
+                f"{type(self).__name__}: normalizer must be 'mean' or 'num_foreground', got {normalizer!r}"
             )
         self.gamma = float(gamma)
         self.normalizer = normalizer

@@ -13,11 +13,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.modeling.structures import LossInputs
 from maskrcnn.losses.box_regression import GIoUBoxLoss, SmoothL1BoxLoss
 from maskrcnn.losses.classification import CrossEntropyClassifierLoss, FocalClassifierLoss
 from maskrcnn.losses.mask import BCEMaskLoss
 from maskrcnn.losses.objectness import BCEObjectnessLoss, FocalObjectnessLoss
+from maskrcnn.modeling.structures import LossInputs
 
 # Output key -> (constructor argument / submodule name, LossInputs branch it reads).
 _TERM_SOURCES: dict[str, tuple[str, Literal["rpn", "roi", "mask"]]] = {

@@ -125,8 +125,7 @@ def softmax_focal_loss(
     num_classes = logits.shape[1]
     if labels.numel() > 0 and bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(
-            f"{where}: labels must lie in [0, {num_classes}), got min {int(labels.min())} "
-            f"max {int(labels.max())}"
+            f"{where}: labels must lie in [0, {num_classes}), got min {int(labels.min())} max {int(labels.max())}"
         )
     labels = labels.long()
     with torch.autocast(device_type=logits.device.type, enabled=False):

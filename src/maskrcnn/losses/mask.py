@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskrcnn.modeling.structures import MaskLossInputs
 from maskrcnn.losses._checks import require_ndim, require_same_shape, require_tensors
 from maskrcnn.losses.focal import sigmoid_focal_loss
+from maskrcnn.modeling.structures import MaskLossInputs
 
 
 def _mask_inputs(mask: Mapping[str, object], where: str) -> tuple[Tensor, Tensor]:

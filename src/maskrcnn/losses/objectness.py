@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskrcnn.modeling.structures import RPNLossInputs
 from maskrcnn.losses._checks import require_ndim, require_same_shape, require_tensors
 from maskrcnn.losses.focal import sigmoid_focal_loss
+from maskrcnn.modeling.structures import RPNLossInputs
 
 
 def _objectness_inputs(rpn: Mapping[str, object], where: str) -> tuple[Tensor, Tensor]:

@@ -48,12 +48,12 @@ class AnchorGenerator(nn.Module):
             )
         self.sizes = tuple(tuple(s) for s in sizes)
         self.aspect_ratios = tuple(tuple(float(r) for r in a) for a in aspect_ratios)
-        self._cell_anchors = [_cell_anchors(s, a) for s, a in zip(self.sizes, self.aspect_ratios)]
+        self._cell_anchors = [_cell_anchors(s, a) for s, a in zip(self.sizes, self.aspect_ratios, strict=True)]
         self._cache: dict[tuple, Tensor] = {}
 
     def num_anchors_per_location(self) -> int:
         """Anchors per feature-map cell (must be the same on every level: the RPN head is shared)."""
-        counts = {len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios)}
+        counts = {len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios, strict=True)}
         if len(counts) != 1:
             raise ValueError(f"AnchorGenerator: levels have different anchors per location {sorted(counts)}")
         return counts.pop()
@@ -85,11 +85,14 @@ class AnchorGenerator(nn.Module):
         return anchors
 
     def _grid_anchors(
-        self, image_size: tuple[int, int], grid_sizes: tuple[tuple[int, int], ...], dtype: torch.dtype,
+        self,
+        image_size: tuple[int, int],
+        grid_sizes: tuple[tuple[int, int], ...],
+        dtype: torch.dtype,
         device: torch.device,
     ) -> Tensor:
         per_level = []
-        for (gh, gw), base in zip(grid_sizes, self._cell_anchors):
+        for (gh, gw), base in zip(grid_sizes, self._cell_anchors, strict=True):
             # Integer strides (floor division) as in torchvision: padded size is divisible anyway.
             stride_h = torch.tensor(image_size[0] // gh, dtype=torch.int64, device=device)
             stride_w = torch.tensor(image_size[1] // gw, dtype=torch.int64, device=device)

@@ -7,8 +7,8 @@ Keys: ``body.conv1.*``, ``body.bn1.*``, ``body.layer{1..4}.*`` (torchvision ResN
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torchvision
 from torch import Tensor, nn
@@ -55,7 +55,7 @@ class ResNetBody(nn.Module):
         self.layer3 = trunk.layer3
         self.layer4 = trunk.layer4
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """
         Args:
             x: Tensor[B, 3, H, W] float32 normalised images.
@@ -65,7 +65,7 @@ class ResNetBody(nn.Module):
         """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out: OrderedDict[str, Tensor] = OrderedDict()
-        for key, layer in zip("0123", (self.layer1, self.layer2, self.layer3, self.layer4)):
+        for key, layer in zip("0123", (self.layer1, self.layer2, self.layer3, self.layer4), strict=True):
             x = layer(x)
             out[key] = x
         return out
@@ -84,7 +84,7 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """
         Args:
             x: Tensor[B, 3, H, W] float32 normalised, H and W divisible by 32.
@@ -129,7 +129,8 @@ def build_backbone(
     fn_name, enum_name = _TRUNKS[name]
     weights = getattr(torchvision.models, enum_name).IMAGENET1K_V1 if pretrained else None
     with explain_download_errors(
-        weights, f"ImageNet weights of the {name} backbone (model.backbone.pretrained=true)",
+        weights,
+        f"ImageNet weights of the {name} backbone (model.backbone.pretrained=true)",
         "Or train the backbone from scratch with model.backbone.pretrained=false.",
     ):
         trunk = getattr(torchvision.models, fn_name)(weights=weights, norm_layer=norm_layer)

@@ -15,11 +15,11 @@ from typing import Any
 from maskrcnn.modeling.backbone import build_backbone
 from maskrcnn.modeling.heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
-from maskrcnn.ops.memory_format import use_channels_last
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 from maskrcnn.modeling.roi_heads import RoIHeads
 from maskrcnn.modeling.rpn import RegionProposalNetwork
 from maskrcnn.modeling.transform import ImageTransform
+from maskrcnn.ops.memory_format import use_channels_last
 
 # roi_heads dict keys that shape the heads rather than being RoIHeads arguments
 _HEAD_SHAPE_DEFAULTS = {"representation_size": 1024, "mask_layers": (256, 256, 256, 256), "mask_dilation": 1}

@@ -39,19 +39,24 @@ def _read_state_dict(path: str | Path) -> OrderedDict[str, Tensor]:
         from maskrcnn.modeling.weights_download import fetch_state_dict
 
         # Downloads once into the torch hub cache (~170 MB); 37.9 box / 34.6 mask AP on COCO val2017.
-        return OrderedDict(fetch_state_dict(
-            MaskRCNN_ResNet50_FPN_Weights.COCO_V1, f"COCO Mask R-CNN weights (model.init_from={TORCHVISION_COCO})",
-            "Or start without them: model.init_from=null (ImageNet backbone only, or from scratch with "
-            "model.backbone.pretrained=false).",
-        ))
+        return OrderedDict(
+            fetch_state_dict(
+                MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+                f"COCO Mask R-CNN weights (model.init_from={TORCHVISION_COCO})",
+                "Or start without them: model.init_from=null (ImageNet backbone only, or from scratch with "
+                "model.backbone.pretrained=false).",
+            )
+        )
     path = Path(path)
     where = f"model.init_from={str(path)!r}"
     if is_missing(path):
         raise FileNotFoundError(f"{where} does not exist (a torchvision Mask R-CNN state_dict, or {TORCHVISION_COCO})")
     obj = load_checkpoint_file(path, "model.init_from", weights_only=True)
     if isinstance(obj, Mapping) and "run_config" in obj:
-        raise CheckpointError(f"{where} is a checkpoint of src/train.py: resume it with ckpt_path= (same data); "
-                              "model.init_from takes torchvision Mask R-CNN weights")
+        raise CheckpointError(
+            f"{where} is a checkpoint of src/train.py: resume it with ckpt_path= (same data); "
+            "model.init_from takes torchvision Mask R-CNN weights"
+        )
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -84,8 +89,10 @@ def load_torchvision_checkpoint(model: nn.Module, path: str | Path) -> list[str]
     state = _read_state_dict(path)
     own = model.state_dict()
     if not set(state) & set(own):
-        raise CheckpointError(f"model.init_from={str(path)!r} shares no layer name with this model (weights of "
-                              "another project?); model.init_from takes torchvision Mask R-CNN weights")
+        raise CheckpointError(
+            f"model.init_from={str(path)!r} shares no layer name with this model (weights of "
+            "another project?); model.init_from takes torchvision Mask R-CNN weights"
+        )
     skipped = [
         k
         for k, v in state.items()

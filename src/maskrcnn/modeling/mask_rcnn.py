@@ -89,7 +89,7 @@ class MaskRCNN(nn.Module):
     ) -> list[Detection]:
         """Map boxes back to input-image pixels and paste the M x M masks into full images."""
         results: list[Detection] = []
-        for det, resized, original in zip(detections, resized_sizes, original_sizes):
+        for det, resized, original in zip(detections, resized_sizes, original_sizes, strict=True):
             boxes = map_boxes_to_original(det["boxes"], resized, original)
             results.append(
                 {

@@ -207,15 +207,19 @@ class MultiScaleRoIAlign(nn.Module):
     ) -> None:
         super().__init__()
         if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"MultiScaleRoIAlign: interpolation (model.roi_align.interpolation) must be in {_INTERPOLATIONS}, "
-                             f"got {interpolation!r}")
+            raise ValueError(
+                f"MultiScaleRoIAlign: interpolation (model.roi_align.interpolation) must be in {_INTERPOLATIONS}, "
+                f"got {interpolation!r}"
+            )
         if interpolation == "bicubic" and sampling_ratio <= 0:
             raise ValueError(f"MultiScaleRoIAlign: bicubic needs sampling_ratio > 0, got {sampling_ratio}")
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
         if not isinstance(backward_threads, int) or isinstance(backward_threads, bool) or backward_threads < 1:
-            raise ValueError(f"MultiScaleRoIAlign: backward_threads (model.roi_align.backward_threads) must be an "
-                             f"integer >= 1, got {backward_threads!r}")
+            raise ValueError(
+                f"MultiScaleRoIAlign: backward_threads (model.roi_align.backward_threads) must be an "
+                f"integer >= 1, got {backward_threads!r}"
+            )
         self.backward_threads = backward_threads
         self.forward_threads = 1
         self.featmap_names = list(featmap_names)
@@ -230,11 +234,13 @@ class MultiScaleRoIAlign(nn.Module):
         if self.interpolation == "bicubic":
             return roi_align_bicubic(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
         if self.backward_threads > 1:
-            return roi_align_threaded_backward(feature, rois, self.output_size, scale, self.sampling_ratio,
-                                               self.aligned, self.backward_threads)
+            return roi_align_threaded_backward(
+                feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned, self.backward_threads
+            )
         if self.forward_threads != 1:
-            return roi_align_forward_threads(feature, rois, self.output_size, scale, self.sampling_ratio,
-                                             self.aligned, self.forward_threads)
+            return roi_align_forward_threads(
+                feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned, self.forward_threads
+            )
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
     def forward(
@@ -270,7 +276,7 @@ class MultiScaleRoIAlign(nn.Module):
         shape = (rois.shape[0], levels[0].shape[1]) + self.output_size
         out = levels[0].new_zeros(shape) if tracing else levels[0].new_empty(shape)
         written = 0
-        for level, (feature, scale) in enumerate(zip(levels, scales)):
+        for level, (feature, scale) in enumerate(zip(levels, scales, strict=True)):
             idx = torch.where(level_of_roi == level)[0]
             written += idx.numel()
             pooled = self._pool_level(feature, rois[idx], scale).to(out.dtype)

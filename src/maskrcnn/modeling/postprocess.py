@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from typing import TypedDict
+
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
@@ -304,7 +305,7 @@ def detections_to_numpy(det: dict, score_thresh: float) -> NumpyDetections:
         masks = masks[keep][:, 0]
         masks = (masks if masks.dtype == torch.bool else masks_to_binary(masks)).cpu().numpy()
     else:  # RLE list
-        kept = [m for m, k in zip(masks, keep.tolist()) if k]
+        kept = [m for m, k in zip(masks, keep.tolist(), strict=True) if k]
         masks = mask_utils.decode(kept).transpose(2, 0, 1).astype(bool) if kept else None
     return {
         "boxes": det["boxes"][keep].cpu().numpy(),

@@ -140,9 +140,9 @@ class RoIHeads(nn.Module):
         proposals = self.add_gt_proposals(proposals, targets)
         labels, matched_idx = self.assign_targets_to_proposals(proposals, targets)
         sampled = self.subsample(labels)
-        rois = [p[s] for p, s in zip(proposals, sampled)]
-        labels = [lab[s] for lab, s in zip(labels, sampled)]
-        matched_idx = [m[s] for m, s in zip(matched_idx, sampled)]
+        rois = [p[s] for p, s in zip(proposals, sampled, strict=True)]
+        labels = [lab[s] for lab, s in zip(labels, sampled, strict=True)]
+        matched_idx = [m[s] for m, s in zip(matched_idx, sampled, strict=True)]
         roi = self.box_loss_inputs(features, rois, labels, matched_idx, image_sizes, targets)
         mask = self.mask_loss_inputs(features, rois, labels, matched_idx, image_sizes, targets)
         return {"roi": roi, "mask": mask}
@@ -153,7 +153,7 @@ class RoIHeads(nn.Module):
         Returns:
             per image Tensor[P_i + N_i, 4], proposals first.
         """
-        return [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
+        return [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets, strict=True)]
 
     def assign_targets_to_proposals(
         self, proposals: list[Tensor], targets: list[Target]
@@ -167,7 +167,7 @@ class RoIHeads(nn.Module):
                 labels > 0).
         """
         all_labels, all_matched = [], []
-        for boxes, target in zip(proposals, targets):
+        for boxes, target in zip(proposals, targets, strict=True):
             gt_boxes, gt_labels = target["boxes"].to(boxes.dtype), target["labels"]
             if gt_boxes.shape[0] == 0:
                 matched_idx = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
@@ -189,7 +189,7 @@ class RoIHeads(nn.Module):
             per image Tensor[R_i] int64 indices of the sampled RoIs, ascending (torchvision's order).
         """
         pos_per_image, neg_per_image = self.sampler(labels)
-        return [torch.cat([p, n]).sort().values for p, n in zip(pos_per_image, neg_per_image)]
+        return [torch.cat([p, n]).sort().values for p, n in zip(pos_per_image, neg_per_image, strict=True)]
 
     def box_loss_inputs(
         self,
@@ -212,7 +212,10 @@ class RoIHeads(nn.Module):
         pos_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[pos, all_labels[pos]]
         pos_rois = torch.cat(rois)[pos]
         gt_boxes = torch.cat(
-            [t["boxes"].to(r.dtype)[m[lab > 0]] for t, r, m, lab in zip(targets, rois, matched_idx, labels)]
+            [
+                t["boxes"].to(r.dtype)[m[lab > 0]]
+                for t, r, m, lab in zip(targets, rois, matched_idx, labels, strict=True)
+            ]
         )
         return {
             "class_logits": class_logits,
@@ -237,13 +240,13 @@ class RoIHeads(nn.Module):
         Args: as ``box_loss_inputs``.
         """
         mask_rois, mask_targets = [], []
-        for r, m, lab, t in zip(rois, matched_idx, labels, targets):
+        for r, m, lab, t in zip(rois, matched_idx, labels, targets, strict=True):
             keep = torch.where(lab > 0)[0]
             mask_rois.append(r[keep])
             if keep.numel() > 0:
-                mask_targets.append(project_masks_on_boxes(
-                    t["masks"], r[keep], m[keep], self.mask_size, self.aligned_mask_targets
-                ))
+                mask_targets.append(
+                    project_masks_on_boxes(t["masks"], r[keep], m[keep], self.mask_size, self.aligned_mask_targets)
+                )
             else:
                 mask_targets.append(r.new_zeros((0, self.mask_size, self.mask_size)))
         pos_labels = torch.cat([lab[lab > 0] for lab in labels])
@@ -276,7 +279,7 @@ class RoIHeads(nn.Module):
         counts = [p.shape[0] for p in proposals]
 
         detections: list[dict[str, Tensor]] = []  # RoIDetection once "masks" is added below
-        for boxes, scores, size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes):
+        for boxes, scores, size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes, strict=True):
             boxes = clip_boxes_to_image(boxes, size)
             labels = torch.arange(num_classes, device=boxes.device).view(1, -1).expand_as(scores)
             # one candidate per (proposal, foreground class)
@@ -288,9 +291,10 @@ class RoIHeads(nn.Module):
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
 
-        probs = self.mask_probs(features, [d["boxes"] for d in detections], torch.cat([d["labels"] for d in detections]),
-                                image_sizes)
-        for det, p in zip(detections, probs.split([d["boxes"].shape[0] for d in detections])):
+        probs = self.mask_probs(
+            features, [d["boxes"] for d in detections], torch.cat([d["labels"] for d in detections]), image_sizes
+        )
+        for det, p in zip(detections, probs.split([d["boxes"].shape[0] for d in detections]), strict=True):
             det["masks"] = p
         return cast(list[RoIDetection], detections)
 

@@ -182,7 +182,7 @@ class RegionProposalNetwork(nn.Module):
         proposals = proposals[rows, top_idx]
 
         out = []
-        for boxes, probs, image_size in zip(proposals, scores, image_sizes):
+        for boxes, probs, image_size in zip(proposals, scores, image_sizes, strict=True):
             boxes = clip_boxes_to_image(boxes, image_size)
             keep = remove_small_boxes(boxes, self.min_size)
             boxes, probs, lvl = boxes[keep], probs[keep], levels[keep]
@@ -211,16 +211,14 @@ class RegionProposalNetwork(nn.Module):
         labels = ignore_crowd_matches(labels, anchors, target.get("crowd_boxes"))
         return labels, matched_idx
 
-    def _loss_inputs(
-        self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets: list[Target]
-    ) -> RPNLossInputs:
+    def _loss_inputs(self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets: list[Target]) -> RPNLossInputs:
         """Label anchors, sample them, and gather predictions/targets of the sampled anchors.
 
         Order of the sampled anchors (== torchvision): positives of all images (image-major,
         ascending anchor index), then negatives likewise.
         """
         num_anchors = anchors.shape[0]
-        labels, matched = zip(*(self._label_anchors(anchors, t) for t in targets))
+        labels, matched = zip(*(self._label_anchors(anchors, t) for t in targets), strict=True)
         pos_per_image, neg_per_image = self.sampler(list(labels))
 
         pos = torch.cat([p + i * num_anchors for i, p in enumerate(pos_per_image)])
@@ -232,7 +230,7 @@ class RegionProposalNetwork(nn.Module):
         gt_boxes = torch.cat(
             [
                 t["boxes"][m[p]].to(anchors.dtype) if p.numel() else anchors.new_zeros((0, 4))
-                for t, m, p in zip(targets, matched, pos_per_image)
+                for t, m, p in zip(targets, matched, pos_per_image, strict=True)
             ]
         )
         box_deltas = deltas.reshape(-1, 4)[pos]

@@ -131,7 +131,7 @@ def validate_targets(images: Sequence[Tensor], targets: Sequence[Target], where:
     """
     if len(targets) != len(images):
         raise ValueError(f"{where}: got {len(images)} images but {len(targets)} targets")
-    for i, (image, t) in enumerate(zip(images, targets)):
+    for i, (image, t) in enumerate(zip(images, targets, strict=True)):
         if not isinstance(t, Mapping):
             raise TypeError(f"{where}: target {i} must be a dict, got {type(t).__name__}")
         name = describe_target(t, i)

@@ -36,7 +36,7 @@ def _scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, 
     ratio_h, ratio_w = (
         torch.tensor(float(new), dtype=torch.float32, device=boxes.device)
         / torch.tensor(float(old), dtype=torch.float32, device=boxes.device)
-        for new, old in zip(to_size, from_size)
+        for new, old in zip(to_size, from_size, strict=True)
     )
     x1, y1, x2, y2 = boxes.unbind(1)
     return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=1)
@@ -91,9 +91,7 @@ class ImageTransform(nn.Module):
         self.size_divisible = size_divisible
         self.resize_in_training = resize_in_training
 
-    def forward(
-        self, images: list[Tensor], targets: list[dict] | None = None
-    ) -> tuple[ImageBatch, list[dict] | None]:
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None) -> tuple[ImageBatch, list[dict] | None]:
         """
         Args:
             images: list of Tensor[3, H_i, W_i] float in [0, 1].

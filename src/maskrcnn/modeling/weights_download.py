@@ -8,8 +8,6 @@ could not be fetched, where torch looks for it, and how to get it onto the node.
 
 from __future__ import annotations
 
-from maskrcnn.errors import WeightsDownloadError
-
 import contextlib
 import http.client
 import os
@@ -19,11 +17,11 @@ from pathlib import Path
 import torch
 from torchvision.models import WeightsEnum
 
+from maskrcnn.errors import WeightsDownloadError
+
 # What a failed fetch raises: URLError / HTTPError / socket errors / SSL errors are all OSError
 # (also a read-only or full cache directory); a connection dropped mid-file is an HTTPException.
 DOWNLOAD_ERRORS = (OSError, http.client.HTTPException)
-
-
 
 
 def cache_file(weights: WeightsEnum) -> Path:

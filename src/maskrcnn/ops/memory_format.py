@@ -42,8 +42,9 @@ def use_channels_last(net: nn.Module) -> nn.Module:
 
 def _images_to_channels_last(module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook of the backbone: the padded image batch enters as channels_last."""
-    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, Tensor) and a.dim() == 4 else a
-                 for a in args)
+    return tuple(
+        a.contiguous(memory_format=torch.channels_last) if isinstance(a, Tensor) and a.dim() == 4 else a for a in args
+    )
 
 
 def _features_to_nchw(module: nn.Module, args: tuple) -> tuple:

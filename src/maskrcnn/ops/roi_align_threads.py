@@ -39,18 +39,30 @@ def _splittable(feature: Tensor, threads: int) -> bool:
     """Whether torchvision's CPU kernels can run on shares of the RoIs: more than one thread, a CPU
     float32 feature, no autocast (torchvision's autocast wrapper handles the dtypes) and no tracing
     (the graph keeps one op)."""
-    return (threads > 1 and feature.device.type == "cpu" and feature.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing())
+    return (
+        threads > 1
+        and feature.device.type == "cpu"
+        and feature.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+    )
 
 
 def _shares(count: int, threads: int) -> list[tuple[int, int]]:
     """Contiguous, non-empty [start, end) ranges splitting ``count`` RoIs over ``threads`` workers."""
     bounds = torch.linspace(0, count, threads + 1).round().long().tolist()
-    return [(s, e) for s, e in zip(bounds, bounds[1:]) if e > s]
+    return [(s, e) for s, e in zip(bounds, bounds[1:], strict=False) if e > s]
 
 
-def roi_align_threaded_forward(feature: Tensor, rois: Tensor, output_size: tuple[int, ...], spatial_scale: float,
-                               sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
+def roi_align_threaded_forward(
+    feature: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, ...],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    threads: int,
+) -> Tensor:
     """torchvision's RoIAlign forward kernel run on ``threads`` shares of ``rois`` at once.
 
     Args:
@@ -64,8 +76,10 @@ def roi_align_threaded_forward(feature: Tensor, rois: Tensor, output_size: tuple
     shares = _shares(rois.shape[0], threads)
     if len(shares) <= 1:
         return _forward_share(feature, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
-    jobs = [_pool(threads).submit(_forward_share, feature, rois[s:e], spatial_scale, ph, pw, sampling_ratio, aligned)
-            for s, e in shares]
+    jobs = [
+        _pool(threads).submit(_forward_share, feature, rois[s:e], spatial_scale, ph, pw, sampling_ratio, aligned)
+        for s, e in shares
+    ]
     return torch.cat([job.result() for job in jobs])
 
 
@@ -76,8 +90,15 @@ def _forward_share(feature: Tensor, rois: Tensor, scale: float, ph: int, pw: int
         return torch.ops.torchvision.roi_align(feature, rois, scale, ph, pw, ratio, aligned)
 
 
-def roi_align_forward_threads(feature: Tensor, rois: Tensor, output_size: tuple[int, ...], spatial_scale: float,
-                              sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
+def roi_align_forward_threads(
+    feature: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, ...],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    threads: int,
+) -> Tensor:
     """``torchvision.ops.roi_align`` (same arguments) for inference, its RoIs split over ``threads``
     CPU threads (0: ``torch.get_num_threads()`` at call time).
 
@@ -85,18 +106,38 @@ def roi_align_forward_threads(feature: Tensor, rois: Tensor, output_size: tuple[
     a non-CPU or non-float32 feature, CPU autocast, tracing / compiling (the graph keeps one op).
     """
     threads = threads or torch.get_num_threads()
-    split = (_splittable(feature, threads) and not feature.requires_grad and not rois.requires_grad
-             and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+    split = (
+        _splittable(feature, threads)
+        and not feature.requires_grad
+        and not rois.requires_grad
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+    )
     if not split:
         return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    return roi_align_threaded_forward(feature.contiguous(), rois, tuple(output_size), float(spatial_scale),
-                                      int(sampling_ratio), bool(aligned), int(threads))
+    return roi_align_threaded_forward(
+        feature.contiguous(),
+        rois,
+        tuple(output_size),
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
+        int(threads),
+    )
 
 
 class _RoIAlignThreadedBackward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, feature: Tensor, rois: Tensor, output_size: tuple[int, ...], spatial_scale: float,
-                sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
+    def forward(
+        ctx: Any,
+        feature: Tensor,
+        rois: Tensor,
+        output_size: tuple[int, ...],
+        spatial_scale: float,
+        sampling_ratio: int,
+        aligned: bool,
+        threads: int,
+    ) -> Tensor:
         ctx.save_for_backward(rois)
         ctx.settings = (tuple(feature.shape), output_size, spatial_scale, sampling_ratio, aligned, threads)
         return roi_align_threaded_forward(feature, rois, output_size, spatial_scale, sampling_ratio, aligned, threads)
@@ -110,16 +151,27 @@ class _RoIAlignThreadedBackward(torch.autograd.Function):
         if len(shares) <= 1:
             out = torch.ops.torchvision._roi_align_backward(grad, rois, scale, ph, pw, b, c, h, w, ratio, aligned)
         else:
-            jobs = [_pool(threads).submit(torch.ops.torchvision._roi_align_backward, g, r, scale, ph, pw,
-                                          b, c, h, w, ratio, aligned) for g, r in shares]
+            jobs = [
+                _pool(threads).submit(
+                    torch.ops.torchvision._roi_align_backward, g, r, scale, ph, pw, b, c, h, w, ratio, aligned
+                )
+                for g, r in shares
+            ]
             out = jobs[0].result()
             for job in jobs[1:]:
                 out.add_(job.result())
         return out, None, None, None, None, None, None
 
 
-def roi_align_threaded_backward(feature: Tensor, rois: Tensor, output_size: tuple[int, ...], spatial_scale: float,
-                                sampling_ratio: int, aligned: bool, threads: int) -> Tensor:
+def roi_align_threaded_backward(
+    feature: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, ...],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    threads: int,
+) -> Tensor:
     """``torchvision.ops.roi_align`` (same arguments; ``rois``: Tensor[K, 5] float, batch index + xyxy
     in image pixels) with the forward and backward split over ``threads`` CPU threads.
 
@@ -129,5 +181,12 @@ def roi_align_threaded_backward(feature: Tensor, rois: Tensor, output_size: tupl
     """
     if not (_splittable(feature, threads) and feature.requires_grad):
         return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    return _RoIAlignThreadedBackward.apply(feature.contiguous(), rois, tuple(output_size), float(spatial_scale),
-                                           int(sampling_ratio), bool(aligned), int(threads))
+    return _RoIAlignThreadedBackward.apply(
+        feature.contiguous(),
+        rois,
+        tuple(output_size),
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
+        int(threads),
+    )

@@ -41,10 +41,15 @@ def resolve_auto_settings(cfg: DictConfig, datamodule: Any) -> None:
     if suggestion.fits:
         log.info("model.rpn.anchor_sizes=auto -> %s (%s; dataset-fit report of %s)", chosen, why, train_file)
     else:  # the same numbers as the report: never "fits" when it says otherwise
-        hint = (f"; the report suggests a larger scale: model.transform.min_size={suggestion.min_size} "
-                f"model.transform.max_size={suggestion.max_size}" if suggestion.min_size is not None else "")
-        log.warning("model.rpn.anchor_sizes=auto -> %s, but %s (dataset-fit report of %s)%s", chosen, why,
-                    train_file, hint)
+        hint = (
+            f"; the report suggests a larger scale: model.transform.min_size={suggestion.min_size} "
+            f"model.transform.max_size={suggestion.max_size}"
+            if suggestion.min_size is not None
+            else ""
+        )
+        log.warning(
+            "model.rpn.anchor_sizes=auto -> %s, but %s (dataset-fit report of %s)%s", chosen, why, train_file, hint
+        )
     from maskrcnn.data.fit.report import box_warnings
 
     for name, split in report.splits.items():  # what the choice rests on, even with dataset_report=false

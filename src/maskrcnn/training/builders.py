@@ -13,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.training import config_checks as checks
-from maskrcnn.errors import ConfigError
 from maskrcnn.training.module import MaskRCNNModule
 
 if TYPE_CHECKING:
@@ -102,7 +101,9 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         output_dir = cfg.paths.get("output_dir")
         callbacks.append(RunSummary(describe_config(cfg), output_dir, fit_report=bool(cfg.get("dataset_report", True))))
         # warn when the batch the LR is scaled for cannot be filled by the training set
-        callbacks.append(checks.BatchFitsDatasetCheck(int(cfg.data.batch_size), effective_batch_size(cfg), scaled_lr(cfg)))
+        callbacks.append(
+            checks.BatchFitsDatasetCheck(int(cfg.data.batch_size), effective_batch_size(cfg), scaled_lr(cfg))
+        )
         from maskrcnn.training.checkpoints import RandomStateResume
         from maskrcnn.training.interrupts import StopOnSignal
 

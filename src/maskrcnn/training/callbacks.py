@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
-from torch import Tensor
 
 from maskrcnn.data.readers.image_io import image_to_uint8
 from maskrcnn.modeling.postprocess import detections_to_numpy
@@ -29,7 +27,12 @@ class ValidationImageLogger(pl.Callback):
         self.score_thresh = score_thresh
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero or not outputs:
@@ -42,7 +45,7 @@ class ValidationImageLogger(pl.Callback):
         images, targets = batch
         names = list(getattr(getattr(trainer, "datamodule", None), "class_names", []) or [])
         pictures = {}
-        for image, target, det in list(zip(images, targets, outputs["detections"]))[: self.num_images]:
+        for image, target, det in list(zip(images, targets, outputs["detections"], strict=True))[: self.num_images]:
             d = detections_to_numpy(det, self.score_thresh)
             pictures[int(target["image_id"])] = draw_instances(
                 image_to_uint8(image), d["boxes"], d["masks"], d["labels"], names, scores=d["scores"]

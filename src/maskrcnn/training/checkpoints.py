@@ -63,8 +63,13 @@ class LastCheckpoint(AtomicModelCheckpoint):
                 f"got {every_n_train_steps!r}"
             )
         super().__init__(
-            dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
-            every_n_train_steps=every_n_train_steps, enable_version_counter=False,
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            save_last=False,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
         )
 
     @property
@@ -84,7 +89,6 @@ class LastCheckpoint(AtomicModelCheckpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save_newest(trainer)
-
 
 
 class RandomStateResume(pl.Callback):
@@ -137,5 +141,3 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def last_checkpoint_callback(trainer: pl.Trainer) -> LastCheckpoint | None:
     return next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, LastCheckpoint)), None)
-
-

@@ -8,17 +8,15 @@ is set up.
 
 from __future__ import annotations
 
-from maskrcnn.errors import ConfigError
-
 import logging
 import math
 from collections.abc import Mapping
 
 import pytorch_lightning as pl
 
+from maskrcnn.errors import ConfigError
+
 log = logging.getLogger(__name__)
-
-
 
 
 def positive_int(value: object, key: str) -> int:

@@ -36,7 +36,8 @@ class Rule:
 
 def _is_int(value: object) -> TypeGuard[float]:
     return (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, float) and math.isfinite(value) and value.is_integer())
+        isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    )
 
 
 def _is_number(value: object) -> TypeGuard[float]:
@@ -47,8 +48,7 @@ def integer(low: int | None = None, high: int | None = None) -> Rule:
     """A whole number in [low, high] (an integral float like 4.0 too)."""
     span = f" >= {low}" if high is None else f" in [{low}, {high}]"
     what = "a positive integer" if (low, high) == (1, None) else "an integer" + ("" if low is None else span)
-    return Rule(what,
-                lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high))
+    return Rule(what, lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high))
 
 
 def number(low: float | None = None, high: float | None = None, low_open: bool = False) -> Rule:
@@ -56,9 +56,12 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
     lower = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
     upper = "" if high is None else f" <= {high}"
     what = "a finite number" + lower + ("," if lower and upper else "") + upper
-    return Rule("a positive finite number" if (low, high, low_open) == (0, None, True) else what,
-                lambda v: _is_number(v) and (low is None or (v > low if low_open else v >= low))
-                and (high is None or v <= high))
+    return Rule(
+        "a positive finite number" if (low, high, low_open) == (0, None, True) else what,
+        lambda v: (
+            _is_number(v) and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
+        ),
+    )
 
 
 def choice(*values: object) -> Rule:
@@ -68,8 +71,14 @@ def choice(*values: object) -> Rule:
 def list_of(rule: Rule, min_len: int = 1, max_len: int | None = None) -> Rule:
     size = {0: "a list", 1: "a non-empty list"}.get(min_len, f"a list of at least {min_len}")
     size = f"a list of {min_len}" if max_len == min_len else size
-    return Rule(f"{size} of values each {rule.what}", lambda v: isinstance(v, (list, tuple, ListConfig))
-                and min_len <= len(v) <= (max_len or len(v)) and all(rule.ok(x) for x in v))
+    return Rule(
+        f"{size} of values each {rule.what}",
+        lambda v: (
+            isinstance(v, (list, tuple, ListConfig))
+            and min_len <= len(v) <= (max_len or len(v))
+            and all(rule.ok(x) for x in v)
+        ),
+    )
 
 
 BOOL = Rule("true or false", lambda v: isinstance(v, bool))
@@ -81,84 +90,173 @@ POSITIVE = integer(1)
 PIXELS = Rule("a positive integer (at most 16384 pixels)", integer(1, 16384).ok)
 SEED = integer(0, 2**32 - 1)  # numpy's seed range, which seed_everything uses
 STEP_LIMIT = Rule("-1 (no limit) or a positive integer", lambda v: _is_int(v) and (v == -1 or v >= 1))
-BATCH_LIMIT = Rule("an integer >= 0 (batches) or a fraction in [0, 1]", lambda v: _is_int(v) and v >= 0
-                   or isinstance(v, float) and 0 <= v <= 1)
-INTERVAL = Rule("an integer >= 1 (batches) or a fraction in (0, 1]", lambda v: _is_int(v) and v >= 1
-                or isinstance(v, float) and 0 < v <= 1)
-DEVICES = Rule("a positive integer, -1, 'auto', a digit string or a list of device indices",
-               lambda v: _is_int(v) and (v >= 1 or v == -1) or v == "auto" or isinstance(v, str) and v.isdigit()
-               or isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_is_int(x) and x >= 0 for x in v))
-PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
-              "transformer-engine", "transformer-engine-float16", 64, 32, 16)
-ANCHORS = Rule("auto or a list of per-level lists of sizes > 0", lambda v: v == "auto" or list_of(
-    list_of(number(0, low_open=True))).ok(v))
+BATCH_LIMIT = Rule(
+    "an integer >= 0 (batches) or a fraction in [0, 1]",
+    lambda v: _is_int(v) and v >= 0 or isinstance(v, float) and 0 <= v <= 1,
+)
+INTERVAL = Rule(
+    "an integer >= 1 (batches) or a fraction in (0, 1]",
+    lambda v: _is_int(v) and v >= 1 or isinstance(v, float) and 0 < v <= 1,
+)
+DEVICES = Rule(
+    "a positive integer, -1, 'auto', a digit string or a list of device indices",
+    lambda v: (
+        _is_int(v)
+        and (v >= 1 or v == -1)
+        or v == "auto"
+        or isinstance(v, str)
+        and v.isdigit()
+        or isinstance(v, (list, ListConfig))
+        and len(v) > 0
+        and all(_is_int(x) and x >= 0 for x in v)
+    ),
+)
+PRECISIONS = (
+    "64-true",
+    "64",
+    "32-true",
+    "32",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    64,
+    32,
+    16,
+)
+ANCHORS = Rule(
+    "auto or a list of per-level lists of sizes > 0",
+    lambda v: v == "auto" or list_of(list_of(number(0, low_open=True))).ok(v),
+)
 SIZES = Rule(f"{PIXELS.what} or a non-empty list of them", (PIXELS | list_of(PIXELS)).ok)
 
 CONFIG_TYPES: dict[str, Rule] = {
     # top level (train.yaml / eval.yaml)
-    "seed": SEED, "task_name": TEXT, "validate_after_train": BOOL, "nonfinite_loss": choice("raise", "skip"),
-    "log_val_images": COUNT, "dataset_report": BOOL, "eval_backend": choice("faster_coco_eval", "pycocotools"),
-    "nonfinite_max_skip_fraction": PROBABILITY, "nonfinite_skip_window": POSITIVE, "nonfinite_min_skipped": POSITIVE,
+    "seed": SEED,
+    "task_name": TEXT,
+    "validate_after_train": BOOL,
+    "nonfinite_loss": choice("raise", "skip"),
+    "log_val_images": COUNT,
+    "dataset_report": BOOL,
+    "eval_backend": choice("faster_coco_eval", "pycocotools"),
+    "nonfinite_max_skip_fraction": PROBABILITY,
+    "nonfinite_skip_window": POSITIVE,
+    "nonfinite_min_skipped": POSITIVE,
     "ckpt_path": NULL | TEXT,
     # data
-    "data.num_classes": POSITIVE, "data.batch_size": POSITIVE, "data.num_workers": COUNT,
-    "data.pin_memory": BOOL, "data.persistent_workers": BOOL, "data.aspect_ratio_grouping": BOOL,
-    "data.keep_empty": BOOL, "data.check_images": choice("header", "full", "none"),
+    "data.num_classes": POSITIVE,
+    "data.batch_size": POSITIVE,
+    "data.num_workers": COUNT,
+    "data.pin_memory": BOOL,
+    "data.persistent_workers": BOOL,
+    "data.aspect_ratio_grouping": BOOL,
+    "data.keep_empty": BOOL,
+    "data.check_images": choice("header", "full", "none"),
     "data.bad_images": choice("skip", "raise"),
-    "data.train.image_dir": TEXT, "data.train.annotation_file": TEXT,
-    "data.val.image_dir": TEXT, "data.val.annotation_file": TEXT,
-    "data.generate_shapes.num_train": POSITIVE, "data.generate_shapes.num_val": POSITIVE,
-    "data.generate_shapes.image_size": PIXELS, "data.generate_shapes.seed": SEED,
+    "data.train.image_dir": TEXT,
+    "data.train.annotation_file": TEXT,
+    "data.val.image_dir": TEXT,
+    "data.val.annotation_file": TEXT,
+    "data.generate_shapes.num_train": POSITIVE,
+    "data.generate_shapes.num_val": POSITIVE,
+    "data.generate_shapes.image_size": PIXELS,
+    "data.generate_shapes.seed": SEED,
     # augmentation
     "augmentation.name": choice("none", "hflip", "default", "multiscale", "lsj", "photometric"),
-    "augmentation.min_size": SIZES, "augmentation.max_size": PIXELS, "augmentation.lsj_size": PIXELS,
-    "augmentation.lsj_scale": list_of(number(0, low_open=True), 2, 2), "augmentation.multiscale_sizes": NULL | SIZES,
+    "augmentation.min_size": SIZES,
+    "augmentation.max_size": PIXELS,
+    "augmentation.lsj_size": PIXELS,
+    "augmentation.lsj_scale": list_of(number(0, low_open=True), 2, 2),
+    "augmentation.multiscale_sizes": NULL | SIZES,
     # model
     "model.num_classes": POSITIVE,
-    "model.backbone.name": TEXT, "model.backbone.pretrained": BOOL, "model.backbone.trainable_layers": integer(0, 5),
-    "model.backbone.norm": choice("frozen_bn", "bn", "gn"), "model.backbone.out_channels": POSITIVE,
-    "model.rpn.anchor_sizes": ANCHORS, "model.rpn.aspect_ratios": list_of(list_of(number(0, low_open=True))),
-    "model.rpn.fg_iou_thresh": PROBABILITY, "model.rpn.bg_iou_thresh": PROBABILITY,
-    "model.rpn.batch_size_per_image": NULL | POSITIVE, "model.rpn.positive_fraction": PROBABILITY,
-    "model.rpn.pre_nms_top_n_train": POSITIVE, "model.rpn.pre_nms_top_n_test": POSITIVE,
-    "model.rpn.post_nms_top_n_train": POSITIVE, "model.rpn.post_nms_top_n_test": POSITIVE,
+    "model.backbone.name": TEXT,
+    "model.backbone.pretrained": BOOL,
+    "model.backbone.trainable_layers": integer(0, 5),
+    "model.backbone.norm": choice("frozen_bn", "bn", "gn"),
+    "model.backbone.out_channels": POSITIVE,
+    "model.rpn.anchor_sizes": ANCHORS,
+    "model.rpn.aspect_ratios": list_of(list_of(number(0, low_open=True))),
+    "model.rpn.fg_iou_thresh": PROBABILITY,
+    "model.rpn.bg_iou_thresh": PROBABILITY,
+    "model.rpn.batch_size_per_image": NULL | POSITIVE,
+    "model.rpn.positive_fraction": PROBABILITY,
+    "model.rpn.pre_nms_top_n_train": POSITIVE,
+    "model.rpn.pre_nms_top_n_test": POSITIVE,
+    "model.rpn.post_nms_top_n_train": POSITIVE,
+    "model.rpn.post_nms_top_n_test": POSITIVE,
     "model.rpn.nms_thresh": PROBABILITY,
-    "model.roi_heads.fg_iou_thresh": PROBABILITY, "model.roi_heads.bg_iou_thresh": PROBABILITY,
-    "model.roi_heads.batch_size_per_image": NULL | POSITIVE, "model.roi_heads.positive_fraction": PROBABILITY,
-    "model.roi_heads.score_thresh": PROBABILITY, "model.roi_heads.nms_thresh": PROBABILITY,
-    "model.roi_heads.detections_per_img": POSITIVE, "model.roi_heads.representation_size": POSITIVE,
+    "model.roi_heads.fg_iou_thresh": PROBABILITY,
+    "model.roi_heads.bg_iou_thresh": PROBABILITY,
+    "model.roi_heads.batch_size_per_image": NULL | POSITIVE,
+    "model.roi_heads.positive_fraction": PROBABILITY,
+    "model.roi_heads.score_thresh": PROBABILITY,
+    "model.roi_heads.nms_thresh": PROBABILITY,
+    "model.roi_heads.detections_per_img": POSITIVE,
+    "model.roi_heads.representation_size": POSITIVE,
     "model.roi_heads.mask_layers": list_of(POSITIVE),
-    "model.roi_align.aligned": BOOL, "model.roi_align.sampling_ratio": integer(-1),
-    "model.roi_align.interpolation": choice("bilinear", "bicubic"), "model.roi_align.backward_threads": POSITIVE,
-    "model.transform.min_size": SIZES, "model.transform.max_size": PIXELS, "model.transform.resize_in_training": BOOL,
-    "model.mask_format": choice("prob", "binary", "rle"), "model.init_from": NULL | TEXT, "model.channels_last": BOOL,
+    "model.roi_align.aligned": BOOL,
+    "model.roi_align.sampling_ratio": integer(-1),
+    "model.roi_align.interpolation": choice("bilinear", "bicubic"),
+    "model.roi_align.backward_threads": POSITIVE,
+    "model.transform.min_size": SIZES,
+    "model.transform.max_size": PIXELS,
+    "model.transform.resize_in_training": BOOL,
+    "model.mask_format": choice("prob", "binary", "rle"),
+    "model.init_from": NULL | TEXT,
+    "model.channels_last": BOOL,
     # loss
-    "loss.weights.*": number(0), "loss.criterion.*.alpha": NULL | PROBABILITY, "loss.criterion.*.gamma": number(0),
+    "loss.weights.*": number(0),
+    "loss.criterion.*.alpha": NULL | PROBABILITY,
+    "loss.criterion.*.gamma": number(0),
     # optimizer and scheduler
-    "optimizer.lr_per_16_images": number(0, low_open=True), "optimizer.fn.lr": number(0, low_open=True),
-    "optimizer.fn.weight_decay": number(0), "optimizer.fn.momentum": PROBABILITY,
-    "optimizer.fn.betas": list_of(number(0, 1), 2, 2), "optimizer.fn.eps": number(0, low_open=True),
-    "scheduler.warmup_steps": COUNT, "scheduler.warmup_factor": number(0, 1, low_open=True),
-    "scheduler.final_factor": PROBABILITY, "scheduler.gamma": number(0, low_open=True),
+    "optimizer.lr_per_16_images": number(0, low_open=True),
+    "optimizer.fn.lr": number(0, low_open=True),
+    "optimizer.fn.weight_decay": number(0),
+    "optimizer.fn.momentum": PROBABILITY,
+    "optimizer.fn.betas": list_of(number(0, 1), 2, 2),
+    "optimizer.fn.eps": number(0, low_open=True),
+    "scheduler.warmup_steps": COUNT,
+    "scheduler.warmup_factor": number(0, 1, low_open=True),
+    "scheduler.final_factor": PROBABILITY,
+    "scheduler.gamma": number(0, low_open=True),
     "scheduler.milestones": list_of(number(0, 1, low_open=True), 0),
     # trainer
-    "trainer.accelerator": choice("cpu", "gpu", "cuda", "mps", "tpu", "auto"), "trainer.devices": DEVICES,
-    "trainer.num_nodes": POSITIVE, "trainer.max_epochs": NULL | STEP_LIMIT, "trainer.max_steps": STEP_LIMIT,
-    "trainer.precision": choice(*PRECISIONS), "trainer.gradient_clip_val": NULL | number(0),
-    "trainer.accumulate_grad_batches": POSITIVE, "trainer.check_val_every_n_epoch": NULL | POSITIVE,
+    "trainer.accelerator": choice("cpu", "gpu", "cuda", "mps", "tpu", "auto"),
+    "trainer.devices": DEVICES,
+    "trainer.num_nodes": POSITIVE,
+    "trainer.max_epochs": NULL | STEP_LIMIT,
+    "trainer.max_steps": STEP_LIMIT,
+    "trainer.precision": choice(*PRECISIONS),
+    "trainer.gradient_clip_val": NULL | number(0),
+    "trainer.accumulate_grad_batches": POSITIVE,
+    "trainer.check_val_every_n_epoch": NULL | POSITIVE,
     "trainer.val_check_interval": NULL | INTERVAL,
-    "trainer.limit_train_batches": NULL | BATCH_LIMIT, "trainer.limit_val_batches": NULL | BATCH_LIMIT,
-    "trainer.log_every_n_steps": POSITIVE, "trainer.num_sanity_val_steps": integer(-1),
-    "trainer.deterministic": BOOL | choice("warn"), "trainer.enable_model_summary": BOOL,
-    "trainer.benchmark": NULL | BOOL, "trainer.use_distributed_sampler": BOOL, "trainer.sync_batchnorm": BOOL,
+    "trainer.limit_train_batches": NULL | BATCH_LIMIT,
+    "trainer.limit_val_batches": NULL | BATCH_LIMIT,
+    "trainer.log_every_n_steps": POSITIVE,
+    "trainer.num_sanity_val_steps": integer(-1),
+    "trainer.deterministic": BOOL | choice("warn"),
+    "trainer.enable_model_summary": BOOL,
+    "trainer.benchmark": NULL | BOOL,
+    "trainer.use_distributed_sampler": BOOL,
+    "trainer.sync_batchnorm": BOOL,
     # callbacks and loggers
-    "callbacks.model_checkpoint.save_top_k": integer(-1), "callbacks.model_checkpoint.mode": choice("min", "max"),
+    "callbacks.model_checkpoint.save_top_k": integer(-1),
+    "callbacks.model_checkpoint.mode": choice("min", "max"),
     "callbacks.model_checkpoint.save_last": NULL | BOOL | choice("link"),
     "callbacks.model_checkpoint.every_n_train_steps": NULL | COUNT,
     "callbacks.model_checkpoint.every_n_epochs": NULL | COUNT,
-    "callbacks.progress_log.every_n_steps": POSITIVE, "callbacks.progress_log.when": choice("auto", "always", "never"),
-    "logger.wandb_dashboard.num_images": COUNT, "logger.wandb_dashboard.mask_score_thresh": PROBABILITY,
-    "logger.wandb_dashboard.box_score_thresh": PROBABILITY, "logger.wandb_dashboard.max_boxes": POSITIVE,
+    "callbacks.progress_log.every_n_steps": POSITIVE,
+    "callbacks.progress_log.when": choice("auto", "always", "never"),
+    "logger.wandb_dashboard.num_images": COUNT,
+    "logger.wandb_dashboard.mask_score_thresh": PROBABILITY,
+    "logger.wandb_dashboard.box_score_thresh": PROBABILITY,
+    "logger.wandb_dashboard.max_boxes": POSITIVE,
     "logger.wandb_dashboard.pr_iou": number(0.5, 0.95),
 }
 

@@ -71,9 +71,11 @@ def interrupted(trainer: pl.Trainer, signum: int) -> TrainingInterrupted:
 def resume_command(output_dir: str | Path, overrides: list[str] | None = None) -> str:
     """``python src/train.py <overrides> ckpt_path=last hydra.run.dir=<output_dir>``; ``overrides``
     are the command line's (Hydra's task overrides), ``None`` when unknown (shown as ``…``)."""
-    kept = ["…"] if overrides is None else [
-        o for o in overrides if not o.lstrip("+~").startswith(("ckpt_path=", "hydra.run.dir="))
-    ]
+    kept = (
+        ["…"]
+        if overrides is None
+        else [o for o in overrides if not o.lstrip("+~").startswith(("ckpt_path=", "hydra.run.dir="))]
+    )
     args = [*kept, "ckpt_path=last", f"hydra.run.dir={output_dir}"]
     return "python src/train.py " + " ".join(a if a == "…" else shlex.quote(a) for a in args)
 
@@ -143,8 +145,15 @@ class StopOnSignal(pl.Callback):
         if stepped and (signum := self._requested(trainer)):
             raise interrupted(trainer, signum)
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         # Under DDP the ranks may hold one validation batch more or less: no collective here, the
         # stop waits for the next training step.
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.world_size > 1:

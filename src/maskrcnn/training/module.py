@@ -17,10 +17,10 @@ import torch
 from pytorch_lightning.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 
+from maskrcnn.errors import NonFiniteLossError
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.evaluation.coco_evaluator import Backend
 from maskrcnn.losses.criterion import TERMS
-from maskrcnn.errors import NonFiniteLossError
 from maskrcnn.training.nonfinite import SkipLimit
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class MaskRCNNModule(pl.LightningModule):
         self.skipped_steps = 0
         self.skip_limit = (
             SkipLimit(nonfinite_max_skip_fraction, nonfinite_skip_window, nonfinite_min_skipped)
-            if nonfinite_loss == "skip" else None
+            if nonfinite_loss == "skip"
+            else None
         )
         # Filled by the pipeline and stored in checkpoints so predict/eval can rebuild the model.
         self.run_config: dict | None = None
@@ -153,7 +154,9 @@ class MaskRCNNModule(pl.LightningModule):
                 "trainer.gradient_clip_val, check the data (bad boxes) or use nonfinite_loss=skip."
             )
         self.skipped_steps += 1
-        log.warning("Skipping the step at %s: non-finite loss terms %s (%d skipped so far)", where, bad, self.skipped_steps)
+        log.warning(
+            "Skipping the step at %s: non-finite loss terms %s (%d skipped so far)", where, bad, self.skipped_steps
+        )
         return self._skipped_step()
 
     def _skipped_step(self) -> Tensor | None:

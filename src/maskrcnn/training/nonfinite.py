@@ -8,11 +8,9 @@ than ``max_fraction`` of the last ``window`` training steps were skipped (and at
 
 from __future__ import annotations
 
-from maskrcnn.errors import NonFiniteLossError
-
 from collections import deque
 
-
+from maskrcnn.errors import NonFiniteLossError
 
 
 class SkipLimit:

@@ -17,22 +17,22 @@ from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from maskrcnn.training.auto_settings import resolve_auto_settings
-from maskrcnn.training.config_types import check_config_types
-from maskrcnn.training.third_party_noise import silence_third_party_noise
-from maskrcnn.training.module import MaskRCNNModule
 from maskrcnn.errors import ConfigError
-from maskrcnn.training.builders import build_datamodule, build_module, build_trainer
-from maskrcnn.training.interrupts import TrainingInterrupted, interrupted, resume_command
 from maskrcnn.run_checkpoint import (
     check_resume_checkpoint,
-    describe_checkpoint,
-    resolve_ckpt_path,
     checkpoint_meta,
+    describe_checkpoint,
     inference_model_config,
     load_net_state,
     read_run_checkpoint,
+    resolve_ckpt_path,
 )
+from maskrcnn.training.auto_settings import resolve_auto_settings
+from maskrcnn.training.builders import build_datamodule, build_module, build_trainer
+from maskrcnn.training.config_types import check_config_types
+from maskrcnn.training.interrupts import TrainingInterrupted, interrupted, resume_command
+from maskrcnn.training.module import MaskRCNNModule
+from maskrcnn.training.third_party_noise import silence_third_party_noise
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
 
 
 def _fit_or_stop(
-    cfg: DictConfig, trainer: pl.Trainer, module: MaskRCNNModule, datamodule: pl.LightningDataModule, ckpt_path: str | None
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    module: MaskRCNNModule,
+    datamodule: pl.LightningDataModule,
+    ckpt_path: str | None,
 ) -> None:
     """``trainer.fit``; a stop by signal (``maskrcnn.training.interrupts``) logs its one line and
     leaves as :class:`TrainingInterrupted` (``SystemExit`` 128 + signal number)."""
@@ -181,6 +185,8 @@ def _print_coco_summary(module: MaskRCNNModule, scored: str = "") -> None:
     lines = [f"{'':5}" + "".join(f"{n:>8}" for n in names)]
     for kind in ("bbox", "segm"):
         values = (m.get(f"{kind}_{n}", math.nan) for n in names)
-        lines.append(f"{kind:5}" + "".join(f"{'-':>8}" if math.isnan(v) else f"{v:8.3f}" for v in values))  # - : not computable
+        lines.append(
+            f"{kind:5}" + "".join(f"{'-':>8}" if math.isnan(v) else f"{v:8.3f}" for v in values)
+        )  # - : not computable
     head = f"\n{scored}" if scored else ""
     rank_zero_info(head + "\n" + "\n".join(lines) + "\n\n" + module.evaluator.per_category_table())

@@ -42,16 +42,21 @@ def format_rate(rate: float) -> str:
 
 class ProgressLog(pl.Callback):
     """Args:
-        every_n_steps: optimizer steps between two progress lines.
-        every_n_seconds: training seconds after which a line is written even before
-            ``every_n_steps`` steps (slow steps); 0 turns the time trigger off.
-        when: "auto" (only when stdout is not a terminal), "always" or "never" (validation lines
-            are printed in every mode except "never").
-        clock: seconds (monotonic); tests pass a fake one.
+    every_n_steps: optimizer steps between two progress lines.
+    every_n_seconds: training seconds after which a line is written even before
+        ``every_n_steps`` steps (slow steps); 0 turns the time trigger off.
+    when: "auto" (only when stdout is not a terminal), "always" or "never" (validation lines
+        are printed in every mode except "never").
+    clock: seconds (monotonic); tests pass a fake one.
     """
 
-    def __init__(self, every_n_steps: int = 20, when: str = "auto", every_n_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 20,
+        when: str = "auto",
+        every_n_seconds: float = 60.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         if when not in ("auto", "always", "never"):
             raise ValueError(f"callbacks.progress_log.when must be auto|always|never, got {when!r}")
         if int(every_n_steps) < 1:
@@ -134,8 +139,15 @@ class ProgressLog(pl.Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         rate = self._images / max(self._window_seconds, 1e-9)
         log.info(
-            "step %d/%s (epoch %d%s)  loss %.4f  lr %.4g  %s img/s%s", step, total if total else "?",
-            trainer.current_epoch, epochs, sum(self._losses) / len(self._losses), lr, format_rate(rate), eta,
+            "step %d/%s (epoch %d%s)  loss %.4f  lr %.4g  %s img/s%s",
+            step,
+            total if total else "?",
+            trainer.current_epoch,
+            epochs,
+            sum(self._losses) / len(self._losses),
+            lr,
+            format_rate(rate),
+            eta,
         )
 
     # ------------------------------------------------------------------ validation lines
@@ -156,6 +168,10 @@ class ProgressLog(pl.Callback):
             # Lightning restores only the weights here: the loop's epoch/step are not the checkpoint's.
             what = f"validation of the checkpoint {Path(trainer.ckpt_path).name}" if trainer.ckpt_path else "validation"
         log.info(
-            "%s: bbox AP %.3f (AP50 %.3f)  segm AP %.3f (AP50 %.3f)", what,
-            m.get("val/bbox_AP", 0.0), m.get("val/bbox_AP50", 0.0), m["val/segm_AP"], m.get("val/segm_AP50", 0.0),
+            "%s: bbox AP %.3f (AP50 %.3f)  segm AP %.3f (AP50 %.3f)",
+            what,
+            m.get("val/bbox_AP", 0.0),
+            m.get("val/bbox_AP50", 0.0),
+            m["val/segm_AP"],
+            m.get("val/segm_AP50", 0.0),
         )

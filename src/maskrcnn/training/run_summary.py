@@ -34,21 +34,24 @@ def describe_config(cfg: DictConfig) -> dict[str, Any]:
     backbone = model.backbone
     train_sizes = aug.get("min_size")
     if aug.name == "multiscale":
-        train_sizes = list(aug.multiscale_sizes) if aug.get("multiscale_sizes") else default_multiscale_sizes(train_sizes)
+        train_sizes = (
+            list(aug.multiscale_sizes) if aug.get("multiscale_sizes") else default_multiscale_sizes(train_sizes)
+        )
     if aug.name == "lsj":
         train_sizes = f"large-scale jitter of {aug.lsj_size} px x {list(aug.lsj_scale)}"
     elif aug.name == "none":
         train_sizes = "file size (no resize)"
     return {
         "model": f"{backbone.name} + FPN ({backbone.out_channels} channels), norm {backbone.norm}, "
-                 + (f"ImageNet weights, {backbone.trainable_layers} trainable stages" if backbone.pretrained
-                    else "from scratch") + (f", init_from {model.init_from}" if model.get("init_from") else ""),
+        + (f"ImageNet weights, {backbone.trainable_layers} trainable stages" if backbone.pretrained else "from scratch")
+        + (f", init_from {model.init_from}" if model.get("init_from") else ""),
         "loss": _loss_name(cfg),
         "train_min_size": OmegaConf.to_container(train_sizes) if OmegaConf.is_config(train_sizes) else train_sizes,
         "train_max_size": aug.get("max_size"),
         "augmentation": aug.name,
         "eval_size": [model.transform.min_size, model.transform.max_size],
-        "anchor_sizes": model.rpn.anchor_sizes if isinstance(model.rpn.anchor_sizes, str)
+        "anchor_sizes": model.rpn.anchor_sizes
+        if isinstance(model.rpn.anchor_sizes, str)
         else [list(level) for level in model.rpn.anchor_sizes],
         "aspect_ratios": [list(level) for level in model.rpn.aspect_ratios],
         "rpn_fg_iou_thresh": model.rpn.fg_iou_thresh,
@@ -112,8 +115,12 @@ class RunSummary(pl.Callback):
 
     def _runtime(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> dict[str, Any]:
         world = trainer.world_size
-        out: dict[str, Any] = {"devices": trainer.num_devices, "num_nodes": trainer.num_nodes, "world_size": world,
-                               "lr": getattr(pl_module, "lr", None)}
+        out: dict[str, Any] = {
+            "devices": trainer.num_devices,
+            "num_nodes": trainer.num_nodes,
+            "world_size": world,
+            "lr": getattr(pl_module, "lr", None),
+        }
         # in place of Lightning's model summary table (off by default: its FLOPs column reads 0
         # without an example input, and its box drawing clutters a redirected log)
         out["parameters"] = sum(p.numel() for p in pl_module.parameters())
@@ -150,8 +157,12 @@ class RunSummary(pl.Callback):
         (self.output_dir / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
 
 
-def fit_report(settings: dict[str, Any], train_file: str | Path, val_file: str | Path | None = None,
-               anchor_sizes: Sequence[Sequence[float]] | None = None) -> FitReport:
+def fit_report(
+    settings: dict[str, Any],
+    train_file: str | Path,
+    val_file: str | Path | None = None,
+    anchor_sizes: Sequence[Sequence[float]] | None = None,
+) -> FitReport:
     """The dataset-fit report of the annotation files for the run's training scale and anchors
     (``anchor_sizes`` replaces the configured ones, e.g. to evaluate a candidate set)."""
     from maskrcnn.data.fit.report import compute_fit_report
@@ -159,9 +170,14 @@ def fit_report(settings: dict[str, Any], train_file: str | Path, val_file: str |
     s = settings
     sizes = s["train_min_size"] if isinstance(s["train_min_size"], (int, list)) else s["eval_size"][0]
     return compute_fit_report(
-        train_file, val_file, min_size=sizes, max_size=s["train_max_size"] or s["eval_size"][1],
-        anchor_sizes=anchor_sizes or s["anchor_sizes"], aspect_ratios=s["aspect_ratios"],
-        detections_per_img=s["detections_per_img"], rpn_fg_iou_thresh=s["rpn_fg_iou_thresh"],
+        train_file,
+        val_file,
+        min_size=sizes,
+        max_size=s["train_max_size"] or s["eval_size"][1],
+        anchor_sizes=anchor_sizes or s["anchor_sizes"],
+        aspect_ratios=s["aspect_ratios"],
+        detections_per_img=s["detections_per_img"],
+        rpn_fg_iou_thresh=s["rpn_fg_iou_thresh"],
     )
 
 
@@ -176,18 +192,35 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         ("model", model),
         ("loss", s["loss"]),
-        ("images", f"train {s['train_min_size']} (max {s['train_max_size']}, augmentation {s['augmentation']}); "
-                   f"eval {s['eval_size'][0]} (max {s['eval_size'][1]})"),
-        ("anchors", f"{', '.join(str(a[0]) if len(a) == 1 else str(a) for a in s['anchor_sizes'])} px, "
-                    f"detections/image {s['detections_per_img']}"),
-        ("batch", f"{s['batch_size']} per device x {s['world_size']} device(s) x {s['accumulate_grad_batches']} "
-                  f"accumulation = {s['images_per_step']} images/step, precision {s['precision']}"),
-        ("lr", f"{s['lr']:.5g} ({s['optimizer']}, lr_per_16_images {s['lr_per_16_images']:g}), "
-               f"{s['scheduler']}, warm-up {s['warmup_steps']} steps" if s.get("lr") is not None else "-"),
+        (
+            "images",
+            f"train {s['train_min_size']} (max {s['train_max_size']}, augmentation {s['augmentation']}); "
+            f"eval {s['eval_size'][0]} (max {s['eval_size'][1]})",
+        ),
+        (
+            "anchors",
+            f"{', '.join(str(a[0]) if len(a) == 1 else str(a) for a in s['anchor_sizes'])} px, "
+            f"detections/image {s['detections_per_img']}",
+        ),
+        (
+            "batch",
+            f"{s['batch_size']} per device x {s['world_size']} device(s) x {s['accumulate_grad_batches']} "
+            f"accumulation = {s['images_per_step']} images/step, precision {s['precision']}",
+        ),
+        (
+            "lr",
+            f"{s['lr']:.5g} ({s['optimizer']}, lr_per_16_images {s['lr_per_16_images']:g}), "
+            f"{s['scheduler']}, warm-up {s['warmup_steps']} steps"
+            if s.get("lr") is not None
+            else "-",
+        ),
         ("schedule", f"{epochs}{per_epoch} = {steps if steps is not None else '?'} optimizer steps"),
-        ("data", f"train {s.get('train_images', '?')} images / {s.get('train_instances', '?')} instances, "
-                 f"val {s.get('val_images', '?')} images / {s.get('val_instances', '?')} instances, "
-                 f"{len(s.get('classes', []))} classes: {_names(s.get('classes', []))}"),
+        (
+            "data",
+            f"train {s.get('train_images', '?')} images / {s.get('train_instances', '?')} instances, "
+            f"val {s.get('val_images', '?')} images / {s.get('val_instances', '?')} instances, "
+            f"{len(s.get('classes', []))} classes: {_names(s.get('classes', []))}",
+        ),
     ]
     return "Run summary\n" + "\n".join(f"  {k:<9} {v}" for k, v in lines)
 

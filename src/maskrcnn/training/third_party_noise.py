@@ -30,13 +30,16 @@ def silence_third_party_noise() -> None:
     """Install the filters (idempotent)."""
     # torch 2.14 deprecated LeafSpec; pytorch_lightning's _pytree still builds one per batch.
     warnings.filterwarnings(
-        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
         module=r"pytorch_lightning\.utilities\._pytree",
     )
     # Lightning warns when an epoch has fewer batches than log_every_n_steps, but it logs every
     # log_every_n_steps optimizer steps across epoch boundaries: short epochs still get their lines.
     warnings.filterwarnings(
-        "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval",
+        "ignore",
+        message=r"The number of training batches \(\d+\) is smaller than the logging interval",
     )
     by_logger: dict[str, tuple[str, ...]] = {}
     for name, prefix in _LOG_LINES:

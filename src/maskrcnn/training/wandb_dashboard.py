@@ -41,7 +41,9 @@ def dataset_summary(datamodule: Any) -> dict:
         to_label = dataset.category_id_to_label
         # _instances: image id -> valid instance annotations (what num_instances() counts).
         per_class = Counter(
-            names[to_label[ann["category_id"]]] for img in dataset.images for ann in dataset._instances.get(img["id"], ())
+            names[to_label[ann["category_id"]]]
+            for img in dataset.images
+            for ann in dataset._instances.get(img["id"], ())
         )
         summary[split] = {
             "images": len(dataset),
@@ -58,7 +60,9 @@ def per_class_table(rows: list[dict], iou_types: tuple[str, ...]) -> Any:
     columns: list[str | int] = ["class", "instances"]
     for iou_type in iou_types:
         columns += [f"{iou_type} AP", f"{iou_type} AP50"]
-    data = [[row["name"], row["instances"], *(row[f"{t}_{n}"] for t in iou_types for n in ("AP", "AP50"))] for row in rows]
+    data = [
+        [row["name"], row["instances"], *(row[f"{t}_{n}"] for t in iou_types for n in ("AP", "AP50"))] for row in rows
+    ]
     return wandb.Table(columns=columns, data=data)
 
 
@@ -126,7 +130,9 @@ class WandbDashboard(pl.Callback):
         if datamodule is not None and hasattr(datamodule, "class_names"):
             config["dataset"] = dataset_summary(datamodule)
             if len(datamodule.class_names) > MAX_MASK_LABEL:
-                log.warning("W&B mask layers hold at most %d classes: the sample images get boxes only", MAX_MASK_LABEL - 1)
+                log.warning(
+                    "W&B mask layers hold at most %d classes: the sample images get boxes only", MAX_MASK_LABEL - 1
+                )
         for lg in loggers:
             lg.experiment.config.update(config, allow_val_change=True)
 
@@ -144,14 +150,19 @@ class WandbDashboard(pl.Callback):
         self._samples = {}
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         if trainer.sanity_checking or not self.num_images or not outputs or not self._wandb_loggers(trainer):
             return
         wanted = set(self._choose_samples(trainer))
         images, targets = batch
-        for image, target, detection in zip(images, targets, outputs["detections"]):
+        for image, target, detection in zip(images, targets, outputs["detections"], strict=True):
             image_id = int(target["image_id"])
             if image_id in wanted and image_id not in self._samples:
                 self._samples[image_id] = make_sample(

@@ -11,8 +11,9 @@ detection above a low threshold is listed, highest scores first).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,10 +113,12 @@ def class_labels(class_names: Sequence[str]) -> dict[int, str]:
     return {0: "background", **{i: str(name) for i, name in enumerate(class_names) if i > 0}}
 
 
-def box_data(boxes: np.ndarray, labels: np.ndarray, names: dict[int, str], scores: np.ndarray | None = None) -> list[dict]:
+def box_data(
+    boxes: np.ndarray, labels: np.ndarray, names: dict[int, str], scores: np.ndarray | None = None
+) -> list[dict]:
     """W&B ``box_data`` entries (pixel domain) for ``boxes [N, 4]`` xyxy with ``labels [N]``."""
     entries = []
-    for i, ((x0, y0, x1, y1), label) in enumerate(zip(boxes.tolist(), labels.tolist())):
+    for i, ((x0, y0, x1, y1), label) in enumerate(zip(boxes.tolist(), labels.tolist(), strict=True)):
         name = names.get(int(label), str(label))
         entry = {
             "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
@@ -135,8 +138,10 @@ def to_wandb_image(sample: ValidationSample, class_names: Sequence[str]) -> Any:
 
     names = class_labels(class_names)
     boxes = {
-        "predictions": {"box_data": box_data(sample.pred_boxes, sample.pred_labels, names, sample.pred_scores),
-                        "class_labels": names},
+        "predictions": {
+            "box_data": box_data(sample.pred_boxes, sample.pred_labels, names, sample.pred_scores),
+            "class_labels": names,
+        },
         "ground_truth": {"box_data": box_data(sample.gt_boxes, sample.gt_labels, names), "class_labels": names},
     }
     masks = None  # the dashboard callback warns once when there are too many classes for mask layers

@@ -24,12 +24,18 @@ from typing import Any
 
 from PIL import Image
 
-from maskrcnn.data.readers import image_io  # noqa: F401  (sets PIL's pixel limit, read below)
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.checks.rle import RleBatch
 from maskrcnn.data.checks.segmentation import (
-    BoxBatch, PolygonBatch, Problem, json_type, note_problem, queue_segmentation, short_repr,
+    BoxBatch,
+    PolygonBatch,
+    Problem,
+    json_type,
+    note_problem,
+    queue_segmentation,
+    short_repr,
 )
+from maskrcnn.data.readers import image_io  # noqa: F401  (sets PIL's pixel limit, read below)
+from maskrcnn.errors import DatasetError
 
 EVALUATION_KEYS = ("bbox", "area")  # read from the ground truth by COCO evaluation (pycocotools, faster-coco-eval)
 _INT64 = 2**63  # ids go into int64 arrays in evaluation
@@ -69,9 +75,10 @@ def _require(d: Any, keys: tuple[str, ...], what: str, source: str) -> None:
 def _require_id(value: Any, what: str, where: str, source: str) -> None:
     """Ids must be JSON integers: "3" or 3.0 are never converted (a converted id could merge two images)."""
     if type(value) is not int:
-        hint = " (ids are not converted: \"3\" and 3 would be different ids)" if type(value) is str else ""
-        raise DatasetError(f"{source}: {what} {short_repr(value, 60)}{where} must be a JSON integer, got "
-                           f"{json_type(value)}{hint}")
+        hint = ' (ids are not converted: "3" and 3 would be different ids)' if type(value) is str else ""
+        raise DatasetError(
+            f"{source}: {what} {short_repr(value, 60)}{where} must be a JSON integer, got {json_type(value)}{hint}"
+        )
     if not -_INT64 <= value < _INT64:
         raise DatasetError(f"{source}: {what} {value}{where} is outside the 64-bit integer range")
 
@@ -97,8 +104,10 @@ def _categories(raw: list, source: str) -> dict[int, dict]:
         if cat["id"] < 0:  # evaluation maps labels to category ids with -1 meaning "none"
             raise DatasetError(f"{source}: category id {cat['id']} ({cat['name']!r}) is negative; ids must be >= 0")
         if type(cat["name"]) is not str or not cat["name"]:
-            raise DatasetError(f"{source}: category id {cat['id']} has name {short_repr(cat['name'], 40)}; "
-                               "names must be non-empty strings")
+            raise DatasetError(
+                f"{source}: category id {cat['id']} has name {short_repr(cat['name'], 40)}; "
+                "names must be non-empty strings"
+            )
         if cat["id"] in categories:
             raise DatasetError(f"{source}: duplicate category id {cat['id']}")
         categories[cat["id"]] = cat
@@ -108,8 +117,10 @@ def _categories(raw: list, source: str) -> dict[int, dict]:
 def _size(img: dict, key: str, source: str) -> int:
     value = img[key]
     if type(value) is not int or value <= 0:
-        raise DatasetError(f"{source}: image id {img['id']} ({img['file_name']!r}) has {key} {short_repr(value, 40)}; "
-                           "width and height must be positive JSON integers")
+        raise DatasetError(
+            f"{source}: image id {img['id']} ({img['file_name']!r}) has {key} {short_repr(value, 40)}; "
+            "width and height must be positive JSON integers"
+        )
     return value
 
 
@@ -127,15 +138,19 @@ def _images(raw: list, source: str) -> tuple[dict[int, dict], dict[str, list[int
         _require(img, ("id", "file_name", "width", "height"), f"images[{k}]", source)
         _require_id(img["id"], "image id", f" (images[{k}], file_name {short_repr(img['file_name'], 60)})", source)
         if type(img["file_name"]) is not str or not img["file_name"]:
-            raise DatasetError(f"{source}: image id {img['id']} has file_name {short_repr(img['file_name'], 60)}; "
-                               "it must be a non-empty string (a path relative to the image folder)")
+            raise DatasetError(
+                f"{source}: image id {img['id']} has file_name {short_repr(img['file_name'], 60)}; "
+                "it must be a non-empty string (a path relative to the image folder)"
+            )
         if img["id"] in images:
             raise DatasetError(f"{source}: duplicate image id {img['id']} ({img['file_name']!r})")
         width, height = _size(img, "width", source), _size(img, "height", source)
         if width * height > _max_pixels():
-            raise DatasetError(f"{source}: image id {img['id']} ({img['file_name']!r}) is {width}x{height} "
-                               f"({width * height:.3g} pixels), more than the image loader decodes "
-                               f"({_max_pixels():.3g}); is width / height wrong?")
+            raise DatasetError(
+                f"{source}: image id {img['id']} ({img['file_name']!r}) is {width}x{height} "
+                f"({width * height:.3g} pixels), more than the image loader decodes "
+                f"({_max_pixels():.3g}); is width / height wrong?"
+            )
         images[img["id"]] = img
         owner = first_id.setdefault(img["file_name"], img["id"])
         if owner != img["id"]:
@@ -148,8 +163,10 @@ def _iscrowd(ann: dict, source: str) -> int:
     if type(crowd) is bool:
         return int(crowd)
     if type(crowd) is not int or crowd not in (0, 1):
-        raise DatasetError(f"{source}: annotation id {ann['id']} (image id {ann['image_id']}) has iscrowd "
-                           f"{short_repr(crowd, 40)} ({json_type(crowd)}); it must be 0 or 1")
+        raise DatasetError(
+            f"{source}: annotation id {ann['id']} (image id {ann['image_id']}) has iscrowd "
+            f"{short_repr(crowd, 40)} ({json_type(crowd)}); it must be 0 or 1"
+        )
     return crowd
 
 
@@ -161,17 +178,22 @@ def _evaluation_fields(ann: dict, source: str) -> None:
             f"{source}: {where}): COCO evaluation (pycocotools, faster-coco-eval) reads 'bbox' and 'area' of "
             f"every ground-truth annotation of a validation split, and this one is missing key(s) {missing}. "
             "Training derives boxes from the masks, evaluation does not: fill them in from the masks "
-            "(pycocotools.mask toBbox / area of each segmentation) to use this file for validation.")
+            "(pycocotools.mask toBbox / area of each segmentation) to use this file for validation."
+        )
     if type(ann["area"]) not in (int, float):
         raise DatasetError(f"{source}: {where}) has area {short_repr(ann['area'], 40)}; COCO evaluation needs a number")
     if ann["id"] <= 0:
-        raise DatasetError(f"{source}: {where}): COCO evaluation (pycocotools, faster-coco-eval) stores matches by "
-                           "annotation id with 0 meaning 'unmatched', so ids must be >= 1")
+        raise DatasetError(
+            f"{source}: {where}): COCO evaluation (pycocotools, faster-coco-eval) stores matches by "
+            "annotation id with 0 meaning 'unmatched', so ids must be >= 1"
+        )
 
 
 def _rejection(malformed: list[tuple[dict, Problem]], source: str, limit: int = 5) -> str:
-    lines = [f"{source}: {len(malformed)} annotation(s) cannot be read as COCO ground truth; COCO evaluation "
-             "reads this file itself, so they cannot just be skipped. Fix or remove them:"]
+    lines = [
+        f"{source}: {len(malformed)} annotation(s) cannot be read as COCO ground truth; COCO evaluation "
+        "reads this file itself, so they cannot just be skipped. Fix or remove them:"
+    ]
     lines += [f"  annotation id {a['id']} (image id {a['image_id']}): {p.reason}" for a, p in malformed[:limit]]
     if len(malformed) > limit:
         lines.append(f"  ... and {len(malformed) - limit} more")
@@ -187,8 +209,12 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
     _top_level(data, source)
     categories = _categories(data["categories"], source)
     images, shared_files = _images(data["images"], source)
-    index = CocoIndex(images=list(images.values()), categories=sorted(categories.values(), key=lambda c: c["id"]),
-                      num_annotations=len(data["annotations"]), shared_files=shared_files)
+    index = CocoIndex(
+        images=list(images.values()),
+        categories=sorted(categories.values(), key=lambda c: c["id"]),
+        num_annotations=len(data["annotations"]),
+        shared_files=shared_files,
+    )
 
     # One pass: ids, types and structure (errors raise at once); geometry is batched by slot
     # (the annotation's position in ``kept``).
@@ -202,7 +228,9 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
         ann_id = ann["id"]
         _require_id(ann_id, "annotation id", f" (annotations[{k}])", source)
         if ann_id in seen_ids:
-            raise DatasetError(f"{source}: duplicate annotation id {ann_id} (image id {short_repr(ann['image_id'], 40)})")
+            raise DatasetError(
+                f"{source}: duplicate annotation id {ann_id} (image id {short_repr(ann['image_id'], 40)})"
+            )
         seen_ids.add(ann_id)
         _require_id(ann["image_id"], f"annotation id {ann_id}: image_id", "", source)
         image = images.get(ann["image_id"])
@@ -210,8 +238,10 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
             raise DatasetError(f"{source}: annotation id {ann_id} refers to unknown image id {ann['image_id']}")
         _require_id(ann["category_id"], f"annotation id {ann_id} (image id {ann['image_id']}): category_id", "", source)
         if ann["category_id"] not in categories:
-            raise DatasetError(f"{source}: annotation id {ann_id} (image id {ann['image_id']}) refers to unknown "
-                               f"category id {ann['category_id']}")
+            raise DatasetError(
+                f"{source}: annotation id {ann_id} (image id {ann['image_id']}) refers to unknown "
+                f"category id {ann['category_id']}"
+            )
         crowd = _iscrowd(ann, source)
         if for_evaluation:
             _evaluation_fields(ann, source)
@@ -240,8 +270,14 @@ def validate_coco(data: Any, source: str, for_evaluation: bool = False) -> CocoI
         if problem is not None:
             if for_evaluation and problem.malformed:
                 malformed.append((ann, problem))
-            index.skipped.append({"annotation_id": ann["id"], "image_id": ann["image_id"],
-                                  "file_name": image["file_name"], "reason": problem.reason})
+            index.skipped.append(
+                {
+                    "annotation_id": ann["id"],
+                    "image_id": ann["image_id"],
+                    "file_name": image["file_name"],
+                    "reason": problem.reason,
+                }
+            )
         elif crowd:
             index.crowds[ann["image_id"]].append(ann)
         else:
@@ -263,8 +299,10 @@ def _record_extents(index: CocoIndex, kept: list, extents: dict[int, float], rle
         rles = []
         for slot in slots:
             seg, image = kept[slot][0]["segmentation"], kept[slot][1]
-            rles.append(seg if type(seg["counts"]) is str else mask_utils.frPyObjects(seg, image["height"], image["width"]))
-        for slot, (w, h) in zip(slots, mask_utils.toBbox(rles).reshape(-1, 4)[:, 2:].tolist()):
+            rles.append(
+                seg if type(seg["counts"]) is str else mask_utils.frPyObjects(seg, image["height"], image["width"])
+            )
+        for slot, (w, h) in zip(slots, mask_utils.toBbox(rles).reshape(-1, 4)[:, 2:].tolist(), strict=True):
             extents[slot] = float(min(w, h))
     for slot, extent in extents.items():
         ann, _, crowd = kept[slot]

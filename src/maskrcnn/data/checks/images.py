@@ -57,7 +57,7 @@ def _short_reason(reason: str) -> str:
     # Messages read "image file '<path>' (image id N) <what is wrong>": keep what is wrong.
     marker = ") "
     cut = reason.find(marker)
-    return reason[cut + len(marker):].split(":")[0] if reason.startswith("image file") and cut >= 0 else reason
+    return reason[cut + len(marker) :].split(":")[0] if reason.startswith("image file") and cut >= 0 else reason
 
 
 class SkippedImageLog:
@@ -126,5 +126,9 @@ def apply_policy(bad: list[dict], policy: str, split: str, annotation_file: str)
         raise DatasetError(rejection_message(bad, split, annotation_file))
     logger.warning(
         "%s split: skipping %d unreadable image(s) found before training (%s); first: image id %s (%r)",
-        split, len(bad), summarise(bad), bad[0]["image_id"], bad[0]["file_name"],
+        split,
+        len(bad),
+        summarise(bad),
+        bad[0]["image_id"],
+        bad[0]["file_name"],
     )

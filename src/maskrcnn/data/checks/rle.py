@@ -23,7 +23,13 @@ def rle_size_problem(rle: dict, width: int, height: int) -> Problem | None:
     if "size" not in rle or "counts" not in rle:
         return Problem(f"RLE must have 'size' and 'counts' (keys: {short_repr(sorted(map(str, rle)), 60)})", True)
     size = rle["size"]
-    if type(size) is list and len(size) == 2 and type(size[0]) is int and type(size[1]) is int and size == [height, width]:
+    if (
+        type(size) is list
+        and len(size) == 2
+        and type(size[0]) is int
+        and type(size[1]) is int
+        and size == [height, width]
+    ):
         return None  # the common case, decided without a generator
     if type(size) is not list or len(size) != 2 or any(type(v) is not int or v <= 0 for v in size):
         return Problem(f"RLE size {short_repr(size)} must be [height, width] (two positive integers)", True)
@@ -61,7 +67,7 @@ class RleBatch:
 
     def run(self) -> dict[int, Problem]:
         problems = {}
-        for slot, problem in zip(self.slots, compressed_rle_problems(self.strings, self.totals)):
+        for slot, problem in zip(self.slots, compressed_rle_problems(self.strings, self.totals), strict=True):
             if problem is None:
                 self.valid.append(slot)
             else:
@@ -77,7 +83,9 @@ def uncompressed_rle_problem(counts: list, height: int, width: int) -> Problem |
     except (ValueError, TypeError, OverflowError):
         array = None
     if not counts or array is None or array.ndim != 1 or array.dtype.kind not in "biu":
-        return Problem(f"uncompressed RLE counts must be a list of non-negative integers (got {short_repr(counts, 60)})", True)
+        return Problem(
+            f"uncompressed RLE counts must be a list of non-negative integers (got {short_repr(counts, 60)})", True
+        )
     if array.min() < 0:
         return Problem("uncompressed RLE counts must be non-negative", True)
     if array.max() > total or int(array.sum()) != total:
@@ -104,8 +112,11 @@ def compressed_rle_problems(strings: list[str], totals: list[int]) -> list[Probl
             results[i] = Problem("compressed RLE counts string is empty", True)
         elif bad:
             pos = next(p for p, ch in enumerate(s) if not "0" <= ch <= "o")
-            results[i] = Problem(f"compressed RLE counts string cannot be decoded: character {s[pos]!r} at "
-                                 f"position {pos} is not in the RLE alphabet ('0'..'o')", True)
+            results[i] = Problem(
+                f"compressed RLE counts string cannot be decoded: character {s[pos]!r} at "
+                f"position {pos} is not in the RLE alphabet ('0'..'o')",
+                True,
+            )
         elif (raw[-1] - 48) & 0x20:
             results[i] = Problem("compressed RLE counts string cannot be decoded: it ends inside a number", True)
         else:
@@ -123,14 +134,20 @@ def compressed_rle_problems(strings: list[str], totals: list[int]) -> list[Probl
             chars = np.frombuffer(b"".join(parts[begin:end]), np.uint8) - 48
             pieces.append(_decode_runs(chars, lengths[begin:end]))
             begin, size = end, 0
-    longest, total, foreground = (np.concatenate(column) for column in zip(*pieces))
+    longest, total, foreground = (np.concatenate(column) for column in zip(*pieces, strict=True))
     for j, i in enumerate(good):
         if longest[j] > MAX_NUMBER_CHARS:
-            results[i] = Problem("compressed RLE counts string cannot be decoded: a number is longer than "
-                                 f"{MAX_NUMBER_CHARS} characters (pycocotools cannot decode it)", True)
+            results[i] = Problem(
+                "compressed RLE counts string cannot be decoded: a number is longer than "
+                f"{MAX_NUMBER_CHARS} characters (pycocotools cannot decode it)",
+                True,
+            )
         elif total[j] != totals[i]:
-            results[i] = Problem(f"compressed RLE counts string cannot be decoded: its runs sum to {int(total[j])} "
-                                 f"pixels, not height*width = {totals[i]}", True)
+            results[i] = Problem(
+                f"compressed RLE counts string cannot be decoded: its runs sum to {int(total[j])} "
+                f"pixels, not height*width = {totals[i]}",
+                True,
+            )
         elif foreground[j] == 0:
             results[i] = Problem("empty mask (RLE has no foreground pixels)", False)
     return results
@@ -168,7 +185,7 @@ def _decode_runs(chars: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np
             value[sel] += (chars[start[sel] + k].astype(np.int64) & 0x1F) << (5 * k)
         values[multi] = value.astype(np.uint32)
     negative = np.searchsorted(ends, np.flatnonzero((chars & 0x30) == 0x10))  # closing characters with the sign bit
-    values[negative] -= (np.uint32(1) << (5 * np.minimum(num_len[negative], MAX_NUMBER_CHARS)).astype(np.uint32))
+    values[negative] -= np.uint32(1) << (5 * np.minimum(num_len[negative], MAX_NUMBER_CHARS)).astype(np.uint32)
     last = np.searchsorted(ends, np.cumsum(lengths) - 1)  # last number of each string
     first = np.concatenate([[0], last[:-1] + 1])
     cumulative = np.empty(n, np.uint32)  # along every other number, across strings (wraps like pycocotools)

@@ -46,8 +46,15 @@ def short_repr(value: Any, limit: int = 80) -> str:
 
 def json_type(value: Any) -> str:
     """The JSON name of a parsed value's type, for messages."""
-    names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-             list: "a list", dict: "an object"}
+    names = {
+        type(None): "null",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -60,17 +67,23 @@ def polygon_structure_problem(segmentation: list) -> Problem | None:
     if not segmentation:
         return Problem("empty polygon list", True)
     if type(segmentation[0]) in NUMBER_TYPES:
-        return Problem("segmentation must be a list of polygons; wrap it in another list: [[x1, y1, x2, y2, ...]]", True)
+        return Problem(
+            "segmentation must be a list of polygons; wrap it in another list: [[x1, y1, x2, y2, ...]]", True
+        )
     if len(segmentation) > MAX_POLYGON_PARTS:
-        return Problem(f"{len(segmentation)} polygons in one annotation, more than {MAX_POLYGON_PARTS} (pycocotools "
-                       "merges them in quadratic time: store a mask in that many pieces as an RLE)", True)
+        return Problem(
+            f"{len(segmentation)} polygons in one annotation, more than {MAX_POLYGON_PARTS} (pycocotools "
+            "merges them in quadratic time: store a mask in that many pieces as an RLE)",
+            True,
+        )
     for k, poly in enumerate(segmentation):
         if type(poly) is not list:
             return Problem(f"polygon {k} is {json_type(poly)}, expected a flat list [x1, y1, x2, y2, ...]", True)
         if poly and type(poly[0]) is list:
             return Problem(
                 f"polygon {k} is a list of [x, y] point pairs; COCO polygons are flat lists "
-                "[x1, y1, x2, y2, ...] (flatten each polygon)", True,
+                "[x1, y1, x2, y2, ...] (flatten each polygon)",
+                True,
             )
         if len(poly) % 2:
             return Problem(f"polygon {k} has an odd number of coordinates ({len(poly)})", True)
@@ -119,7 +132,12 @@ class PolygonBatch:
         x0, x1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
         y0, y1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
         width, height = sizes[:, 0], sizes[:, 1]
-        near = (x0 >= -MARGIN * width) & (x1 <= (1 + MARGIN) * width) & (y0 >= -MARGIN * height) & (y1 <= (1 + MARGIN) * height)
+        near = (
+            (x0 >= -MARGIN * width)
+            & (x1 <= (1 + MARGIN) * width)
+            & (y0 >= -MARGIN * height)
+            & (y1 <= (1 + MARGIN) * height)
+        )
         inside = (np.minimum(x1, width) > np.maximum(x0, 0.0)) & (np.minimum(y1, height) > np.maximum(y0, 0.0))
         nxt = np.arange(1, len(xs) + 1)
         nxt[np.cumsum(lengths // 2) - 1] = starts  # the last vertex closes the polygon
@@ -131,13 +149,17 @@ class PolygonBatch:
         for p in np.flatnonzero(~finite):
             note_problem(problems, int(owners[p]), Problem("polygon has NaN / inf coordinates", True))
         for p in np.flatnonzero(finite & ~near):
-            reason = (f"polygon coordinates reach far outside the {int(width[p])}x{int(height[p])} image (x from "
-                      f"{x0[p]:.6g} to {x1[p]:.6g}, y from {y0[p]:.6g} to {y1[p]:.6g}; at most one image size "
-                      "beyond an edge is accepted)")
+            reason = (
+                f"polygon coordinates reach far outside the {int(width[p])}x{int(height[p])} image (x from "
+                f"{x0[p]:.6g} to {x1[p]:.6g}, y from {y0[p]:.6g} to {y1[p]:.6g}; at most one image size "
+                "beyond an edge is accepted)"
+            )
             note_problem(problems, int(owners[p]), Problem(reason, True))
         for p in np.flatnonzero(finite & near & tangled):
-            reason = (f"polygon outline is {outline[p]:.3g} px long ({lengths[p] // 2} points), more than "
-                      f"{MAX_OUTLINE_PERIMETERS} perimeters of the {int(width[p])}x{int(height[p])} image")
+            reason = (
+                f"polygon outline is {outline[p]:.3g} px long ({lengths[p] // 2} points), more than "
+                f"{MAX_OUTLINE_PERIMETERS} perimeters of the {int(width[p])}x{int(height[p])} image"
+            )
             note_problem(problems, int(owners[p]), Problem(reason, True))
         # Zero area first: such a polygon has no inside, so "outside the image" would not be true of it. A
         # polygon with no width or height has none, whatever float rounding leaves of its shoelace sum.
@@ -146,27 +168,36 @@ class PolygonBatch:
         for p in np.flatnonzero(degenerate):
             note_problem(problems, int(owners[p]), Problem("degenerate polygon (zero area)", False))
         for p in np.flatnonzero(~inside):
-            note_problem(problems, int(owners[p]), Problem("polygon lies entirely outside the image (zero area after clipping)", False))
+            note_problem(
+                problems,
+                int(owners[p]),
+                Problem("polygon lies entirely outside the image (zero area after clipping)", False),
+            )
         # Extent of each annotation (over all its polygons), for the augmentation check of the data module.
         order = np.flatnonzero(np.concatenate([[True], owners[1:] != owners[:-1]]))
-        ext = np.minimum(np.maximum.reduceat(x1, order) - np.minimum.reduceat(x0, order),
-                         np.maximum.reduceat(y1, order) - np.minimum.reduceat(y0, order))
-        extents = {int(s): float(e) for s, e in zip(owners[order], ext) if int(s) not in problems}
+        ext = np.minimum(
+            np.maximum.reduceat(x1, order) - np.minimum.reduceat(x0, order),
+            np.maximum.reduceat(y1, order) - np.minimum.reduceat(y0, order),
+        )
+        extents = {int(s): float(e) for s, e in zip(owners[order], ext, strict=True) if int(s) not in problems}
         return problems, extents
 
     def _numeric_per_polygon(self, problems: dict[int, Problem]) -> tuple[np.ndarray, np.ndarray]:
         """Slow path: convert polygon by polygon, flagging those with non-numbers."""
         parts, keep, offset = [], np.ones(len(self.lengths), bool), 0
         index_in_owner: dict[int, int] = {}
-        for p, (n, slot) in enumerate(zip(self.lengths, self.owners)):
-            poly = self.flat[offset: offset + n]
+        for p, (n, slot) in enumerate(zip(self.lengths, self.owners, strict=True)):
+            poly = self.flat[offset : offset + n]
             offset += n
             k = index_in_owner[slot] = index_in_owner.get(slot, -1) + 1
             values = _numeric(poly)
             if values is None:
                 bad = [v for v in poly if type(v) not in NUMBER_TYPES][:1]
-                what = f"non-numeric coordinates (e.g. {short_repr(bad[0], 40)})" if bad else \
-                    "a coordinate too large for a 64-bit float"
+                what = (
+                    f"non-numeric coordinates (e.g. {short_repr(bad[0], 40)})"
+                    if bad
+                    else "a coordinate too large for a 64-bit float"
+                )
                 note_problem(problems, slot, Problem(f"polygon {k} has {what}", True))
                 keep[p] = False
             else:
@@ -225,7 +256,9 @@ class BoxBatch:
 
     def add(self, slot: int, bbox: Any, width: int, height: int) -> None:
         if type(bbox) is not list or len(bbox) != 4:
-            self.problems[slot] = Problem(f"bbox {short_repr(bbox)} must be a list of 4 numbers [x, y, width, height]", True)
+            self.problems[slot] = Problem(
+                f"bbox {short_repr(bbox)} must be a list of 4 numbers [x, y, width, height]", True
+            )
             return
         self.values.extend(bbox)
         self.slots.append(slot)
@@ -237,9 +270,11 @@ class BoxBatch:
         index = np.arange(len(self.slots))  # position in self.slots of each checked box
         boxes = _numeric(self.values)
         if boxes is None:  # some box holds a non-number: find which
-            parts = [_numeric(self.values[4 * i: 4 * i + 4]) for i in index]
+            parts = [_numeric(self.values[4 * i : 4 * i + 4]) for i in index]
             for i in np.flatnonzero([part is None for part in parts]):
-                self.problems[self.slots[i]] = Problem(f"bbox {short_repr(self._box(i))} must be a list of 4 numbers [x, y, width, height]", True)
+                self.problems[self.slots[i]] = Problem(
+                    f"bbox {short_repr(self._box(i))} must be a list of 4 numbers [x, y, width, height]", True
+                )
             index = np.array([i for i, part in enumerate(parts) if part is not None], dtype=np.int64)
             boxes = np.concatenate([parts[i] for i in index]) if len(index) else np.zeros(0)
         boxes = boxes.reshape(-1, 4)
@@ -249,7 +284,12 @@ class BoxBatch:
         with np.errstate(invalid="ignore", over="ignore"):
             finite = np.all(np.isfinite(boxes), axis=1)
             negative = (w < 0) | (h < 0)
-            far = (x < -MARGIN * width) | (y < -MARGIN * height) | (x + w > (1 + MARGIN) * width) | (y + h > (1 + MARGIN) * height)
+            far = (
+                (x < -MARGIN * width)
+                | (y < -MARGIN * height)
+                | (x + w > (1 + MARGIN) * width)
+                | (y + h > (1 + MARGIN) * height)
+            )
             inside = (np.minimum(x + w, width) > np.maximum(x, 0)) & (np.minimum(y + h, height) > np.maximum(y, 0))
         for k in np.flatnonzero(~finite | negative | far | ~inside):
             bbox, size = short_repr(self._box(index[k])), f"{int(width[k])}x{int(height[k])}"
@@ -266,4 +306,4 @@ class BoxBatch:
         return self.problems
 
     def _box(self, i: int | np.integer) -> list:
-        return self.values[4 * i: 4 * i + 4]
+        return self.values[4 * i : 4 * i + 4]

@@ -12,16 +12,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import logging
 import os
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.readers.masks import decode_segmentation
-from maskrcnn.errors import ConfigError
+from maskrcnn.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:  # the dataset calls these checks; only its type is needed here
     from maskrcnn.data.coco import CocoInstanceDataset
@@ -44,6 +42,7 @@ def validate_augmentation_sizes(kwargs: dict[str, Any], config_keys: set[str]) -
     Errors name the key as ``augmentation.<key>`` when it came from the augmentation config group
     (``config_keys``), else as the ``CocoDataModule`` argument.
     """
+
     def key(name: str) -> str:
         return f"augmentation.{name}" if name in config_keys else name
 
@@ -63,15 +62,17 @@ def validate_augmentation_sizes(kwargs: dict[str, Any], config_keys: set[str]) -
             pixels("multiscale_sizes", value)
     scale = kwargs.get("lsj_scale")
     if scale is not None and not (
-        isinstance(scale, (list, tuple)) and len(scale) == 2
-        and all(type(v) in (int, float) and 0 < v < float("inf") for v in scale) and scale[0] <= scale[1]
+        isinstance(scale, (list, tuple))
+        and len(scale) == 2
+        and all(type(v) in (int, float) and 0 < v < float("inf") for v in scale)
+        and scale[0] <= scale[1]
     ):
         raise ConfigError(f"{key('lsj_scale')}={scale!r}: must be [low, high] with 0 < low <= high")
 
 
 def category_names(dataset: CocoInstanceDataset) -> dict[int, str]:
     """Category id -> name of ``dataset``."""
-    return dict(zip(dataset.label_to_category_id.values(), dataset.class_names[1:]))
+    return dict(zip(dataset.label_to_category_id.values(), dataset.class_names[1:], strict=True))
 
 
 def check_categories_agree(first: dict[int, str], second: dict[int, str], what: str, names: str) -> None:
@@ -122,8 +123,10 @@ def check_training_instances(dataset: CocoInstanceDataset) -> None:
     """Training on zero instances would run, log falling losses and learn nothing: stop instead."""
     reason = no_instance_reason(dataset)
     if reason is not None:
-        raise DatasetError(f"train split ({dataset.annotation_file}): no training instance left: {reason}. "
-                           "Mask R-CNN needs at least one non-crowd object with a usable polygon or RLE mask")
+        raise DatasetError(
+            f"train split ({dataset.annotation_file}): no training instance left: {reason}. "
+            "Mask R-CNN needs at least one non-crowd object with a usable polygon or RLE mask"
+        )
 
 
 def warn_if_nothing_to_evaluate(dataset: CocoInstanceDataset) -> bool:
@@ -133,9 +136,12 @@ def warn_if_nothing_to_evaluate(dataset: CocoInstanceDataset) -> bool:
     reason = no_instance_reason(dataset)
     if reason is None:
         return False
-    log.warning("val split (%s): no instance to evaluate: %s. COCO AP is not computable, so every val/ metric "
-                "will be NaN; add annotated validation images, or skip validation with trainer.limit_val_batches=0",
-                dataset.annotation_file, reason)
+    log.warning(
+        "val split (%s): no instance to evaluate: %s. COCO AP is not computable, so every val/ metric "
+        "will be NaN; add annotated validation images, or skip validation with trainer.limit_val_batches=0",
+        dataset.annotation_file,
+        reason,
+    )
     return True
 
 
@@ -144,12 +150,17 @@ def training_scale(augmentation: str, kwargs: dict[str, Any], height: int, width
     (``maskrcnn.data.transforms.build_transforms``)."""
     if augmentation == "lsj":
         return kwargs.get("lsj_size", 1024) * max(kwargs.get("lsj_scale") or (0.1, 2.0)) / max(height, width)
-    short = max(kwargs.get("multiscale_sizes") or [kwargs["min_size"]]) if augmentation == "multiscale" else kwargs["min_size"]
+    short = (
+        max(kwargs.get("multiscale_sizes") or [kwargs["min_size"]])
+        if augmentation == "multiscale"
+        else kwargs["min_size"]
+    )
     return min(short / min(height, width), kwargs["max_size"] / max(height, width))
 
 
-def any_instance_survives(dataset: CocoInstanceDataset, augmentation: str, kwargs: dict[str, Any],
-                          num_images: int = 16) -> bool:
+def any_instance_survives(
+    dataset: CocoInstanceDataset, augmentation: str, kwargs: dict[str, Any], num_images: int = 16
+) -> bool:
     """Whether some training instance keeps a pixel when rasterised at the largest training scale,
     as the pipeline rasterises it (json only, no image decoding).
 
@@ -191,8 +202,13 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_mask_memory(dataset: CocoInstanceDataset, split: str, scale: Callable[[int, int], float],
-                      limit: int | None = None, warn: int = MASK_MEMORY_WARN) -> None:
+def check_mask_memory(
+    dataset: CocoInstanceDataset,
+    split: str,
+    scale: Callable[[int, int], float],
+    limit: int | None = None,
+    warn: int = MASK_MEMORY_WARN,
+) -> None:
     """Reject a split whose most crowded image needs more memory for its masks than ``limit``
     (default: this machine's RAM), and warn above ``warn`` bytes.
 
@@ -215,11 +231,14 @@ def check_mask_memory(dataset: CocoInstanceDataset, split: str, scale: Callable[
     img, k = worst_img, scale(worst_img["height"], worst_img["width"])
     n = len(dataset._instances.get(img["id"], ())) + len(dataset._crowds.get(img["id"], ()))
     size = f"{max(1, round(img['width'] * k))}x{max(1, round(img['height'] * k))}"
-    message = (f"{split} split ({dataset.annotation_file}): image id {img['id']} ({img['file_name']!r}) has {n} "
-               f"instance and crowd masks; at {size} px, the size the {split} pipeline gives it, they need about "
-               f"{worst / 2**30:.1f} GiB (uint8 masks plus the model's float32 copy)")
-    fix = ("lower augmentation.min_size / max_size" if split == "train" else
-           "resize the validation images on disk") + ", or split the image into tiles"
+    message = (
+        f"{split} split ({dataset.annotation_file}): image id {img['id']} ({img['file_name']!r}) has {n} "
+        f"instance and crowd masks; at {size} px, the size the {split} pipeline gives it, they need about "
+        f"{worst / 2**30:.1f} GiB (uint8 masks plus the model's float32 copy)"
+    )
+    fix = (
+        "lower augmentation.min_size / max_size" if split == "train" else "resize the validation images on disk"
+    ) + ", or split the image into tiles"
     if limit is not None and worst > limit:
         raise DatasetError(f"{message}, more than this machine's {limit / 2**30:.1f} GiB of memory; {fix}")
     log.warning("%s; memory may run out (%s)", message, fix)

@@ -10,21 +10,21 @@ each object's best anchor as a positive even below ``fg_iou_thresh`` (low-qualit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from maskrcnn.data.fit.boxes import CocoBoxes
 
 ANCHOR_KEEP_MARGIN = 0.01  # keep the configured anchors unless a doubling set gains this much fitness
-SEARCH_SAMPLE = 20000      # objects the anchor search scores (a fixed-seed random subset)
-MAX_MIN_SIZE = 1333        # never suggest a shortest edge above this
-MAX_UPSCALE = 3.0          # ... nor a median image scale factor (vs. the file's pixels) above this
+SEARCH_SAMPLE = 20000  # objects the anchor search scores (a fixed-seed random subset)
+MAX_MIN_SIZE = 1333  # never suggest a shortest edge above this
+MAX_UPSCALE = 3.0  # ... nor a median image scale factor (vs. the file's pixels) above this
 # P2's stride is 4 px: a smaller anchor than 2 strides is rarely centred on its object (the shape-only
 # IoU ignores that offset), so a smaller base would look better here than it trains.
 MIN_ANCHOR_BASE = 8
-WARN_FRACTION = 0.01       # a fit problem matters from 1% of the training objects on
+WARN_FRACTION = 0.01  # a fit problem matters from 1% of the training objects on
 
 
 def training_scale(widths: np.ndarray, heights: np.ndarray, min_sizes: Sequence[int], max_size: int) -> np.ndarray:
@@ -43,8 +43,9 @@ def object_boxes(data: CocoBoxes, min_sizes: Sequence[int], max_size: int) -> tu
     return (scale * data.wh[keep, 0]).ravel(), (scale * data.wh[keep, 1]).ravel()
 
 
-def anchor_shapes(anchor_sizes: Sequence[Sequence[float]],
-                  aspect_ratios: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+def anchor_shapes(
+    anchor_sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(wh float64 [A, 2], level int64 [A])`` of torchvision ``AnchorGenerator``'s cell anchors,
     rounded as it rounds them (aspect ratio = h / w). One ratio list applies to every level."""
     if len(aspect_ratios) == 1:
@@ -52,7 +53,7 @@ def anchor_shapes(anchor_sizes: Sequence[Sequence[float]],
     if len(aspect_ratios) != len(anchor_sizes):
         raise ValueError(f"aspect_ratios has {len(aspect_ratios)} levels but anchor_sizes has {len(anchor_sizes)}")
     wh, level = [], []
-    for lvl, (sizes, ratios) in enumerate(zip(anchor_sizes, aspect_ratios)):
+    for lvl, (sizes, ratios) in enumerate(zip(anchor_sizes, aspect_ratios, strict=True)):
         for r in ratios:
             for s in sizes:
                 h_ratio = math.sqrt(r)
@@ -118,8 +119,9 @@ class Suggestion:
         return f"fitted to the training objects, but even these do not fit ({numbers})"
 
 
-def _suggest_anchors(w: np.ndarray, h: np.ndarray, anchor_sizes: list[list[float]],
-                     aspect_ratios: list[list[float]], out: Suggestion) -> None:
+def _suggest_anchors(
+    w: np.ndarray, h: np.ndarray, anchor_sizes: list[list[float]], aspect_ratios: list[list[float]], out: Suggestion
+) -> None:
     pick: slice | np.ndarray = slice(None)
     if len(w) > SEARCH_SAMPLE:
         pick = np.random.default_rng(0).choice(len(w), SEARCH_SAMPLE, replace=False)
@@ -132,8 +134,14 @@ def _suggest_anchors(w: np.ndarray, h: np.ndarray, anchor_sizes: list[list[float
         return [[base * 2**i] for i in range(len(anchor_sizes))]
 
     bases = sorted({round(MIN_ANCHOR_BASE * 2 ** (k / 8)) for k in range(41)})  # 8..256 px in ~9% steps
-    scored = [(fitness(best_anchor_iou(sw, sh, anchor_shapes(doubling(b), aspect_ratios)[0])[0]),
-               -abs(math.log(b / current_base)), b) for b in bases]  # ties: the base nearest the configured one
+    scored = [
+        (
+            fitness(best_anchor_iou(sw, sh, anchor_shapes(doubling(b), aspect_ratios)[0])[0]),
+            -abs(math.log(b / current_base)),
+            b,
+        )
+        for b in bases
+    ]  # ties: the base nearest the configured one
     best_fit, _, base = max(scored)
     out.configured_fitness, out.best_doubling, out.best_doubling_fitness = configured, doubling(base), best_fit
     configured_misses = float(np.mean(configured_iou < 0.5))
@@ -146,8 +154,15 @@ def _suggest_anchors(w: np.ndarray, h: np.ndarray, anchor_sizes: list[list[float
     out.frac_iou_below_half = float(np.mean(chosen_iou < 0.5))
 
 
-def _suggest_scale(w: np.ndarray, h: np.ndarray, train: CocoBoxes, min_sizes: list[int], max_size: int,
-                   smallest_anchor: float, out: Suggestion) -> None:
+def _suggest_scale(
+    w: np.ndarray,
+    h: np.ndarray,
+    train: CocoBoxes,
+    min_sizes: list[int],
+    max_size: int,
+    smallest_anchor: float,
+    out: Suggestion,
+) -> None:
     target, p5 = smallest_anchor / 2, float(np.percentile(np.sqrt(w * h), 5))
     if p5 >= target:
         out.note = f"min_size: keep (p5 {p5:.1f} px >= {target:g} px, half the smallest anchor)"
@@ -169,8 +184,15 @@ def _suggest_scale(w: np.ndarray, h: np.ndarray, train: CocoBoxes, min_sizes: li
         out.note = f"min_size: {capped}; p5 stays below {target:g} px"
 
 
-def suggest(w: np.ndarray, h: np.ndarray, train: CocoBoxes, min_sizes: list[int], max_size: int,
-            anchor_sizes: list[list[float]], aspect_ratios: list[list[float]]) -> Suggestion:
+def suggest(
+    w: np.ndarray,
+    h: np.ndarray,
+    train: CocoBoxes,
+    min_sizes: list[int],
+    max_size: int,
+    anchor_sizes: list[list[float]],
+    aspect_ratios: list[list[float]],
+) -> Suggestion:
     """Anchor sizes and training scale for the training objects ``w, h float64 [N]`` (px at the
     training scale, from ``object_boxes``); the two are alternatives, each scored on its own."""
     out = Suggestion()

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from maskrcnn.errors import DatasetError
 from maskrcnn.data.checks.rle import RleBatch
 from maskrcnn.data.checks.segmentation import PolygonBatch, Problem, queue_segmentation
+from maskrcnn.errors import DatasetError
 
 REASONS = ("", "unknown image_id", "unknown category_id", "no usable segmentation", "mask covers no pixel of the image")
 _NO_MASK = 3  # its text is the segmentation's own problem ("polygon lies entirely outside the image", ...)
@@ -45,17 +45,17 @@ class CocoBoxes:
     """Images and VALID annotations of one json (V of them); sizes in the file's pixels."""
 
     path: str
-    image_ids: np.ndarray     # int64 [I]
-    widths: np.ndarray        # int64 [I]
-    heights: np.ndarray       # int64 [I]
+    image_ids: np.ndarray  # int64 [I]
+    widths: np.ndarray  # int64 [I]
+    heights: np.ndarray  # int64 [I]
     categories: dict[int, str]  # category id -> name
-    image_index: np.ndarray   # int64 [V] row in image_ids of each annotation's image
-    category: np.ndarray      # int64 [V] category id
-    crowd: np.ndarray         # bool [V] iscrowd
-    wh: np.ndarray            # float64 [V, 2] box width, height (mask box, else json bbox) within the image
-    invalid: dict[str, int]   # skipped annotations per reason
+    image_index: np.ndarray  # int64 [V] row in image_ids of each annotation's image
+    category: np.ndarray  # int64 [V] category id
+    crowd: np.ndarray  # bool [V] iscrowd
+    wh: np.ndarray  # float64 [V, 2] box width, height (mask box, else json bbox) within the image
+    invalid: dict[str, int]  # skipped annotations per reason
     invalid_examples: list[dict]  # first 5 skipped: annotation_id, image_id, reason
-    disagree: int = 0         # valid annotations whose json bbox disagrees with the mask box
+    disagree: int = 0  # valid annotations whose json bbox disagrees with the mask box
     disagree_examples: list[dict] = field(default_factory=list)  # first 5: annotation_id, image_id, bbox, mask_box
 
 
@@ -89,8 +89,7 @@ def _bbox_array(raw: list) -> np.ndarray:
     return boxes
 
 
-def _polygon_boxes(anns: list[dict], slots: list[int], width: np.ndarray, height: np.ndarray,
-                   out: np.ndarray) -> None:
+def _polygon_boxes(anns: list[dict], slots: list[int], width: np.ndarray, height: np.ndarray, out: np.ndarray) -> None:
     """Write into ``out`` (xyxy [N, 4]) the box of the mask pycocotools rasterises (as training does,
     ``masks.rasterise_polygons``) from the polygons of each annotation in ``slots``: the union of
     its parts' ``toBbox``, all zero when no part covers a pixel. Polygons are rasterised in batches
@@ -105,7 +104,7 @@ def _polygon_boxes(anns: list[dict], slots: list[int], width: np.ndarray, height
     parts, owner = [], []
     for (h, w), (polys, owners) in groups.items():
         for start in range(0, len(polys), _POLYGON_CHUNK):  # >= 6 coordinates each: never read as a bbox
-            parts.append(mask_utils.toBbox(mask_utils.frPyObjects(polys[start:start + _POLYGON_CHUNK], h, w)))
+            parts.append(mask_utils.toBbox(mask_utils.frPyObjects(polys[start : start + _POLYGON_CHUNK], h, w)))
         owner.extend(owners)
     if not owner:
         return
@@ -118,8 +117,9 @@ def _polygon_boxes(anns: list[dict], slots: list[int], width: np.ndarray, height
     out[owner_ids[first]] = np.where(np.isfinite(box).all(axis=1, keepdims=True), box, 0.0)
 
 
-def segmentation_boxes(anns: list[dict], width: np.ndarray, height: np.ndarray,
-                       known: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+def segmentation_boxes(
+    anns: list[dict], width: np.ndarray, height: np.ndarray, known: np.ndarray
+) -> tuple[np.ndarray, dict[int, str]]:
     """Mask boxes of N annotations on images of ``width, height int [N]`` (``known``: the image
     exists), as training rasterises them: ``(xyxy float64 [N, 4] clipped to the image, NaN where
     there is no usable segmentation; {annotation index: why not} for those of known images)``.
@@ -143,8 +143,10 @@ def segmentation_boxes(anns: list[dict], width: np.ndarray, height: np.ndarray,
     _polygon_boxes(anns, [i for i in dict.fromkeys(polygons.owners) if i not in problems], width, height, boxes)
     measured = [i for i in rles.valid if i not in problems]
     if measured:
-        objs = [seg if type(seg["counts"]) is str else mask_utils.frPyObjects(seg, int(height[i]), int(width[i]))
-                for i, seg in ((i, anns[i]["segmentation"]) for i in measured)]
+        objs = [
+            seg if type(seg["counts"]) is str else mask_utils.frPyObjects(seg, int(height[i]), int(width[i]))
+            for i, seg in ((i, anns[i]["segmentation"]) for i in measured)
+        ]
         xywh = mask_utils.toBbox(objs).reshape(-1, 4)
         boxes[measured] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     size = np.stack([width, height, width, height], axis=1).astype(np.float64)
@@ -168,8 +170,9 @@ def _read_json(path: Path) -> dict:
         raise DatasetError(f"{path}: cannot read annotation file ({e.strerror or e})") from None
     except ValueError as e:
         raise DatasetError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
-                                                                                    "categories")):
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
         raise DatasetError(f"{path}: a COCO json needs the lists 'images', 'annotations' and 'categories'")
     return data
 
@@ -179,11 +182,18 @@ def _image_table(path: Path, images: list) -> np.ndarray:
     try:
         table = np.array([(im["id"], im["width"], im["height"]) for im in images], dtype=np.int64).reshape(-1, 3)
     except (KeyError, TypeError, ValueError, OverflowError):
-        bad = next((im for im in images if not isinstance(im, dict) or not all(
-            isinstance(im.get(k), int) for k in ("id", "width", "height"))), None)
+        bad = next(
+            (
+                im
+                for im in images
+                if not isinstance(im, dict) or not all(isinstance(im.get(k), int) for k in ("id", "width", "height"))
+            ),
+            None,
+        )
         what = f"image {bad.get('id')!r}" if isinstance(bad, dict) else f"image entry {str(bad)[:80]}"
-        raise DatasetError(f"{path}: {what} needs integer 'id', 'width' and 'height' "
-                           "(the fit report reads image sizes from the json)") from None
+        raise DatasetError(
+            f"{path}: {what} needs integer 'id', 'width' and 'height' (the fit report reads image sizes from the json)"
+        ) from None
     ids, widths, heights = table.T
     if len(table) and (widths.min() <= 0 or heights.min() <= 0):
         i = int(np.flatnonzero((widths <= 0) | (heights <= 0))[0])
@@ -195,8 +205,14 @@ def _image_table(path: Path, images: list) -> np.ndarray:
 
 
 def _examples(anns: list[dict], rows: np.ndarray, **columns: list) -> list[dict]:
-    return [{"annotation_id": anns[i].get("id"), "image_id": anns[i].get("image_id"),
-             **{k: v[j] for k, v in columns.items()}} for j, i in enumerate(rows[:5].tolist())]
+    return [
+        {
+            "annotation_id": anns[i].get("id"),
+            "image_id": anns[i].get("image_id"),
+            **{k: v[j] for k, v in columns.items()},
+        }
+        for j, i in enumerate(rows[:5].tolist())
+    ]
 
 
 def load_coco_boxes(path: str | Path) -> CocoBoxes:
@@ -210,8 +226,9 @@ def load_coco_boxes(path: str | Path) -> CocoBoxes:
         image_id, category = _int_array(_column(anns, "image_id")), _int_array(_column(anns, "category_id"))
         crowd_flags, bbox = _column(anns, "iscrowd", 0), _column(anns, "bbox")
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise DatasetError(f"{path}: every annotation and category must be an object; categories need an "
-                           "integer 'id'") from None
+        raise DatasetError(
+            f"{path}: every annotation and category must be an object; categories need an integer 'id'"
+        ) from None
     try:
         crowd = np.array(crowd_flags, dtype=np.int64).reshape(len(anns)) != 0
     except (TypeError, ValueError, OverflowError):
@@ -230,16 +247,21 @@ def load_coco_boxes(path: str | Path) -> CocoBoxes:
     with np.errstate(invalid="ignore"):  # NaN json boxes never count: they are only compared below
         json_box = np.clip(np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1), 0, size)
         used_w, used_h = mask_box[:, 2] - mask_box[:, 0], mask_box[:, 3] - mask_box[:, 1]
-        checks = (~known_image, ~np.isin(category, np.array(list(categories), dtype=np.int64)),
-                  ~measured, measured & ((used_w <= 0) | (used_h <= 0)))
+        checks = (
+            ~known_image,
+            ~np.isin(category, np.array(list(categories), dtype=np.int64)),
+            ~measured,
+            measured & ((used_w <= 0) | (used_h <= 0)),
+        )
     reason = np.zeros(len(anns), dtype=np.int64)
     for code, failed in enumerate(checks, start=1):  # the first failed check names the reason
         reason[(reason == 0) & failed] = code
     valid = reason == 0
     bad = np.flatnonzero(~valid)
     # no usable segmentation: training skips the annotation, for the reason validation gives
-    why = [no_mask.get(i, "no usable segmentation") if reason[i] == _NO_MASK else REASONS[reason[i]]
-           for i in bad.tolist()]
+    why = [
+        no_mask.get(i, "no usable segmentation") if reason[i] == _NO_MASK else REASONS[reason[i]] for i in bad.tolist()
+    ]
     invalid = dict(Counter(why))
     examples = _examples(anns, bad, reason=why[:5])
     # A json bbox the mask contradicts: listed, never used (the mask box is, as in training).
@@ -249,11 +271,22 @@ def load_coco_boxes(path: str | Path) -> CocoBoxes:
         disagree = np.flatnonzero(checked & (_iou(json_box, mask_box) < DISAGREE_IOU) & (off > DISAGREE_PX))
     shown = disagree[:5]
     return CocoBoxes(
-        str(path), ids, widths, heights, categories, index[valid], category[valid], crowd[valid],
-        np.stack([used_w[valid], used_h[valid]], axis=1), invalid, examples,
+        str(path),
+        ids,
+        widths,
+        heights,
+        categories,
+        index[valid],
+        category[valid],
+        crowd[valid],
+        np.stack([used_w[valid], used_h[valid]], axis=1),
+        invalid,
+        examples,
         disagree=len(disagree),
-        disagree_examples=_examples(anns, shown, bbox=[bbox[i] for i in shown.tolist()],
-                                    mask_box=[_xywh(mask_box[i]) for i in shown.tolist()]))
+        disagree_examples=_examples(
+            anns, shown, bbox=[bbox[i] for i in shown.tolist()], mask_box=[_xywh(mask_box[i]) for i in shown.tolist()]
+        ),
+    )
 
 
 def _xywh(box: np.ndarray) -> list[float]:

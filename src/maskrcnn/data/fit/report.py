@@ -16,9 +16,10 @@ disagrees with its mask is warned about with example ids and not used.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,23 +57,23 @@ class SplitStats:
     annotation_file: str
     images: int
     images_without_instances: int
-    instances: int                  # valid non-crowd annotations
-    crowd: int                      # valid iscrowd=1 regions (ignored in training, not objects)
-    invalid: dict[str, int]         # skipped annotations per reason
-    invalid_examples: list[dict]    # first 5 skipped: annotation_id, image_id, reason
+    instances: int  # valid non-crowd annotations
+    crowd: int  # valid iscrowd=1 regions (ignored in training, not objects)
+    invalid: dict[str, int]  # skipped annotations per reason
+    invalid_examples: list[dict]  # first 5 skipped: annotation_id, image_id, reason
     instances_per_class: dict[str, int]
     max_instances: int
     max_instances_image_id: int | None
-    images_over_detections: int     # images with more instances than detections_per_img
-    image_scale: dict[str, float]   # training resize factor vs. the file's pixels: min, p50, max
+    images_over_detections: int  # images with more instances than detections_per_img
+    image_scale: dict[str, float]  # training resize factor vs. the file's pixels: min, p50, max
     sizes: dict[str, float] | None  # PERCENTILES of sqrt(w*h); None without instances
     frac_below_half_smallest: float
     frac_above_twice_largest: float
-    frac_iou_below_fg: float        # best anchor IoU < rpn fg_iou_thresh
-    frac_iou_below_half: float      # best anchor IoU < 0.5: the object is poorly recalled by the RPN
+    frac_iou_below_fg: float  # best anchor IoU < rpn fg_iou_thresh
+    frac_iou_below_half: float  # best anchor IoU < 0.5: the object is poorly recalled by the RPN
     best_iou_median: float | None
-    level_share: list[float]        # fraction of objects whose best anchor is on each FPN level
-    bbox_disagree: int = 0          # json bbox disagrees with the mask box (not used; see coco_boxes)
+    level_share: list[float]  # fraction of objects whose best anchor is on each FPN level
+    bbox_disagree: int = 0  # json bbox disagrees with the mask box (not used; see coco_boxes)
     bbox_disagree_examples: list[dict] = field(default_factory=list)  # first 5: ids, json bbox, mask box
 
 
@@ -80,7 +81,7 @@ class SplitStats:
 class FitReport:
     settings: dict[str, Any]
     classes: list[str]
-    splits: dict[str, SplitStats]   # "train" and, when given, "val"
+    splits: dict[str, SplitStats]  # "train" and, when given, "val"
     warnings: list[FitWarning]
     suggestion: Suggestion
 
@@ -93,33 +94,52 @@ class FitReport:
         return _format(self)
 
 
-def _split_stats(p: CocoBoxes, names: dict[int, str], w: np.ndarray, h: np.ndarray, scale: np.ndarray,
-                 anchor_sizes: list[list[float]], anchors: tuple[np.ndarray, np.ndarray], fg_iou: float,
-                 detections_per_img: int) -> SplitStats:
+def _split_stats(
+    p: CocoBoxes,
+    names: dict[int, str],
+    w: np.ndarray,
+    h: np.ndarray,
+    scale: np.ndarray,
+    anchor_sizes: list[list[float]],
+    anchors: tuple[np.ndarray, np.ndarray],
+    fg_iou: float,
+    detections_per_img: int,
+) -> SplitStats:
     inst = ~p.crowd
     per_image = np.bincount(p.image_index[inst], minlength=len(p.image_ids))
     top = int(np.argmax(per_image)) if len(per_image) else None
     ids, counts = np.unique(p.category[inst], return_counts=True)
-    count_of = dict(zip(ids.tolist(), counts.tolist()))
+    count_of = dict(zip(ids.tolist(), counts.tolist(), strict=True))
     smallest, largest = min(map(min, anchor_sizes)), max(map(max, anchor_sizes))
     sizes = np.sqrt(w * h)
     best, arg = best_anchor_iou(w, h, anchors[0])
     n_levels, frac = len(anchor_sizes), (lambda m: float(np.mean(m)) if len(m) else 0.0)
     return SplitStats(
-        annotation_file=p.path, images=len(p.image_ids), images_without_instances=int(np.sum(per_image == 0)),
-        instances=int(inst.sum()), crowd=int(p.crowd.sum()), invalid=p.invalid, invalid_examples=p.invalid_examples,
+        annotation_file=p.path,
+        images=len(p.image_ids),
+        images_without_instances=int(np.sum(per_image == 0)),
+        instances=int(inst.sum()),
+        crowd=int(p.crowd.sum()),
+        invalid=p.invalid,
+        invalid_examples=p.invalid_examples,
         instances_per_class={name: count_of.get(cid, 0) for cid, name in names.items()},
         max_instances=int(per_image[top]) if top is not None else 0,
         max_instances_image_id=int(p.image_ids[top]) if top is not None and per_image[top] else None,
         images_over_detections=int(np.sum(per_image > detections_per_img)),
-        image_scale=({k: float(np.percentile(scale, q)) for k, q in (("min", 0), ("p50", 50), ("max", 100))}
-                     if scale.size else {}),
+        image_scale=(
+            {k: float(np.percentile(scale, q)) for k, q in (("min", 0), ("p50", 50), ("max", 100))}
+            if scale.size
+            else {}
+        ),
         sizes={k: float(np.percentile(sizes, q)) for k, q in PERCENTILES.items()} if len(sizes) else None,
-        frac_below_half_smallest=frac(sizes < smallest / 2), frac_above_twice_largest=frac(sizes > 2 * largest),
-        frac_iou_below_fg=frac(best < fg_iou), frac_iou_below_half=frac(best < 0.5),
+        frac_below_half_smallest=frac(sizes < smallest / 2),
+        frac_above_twice_largest=frac(sizes > 2 * largest),
+        frac_iou_below_fg=frac(best < fg_iou),
+        frac_iou_below_half=frac(best < 0.5),
         best_iou_median=float(np.median(best)) if len(best) else None,
         level_share=(np.bincount(anchors[1][arg], minlength=n_levels) / max(len(arg), 1)).tolist(),
-        bbox_disagree=p.disagree, bbox_disagree_examples=p.disagree_examples,
+        bbox_disagree=p.disagree,
+        bbox_disagree_examples=p.disagree_examples,
     )
 
 
@@ -130,8 +150,10 @@ def _anchor_override(anchor_sizes: Sequence[Sequence[float]]) -> str:
 
 def _scale_override(min_size: int | list[int], max_size: int, configured_max: int) -> str:
     if isinstance(min_size, list):
-        parts = [f"model.transform.min_size={max(min_size)}",
-                 f"augmentation.multiscale_sizes='[{','.join(map(str, min_size))}]'"]
+        parts = [
+            f"model.transform.min_size={max(min_size)}",
+            f"augmentation.multiscale_sizes='[{','.join(map(str, min_size))}]'",
+        ]
     else:  # the augmentation sizes follow model.transform unless set explicitly
         parts = [f"model.transform.min_size={min_size}"]
     if max_size != configured_max:
@@ -144,37 +166,59 @@ def _warnings(splits: dict[str, SplitStats], s: Suggestion, settings: dict[str, 
     anchor_sizes = settings["anchor_sizes"]
     smallest, largest = min(map(min, anchor_sizes)), max(map(max, anchor_sizes))
     anchors = [_anchor_override(s.anchor_sizes)] if s.anchor_sizes and not s.keep_anchors else []
-    scale = ([_scale_override(s.min_size, s.max_size, settings["max_size"])]
-             if s.min_size is not None and s.max_size is not None else [])
+    scale = (
+        [_scale_override(s.min_size, s.max_size, settings["max_size"])]
+        if s.min_size is not None and s.max_size is not None
+        else []
+    )
     if train.frac_below_half_smallest >= WARN_FRACTION and train.sizes is not None:  # sizes: None without instances
-        out.append(FitWarning(f"{train.frac_below_half_smallest:.1%} of training objects are below {smallest / 2:g} px "
-                              f"(half the smallest anchor) at the training scale; p5 = {train.sizes['p5']:.1f} px",
-                              anchors + scale))
+        out.append(
+            FitWarning(
+                f"{train.frac_below_half_smallest:.1%} of training objects are below {smallest / 2:g} px "
+                f"(half the smallest anchor) at the training scale; p5 = {train.sizes['p5']:.1f} px",
+                anchors + scale,
+            )
+        )
     if train.frac_above_twice_largest >= WARN_FRACTION and train.sizes is not None:
-        out.append(FitWarning(f"{train.frac_above_twice_largest:.1%} of training objects are above {2 * largest:g} px "
-                              f"(twice the largest anchor) at the training scale; p99 = {train.sizes['p99']:.1f} px",
-                              anchors))
+        out.append(
+            FitWarning(
+                f"{train.frac_above_twice_largest:.1%} of training objects are above {2 * largest:g} px "
+                f"(twice the largest anchor) at the training scale; p99 = {train.sizes['p99']:.1f} px",
+                anchors,
+            )
+        )
     limit = settings["detections_per_img"]
     for name, split in splits.items():
         if split.max_instances > limit:
-            out.append(FitWarning(
-                f"{name}: image {split.max_instances_image_id} has {split.max_instances} instances > "
-                f"detections_per_img={limit} ({split.images_over_detections} image(s) over it): the excess can never "
-                "be detected",
-                [f"model.roi_heads.detections_per_img={math.ceil(split.max_instances / 100) * 100}"]))
+            out.append(
+                FitWarning(
+                    f"{name}: image {split.max_instances_image_id} has {split.max_instances} instances > "
+                    f"detections_per_img={limit} ({split.images_over_detections} image(s) over it): "
+                    "the excess can never "
+                    "be detected",
+                    [f"model.roi_heads.detections_per_img={math.ceil(split.max_instances / 100) * 100}"],
+                )
+            )
     few = [(c, n) for c, n in train.instances_per_class.items() if n < settings["class_min_instances"]]
     if few:
         listed = ", ".join(f"{c} ({n})" for c, n in few[:10]) + (f", ... {len(few) - 10} more" if len(few) > 10 else "")
-        out.append(FitWarning(f"{len(few)} class(es) with fewer than {settings['class_min_instances']} training "
-                              f"instances: {listed}"))
+        out.append(
+            FitWarning(
+                f"{len(few)} class(es) with fewer than {settings['class_min_instances']} training instances: {listed}"
+            )
+        )
     for name, split in splits.items():
         out += box_warnings(name, split)
     for name, split in splits.items():
         if split.invalid:
             example = split.invalid_examples[0]
-            out.append(FitWarning(f"{name}: skipped {sum(split.invalid.values())} invalid annotation(s) ("
-                                  + "; ".join(f"{r}: {n}" for r, n in split.invalid.items())
-                                  + f"), e.g. annotation {example['annotation_id']} of image {example['image_id']}"))
+            out.append(
+                FitWarning(
+                    f"{name}: skipped {sum(split.invalid.values())} invalid annotation(s) ("
+                    + "; ".join(f"{r}: {n}" for r, n in split.invalid.items())
+                    + f"), e.g. annotation {example['annotation_id']} of image {example['image_id']}"
+                )
+            )
     return out
 
 
@@ -182,13 +226,19 @@ def box_warnings(name: str, split: SplitStats) -> list[FitWarning]:
     """Json bboxes that disagree with the mask boxes the report (and training) use."""
     out = []
     if split.bbox_disagree:
-        shown = "; ".join(f"annotation {e['annotation_id']} (image {e['image_id']}): bbox {e['bbox']} vs mask box "
-                          f"{e['mask_box']}" for e in split.bbox_disagree_examples[:3])
+        shown = "; ".join(
+            f"annotation {e['annotation_id']} (image {e['image_id']}): bbox {e['bbox']} vs mask box {e['mask_box']}"
+            for e in split.bbox_disagree_examples[:3]
+        )
         scored = "; COCO bbox AP of this split is scored against the json bbox" if name != "train" else ""
-        out.append(FitWarning(
-            f"{name}: {split.annotation_file}: {split.bbox_disagree} annotation(s) have a json bbox that disagrees with "
-            f"their mask (IoU < {DISAGREE_IOU:g} and an edge > {DISAGREE_PX:g} px off), e.g. {shown}; training and "
-            f"this report use the mask box{scored}"))
+        out.append(
+            FitWarning(
+                f"{name}: {split.annotation_file}: {split.bbox_disagree} annotation(s) have a json bbox that "
+                "disagrees with "
+                f"their mask (IoU < {DISAGREE_IOU:g} and an edge > {DISAGREE_PX:g} px off), e.g. {shown}; training and "
+                f"this report use the mask box{scored}"
+            )
+        )
     return out
 
 
@@ -223,15 +273,22 @@ def compute_fit_report(
             categories.setdefault(cid, name)
     seen = list(categories.values())
     names = {cid: (n if seen.count(n) == 1 else f"{n} (id {cid})") for cid, n in sorted(categories.items())}
-    settings = {"min_size": min_sizes if len(min_sizes) > 1 else min_sizes[0], "max_size": int(max_size),
-                "anchor_sizes": sizes, "aspect_ratios": ratios, "detections_per_img": int(detections_per_img),
-                "class_min_instances": int(class_min_instances), "rpn_fg_iou_thresh": float(rpn_fg_iou_thresh)}
+    settings = {
+        "min_size": min_sizes if len(min_sizes) > 1 else min_sizes[0],
+        "max_size": int(max_size),
+        "anchor_sizes": sizes,
+        "aspect_ratios": ratios,
+        "detections_per_img": int(detections_per_img),
+        "class_min_instances": int(class_min_instances),
+        "rpn_fg_iou_thresh": float(rpn_fg_iou_thresh),
+    }
     splits, boxes = {}, {}
     for name, p in parsed.items():
         boxes[name] = object_boxes(p, min_sizes, max_size)
         scale = training_scale(p.widths, p.heights, min_sizes, max_size)
-        splits[name] = _split_stats(p, names, *boxes[name], scale, sizes, anchors, rpn_fg_iou_thresh,
-                                    detections_per_img)
+        splits[name] = _split_stats(
+            p, names, *boxes[name], scale, sizes, anchors, rpn_fg_iou_thresh, detections_per_img
+        )
     suggestion = suggest(*boxes["train"], parsed["train"], min_sizes, max_size, sizes, ratios)
     return FitReport(settings, list(names.values()), splits, _warnings(splits, suggestion, settings), suggestion)
 
@@ -242,17 +299,23 @@ def _pct(x: float) -> str:
 
 def _format_counts(r: FitReport) -> list[str]:
     scale = r.splits["train"].image_scale
-    lines = [f"Training scale: min_size {r.settings['min_size']}, max_size {r.settings['max_size']}" + (
-        f" (train images x{scale['p50']:.2f} median, x{scale['min']:.2f}..x{scale['max']:.2f})" if scale else "")]
+    lines = [
+        f"Training scale: min_size {r.settings['min_size']}, max_size {r.settings['max_size']}"
+        + (f" (train images x{scale['p50']:.2f} median, x{scale['min']:.2f}..x{scale['max']:.2f})" if scale else "")
+    ]
     lines.append(f"{'split':<6}{'images':>8}{'empty':>7}{'instances':>11}{'crowd':>7}{'skipped':>9}  max/image")
     for name, s in r.splits.items():
         top = f" (image {s.max_instances_image_id})" if s.max_instances else ""
-        lines.append(f"{name:<6}{s.images:>8}{s.images_without_instances:>7}{s.instances:>11}{s.crowd:>7}"
-                     f"{sum(s.invalid.values()):>9}  {s.max_instances}{top}")
+        lines.append(
+            f"{name:<6}{s.images:>8}{s.images_without_instances:>7}{s.instances:>11}{s.crowd:>7}"
+            f"{sum(s.invalid.values()):>9}  {s.max_instances}{top}"
+        )
     for name, s in r.splits.items():  # silent in the usual case: every json bbox matches its mask
         if s.bbox_disagree:
-            lines.append(f"{name:<6}boxes: all from the masks (as training); {s.bbox_disagree} json bbox(es) disagree "
-                         "with their mask (not used)")
+            lines.append(
+                f"{name:<6}boxes: all from the masks (as training); {s.bbox_disagree} json bbox(es) disagree "
+                "with their mask (not used)"
+            )
     counts = {c: [s.instances_per_class[c] for s in r.splits.values()] for c in r.classes}
     shown = list(counts)
     if len(shown) > 12:  # the rarest and the most common; to_dict() has them all
@@ -272,17 +335,22 @@ def _format_sizes(r: FitReport) -> list[str]:
         values = "".join(f"{v:>8.1f}" for v in s.sizes.values()) if s.sizes else "  (no instances)"
         lines.append(f"{name:<6}{values}")
     ratios = ",".join(f"{x:g}" for x in sorted({x for lvl in r.settings["aspect_ratios"] for x in lvl}))
-    lines.append(f"Anchors {','.join('/'.join(f'{a:g}' for a in lvl) for lvl in sizes)} (ratios {ratios}); "
-                 f"shape-only best IoU, RPN fg >= {fg:g}")
+    lines.append(
+        f"Anchors {','.join('/'.join(f'{a:g}' for a in lvl) for lvl in sizes)} (ratios {ratios}); "
+        f"shape-only best IoU, RPN fg >= {fg:g}"
+    )
     below, above = f"<{min(map(min, sizes)) / 2:g}px", f">{2 * max(map(max, sizes)):g}px"
     levels = "/".join(f"P{i + 2}" for i in range(len(sizes)))
-    lines.append(f"{'split':<6}{below:>9}{above:>9}{f'IoU<{fg:g}':>9}{'IoU<0.5':>9}{'med IoU':>9}"
-                 f"  best level {levels} %")
+    lines.append(
+        f"{'split':<6}{below:>9}{above:>9}{f'IoU<{fg:g}':>9}{'IoU<0.5':>9}{'med IoU':>9}  best level {levels} %"
+    )
     for name, s in r.splits.items():
         med = f"{s.best_iou_median:.2f}" if s.best_iou_median is not None else "-"
-        lines.append(f"{name:<6}{_pct(s.frac_below_half_smallest):>9}{_pct(s.frac_above_twice_largest):>9}"
-                     f"{_pct(s.frac_iou_below_fg):>9}{_pct(s.frac_iou_below_half):>9}{med:>9}  "
-                     + "/".join(f"{100 * x:.0f}" for x in s.level_share))
+        lines.append(
+            f"{name:<6}{_pct(s.frac_below_half_smallest):>9}{_pct(s.frac_above_twice_largest):>9}"
+            f"{_pct(s.frac_iou_below_fg):>9}{_pct(s.frac_iou_below_half):>9}{med:>9}  "
+            + "/".join(f"{100 * x:.0f}" for x in s.level_share)
+        )
     return lines
 
 
@@ -297,12 +365,16 @@ def _format_advice(r: FitReport) -> list[str]:
     elif sug.anchor_sizes is not None and sug.keep_anchors:
         assert sug.best_doubling is not None and sug.frac_iou_below_half is not None  # set with anchor_sizes
         best = _anchor_override(sug.best_doubling).split("=")[1].strip("'")
-        lines.append(f"  anchors: keep the configured ones (IoU<0.5 {_pct(sug.frac_iou_below_half)}, fitness "
-                     f"{sug.configured_fitness:.3f}; best doubling set {best} {sug.best_doubling_fitness:.3f})")
+        lines.append(
+            f"  anchors: keep the configured ones (IoU<0.5 {_pct(sug.frac_iou_below_half)}, fitness "
+            f"{sug.configured_fitness:.3f}; best doubling set {best} {sug.best_doubling_fitness:.3f})"
+        )
     elif sug.anchor_sizes is not None:
         assert sug.frac_iou_below_half is not None  # set with anchor_sizes
-        lines.append(f"  anchors: {_anchor_override(sug.anchor_sizes)}  (IoU<0.5 -> {_pct(sug.frac_iou_below_half)}, "
-                     f"fitness {sug.best_doubling_fitness:.3f} vs {sug.configured_fitness:.3f} configured)")
+        lines.append(
+            f"  anchors: {_anchor_override(sug.anchor_sizes)}  (IoU<0.5 -> {_pct(sug.frac_iou_below_half)}, "
+            f"fitness {sug.best_doubling_fitness:.3f} vs {sug.configured_fitness:.3f} configured)"
+        )
     if sug.min_size is not None and sug.max_size is not None:  # set together
         scale = _scale_override(sug.min_size, sug.max_size, r.settings["max_size"])
         lines.append(f"  {'scale' if sug.keep_anchors else 'or scale'}: {scale}  (p5 -> {sug.p5_at_min_size:.1f} px)")

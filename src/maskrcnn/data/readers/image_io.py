@@ -139,8 +139,9 @@ def _png_exif_chunk(fp: IO[bytes]) -> bytes | None:
             else:
                 fp.seek(length + 4, os.SEEK_CUR)  # data and CRC
             if fp.tell() > size:
-                raise TruncatedImageError(f"truncated PNG: the file ({size} bytes) ends inside its "
-                                          f"{kind.decode('latin-1')!r} chunk")
+                raise TruncatedImageError(
+                    f"truncated PNG: the file ({size} bytes) ends inside its {kind.decode('latin-1')!r} chunk"
+                )
     finally:
         fp.seek(start)
 
@@ -185,7 +186,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
     height, width, channels = image.shape
     out = torch.empty((channels, height, width), dtype=torch.float32)
-    for channel, plane in zip(out, cv2.split(np.ascontiguousarray(image))):
+    for channel, plane in zip(out, cv2.split(np.ascontiguousarray(image)), strict=True):
         channel.copy_(torch.from_numpy(plane))
     return out.div_(255.0)
 

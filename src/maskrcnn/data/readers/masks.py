@@ -12,7 +12,10 @@ _MARGIN = 2  # pixels of crop around a polygon, so no crossing lands on the crop
 
 
 def decode_segmentation(
-    segmentation: list | dict, height: int, width: int, out_size: tuple[int, int] | None = None,
+    segmentation: list | dict,
+    height: int,
+    width: int,
+    out_size: tuple[int, int] | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rasterise a COCO polygon list, uncompressed RLE or compressed RLE.

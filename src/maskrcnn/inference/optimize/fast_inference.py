@@ -38,13 +38,13 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
-from maskrcnn.modeling.backbone import ResNetBody
-from maskrcnn.modeling.heads import MaskRCNNPredictor
-from maskrcnn.ops.memory_format import use_channels_last
 from maskrcnn.inference.optimize.fused_fpn import fuse_fpn_top_down
 from maskrcnn.inference.optimize.onednn_linear import onednn_linear, use_onednn_linear
+from maskrcnn.modeling.backbone import ResNetBody
+from maskrcnn.modeling.heads import MaskRCNNPredictor
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 from maskrcnn.modeling.roi_heads import RoIHeads
+from maskrcnn.ops.memory_format import use_channels_last
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
 _Net = TypeVar("_Net", bound=nn.Module)
@@ -69,8 +69,7 @@ def _conv_bn_pairs(module: nn.Module) -> Iterator[tuple[str, str]]:
     elif isinstance(module, nn.Sequential):
         # a Sequential runs its children in order: torchvision's downsample = Sequential(conv, bn)
         names = [name for name, _ in module.named_children()]
-        for first, second in zip(names, names[1:]):
-            yield (first, second)
+        yield from zip(names, names[1:], strict=False)  # consecutive pairs: one fewer than names
 
 
 def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
@@ -165,9 +164,17 @@ def _upsample_blocks(predictor: MaskRCNNPredictor, x: Tensor) -> Tensor | None:
     pixel (2i + ky, 2j + kx) then channel) through oneDNN's matmul, for x: Tensor[D, C, m, m];
     None unless conv5_mask is a 2x2 stride-2 ConvTranspose2d and the oneDNN op applies."""
     deconv = predictor.conv5_mask
-    if not (type(deconv) is nn.ConvTranspose2d and deconv.kernel_size == (2, 2) and deconv.stride == (2, 2)
-            and deconv.padding == (0, 0) and deconv.output_padding == (0, 0) and deconv.dilation == (1, 1)
-            and deconv.groups == 1 and deconv.bias is not None and type(predictor.relu) is nn.ReLU):
+    if not (
+        type(deconv) is nn.ConvTranspose2d
+        and deconv.kernel_size == (2, 2)
+        and deconv.stride == (2, 2)
+        and deconv.padding == (0, 0)
+        and deconv.output_padding == (0, 0)
+        and deconv.dilation == (1, 1)
+        and deconv.groups == 1
+        and deconv.bias is not None
+        and type(predictor.relu) is nn.ReLU
+    ):
         return None
     # weight: Tensor[C, C', 2, 2] -> rows (ky, kx, o), as nn.Linear stores [out, in]
     weight = deconv.weight.permute(2, 3, 1, 0).reshape(-1, deconv.in_channels)

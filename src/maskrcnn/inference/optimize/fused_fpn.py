@@ -30,10 +30,14 @@ def _add_top_down(lateral: Tensor, coarser: Tensor) -> Tensor:
     b, c, h, w = coarser.shape
     # same dtype: an in-place add would round a float32 top-down map to a bf16 lateral (autocast)
     # where the out-of-place sum promotes to float32
-    fusable = (tuple(lateral.shape) == (b, c, 2 * h, 2 * w) and lateral.dtype == coarser.dtype
-               and not torch.is_grad_enabled()
-               and (lateral.is_contiguous() or lateral.is_contiguous(memory_format=torch.channels_last))
-               and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+    fusable = (
+        tuple(lateral.shape) == (b, c, 2 * h, 2 * w)
+        and lateral.dtype == coarser.dtype
+        and not torch.is_grad_enabled()
+        and (lateral.is_contiguous() or lateral.is_contiguous(memory_format=torch.channels_last))
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+    )
     if not fusable:
         return lateral + F.interpolate(coarser, size=lateral.shape[-2:], mode="nearest")
     lateral.view(b, c, h, 2, w, 2).add_(coarser[:, :, :, None, :, None])
@@ -54,7 +58,7 @@ class FusedTopDownFPN(FeaturePyramidNetwork):
             results.insert(0, self.get_result_from_layer_blocks(last_inner, idx))
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, feats, names)
-        return OrderedDict(zip(names, results))
+        return OrderedDict(zip(names, results, strict=True))
 
 
 def fuse_fpn_top_down(module: nn.Module) -> int:
