@@ -138,6 +138,8 @@ class RunDirLock(Callback):
         except RunDirBusy as exc:
             print(f"RunDirBusy: {exc}", file=sys.stderr)
             sys.exit(1)
+        except OSError:  # a directory that cannot be made: the run-directory check says why, in one line
+            return
         kept = keep_earlier_config(run_dir, OmegaConf.select(config, "hydra.output_subdir"))
         if kept is not None and not config.get("ckpt_path"):
             print(
