@@ -34,10 +34,11 @@ class _RecordBatches(pl.LightningModule):
 
 
 def _batches(splits: dict, tmp_path, seed: int, epochs: int = 4, extra: tuple[str, ...] = ()) -> list[tuple[int, ...]]:
+    train, val = splits["train"], splits["val"]
     cfg = compose([
         "data=folder", f"data.root={tmp_path}", "data.num_classes=1", "data.num_workers=0",
-        f"data.train.image_dir={splits['train']['image_dir']}", f"data.train.annotation_file={splits['train']['annotation_file']}",
-        f"data.val.image_dir={splits['val']['image_dir']}", f"data.val.annotation_file={splits['val']['annotation_file']}",
+        f"data.train.image_dir={train['image_dir']}", f"data.train.annotation_file={train['annotation_file']}",
+        f"data.val.image_dir={val['image_dir']}", f"data.val.annotation_file={val['annotation_file']}",
         "model.transform.min_size=64", "model.transform.max_size=96", "data.check_images=none", f"seed={seed}", *extra,
     ], output_dir=tmp_path / "run")
     datamodule = instantiate(cfg.data, _convert_="all")

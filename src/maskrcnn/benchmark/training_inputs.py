@@ -65,8 +65,9 @@ def batch_composition(annotation_file: str | Path, steps: int = 150, seeds: tupl
             pairs, seen = collections.Counter(b), collections.Counter(i for x in b for i in x)
             epochs = {tuple(b[i:i + per_epoch]) for i in range(0, len(b), per_epoch)}
             mixed = sum(1 for x in b if set(x) & set(portrait) and not set(x) <= set(portrait))
+            portrait_pairs = pairs[portrait] if len(portrait) == 2 else "-"
             lines.append(f"grouping={grouping} data seed {seed}: {len(pairs)} distinct pairs; most common x"
-                         f"{pairs.most_common(1)[0][1]}; portrait pair x{pairs[portrait] if len(portrait) == 2 else '-'}; "
+                         f"{pairs.most_common(1)[0][1]}; portrait pair x{portrait_pairs}; "
                          f"batches mixing a portrait with a landscape image {mixed}; views per image "
                          f"{min(seen.values())}-{max(seen.values())}; distinct epoch orders {len(epochs)}")
     fixed = sampled_batches(ratios, True, 0, steps, set_epoch=False)
@@ -102,7 +103,8 @@ def target_differences(split: dict, min_size: int, max_size: int, flip: bool = F
             pix.append((image_o - (batch.tensors[0, :, :h, :w] * std + mean)).abs().mean().item())
             line += f", |box diff| {box[-1]:.3f} px, mask IoU {iou[-1]:.4f}, |pixel diff| {pix[-1]:.4f}"
         lines.append(line)
-    lines.append(f"{'flipped: ' if flip else ''}instances ours {counts[0]}, loop {counts[1]}; over {len(box)} same-size "
+    prefix = "flipped: " if flip else ""
+    lines.append(f"{prefix}instances ours {counts[0]}, loop {counts[1]}; over {len(box)} same-size "
                  f"images: mean |box diff| {np.mean(box):.3f} px, mean mask IoU {np.mean(iou):.4f}, "
                  f"mean |pixel diff| {np.mean(pix):.4f}")
     return lines
