@@ -6,8 +6,6 @@ line naming the path and the cause (exit status 1 through the entry points)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.config import ROOT, TINY, compose
+from helpers.config import TINY, compose
 from helpers.random_checkpoint import save_random_checkpoint
-from helpers.scripts import load_script
+from helpers.scripts import load_script, run_entry_point
 from maskrcnn.checkpoint_file import load_checkpoint_file
 from maskrcnn.errors import CheckpointError
 from maskrcnn.inference.predict_images import load_checkpoint_model
@@ -145,23 +143,12 @@ def test_any_truncation_or_junk_is_one_checkpoint_error(good, tmp_path, cut, jun
 def test_train_entry_point_with_a_truncated_checkpoint_exits_1_with_one_line(good, tmp_path, shapes_dir):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[:5000])
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "src/train.py",
-            *TINY,
-            f"paths.data_dir={shapes_dir}",
-            f"ckpt_path={truncated}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    proc = run_entry_point(
+        "src/train.py",
+        *TINY,
+        f"paths.data_dir={shapes_dir}",
+        f"ckpt_path={truncated}",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]

@@ -3,15 +3,13 @@ with one message and exit status 1, without Hydra's traceback; unexpected ones k
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 from hydra.errors import InstantiationException
 
-from helpers.config import ROOT
 from helpers.random_checkpoint import save_random_checkpoint
+from helpers.scripts import run_entry_point
 from maskrcnn.cli import error_message, exit_on_expected_errors, expected_error
 from maskrcnn.errors import ConfigError, DatasetError
 
@@ -80,11 +78,6 @@ def test_errors_of_ddp_spawn_workers_are_recognised():
     )
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-
-
 def _one_message(proc: subprocess.CompletedProcess, expected: str) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-3000:]
@@ -96,7 +89,7 @@ def test_entry_points_end_with_one_message(tiny, tmp_path, shapes_dir):
     # src/eval.py uses the same wrapper; its CheckpointError is tested in test_eval_from_checkpoint.py.
     hydra_dir = f"hydra.run.dir={tmp_path / 'run'}"
     _one_message(
-        _run("src/train.py", *tiny, "data.batch_size=-1", f"paths.data_dir={shapes_dir}", hydra_dir),
+        run_entry_point("src/train.py", *tiny, "data.batch_size=-1", f"paths.data_dir={shapes_dir}", hydra_dir),
         "ConfigError: data.batch_size=-1 must be a positive integer",
     )
     inputs = tmp_path / "in"
@@ -104,6 +97,8 @@ def test_entry_points_end_with_one_message(tiny, tmp_path, shapes_dir):
     (inputs / "a.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (inputs / "b.png").write_bytes(b"")
     ckpt = save_random_checkpoint(tmp_path / "random.ckpt")
-    proc = _run("src/predict.py", f"ckpt_path={ckpt}", f"input={inputs}", f"output={tmp_path / 'out'}", hydra_dir)
+    proc = run_entry_point(
+        "src/predict.py", f"ckpt_path={ckpt}", f"input={inputs}", f"output={tmp_path / 'out'}", hydra_dir
+    )
     _one_message(proc, f"DatasetError: input='{inputs}': none of the 2 image file(s) could be read")
     assert (tmp_path / "out" / "skipped_inputs.jsonl").read_text().count("\n") == 2

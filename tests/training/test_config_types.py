@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
-from helpers.config import ROOT, TINY, compose
+from helpers.config import TINY, compose
+from helpers.scripts import run_entry_point
 from maskrcnn.errors import ConfigError
 from maskrcnn.run_dir_check import run_dir_problem
 from maskrcnn.training.config_types import CONFIG_TYPES, check_config_types
@@ -110,20 +109,6 @@ _BASE = OmegaConf.create(
 )
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "src/train.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def test_entry_point_bad_value_and_unusable_run_dirs_end_in_one_line(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("keep me")
@@ -132,7 +117,7 @@ def test_entry_point_bad_value_and_unusable_run_dirs_end_in_one_line(tmp_path):
         ([f"hydra.run.dir={afile}/run"], f"'{afile}' is a file, not a directory"),
     ]
     for args, expected in cases:
-        proc = _run(*TINY, "data.num_classes=3", *args)
+        proc = run_entry_point("src/train.py", *TINY, "data.num_classes=3", *args)
         output = proc.stdout + proc.stderr
         assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
         lines = [line for line in output.splitlines() if "Error" in line]
