@@ -16,8 +16,8 @@ from helpers.config import ROOT, TINY, compose
 from helpers.step_recorder import read_steps
 from maskrcnn.training.pipeline import train
 
-# 12 images at batch 2: 6 steps per epoch; 8 steps end mid-epoch 2. No validation (speed); no
-# random augmentation (its own random stream is not part of a checkpoint, see docs/checkpoints.md).
+# 12 images at batch 2: 6 steps per epoch; 8 steps end mid-epoch 2. No validation (speed). Random
+# scale and flip on: each image's augmentation is seeded by (data seed, epoch, index).
 RUN = [
     *TINY,
     "trainer.max_epochs=2",
@@ -27,7 +27,7 @@ RUN = [
     "callbacks.progress_log=null",
     "trainer.limit_val_batches=0",
     "validate_after_train=false",
-    "+augmentation.hflip_prob=0.0",
+    "augmentation=multiscale",
     "scheduler.warmup_steps=5",
     "logger=none",
     "dataset_report=false",

@@ -21,6 +21,7 @@ from maskrcnn.data.checks.annotation_file import validate_coco
 from maskrcnn.data.checks.images import BAD_IMAGE_POLICIES, SkippedImageLog
 from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
 from maskrcnn.data.readers.masks import decode_segmentation, masks_to_boxes
+from maskrcnn.data.sampler import sample_seed
 from maskrcnn.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class CocoInstanceDataset(Dataset):
             ``short`` nor a long side above ``long`` (a resize comes first). JPEGs over twice as large
             are then decoded at reduced scale (see ``image_io.load_rgb``) and their polygon masks
             never built at full size, so a 10000x10000 photo never exists at full size in memory.
+        seed: data seed of the per-item augmentation seeds (see ``__getitem__``).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class CocoInstanceDataset(Dataset):
         skipped_images_log: str | os.PathLike | None = None,
         for_evaluation: bool = False,
         decode_min_size: tuple[int, int] | None = None,
+        seed: int = 0,
     ) -> None:
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"bad_images={bad_images!r}: expected one of {BAD_IMAGE_POLICIES}")
@@ -86,6 +89,7 @@ class CocoInstanceDataset(Dataset):
         self.transforms = transforms
         self.bad_images = bad_images
         self.decode_min_size = decode_min_size
+        self.seed = seed
         self.image_log = SkippedImageLog(skipped_images_log, self.annotation_file)
         try:
             with open(annotation_file, encoding="utf-8") as f:
@@ -267,7 +271,20 @@ class CocoInstanceDataset(Dataset):
             return None
         return image
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict] | None:
+        """Item ``key``: an index, or ``(index, epoch)`` as ``GroupedBatchSampler(tag_epoch=True)`` yields.
+
+        For a pair, the transforms are reseeded with ``sample_seed(self.seed, epoch, index)`` first
+        (when they have ``set_seed``): the item's augmentation depends on nothing else, which makes
+        a resumed run, and runs with different numbers of workers or DDP ranks, augment alike.
+        """
+        if isinstance(key, tuple):
+            index, epoch = key
+            set_seed = getattr(self.transforms, "set_seed", None)
+            if set_seed is not None:
+                set_seed(sample_seed(self.seed, epoch, index))
+        else:
+            index = key
         img = self.images[index]
         image = self._load_image(index)
         if image is None:

@@ -100,8 +100,9 @@ class CocoDataModule(pl.LightningDataModule):
             ``skip``: then nothing is left to fail mid-epoch, so no rank meets an empty batch.
         generate_shapes: kwargs of ``maskrcnn.data.shapes.generate_shapes`` (``out_dir``,
             ``num_train``, ``num_val``, ``image_size``, ``seed``); generated in ``prepare_data``.
-        seed: shuffling seed of the training sampler (the data config passes the run's ``seed``,
-            so runs with different seeds see the images in different orders).
+        seed: shuffling seed of the training sampler and data seed of every training image's
+            augmentation seed (``sampler.sample_seed``); the data config passes the run's ``seed``,
+            so runs with different seeds see the images in different orders and augmentations.
     """
 
     def __init__(
@@ -208,6 +209,7 @@ class CocoDataModule(pl.LightningDataModule):
                 transforms=transforms,
                 keep_empty=self.keep_empty,
                 decode_min_size=self._decode_min_size(),
+                seed=self.seed,
             )
             new.append(("train", self.train_dataset))
         if self.val_dataset is None:
@@ -343,7 +345,10 @@ class CocoDataModule(pl.LightningDataModule):
             grouping = grouping_is_worthwhile(group_ids, self.batch_size)
         if not grouping:
             group_ids = [0] * len(self.train_dataset)
-        batch_sampler = GroupedBatchSampler(sampler, group_ids, self.batch_size, drop_last=self.drop_last)
+        # (index, epoch) items: each image's augmentation is seeded by the data seed, epoch and index
+        batch_sampler = GroupedBatchSampler(
+            sampler, group_ids, self.batch_size, drop_last=self.drop_last, tag_epoch=True
+        )
         loader = ResumableDataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
         return self._train_position.attach(loader)  # resumed mid-epoch: continues with the next batch
 

@@ -5,13 +5,24 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
+import numpy as np
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
 
 
 def aspect_ratio_group_ids(aspect_ratios: Sequence[float]) -> list[int]:
     """Group 0 = landscape or square (width >= height), group 1 = portrait."""
     return [0 if ratio >= 1.0 else 1 for ratio in aspect_ratios]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of dataset item ``index`` in ``epoch`` of a run with data seed ``seed``.
+
+    Derived from the three numbers alone (``numpy.random.SeedSequence``, well mixed and the same on
+    every platform), so an item's augmentation does not depend on the items augmented before it.
+    """
+    return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1)[0])
 
 
 # ``aspect_ratio_grouping="auto"`` groups only when every group fills at least this many batches.
@@ -50,15 +61,26 @@ class GroupedBatchSampler(BatchSampler):
     iteration only (mid-epoch resume, ``maskrcnn.data.resumable_loader``); the batches after them
     are the ones a full iteration would yield.
 
+    ``tag_epoch=True`` yields ``(index, epoch)`` pairs instead of indices, ``epoch`` being the
+    sampler's ``epoch`` (set by ``set_epoch``). ``CocoInstanceDataset`` seeds the augmentation of
+    such an item from the pair alone, so an image gets the same augmentation in an epoch whatever
+    was drawn before it: in a resumed run, with any number of workers, on any DDP rank.
+
     Args:
         sampler: yields dataset indices (e.g. ``DistributedSampler(dataset, shuffle=True)``).
         group_ids: group of every dataset index, ``len(group_ids) == len(dataset)``.
         batch_size: images per batch (per device).
         drop_last: drop the final incomplete batch.
+        tag_epoch: yield ``(index, epoch)`` pairs (see above).
     """
 
     def __init__(
-        self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int, drop_last: bool = False
+        self,
+        sampler: Sampler[int],
+        group_ids: Sequence[int],
+        batch_size: int,
+        drop_last: bool = False,
+        tag_epoch: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -66,13 +88,15 @@ class GroupedBatchSampler(BatchSampler):
         self.group_ids = list(group_ids)
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.tag_epoch = tag_epoch
         self.skip_batches = 0
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:  # list[int], or list[tuple[int, int]] with tag_epoch
         skip, self.skip_batches = self.skip_batches, 0
+        epoch = int(getattr(self.sampler, "epoch", 0))
         for number, batch in enumerate(self._batches()):
             if number >= skip:
-                yield batch
+                yield [(index, epoch) for index in batch] if self.tag_epoch else batch
 
     def _batches(self) -> Iterator[list[int]]:
         buffers: dict[int, list[int]] = defaultdict(list)
