@@ -21,29 +21,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bench.wandb_run_reader import OfflineRun, read_offline_run
-
-PALETTE = np.array(
-    [
-        [0, 0, 0],
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-        [250, 190, 212],
-        [0, 128, 128],
-        [170, 110, 40],
-    ],
-    dtype=np.float32,
-)
+from maskrcnn.data.draw import PALETTE
 
 
 def colour(label: int) -> tuple[int, int, int]:
-    return tuple(int(c) for c in PALETTE[1 + (label - 1) % (len(PALETTE) - 1)]) if label > 0 else (0, 0, 0)
+    """The colour ``maskrcnn.data.draw`` gives ``label``; black for the background."""
+    return tuple(int(c) for c in PALETTE[label % len(PALETTE)]) if label > 0 else (0, 0, 0)
 
 
 def draw_layer(

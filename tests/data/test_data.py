@@ -249,7 +249,8 @@ def test_datamodule_ddp_split_and_lightning_reinjection(tmp_path):
     new_sampler = DistributedSampler(dm.train_dataset, num_replicas=2, rank=0, shuffle=False)
     replaced = _update_dataloader(loader, new_sampler)
     assert isinstance(replaced.batch_sampler, GroupedBatchSampler)
-    assert replaced.batch_sampler.sampler is new_sampler and [b[0] for b in replaced.batch_sampler] == [0, 2, 4]
+    assert replaced.batch_sampler.sampler is new_sampler and replaced.batch_sampler.tag_epoch  # init args kept
+    assert [b[0] for b in replaced.batch_sampler] == [(0, 0), (2, 0), (4, 0)]  # (index, epoch) items
 
 
 # ---------------------------------------------------------------- drawing

@@ -44,12 +44,13 @@ def _recorder(path, signal_at_step=None, signal_name="SIGTERM") -> list[str]:
     ]
 
 
-def _run_cli(run_dir, shapes_dir, overrides) -> subprocess.CompletedProcess:
+def _run_cli(run_dir, shapes_dir, overrides, **env_extra: str) -> subprocess.CompletedProcess:
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
         OMP_NUM_THREADS="2",
         HYDRA_FULL_ERROR="0",
+        **env_extra,
     )
     cmd = [sys.executable, "src/train.py", *RUN, *overrides, f"paths.data_dir={shapes_dir}", f"hydra.run.dir={run_dir}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=550, check=False)
@@ -115,3 +116,37 @@ def test_sigkill_loses_only_the_steps_since_the_periodic_checkpoint(shapes_dir, 
     assert proc.returncode == -signal.SIGKILL
     assert _ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 4
     assert not list((tmp_path / "run" / "checkpoints").glob("*.partial"))
+
+
+def test_slurm_sigusr1_saves_and_requeues_then_slurms_sigterm_stops_with_last_ckpt(shapes_dir, tmp_path):
+    """Inside an sbatch job (SLURM_* variables) SIGUSR1 is Lightning's: hpc_ckpt + ``scontrol requeue``.
+
+    The fake ``scontrol`` records its arguments and, as SLURM does when it requeues a running job,
+    sends the job SIGTERM; the run then stops at the next step with last.ckpt and exit status 143.
+    """
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.txt"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nkill -TERM $PPID\n')
+    scontrol.chmod(0o755)
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "maskrcnn",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    run_dir = tmp_path / "run"
+    proc = _run_cli(run_dir, shapes_dir, _recorder(tmp_path / "s.jsonl", 2, "SIGUSR1"), **slurm)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 143, out[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    hpc = list(run_dir.rglob("hpc_ckpt_*.ckpt"))
+    assert len(hpc) == 1 and _ckpt(hpc[0])["global_step"] == 2, out[-3000:]
+    lines = [line for line in out.splitlines() if "stopped by SIGTERM" in line]
+    assert len(lines) == 1 and "ckpt_path=last" in lines[0], out[-3000:]
+    assert "stopped by SIGUSR1" not in out  # SIGUSR1 was Lightning's, not a stop
+    assert _ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] in (2, 3)

@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from maskrcnn.modeling.structures import MASK_THRESHOLD
 
-_PALETTE = np.array(
+# Colour of label l: PALETTE[l % len(PALETTE)] (RGB, float32), shared by every tool that draws labels.
+PALETTE = np.array(
     [
         [230, 25, 75],
         [60, 180, 75],
@@ -68,7 +69,7 @@ def draw_instances(
     boxes_np, labels_np = _numpy(boxes).reshape(-1, 4), _numpy(labels).reshape(-1)
     masks_np, scores_np = _numpy(masks), _numpy(scores)
     out = image.astype(np.float32).copy()
-    colours = _PALETTE[labels_np % len(_PALETTE)] if len(labels_np) else _PALETTE[:0]
+    colours = PALETTE[labels_np % len(PALETTE)] if len(labels_np) else PALETTE[:0]
     if masks_np is not None and len(masks_np):
         masks_np = masks_np.reshape(len(masks_np), *masks_np.shape[-2:]) > mask_threshold
         for mask, colour in zip(masks_np, colours, strict=True):
