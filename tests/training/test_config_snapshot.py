@@ -31,6 +31,8 @@ def _cases() -> dict[str, tuple[str, list[str]]]:
     for group in ("experiment", "data", "model", "loss", "optimizer", "scheduler", "trainer", "augmentation"):
         for option in _options(group):
             cases[f"train {group}={option}"] = ("train", [f"{group}={option}", *(FOLDER if option == "folder" else [])])
+    for option in _options("tta"):
+        cases[f"eval tta={option}"] = ("eval", ["ckpt_path=X.ckpt", f"tta={option}"])
     for data in _options("data"):
         cases[f"train data={data} model=resnet18_fpn"] = (
             "train",

@@ -72,7 +72,8 @@ def test_every_shipped_composition_passes():
     ]
     for overrides in options:
         check_config_types(compose(overrides, output_dir="/tmp/unused"))
-    check_config_types(compose(["ckpt_path=x.ckpt"], config_name="eval", output_dir="/tmp/unused"))
+    for tta in ("none", "flip", "flip_scales"):
+        check_config_types(compose(["ckpt_path=x.ckpt", f"tta={tta}"], config_name="eval", output_dir="/tmp/unused"))
 
 
 VALUES = st.one_of(

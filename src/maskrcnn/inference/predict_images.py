@@ -31,8 +31,11 @@ from maskrcnn.errors import ConfigError, DatasetError
 from maskrcnn.inference.inputs import list_inputs, overlay_names
 from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 from maskrcnn.inference.predict_options import check_output, check_predict_config
+from maskrcnn.inference.tta import TestTimeAugmentation
+from maskrcnn.inference.tta_options import build_tta
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.postprocess import paste_masks
+from maskrcnn.modeling.structures import RoIDetection
 from maskrcnn.modeling.transform import map_boxes_to_original
 from maskrcnn.run_checkpoint import build_net_from_checkpoint, checkpoint_meta, describe_checkpoint, read_run_checkpoint
 
@@ -85,14 +88,19 @@ def load_for_model(path: Path, min_size: int, max_size: int) -> tuple[np.ndarray
     return image, original
 
 
-def _detect(net: MaskRCNN, images: list[Tensor]) -> tuple[list[dict], list[tuple[int, int]]]:
+def _detect(
+    net: MaskRCNN, images: list[Tensor], tta: TestTimeAugmentation | None = None
+) -> tuple[list[RoIDetection], list[tuple[int, int]]]:
     """``MaskRCNN.forward``'s inference path, stopped before mask pasting: the M x M masks are pasted
-    here at the size of the original file rather than of the (reduced) input tensor.
+    here at the size of the original file rather than of the (reduced) input tensor. With ``tta``,
+    the views' merged detections (``TestTimeAugmentation.detect``), in the pixels of ``images``.
 
     Returns:
-        detections: per image {"boxes" Tensor[D, 4] xyxy in resized pixels, "labels" [D],
-            "scores" [D], "masks" Tensor[D, 1, M, M] probabilities}; resized (h, w) per image.
+        detections: per image an ``RoIDetection`` whose boxes are in the pixels of the second value;
+            (h, w) per image: resized, or with ``tta`` that of ``images``.
     """
+    if tta is not None:
+        return tta.detect(images), [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     batch, _ = net.transform(images, None)
     features = net.backbone(batch.tensors)
     proposals, _ = net.rpn(batch, features, None)
@@ -167,8 +175,12 @@ def predict(cfg: DictConfig) -> Path:
     net.to(device)
     if opts.inference_options is not None:  # conf/inference/{eager,fast}.yaml
         net = optimize_for_inference(net, **opts.inference_options)
+    tta = build_tta(opts.tta, net)  # None for tta=none
     transform: Any = net.transform  # an ImageTransform (min_size, max_size)
     min_size, max_size = int(transform.min_size[-1]), int(transform.max_size)
+    if tta is not None:  # the largest view decides how small a photo may be decoded
+        min_size = max(min_size, *(v.min_size for v in tta.views))
+        max_size = max(max_size, *(v.max_size for v in tta.views))
     outputs = _Outputs(out_dir, overlays)
     try:
         batch: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
@@ -181,14 +193,16 @@ def predict(cfg: DictConfig) -> Path:
                 outputs.skip(path, error)
                 if strict:
                     if batch:  # the inputs read before this one still get their results
-                        _predict_batch(net, batch, device, thresh, meta, outputs)
+                        _predict_batch(net, batch, device, thresh, meta, outputs, tta)
                     raise DatasetError(f"{error} (strict=true stops at the first unreadable input)") from error
             if batch and (len(batch) == batch_size or index == len(files) - 1):
-                _predict_batch(net, batch, device, thresh, meta, outputs)
+                _predict_batch(net, batch, device, thresh, meta, outputs, tta)
                 batch = []
                 outputs.save()
     finally:
         outputs.save(force=True)
+    if tta is not None:
+        log.info(tta.cost.line())
     summary = f"{len(outputs.results)} detections for {len(outputs.images)} images to {out_dir}"
     if outputs.skipped:
         summary += f"; skipped {len(outputs.skipped)} unreadable input(s), listed in {outputs.skipped_path}"
@@ -202,12 +216,18 @@ def predict(cfg: DictConfig) -> Path:
 
 
 def _predict_batch(
-    net: MaskRCNN, batch: list, device: torch.device, thresh: float, meta: dict, outputs: _Outputs
+    net: MaskRCNN,
+    batch: list,
+    device: torch.device,
+    thresh: float,
+    meta: dict,
+    outputs: _Outputs,
+    tta: TestTimeAugmentation | None = None,
 ) -> None:
     """Detect on a batch of ``(path, decoded image, original size)``; add rows and write overlays."""
     names, to_cat = meta["class_names"], meta["label_to_category_id"]
     tensors = [image_to_tensor(array).to(device) for _, array, _ in batch]
-    detections, resized_sizes = _detect(net, tensors)
+    detections, resized_sizes = _detect(net, tensors, tta)
     for (path, array, original), det, resized in zip(batch, detections, resized_sizes, strict=True):
         image_id = len(outputs.images) + 1
         overlay = outputs.overlays[path]

@@ -22,6 +22,7 @@ from omegaconf.errors import (
 )
 
 from maskrcnn.errors import ConfigError
+from maskrcnn.inference.tta_options import MAX_SCALE
 
 
 class Rule:
@@ -210,6 +211,11 @@ CONFIG_TYPES: dict[str, Rule] = {
     "model.mask_format": choice("prob", "binary", "rle"),
     "model.init_from": NULL | TEXT,
     "model.channels_last": BOOL,
+    # test-time augmentation (eval; predict checks the same rules in inference/tta_options.py)
+    "tta.flip": BOOL,
+    "tta.scales": list_of(number(0, MAX_SCALE, low_open=True)),
+    "tta.min_sizes": NULL | list_of(PIXELS),
+    "tta.max_size": NULL | PIXELS,
     # loss
     "loss.weights.*": number(0),
     "loss.criterion.*.alpha": NULL | PROBABILITY,

@@ -21,6 +21,7 @@ from maskrcnn.errors import NonFiniteLossError
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.evaluation.coco_evaluator import Backend
 from maskrcnn.losses.criterion import TERMS
+from maskrcnn.modeling.structures import Detection
 from maskrcnn.training.nonfinite import SkipLimit
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class MaskRCNNModule(pl.LightningModule):
             stop (NonFiniteLossError) once more than this share of the last ``window`` steps, and at
             least ``min_skipped`` of them, were skipped (see ``training.nonfinite.SkipLimit``).
         eval_backend: "faster_coco_eval" or "pycocotools".
+
+    ``tta`` (set by ``evaluate`` for ``tta=...``, else None): ``tta(images)`` gives the detections
+    validation scores (``maskrcnn.inference.tta.TestTimeAugmentation``); the loss terms are then
+    not computed, since they belong to the network's own single view.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class MaskRCNNModule(pl.LightningModule):
         self.class_names: list[str] | None = None
         self.label_to_category_id: dict[int, int] | None = None
         self.last_val_metrics: dict[str, float] = {}
+        self.tta: Callable[[list[Tensor]], list[Detection]] | None = None
         self._batch_start = 0.0
 
     def forward(self, images: list[Tensor]) -> list[dict]:
@@ -184,14 +190,18 @@ class MaskRCNNModule(pl.LightningModule):
         images, targets = batch
         if not images:  # all unreadable and skipped: nothing to evaluate
             return None
-        out = self.net(images, targets)
-        terms = self.criterion(out["loss_inputs"])
-        n = len(images)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=n)
-        self.log("val/loss", self._weighted(terms), sync_dist=True, batch_size=n)
+        if self.tta is not None:
+            detections: list[Any] = self.tta(images)  # Detection dicts, as the network's
+        else:
+            out = self.net(images, targets)
+            terms = self.criterion(out["loss_inputs"])
+            n = len(images)
+            self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=n)
+            self.log("val/loss", self._weighted(terms), sync_dist=True, batch_size=n)
+            detections = out["detections"]
         assert self.evaluator is not None  # made in on_validation_epoch_start
-        self.evaluator.update(out["detections"], [int(t["image_id"]) for t in targets])
-        return {"detections": out["detections"]}
+        self.evaluator.update(detections, [int(t["image_id"]) for t in targets])
+        return {"detections": detections}
 
     def on_validation_epoch_end(self) -> None:
         # Every rank gathers all results (each image once) and computes the same numbers.
