@@ -5,4 +5,6 @@
 other config values before the model is loaded.
 ``export_graph.py``: ONNX / TorchScript export of the inference network (``scripts/export.py``).
 ``optimize/``: the CPU inference copy ``inference=fast`` builds (``optimize_for_inference``).
+``tta.py``: test-time augmentation for eval and predict (``tta=flip``); ``tta_options.py`` checks
+the ``tta`` config and builds it.
 """

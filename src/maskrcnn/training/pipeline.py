@@ -107,7 +107,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     command line's, ``src/eval.py`` passes Hydra's task overrides) change it: see
     :func:`config_from_checkpoint`. Trainer, logger, paths, ``eval_backend`` and ``tta`` are this
     run's; with test-time augmentation the AP is that of the merged views (no loss terms), and the
-    last line says its cost (``TTA: 6 views per image (...), 5.2x the time without TTA``).
+    last line says its cost (``TTA: <n> views per image (...), <r>x the time without TTA (<n> images)``).
     """
     if not cfg.get("ckpt_path") or cfg.ckpt_path == "???":
         raise ConfigError("ckpt_path must point to a checkpoint (ckpt_path=outputs/.../checkpoints/last.ckpt)")
