@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.errors import ConfigError
+from maskrcnn.inference.slice_options import SliceOptions, slice_options
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -30,6 +31,7 @@ class PredictOptions:
     score_thresh: float
     strict: bool
     inference_options: dict | None
+    slicing: SliceOptions | None = None  # inference.slice; None: plain inference
 
 
 def check_device(value: object) -> torch.device:
@@ -128,4 +130,5 @@ def check_predict_config(cfg: DictConfig) -> PredictOptions:
         score_thresh=float(score_thresh),
         strict=strict,
         inference_options=_inference_options(cfg),
+        slicing=slice_options((cfg.get("inference") or {}).get("slice")),
     )
