@@ -11,6 +11,8 @@ measured in one run on one machine, printed as one markdown table.
     python scripts/benchmark.py --task train --dataset cells --steps 300 \
         --variant "grouping off=data.aspect_ratio_grouping=false"
     python scripts/benchmark.py --task train --dataset nuclei --min-sizes 384 --max-size 640 --detections-per-img 300
+    python scripts/benchmark.py --task train --dataset large --min-sizes 640 --max-size 1066 --detections-per-img 300 \
+        --no-reference --variant "tiles=augmentation=tiles" --eval-slice 640
     python scripts/benchmark.py --task train --train-dir D --train-ann A.json --val-dir D2 --val-ann B.json \
         --num-classes 5
     python scripts/benchmark.py --eval-images 1000 --out docs/benchmark_cpu.md
@@ -55,6 +57,7 @@ from bench import data_pipeline, datasets, eval_backends, model_peak_rss, model_
 from bench.reference_loop import TrainSettings
 from bench.report import load_average, machine_description, to_markdown
 from maskrcnn.cli_args import non_negative_int, output_file, positive_float, positive_int
+from maskrcnn.inference.slice_options import SliceOptions
 
 
 def _model(a: argparse.Namespace) -> list[tuple]:
@@ -183,6 +186,12 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--no-default", action="store_true", help="skip the run of ours without extra overrides")
     t.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[ OVERRIDE...]")
     t.add_argument("--work-dir", default="outputs/compare_training")
+    t.add_argument(
+        "--eval-slice",
+        type=positive_int,
+        metavar="TILE",
+        help="also evaluate every network of ours by sliced inference with TILE px tiles (inference.slice)",
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -281,6 +290,7 @@ def run_train(args: argparse.Namespace, argv=None) -> str:
         args.dataset or args.train_ann,
         _command(argv),
         args.out,
+        eval_slice=SliceOptions(args.eval_slice) if args.eval_slice else None,
     )
 
 

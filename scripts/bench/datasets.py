@@ -1,6 +1,7 @@
 """Datasets the training comparison runs on: a train/val split of the shipped nuts photos, the
-generated dense small-objects ("cells") set and the generated microscopy stand-in ("nuclei", RLE
-masks; "nuclei_poly", the same with polygons). All are written as COCO folders, nothing is downloaded."""
+generated dense small-objects ("cells") set, the generated microscopy stand-in ("nuclei", RLE
+masks; "nuclei_poly", the same with polygons) and the generated 4000x3000 photos with 10-40 px objects
+("large", for tile training and sliced evaluation). All are written as COCO folders, nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from bench.cells import generate_cells
+from bench.large_images import generate_large_images
 from bench.nuclei import generate_nuclei
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +55,7 @@ def cells(out_dir: str | Path) -> dict:
     return generate_cells(Path(out_dir))
 
 
-DATASETS = ("nuts", "cells", "nuclei", "nuclei_poly")
+DATASETS = ("nuts", "cells", "nuclei", "nuclei_poly", "large")
 
 
 def prepare(name: str, work_dir: str | Path) -> tuple[dict, int]:
@@ -62,6 +64,8 @@ def prepare(name: str, work_dir: str | Path) -> tuple[dict, int]:
         return nuts_split(Path(work_dir) / "nuts_split"), 3
     if name == "cells":
         return cells(Path(work_dir) / "cells"), 1
+    if name == "large":  # 6 + 3 photos of 4000x3000 px, 150-300 objects of 10-40 px each, 2 classes
+        return generate_large_images(Path(work_dir) / "large"), 2
     if name in ("nuclei", "nuclei_poly"):  # one folder: the same images, two annotation files
         return generate_nuclei(Path(work_dir) / "nuclei", polygons=name == "nuclei_poly"), 1
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} (or pass --train/--val)")

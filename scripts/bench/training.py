@@ -22,6 +22,8 @@ from torch import nn
 from bench.reference_loop import TrainSettings, train_reference
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.evaluation import CocoEvaluator
+from maskrcnn.inference.slice_options import SliceOptions
+from maskrcnn.inference.slicing import sliced_detections
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -122,18 +124,25 @@ def _experiment_off() -> list[str]:
 
 
 @torch.no_grad()
-def evaluate_net(net: nn.Module, val_split: dict, max_dets: int, returns_dict: bool) -> dict[str, float]:
+def evaluate_net(
+    net: nn.Module, val_split: dict, max_dets: int, returns_dict: bool, slicing: SliceOptions | None = None
+) -> dict[str, float]:
     """COCO box/mask metrics of ``net`` on the validation split, images at file size, one at a time.
 
     ``returns_dict``: our MaskRCNN returns ``{"detections": [...]}``, torchvision's a list.
+    ``slicing``: evaluate by sliced inference (``maskrcnn.inference.slicing``; our MaskRCNN only).
     """
     dataset = CocoInstanceDataset(val_split["image_dir"], val_split["annotation_file"], for_evaluation=True)
     evaluator = CocoEvaluator(dataset.annotation_file, dataset.label_to_category_id, max_dets=max_dets)
     net.eval()
     for i in range(len(dataset)):
         image, target = dataset[i]
-        out = net([image])
-        evaluator.update(out["detections"] if returns_dict else out, [target["image_id"]])
+        if slicing is not None:
+            detections = [sliced_detections(net, image, slicing).as_detection()]  # type: ignore[arg-type]
+        else:
+            out = net([image])
+            detections = out["detections"] if returns_dict else out
+        evaluator.update(detections, [target["image_id"]])
     return evaluator.compute()
 
 
@@ -145,8 +154,12 @@ def compare(
     variants: dict[str, list[str]],
     reference: bool = True,
     log=print,
+    eval_slice: SliceOptions | None = None,
 ) -> list[RunResult]:
-    """Train the reference loop (optional) and every variant of ours for every seed; evaluate all."""
+    """Train the reference loop (optional) and every variant of ours for every seed; evaluate all.
+
+    ``eval_slice``: also evaluate each network of ours by sliced inference, as the run
+    "<variant> + sliced eval <tile>" (same weights; its time is the evaluation's alone)."""
     results: list[RunResult] = []
     runs = [("torchvision loop", None)] if reference else []
     runs += list(variants.items())
@@ -163,6 +176,12 @@ def compare(
             else:
                 metrics = evaluate_net(net, val_split, settings.detections_per_img, returns_dict=returns_dict)
                 results.append(RunResult(name, seed, metrics, time.perf_counter() - start))
+                if eval_slice is not None and returns_dict:
+                    log(_row_text(results[-1]))
+                    start = time.perf_counter()
+                    metrics = evaluate_net(net, val_split, settings.detections_per_img, True, eval_slice)
+                    label = f"{name} + sliced eval {eval_slice.tile_size}"
+                    results.append(RunResult(label, seed, metrics, time.perf_counter() - start))
             log(_row_text(results[-1]))
     return results
 

@@ -13,6 +13,7 @@ import torch
 
 from bench.reference_loop import TrainSettings
 from bench.training import compare, summary_table
+from maskrcnn.inference.slice_options import SliceOptions
 
 
 def run_training_comparison(
@@ -24,6 +25,7 @@ def run_training_comparison(
     dataset_label: str,
     command: str,
     out: str | None = None,
+    eval_slice: SliceOptions | None = None,
 ) -> str:
     """Train and evaluate every run, print a header line (settings, machine, time) and the table.
 
@@ -34,12 +36,15 @@ def run_training_comparison(
         command: the command line, written with the table.
         out: when given, the header, command and table are appended to this markdown file and one
             json line per run (settings + result) to the same name with suffix ``.jsonl``.
+        eval_slice: also evaluate each network of ours by sliced inference (``training.compare``).
 
     Returns:
         the markdown table (``training.summary_table``).
     """
     start = time.time()
-    results = compare(settings, splits["train"], splits["val"], seeds, variants, reference=reference)
+    results = compare(
+        settings, splits["train"], splits["val"], seeds, variants, reference=reference, eval_slice=eval_slice
+    )
     table = summary_table(results)
     header = (
         f"dataset {dataset_label}, {settings.steps} steps, sizes {list(settings.min_sizes)} max "

@@ -206,6 +206,24 @@ def test_dense_small_objects_warn_and_suggest_smaller_anchors(tmp_path):
     assert s.min_size > 800 and s.p5_at_min_size > t.sizes["p5"]
 
 
+def test_small_objects_on_downscaled_large_images_suggest_tiles_and_slicing(tmp_path):
+    # 4000 x 3000 photos resized to 800 (x0.267): 20 px squares become 5.3 px, under 16 px
+    anns = [{"image_id": 1, "category_id": 1, "bbox": [100.0 + 40 * k, 100.0, 20.0, 20.0]} for k in range(50)]
+    path = write_coco(tmp_path / "large.json", [(1, 4000, 3000)], anns, {1: "speck"})
+    r = compute_fit_report(path, min_size=800, max_size=1333, anchor_sizes=DEFAULT_ANCHORS, aspect_ratios=RATIOS)
+    expected = (
+        "images shrink x0.27 (p5 5.3 px, 20.0 px at native resolution): train on tiles and predict sliced, "
+        "augmentation=tiles augmentation.tile_size=800 inference.slice.tile_size=800"
+    )
+    assert r.suggestion.slicing == expected
+    assert f"  slicing: {expected}" in r.format().splitlines()
+    # not when the images are not shrunk (the golden set: scale 1), nor when the objects fit
+    assert compute_fit_report(NUTS, min_size=800, max_size=1333).suggestion.slicing == ""
+    big = [{"image_id": 1, "category_id": 1, "bbox": [100.0 + 300 * k, 100.0, 200.0, 200.0]} for k in range(10)]
+    path = write_coco(tmp_path / "big.json", [(1, 4000, 3000)], big, {1: "plate"})
+    assert compute_fit_report(path, min_size=800, max_size=1333).suggestion.slicing == ""
+
+
 def test_bad_input_names_file_and_image(tmp_path):
     with pytest.raises(DatasetError, match="missing.json"):
         compute_fit_report(tmp_path / "missing.json")

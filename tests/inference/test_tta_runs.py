@@ -122,3 +122,19 @@ def test_eval_checks_tta_before_anything_is_built(checkpoint, tmp_path, monkeypa
         OmegaConf.update(cfg, "tta.scales", [0.0], merge=False)
     with pytest.raises(ConfigError, match=r"^tta\.scales=\[0\.0\] must be"):
         evaluate(cfg, overrides=overrides)
+
+
+def test_tta_with_sliced_inference_is_one_config_error_in_eval_and_predict(checkpoint, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("built something before tta and inference.slice were checked")
+
+    monkeypatch.setattr("maskrcnn.training.pipeline.build_datamodule", never)
+    both = ["tta=flip", "inference.slice.tile_size=64"]
+    message = r"^tta=\.\.\. and inference\.slice\.tile_size=\.\.\. cannot be combined"
+    with pytest.raises(ConfigError, match=message):
+        evaluate(compose([f"ckpt_path={checkpoint}", *both], config_name="eval", output_dir=tmp_path), overrides=both)
+    predicted = compose(
+        [f"ckpt_path={checkpoint}", f"input={tmp_path}", *both], config_name="predict", output_dir=tmp_path
+    )
+    with pytest.raises(ConfigError, match=message):
+        predict(predicted)

@@ -41,6 +41,10 @@ BAD = [  # (override, key the message must name)
     ("nonfinite_loss=ignore", "nonfinite_loss"),
     ("data.generate_shapes.image_size=big", "data.generate_shapes.image_size"),
     ("model.backbone.trainable_layers=9", "model.backbone.trainable_layers=9"),
+    ("inference.slice.tile_size=8", "inference.slice.tile_size=8"),
+    ("inference.slice.overlap=0.95", "inference.slice.overlap=0.95"),
+    ("inference.slice.full_image_pass=maybe", "inference.slice.full_image_pass='maybe'"),
+    ("inference.slice.tiles_per_batch=0", "inference.slice.tiles_per_batch=0"),
 ]
 
 
@@ -66,6 +70,8 @@ def test_every_shipped_composition_passes():
         ["trainer=ddp"],
         ["augmentation=lsj"],
         ["augmentation=multiscale"],
+        ["augmentation=tiles"],
+        ["inference.slice.tile_size=512", "augmentation=tiles", "augmentation.tile_size=512"],
         ["loss=focal"],
         ["optimizer=sgd"],
         ["logger=wandb"],
@@ -74,6 +80,22 @@ def test_every_shipped_composition_passes():
         check_config_types(compose(overrides, output_dir="/tmp/unused"))
     for tta in ("none", "flip", "flip_scales"):
         check_config_types(compose(["ckpt_path=x.ckpt", f"tta={tta}"], config_name="eval", output_dir="/tmp/unused"))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("augmentation.tile_size=0", "augmentation.tile_size=0 must be a positive integer (at most 16384 pixels)"),
+        ("augmentation.tile_min_area=-1", "augmentation.tile_min_area=-1 must be an integer >= 0"),
+        ("augmentation.tile_min_visibility=2", "augmentation.tile_min_visibility=2 must be a finite number >= 0,"),
+    ],
+)
+def test_bad_tile_augmentation_values_are_named(override, message):
+    tiny = [o for o in TINY if not o.startswith("augmentation.")]  # the tiles option has no resize sizes
+    cfg = compose([*tiny, "augmentation=tiles", override], output_dir="/tmp/unused")
+    with pytest.raises(ConfigError) as info:
+        check_config_types(cfg)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 VALUES = st.one_of(

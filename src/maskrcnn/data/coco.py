@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from maskrcnn.data.checks.annotation_file import validate_coco
 from maskrcnn.data.checks.images import BAD_IMAGE_POLICIES, SkippedImageLog
 from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
-from maskrcnn.data.readers.masks import decode_segmentation, masks_to_boxes
+from maskrcnn.data.readers.masks import SegmentationRaster, masks_to_boxes
 from maskrcnn.data.sampler import sample_seed
 from maskrcnn.errors import DatasetError
 
@@ -51,9 +51,10 @@ class CocoInstanceDataset(Dataset):
         image_dir: folder that ``file_name`` entries are relative to.
         annotation_file: COCO json path.
         transforms: callable ``(image uint8 [H,W,3], masks uint8 [N,H,W]) -> (image, masks)``. One
-            with ``accepts_mask_fn = True`` (``InstanceAugment``) gets a callable
-            ``(H', W') -> masks`` instead and asks for the masks at its resized size, so polygons
-            are rasterised once, at the training scale (see ``maskrcnn.data.transforms``).
+            with ``accepts_mask_fn = True`` (``InstanceAugment``) gets a ``SegmentationRaster``
+            instead and asks for the masks at its resized size (or, ``augmentation=tiles``, in its
+            crop window only), so polygons are rasterised once, at the training scale (see
+            ``maskrcnn.data.transforms``).
         keep_empty: keep images without any valid instance (useful negatives).
         skipped_log: optional ``.jsonl`` path receiving one line per skipped annotation / image.
         bad_images: what ``__getitem__`` does with an unreadable image file: ``"raise"`` a
@@ -292,14 +293,7 @@ class CocoInstanceDataset(Dataset):
         h0, w0 = img["height"], img["width"]
         instances = self._instances.get(img["id"], [])
         crowds = self._crowds.get(img["id"], [])
-        segmentations = [ann["segmentation"] for ann in instances + crowds]
-
-        def rasterise(height: int, width: int) -> np.ndarray:  # uint8 [N, height, width]
-            masks = np.zeros((len(segmentations), height, width), dtype=np.uint8)
-            for k, seg in enumerate(segmentations):
-                decode_segmentation(seg, h0, w0, out_size=(height, width), out=masks[k])
-            return masks
-
+        rasterise = SegmentationRaster([ann["segmentation"] for ann in instances + crowds], h0, w0)
         labels = np.array([self._cat_to_label[a["category_id"]] for a in instances], dtype=np.int64)
         if self.transforms is None:
             masks = rasterise(*image.shape[:2])  # smaller than (h0, w0) for a reduced-scale JPEG

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 # albumentations otherwise queries PyPI for a newer version at import time (slow / offline nodes).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -33,7 +33,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-AUGMENTATIONS = ("none", "hflip", "default", "multiscale", "lsj", "photometric")
+from maskrcnn.data.tile_crop import TileCrop  # noqa: E402
+
+AUGMENTATIONS = ("none", "hflip", "default", "multiscale", "lsj", "photometric", "tiles")
 
 
 def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
@@ -125,14 +127,16 @@ class InstanceAugment:
 
     ``masks`` is an array ``uint8 [N,H,W]`` or a callable ``(H', W') -> uint8 [N,H',W']`` (see the
     module docstring). A leading resize op (``ResizeShortestEdge`` / ``ResizeScale``) is run here,
-    outside ``A.Compose``, so that a callable is asked for its masks at the resized size.
+    outside ``A.Compose``, so that a callable is asked for its masks at the resized size; a leading
+    ``TileCrop`` asks it (``SegmentationRaster.window``) for the crop window only.
     """
 
     accepts_mask_fn = True
 
     def __init__(self, ops: list[A.BasicTransform], seed: int | None = None) -> None:
         self.resize = ops[0] if ops and isinstance(ops[0], _ScaleResize) and ops[0].p >= 1 else None
-        self.compose = A.Compose(ops[1:] if self.resize is not None else ops)
+        self.crop = ops[0] if ops and isinstance(ops[0], TileCrop) else None
+        self.compose = A.Compose(ops[1:] if self.resize is not None or self.crop is not None else ops)
         # Drawn from torch's RNG so that seed_everything() makes augmentation reproducible.
         self.set_seed(int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed)
 
@@ -141,12 +145,15 @@ class InstanceAugment:
         ``maskrcnn.data.datamodule.seed_worker``): forked workers otherwise share one RNG state and
         would all produce the same augmentation sequence."""
         self.compose.set_random_seed(seed)
-        if self.resize is not None:
-            self.resize.set_random_seed(seed + 1)  # its own stream, independent of the others
+        for lead in (self.resize, self.crop):
+            if lead is not None:
+                lead.set_random_seed(seed + 1)  # its own stream, independent of the others
 
     def __call__(
         self, image: np.ndarray, masks: np.ndarray | Callable[[int, int], np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
+        if self.crop is not None:  # masks: an array, or a SegmentationRaster (it has .window)
+            return self._compose_present(*self.crop.crop(image, cast(Any, masks)))
         if self.resize is not None:
             scale = self.resize._scale(*image.shape[:2])
             image = self.resize.apply(image, scale=scale)
@@ -160,8 +167,19 @@ class InstanceAugment:
         out = self.compose(image=image, masks=masks)
         return out["image"], np.asarray(out["masks"], dtype=np.uint8)
 
+    def _compose_present(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ops after a tile crop, run on the instances the tile holds; the others stay all-zero
+        (most instances of a large image are outside the tile: their pages are never written)."""
+        present = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+        if len(present) == 0:
+            return self.compose(image=image)["image"], masks
+        out = self.compose(image=image, masks=masks[present])
+        result = np.zeros(masks.shape, dtype=np.uint8)
+        result[present] = np.asarray(out["masks"], dtype=np.uint8)
+        return out["image"], result
+
     def __repr__(self) -> str:
-        return f"InstanceAugment(resize={self.resize!r}, then {self.compose!r})"
+        return f"InstanceAugment(resize={self.resize!r}, crop={self.crop!r}, then {self.compose!r})"
 
 
 def default_multiscale_sizes(min_size: int) -> list[int]:
@@ -178,6 +196,9 @@ def build_transforms(
     lsj_size: int = 1024,
     lsj_scale: tuple[float, float] = (0.1, 2.0),
     hflip_prob: float = 0.5,
+    tile_size: int = 800,
+    tile_min_area: int = 16,
+    tile_min_visibility: float = 0.25,
 ) -> InstanceAugment | None:
     """Build a named pipeline (see module docstring for the contract).
 
@@ -191,7 +212,10 @@ def build_transforms(
             (defaults to 80%..100% of ``min_size`` in 6 steps);
             "lsj" — large-scale jitter: fit into ``lsj_size * U(lsj_scale)``, pad (top-left, zeros)
             and random-crop to a ``lsj_size`` square, + h-flip;
-            "photometric" — default + colour jitter.
+            "photometric" — default + colour jitter;
+            "tiles" — a random ``tile_size`` window at native resolution (no resize) + h-flip; cut
+            instances keep their visible part unless it is below ``tile_min_area`` pixels or
+            ``tile_min_visibility`` (``maskrcnn.data.tile_crop``).
         train: False returns None (identity): eval images keep their original size.
     Returns:
         an ``InstanceAugment`` or None for the identity.
@@ -214,6 +238,8 @@ def build_transforms(
                 flip,
             ]
         )
+    if name == "tiles":
+        return InstanceAugment([TileCrop(tile_size, tile_min_area, tile_min_visibility), flip])
     if name == "multiscale":
         sizes = multiscale_sizes or default_multiscale_sizes(min_size)
         return InstanceAugment([ResizeShortestEdge(sizes, max_size), flip])

@@ -31,8 +31,11 @@ from maskrcnn.errors import ConfigError, DatasetError
 from maskrcnn.inference.inputs import list_inputs, overlay_names
 from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
 from maskrcnn.inference.predict_options import check_output, check_predict_config
+from maskrcnn.inference.slice_options import SliceOptions
+from maskrcnn.inference.slicing import sliced_detections
 from maskrcnn.inference.tta import TestTimeAugmentation
 from maskrcnn.inference.tta_options import build_tta
+from maskrcnn.modeling.mask_crops import crops_to_masks
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.postprocess import paste_masks
 from maskrcnn.modeling.structures import RoIDetection
@@ -188,6 +191,10 @@ def predict(cfg: DictConfig) -> Path:
             try:
                 if path in inputs.problems:  # a broken link, a directory named x.jpg, ...
                     raise DatasetError(inputs.problems[path])
+                if opts.slicing is not None:  # one image at a time, at full resolution
+                    _predict_sliced(net, path, device, thresh, meta, outputs, opts.slicing, (min_size, max_size))
+                    outputs.save()
+                    continue
                 batch.append((path, *load_for_model(path, min_size, max_size)))
             except DatasetError as error:
                 outputs.skip(path, error)
@@ -225,38 +232,85 @@ def _predict_batch(
     tta: TestTimeAugmentation | None = None,
 ) -> None:
     """Detect on a batch of ``(path, decoded image, original size)``; add rows and write overlays."""
-    names, to_cat = meta["class_names"], meta["label_to_category_id"]
     tensors = [image_to_tensor(array).to(device) for _, array, _ in batch]
     detections, resized_sizes = _detect(net, tensors, tta)
     for (path, array, original), det, resized in zip(batch, detections, resized_sizes, strict=True):
-        image_id = len(outputs.images) + 1
-        overlay = outputs.overlays[path]
-        outputs.images.append(
-            {"id": image_id, "file_name": str(path), "overlay": overlay, "height": original[0], "width": original[1]}
-        )
         keep = det["scores"] >= thresh
         masks, labels, scores = det["masks"][keep], det["labels"][keep], det["scores"][keep]
         boxes = map_boxes_to_original(det["boxes"][keep], resized, original)  # Tensor[D, 4] xyxy, file pixels
         # box-cropped RLEs: the cost grows with the boxes, not with a 24-megapixel photo
         rles = paste_masks(masks, boxes, original, mask_format="rle", aligned=net.paste_aligned)
-        for box, label, score, rle in zip(boxes.tolist(), labels.tolist(), scores.tolist(), rles, strict=True):
-            x0, y0, x1, y1 = box
-            outputs.results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": to_cat.get(int(label), int(label)),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": float(score),
-                    "segmentation": rle,
-                }
-            )
         decoded = array.shape[:2]
         drawn_boxes = map_boxes_to_original(det["boxes"][keep], resized, decoded)
         drawn_masks = paste_masks(
             masks, drawn_boxes, decoded, mask_format="binary", chunk_size=_chunk(decoded), aligned=net.paste_aligned
         )
-        assert isinstance(drawn_masks, Tensor)  # mask_format="binary"
-        picture = draw_instances(array, drawn_boxes.cpu(), drawn_masks.cpu(), labels.cpu(), names, scores=scores.cpu())
-        target = outputs.out_dir / overlay
-        target.parent.mkdir(parents=True, exist_ok=True)  # overlays mirror the input's subfolders
-        Image.fromarray(np.ascontiguousarray(picture)).save(target)
+        assert isinstance(drawn_masks, Tensor) and isinstance(rles, list)  # mask_format="binary" / "rle"
+        drawn = (array, drawn_boxes.cpu(), drawn_masks.cpu())
+        _record(outputs, meta, path, original, (boxes, labels.cpu(), scores.cpu(), rles), drawn)
+
+
+def _predict_sliced(
+    net: MaskRCNN,
+    path: Path,
+    device: torch.device,
+    thresh: float,
+    meta: dict,
+    outputs: _Outputs,
+    slicing: SliceOptions,
+    model_size: tuple[int, int],
+) -> None:
+    """Sliced inference (``inference.slice``) of one image decoded at full resolution; the overlay is
+    drawn at about the size plain predict decodes it at for a model resizing to ``model_size``
+    (min_size, max_size), masks sampled from the full-resolution crops."""
+    array = load_rgb(path)
+    original = (int(array.shape[0]), int(array.shape[1]))
+    result = sliced_detections(net, image_to_tensor(array).to(device), slicing)
+    keep = (result.scores >= thresh).tolist()
+    crops = [c for c, k in zip(result.crops, keep, strict=True) if k]
+    boxes, labels, scores = result.boxes[keep], result.labels[keep], result.scores[keep]
+    scale = min(model_size[0] / min(original), model_size[1] / max(original))
+    factor = int(1.0 / scale) if scale < 1.0 else 1
+    small = np.asarray(Image.fromarray(array).reduce(factor)) if factor >= 2 else array
+    del array
+    drawn_boxes = map_boxes_to_original(boxes, original, small.shape[:2])
+    drawn = (small, drawn_boxes, torch.from_numpy(crops_to_masks(crops, original, small.shape[:2])))
+    _record(outputs, meta, path, original, (boxes, labels, scores, [c.to_rle(*original) for c in crops]), drawn)
+
+
+def _record(
+    outputs: _Outputs,
+    meta: dict,
+    path: Path,
+    original: tuple[int, int],
+    found: tuple[Tensor, Tensor, Tensor, list],
+    drawn: tuple[np.ndarray, Tensor, Tensor],
+) -> None:
+    """Add the rows of one image and write its overlay.
+
+    found: boxes Tensor[D, 4] xyxy in file pixels, labels [D], scores [D], D RLEs of the full image.
+    drawn: the picture ``uint8 [h, w, 3]``, boxes Tensor[D, 4] and masks ``bool [D, h, w]`` at its size.
+    """
+    names, to_cat = meta["class_names"], meta["label_to_category_id"]
+    image_id = len(outputs.images) + 1
+    overlay = outputs.overlays[path]
+    outputs.images.append(
+        {"id": image_id, "file_name": str(path), "overlay": overlay, "height": original[0], "width": original[1]}
+    )
+    boxes, labels, scores, rles = found
+    for box, label, score, rle in zip(boxes.tolist(), labels.tolist(), scores.tolist(), rles, strict=True):
+        x0, y0, x1, y1 = box
+        outputs.results.append(
+            {
+                "image_id": image_id,
+                "category_id": to_cat.get(int(label), int(label)),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": float(score),
+                "segmentation": rle,
+            }
+        )
+    picture, drawn_boxes, drawn_masks = drawn
+    picture = draw_instances(picture, drawn_boxes, drawn_masks, labels, names, scores=scores)
+    target = outputs.out_dir / overlay
+    target.parent.mkdir(parents=True, exist_ok=True)  # overlays mirror the input's subfolders
+    Image.fromarray(np.ascontiguousarray(picture)).save(target)

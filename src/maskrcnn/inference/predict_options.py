@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.errors import ConfigError
-from maskrcnn.inference.tta_options import TTASettings, check_tta_config
+from maskrcnn.inference.slice_options import SliceOptions, slice_options
+from maskrcnn.inference.tta_options import TTASettings, check_tta_config, check_tta_without_slicing
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -32,6 +33,7 @@ class PredictOptions:
     strict: bool
     inference_options: dict | None
     tta: TTASettings
+    slicing: SliceOptions | None = None  # inference.slice; None: plain inference
 
 
 def check_device(value: object) -> torch.device:
@@ -124,11 +126,15 @@ def check_predict_config(cfg: DictConfig) -> PredictOptions:
     strict = cfg.get("strict", False)
     if not isinstance(strict, bool):
         raise ConfigError(f"strict={strict!r} must be true or false")
+    tta = check_tta_config(cfg.get("tta"))
+    slicing = slice_options((cfg.get("inference") or {}).get("slice"))
+    check_tta_without_slicing(tta, slicing)
     return PredictOptions(
         device=check_device(cfg.get("device", "auto")),
         batch_size=batch_size,
         score_thresh=float(score_thresh),
         strict=strict,
         inference_options=_inference_options(cfg),
-        tta=check_tta_config(cfg.get("tta")),
+        tta=tta,
+        slicing=slicing,
     )

@@ -104,6 +104,20 @@ def check_tta_config(node: Any) -> TTASettings:
     )
 
 
+def check_tta_without_slicing(settings: TTASettings, slicing: object | None) -> None:
+    """Test-time augmentation and sliced inference (``inference.slice``) are alternatives: each
+    resizes the image its own way, so combining them has no single meaning.
+
+    Raises:
+        ConfigError: when both are on.
+    """
+    if slicing is not None and settings != TTASettings():
+        raise ConfigError(
+            "tta=... and inference.slice.tile_size=... cannot be combined: choose one "
+            "(tta=none, or inference.slice.tile_size=null)"
+        )
+
+
 def build_tta(settings: TTASettings, net: nn.Module) -> TestTimeAugmentation | None:
     """The TTA wrapper of ``net`` (an eval-mode MaskRCNN or its inference copy), or None when the
     settings give only the model's own view: then the network runs as it is, without the wrapper."""

@@ -23,6 +23,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from maskrcnn.modeling.mask_crops import MaskCrop
 from maskrcnn.modeling.structures import MASK_FORMATS, MASK_THRESHOLD
 
 
@@ -137,17 +138,11 @@ def paste_masks(
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
-    if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[-1] != masks.shape[-2]:
-        raise ValueError(f"paste_masks: masks must be [N, 1, M, M], got {tuple(masks.shape)}")
-    if boxes.shape != (masks.shape[0], 4):
-        raise ValueError(f"paste_masks: boxes must be [N, 4] with N = {masks.shape[0]}, got {tuple(boxes.shape)}")
     if aligned and padding != 1:
         raise ValueError(f"paste_masks: aligned pasting pads by exactly 1, got padding={padding}")
     height, width = int(image_size[0]), int(image_size[1])
-    num, size = masks.shape[0], masks.shape[-1]
-    padded = torch.nn.functional.pad(masks[:, 0], (padding,) * 4)  # [N, M+2p, M+2p]
-    # Where each mask goes: float boxes (aligned) or torchvision's enlarged integer boxes.
-    place = boxes if aligned else expand_boxes_to_int(boxes, float(size + 2 * padding) / size)
+    padded, place = _placement(masks, boxes, padding, aligned, "paste_masks")
+    num = masks.shape[0]
 
     def paste(lo: int, hi: int, out: Tensor | None = None) -> Tensor:
         return _paste_chunk(padded[lo:hi], place[lo:hi], height, width, aligned, out=out)
@@ -156,7 +151,7 @@ def paste_masks(
         # the chunk loop would be unrolled for the example's mask count; one chunk keeps N dynamic
         return format_masks(paste(0, num)[:, None], mask_format)
     if mask_format == "rle":
-        return [_paste_rle(padded[i], place[i], height, width, aligned) for i in range(num)]
+        return [_paste_crop(padded[i], place[i], height, width, aligned).to_rle(height, width) for i in range(num)]
     dtype = torch.bool if mask_format == "binary" else masks.dtype
     # every element is written below (the matmul covers whole rows, zeros outside the box):
     # zero-filling first would be one more pass over N*H*W (256 MB for 100 masks at 800 px)
@@ -170,14 +165,40 @@ def paste_masks(
     return out
 
 
-def _paste_rle(padded: Tensor, place: Tensor, height: int, width: int, aligned: bool) -> dict:
-    """One mask pasted over the image pixels its weights reach, as a full-image COCO RLE.
+def paste_mask_crops(
+    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], aligned: bool = False
+) -> list[MaskCrop]:
+    """``paste_masks(..., mask_format="binary")`` with each mask held as the crop outside which it is
+    zero (the crops ``mask_format="rle"`` encodes): the cost grows with the boxes, not the image.
+
+    Args: masks, boxes, image_size, aligned as for ``paste_masks`` (padding 1).
+    Returns: N ``MaskCrop``s, clipped to the image.
+    """
+    padded, place = _placement(masks, boxes, 1, aligned, "paste_mask_crops")
+    height, width = int(image_size[0]), int(image_size[1])
+    return [_paste_crop(padded[i], place[i], height, width, aligned) for i in range(masks.shape[0])]
+
+
+def _placement(masks: Tensor, boxes: Tensor, padding: int, aligned: bool, name: str) -> tuple[Tensor, Tensor]:
+    """Checked shapes -> (padded masks Tensor[N, M+2p, M+2p], where each goes: the float boxes
+    (aligned) or torchvision's enlarged integer boxes Tensor[N, 4] int64)."""
+    if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[-1] != masks.shape[-2]:
+        raise ValueError(f"{name}: masks must be [N, 1, M, M], got {tuple(masks.shape)}")
+    if boxes.shape != (masks.shape[0], 4):
+        raise ValueError(f"{name}: boxes must be [N, 4] with N = {masks.shape[0]}, got {tuple(boxes.shape)}")
+    size = masks.shape[-1]
+    padded = torch.nn.functional.pad(masks[:, 0], (padding,) * 4)
+    return padded, boxes if aligned else expand_boxes_to_int(boxes, float(size + 2 * padding) / size)
+
+
+def _paste_crop(padded: Tensor, place: Tensor, height: int, width: int, aligned: bool) -> MaskCrop:
+    """One mask pasted over the image pixels its weights reach, thresholded.
 
     padded: Tensor[S, S]; place: Tensor[4], as for ``_paste_chunk``. The cost grows with the box,
     not the image: a 24-megapixel photo with 100 detections costs the area of 100 boxes. The
     pixels outside the crop are zero in the full paste too, and each pixel's weights are the same
     as there (integer shifts of the legacy box; absolute pixel positions when aligned), so the
-    RLE equals ``masks_to_rle`` of the full paste.
+    crop's RLE equals ``masks_to_rle`` of the full paste.
     """
     if aligned:  # weights reach one bin beyond the box on each side
         x0, y0, x1, y1 = place.tolist()
@@ -187,39 +208,18 @@ def _paste_rle(padded: Tensor, place: Tensor, height: int, width: int, aligned: 
     else:
         x0, y0, x1, y1 = (int(v) for v in place.tolist())
         c0, c1, r0, r1 = max(x0, 0), min(x1, width - 1), max(y0, 0), min(y1, height - 1)
-    runs = [height * width]
-    if c0 <= c1 and r0 <= r1:
-        h, w = r1 - r0 + 1, c1 - c0 + 1
-        if aligned:
-            size = padded.shape[-1] - 2
-            ry = _aligned_resize_weights(place[None, 1], place[None, 3], h, size, padded.dtype, start=r0)
-            rx = _aligned_resize_weights(place[None, 0], place[None, 2], w, size, padded.dtype, start=c0)
-            crop = torch.bmm(torch.bmm(ry, padded[None]), rx.transpose(1, 2))[0]
-        else:
-            shifted = torch.tensor([[x0 - c0, y0 - r0, x1 - c0, y1 - r0]], device=padded.device)
-            crop = _paste_chunk(padded[None], shifted, h, w, aligned=False)[0]
-        runs = _column_runs((crop > MASK_THRESHOLD).cpu().numpy(), r0, c0, height, width)
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
-    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
-
-
-def _column_runs(crop: np.ndarray, top: int, left: int, height: int, width: int) -> list[int]:
-    """Uncompressed COCO RLE counts (column-major, starting with zeros) of an H x W mask that is
-    zero except for ``crop`` (``ndarray[h, w] bool``) placed at row ``top``, column ``left``."""
-    strip = np.zeros((crop.shape[1], height), dtype=bool)  # the crop's columns, full height
-    strip[:, top : top + crop.shape[0]] = crop.T
-    flat = strip.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
-    if flat[0]:
-        runs.insert(0, 0)  # counts start with a (here empty) run of zeros
-    runs[0] += left * height  # the columns left of the crop
-    after = (width - left - crop.shape[1]) * height  # and right of it
-    if len(runs) % 2:  # the last run is zeros
-        runs[-1] += after
-    elif after:
-        runs.append(after)
-    return runs
+    if c0 > c1 or r0 > r1:
+        return MaskCrop(0, 0, np.zeros((0, 0), dtype=bool))
+    h, w = r1 - r0 + 1, c1 - c0 + 1
+    if aligned:
+        size = padded.shape[-1] - 2
+        ry = _aligned_resize_weights(place[None, 1], place[None, 3], h, size, padded.dtype, start=r0)
+        rx = _aligned_resize_weights(place[None, 0], place[None, 2], w, size, padded.dtype, start=c0)
+        crop = torch.bmm(torch.bmm(ry, padded[None]), rx.transpose(1, 2))[0]
+    else:
+        shifted = torch.tensor([[x0 - c0, y0 - r0, x1 - c0, y1 - r0]], device=padded.device)
+        crop = _paste_chunk(padded[None], shifted, h, w, aligned=False)[0]
+    return MaskCrop(r0, c0, (crop > MASK_THRESHOLD).cpu().numpy())
 
 
 def _paste_chunk(

@@ -91,13 +91,17 @@ class ImageTransform(nn.Module):
         self.size_divisible = size_divisible
         self.resize_in_training = resize_in_training
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None) -> tuple[ImageBatch, list[dict] | None]:
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None, resize: bool | None = None
+    ) -> tuple[ImageBatch, list[dict] | None]:
         """
         Args:
             images: list of Tensor[3, H_i, W_i] float in [0, 1].
             targets: optional ``structures.Target`` dicts; ``boxes`` [N,4], ``crowd_boxes`` [C,4]
                 and ``masks`` [N,H,W] uint8 are resized along with the image. The input dicts are
                 not modified (shallow copies are returned).
+            resize: None resizes in eval mode, and in training with ``resize_in_training``; False
+                never does (sliced inference runs tiles at their pixel size, ``inference/slicing.py``).
 
         Returns:
             (ImageBatch, targets or None)
@@ -106,7 +110,8 @@ class ImageTransform(nn.Module):
             raise ValueError("ImageTransform: got an empty list of images")
         if targets is not None and len(targets) != len(images):
             raise ValueError(f"ImageTransform: {len(images)} images but {len(targets)} targets")
-        resize = (not self.training) or self.resize_in_training
+        if resize is None:
+            resize = (not self.training) or self.resize_in_training
         out_images: list[Tensor] = []
         out_targets: list[dict] | None = [] if targets is not None else None
         for i, image in enumerate(images):

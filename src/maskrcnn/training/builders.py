@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from maskrcnn.inference.slice_options import slice_options
 from maskrcnn.training import config_checks as checks
 from maskrcnn.training.module import MaskRCNNModule
 
@@ -84,6 +85,7 @@ def build_module(cfg: DictConfig) -> MaskRCNNModule:
         nonfinite_max_skip_fraction=cfg.get("nonfinite_max_skip_fraction", 0.2),
         nonfinite_skip_window=cfg.get("nonfinite_skip_window", 100),
         nonfinite_min_skipped=cfg.get("nonfinite_min_skipped", 5),
+        slicing=slice_options((cfg.get("inference") or {}).get("slice")),
     )
     module.run_config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     return module

@@ -21,7 +21,9 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
+from maskrcnn.data.transforms import AUGMENTATIONS
 from maskrcnn.errors import ConfigError
+from maskrcnn.inference.slice_options import SLICE_RULES
 from maskrcnn.inference.tta_options import MAX_SCALE
 
 
@@ -168,12 +170,17 @@ CONFIG_TYPES: dict[str, Rule] = {
     "data.generate_shapes.image_size": PIXELS,
     "data.generate_shapes.seed": SEED,
     # augmentation
-    "augmentation.name": choice("none", "hflip", "default", "multiscale", "lsj", "photometric"),
+    "augmentation.name": choice(*AUGMENTATIONS),
     "augmentation.min_size": SIZES,
     "augmentation.max_size": PIXELS,
     "augmentation.lsj_size": PIXELS,
     "augmentation.lsj_scale": list_of(number(0, low_open=True), 2, 2),
     "augmentation.multiscale_sizes": NULL | SIZES,
+    "augmentation.tile_size": PIXELS,
+    "augmentation.tile_min_area": COUNT,
+    "augmentation.tile_min_visibility": PROBABILITY,
+    # inference (sliced validation / evaluation; predict checks the same rules)
+    **{f"inference.slice.{key}": Rule(what, ok) for key, (what, ok) in SLICE_RULES.items()},
     # model
     "model.num_classes": POSITIVE,
     "model.backbone.name": TEXT,

@@ -20,7 +20,10 @@ from torch import Tensor, nn
 from maskrcnn.errors import NonFiniteLossError
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.evaluation.coco_evaluator import Backend
+from maskrcnn.inference.slice_options import SliceOptions
+from maskrcnn.inference.slicing import sliced_detections
 from maskrcnn.losses.criterion import TERMS
+from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.structures import Detection
 from maskrcnn.training.nonfinite import SkipLimit
 
@@ -44,6 +47,8 @@ class MaskRCNNModule(pl.LightningModule):
             stop (NonFiniteLossError) once more than this share of the last ``window`` steps, and at
             least ``min_skipped`` of them, were skipped (see ``training.nonfinite.SkipLimit``).
         eval_backend: "faster_coco_eval" or "pycocotools".
+        slicing: validate by sliced inference (``inference.slice``, ``maskrcnn.inference.slicing``):
+            detections only, no validation losses (the network never sees the image whole).
 
     ``tta`` (set by ``evaluate`` for ``tta=...``, else None): ``tta(images)`` gives the detections
     validation scores (``maskrcnn.inference.tta.TestTimeAugmentation``); the loss terms are then
@@ -63,6 +68,7 @@ class MaskRCNNModule(pl.LightningModule):
         nonfinite_max_skip_fraction: float = 0.2,
         nonfinite_skip_window: int = 100,
         nonfinite_min_skipped: int = 5,
+        slicing: SliceOptions | None = None,
     ) -> None:
         super().__init__()
         unknown = set(loss_weights) - set(TERMS)
@@ -81,6 +87,7 @@ class MaskRCNNModule(pl.LightningModule):
         self.lr = lr
         self.nonfinite_loss = nonfinite_loss
         self.eval_backend = eval_backend
+        self.slicing = slicing
         self.evaluator: CocoEvaluator | None = None
         self.skipped_steps = 0
         self.skip_limit = (
@@ -190,18 +197,24 @@ class MaskRCNNModule(pl.LightningModule):
         images, targets = batch
         if not images:  # all unreadable and skipped: nothing to evaluate
             return None
+        assert self.evaluator is not None  # made in on_validation_epoch_start
+        ids = [int(t["image_id"]) for t in targets]
         if self.tta is not None:
             detections: list[Any] = self.tta(images)  # Detection dicts, as the network's
-        else:
-            out = self.net(images, targets)
-            terms = self.criterion(out["loss_inputs"])
-            n = len(images)
-            self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=n)
-            self.log("val/loss", self._weighted(terms), sync_dist=True, batch_size=n)
-            detections = out["detections"]
-        assert self.evaluator is not None  # made in on_validation_epoch_start
-        self.evaluator.update(detections, [int(t["image_id"]) for t in targets])
-        return {"detections": detections}
+            self.evaluator.update(detections, ids)
+            return {"detections": detections}
+        if self.slicing is not None:
+            net = cast(MaskRCNN, self.net)
+            detections = [sliced_detections(net, image, self.slicing).as_detection() for image in images]
+            self.evaluator.update(cast(list[dict], detections), ids)
+            return {"detections": detections}
+        out = self.net(images, targets)
+        terms = self.criterion(out["loss_inputs"])
+        n = len(images)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=n)
+        self.log("val/loss", self._weighted(terms), sync_dist=True, batch_size=n)
+        self.evaluator.update(out["detections"], ids)
+        return {"detections": out["detections"]}
 
     def on_validation_epoch_end(self) -> None:
         # Every rank gathers all results (each image once) and computes the same numbers.

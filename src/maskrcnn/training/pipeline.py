@@ -18,7 +18,8 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from maskrcnn.errors import ConfigError
-from maskrcnn.inference.tta_options import build_tta, check_tta_config
+from maskrcnn.inference.slice_options import slice_options
+from maskrcnn.inference.tta_options import build_tta, check_tta_config, check_tta_without_slicing
 from maskrcnn.run_checkpoint import (
     check_resume_checkpoint,
     checkpoint_meta,
@@ -118,6 +119,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     cfg = config_from_checkpoint(cfg, ckpt["run_config"], overrides)
     check_config_types(cfg)
     tta_settings = check_tta_config(cfg.get("tta"))
+    check_tta_without_slicing(tta_settings, slice_options((cfg.get("inference") or {}).get("slice")))
     datamodule = build_datamodule(cfg)
     meta = checkpoint_meta(ckpt)
     if meta["class_names"] and meta["label_to_category_id"]:  # the names the model was trained with

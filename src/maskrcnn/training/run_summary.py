@@ -41,6 +41,8 @@ def describe_config(cfg: DictConfig) -> dict[str, Any]:
         train_sizes = f"large-scale jitter of {aug.lsj_size} px x {list(aug.lsj_scale)}"
     elif aug.name == "none":
         train_sizes = "file size (no resize)"
+    elif aug.name == "tiles":
+        train_sizes = f"native-resolution tiles of {aug.tile_size} px"
     return {
         "model": f"{backbone.name} + FPN ({backbone.out_channels} channels), norm {backbone.norm}, "
         + (f"ImageNet weights, {backbone.trainable_layers} trainable stages" if backbone.pretrained else "from scratch")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -184,7 +185,7 @@ def any_instance_survives(
 
 def check_resize_keeps_instances(dataset: CocoInstanceDataset, augmentation: str, kwargs: dict[str, Any]) -> None:
     """Reject resize settings under which no training instance keeps a pixel."""
-    if augmentation in ("none", "hflip") or any_instance_survives(dataset, augmentation, kwargs):
+    if augmentation in ("none", "hflip", "tiles") or any_instance_survives(dataset, augmentation, kwargs):
         return
     keys = ", ".join(f"augmentation.{k}={kwargs[k]}" for k in RESIZE_KEYS if kwargs.get(k) is not None)
     raise DatasetError(
@@ -248,4 +249,7 @@ def pipeline_scale(augmentation: str, kwargs: dict[str, Any]) -> Callable[[int, 
     """``(height, width) -> factor`` the training pipeline resizes an image by at most."""
     if augmentation in ("none", "hflip"):  # no resize in the data pipeline
         return lambda height, width: 1.0
+    if augmentation == "tiles":  # native resolution, masks built at the tile's size: that area
+        size = int(kwargs.get("tile_size", 800))
+        return lambda height, width: math.sqrt(min(size, height) * min(size, width) / (height * width))
     return lambda height, width: training_scale(augmentation, kwargs, height, width)

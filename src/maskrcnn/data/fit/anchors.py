@@ -98,6 +98,7 @@ class Suggestion:
     max_size: int | None = None
     p5_at_min_size: float | None = None
     note: str = ""
+    slicing: str = ""  # objects shrunk below the anchors by downscaling large images: tiles instead
 
     @property
     def fits(self) -> bool:
@@ -184,6 +185,25 @@ def _suggest_scale(
         out.note = f"min_size: {capped}; p5 stays below {target:g} px"
 
 
+def _suggest_slicing(
+    w: np.ndarray, h: np.ndarray, train: CocoBoxes, min_sizes: list[int], max_size: int, smallest_anchor: float
+) -> str:
+    """Tile training + sliced inference when the resize shrinks the images (median factor < 1) and
+    with them p5 of the objects below half the smallest anchor: at native resolution in tiles of
+    the model's input size, objects keep their file size at the same cost per image."""
+    p5 = float(np.percentile(np.sqrt(w * h), 5))
+    median_scale = float(np.median(training_scale(train.widths, train.heights, min_sizes, max_size)))
+    if p5 >= smallest_anchor / 2 or median_scale >= 1.0:
+        return ""
+    native = train.wh[~train.crowd]
+    native_p5 = float(np.percentile(np.sqrt(native[:, 0] * native[:, 1]), 5))
+    tile = max(min_sizes)
+    return (
+        f"images shrink x{median_scale:.2f} (p5 {p5:.1f} px, {native_p5:.1f} px at native resolution): train on "
+        f"tiles and predict sliced, augmentation=tiles augmentation.tile_size={tile} inference.slice.tile_size={tile}"
+    )
+
+
 def suggest(
     w: np.ndarray,
     h: np.ndarray,
@@ -201,4 +221,5 @@ def suggest(
         return out
     _suggest_anchors(w, h, anchor_sizes, aspect_ratios, out)
     _suggest_scale(w, h, train, min_sizes, max_size, min(map(min, anchor_sizes)), out)
+    out.slicing = _suggest_slicing(w, h, train, min_sizes, max_size, min(map(min, anchor_sizes)))
     return out

@@ -380,6 +380,8 @@ def _format_advice(r: FitReport) -> list[str]:
         lines.append(f"  {'scale' if sug.keep_anchors else 'or scale'}: {scale}  (p5 -> {sug.p5_at_min_size:.1f} px)")
     if sug.note:
         lines.append(f"  {sug.note}")
+    if sug.slicing:
+        lines.append(f"  slicing: {sug.slicing}")
     return lines
 
 

@@ -67,17 +67,27 @@ def rasterise_polygons(polygons: list[np.ndarray], out: np.ndarray) -> np.ndarra
     Returns:
         out.
     """
-    height, width = out.shape
+    placed = polygon_crop(polygons, *out.shape)
+    if placed is not None:
+        top, left, crop = placed
+        out[top : top + crop.shape[0], left : left + crop.shape[1]] |= crop
+    return out
+
+
+def polygon_crop(polygons: list[np.ndarray], height: int, width: int) -> tuple[int, int, np.ndarray] | None:
+    """``rasterise_polygons`` on a ``height`` x ``width`` image, returned as the crop around the
+    polygons that holds every pixel: ``(top, left, np.ndarray[h, w] uint8)``; None when the polygons
+    lie outside the image."""
     polygons = [p for p in polygons if len(p) >= 3]  # validate_coco rejects these; be safe
     if not polygons:
-        return out
+        return None
     points = np.concatenate(polygons)
     if not np.isfinite(points).all():
         raise ValueError("polygon has non-finite coordinates")
     lo = np.maximum(np.floor(points.min(axis=0)) - _MARGIN, 0)
     hi = np.minimum(np.ceil(points.max(axis=0)) + _MARGIN + 1, (width, height))
     if (hi <= lo).any():  # entirely outside the image
-        return out
+        return None
     x0, y0 = int(lo[0]), int(lo[1])
     x1, y1 = int(hi[0]), int(hi[1])
     shifted = []
@@ -89,8 +99,52 @@ def rasterise_polygons(polygons: list[np.ndarray], out: np.ndarray) -> np.ndarra
                 poly[:, axis] = grid / _UPSAMPLE
         shifted.append(poly.ravel().tolist())
     rle = mask_utils.merge(mask_utils.frPyObjects(shifted, y1 - y0, x1 - x0))
-    out[y0:y1, x0:x1] |= mask_utils.decode(rle)
-    return out
+    return y0, x0, mask_utils.decode(rle)
+
+
+class SegmentationRaster:
+    """The masks of one image's COCO segmentations, rasterised on demand: the mask source
+    ``CocoInstanceDataset`` hands its transforms (``maskrcnn.data.transforms``).
+
+    ``raster(h, w)`` is every mask at ``(h, w)``: ``np.ndarray[N, h, w] uint8``.
+    ``raster.window(x0, y0, x1, y1)`` is every mask at the json's size restricted to that window,
+    ``np.ndarray[N, y1 - y0, x1 - x0] uint8``, and each instance's area over the whole image
+    (``np.ndarray[N] int64`` pixels), without building a full-size mask: a polygon is rasterised
+    over its own bounding box only (RLE is decoded whole, one at a time). The window equals the
+    same window of ``raster(height, width)``.
+    """
+
+    def __init__(self, segmentations: list, height: int, width: int) -> None:
+        self.segmentations, self.height, self.width = segmentations, height, width
+
+    def __len__(self) -> int:
+        return len(self.segmentations)
+
+    def __call__(self, height: int, width: int) -> np.ndarray:
+        masks = np.zeros((len(self.segmentations), height, width), dtype=np.uint8)
+        for k, seg in enumerate(self.segmentations):
+            decode_segmentation(seg, self.height, self.width, out_size=(height, width), out=masks[k])
+        return masks
+
+    def window(self, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        # np.zeros: pages of instances outside the window are never written (nor resident)
+        masks = np.zeros((len(self.segmentations), y1 - y0, x1 - x0), dtype=np.uint8)
+        areas = np.zeros(len(self.segmentations), dtype=np.int64)
+        for k, seg in enumerate(self.segmentations):
+            if isinstance(seg, list):
+                polygons = [np.asarray(poly, dtype=np.float64).reshape(-1, 2) for poly in seg]
+                placed = polygon_crop(polygons, self.height, self.width)
+            else:
+                placed = (0, 0, decode_segmentation(seg, self.height, self.width))
+            if placed is None:
+                continue
+            top, left, crop = placed
+            areas[k] = int(np.count_nonzero(crop))
+            r0, r1 = max(y0, top), min(y1, top + crop.shape[0])
+            c0, c1 = max(x0, left), min(x1, left + crop.shape[1])
+            if r0 < r1 and c0 < c1:
+                masks[k, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] = crop[r0 - top : r1 - top, c0 - left : c1 - left]
+        return masks, areas
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
