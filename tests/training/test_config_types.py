@@ -41,6 +41,8 @@ BAD = [  # (override, key the message must name)
     ("nonfinite_loss=ignore", "nonfinite_loss"),
     ("data.generate_shapes.image_size=big", "data.generate_shapes.image_size"),
     ("model.backbone.trainable_layers=9", "model.backbone.trainable_layers=9"),
+    ("data.sampler=weighted", "data.sampler='weighted'"),
+    ("data.repeat_threshold=0", "data.repeat_threshold=0"),
 ]
 
 
@@ -57,6 +59,17 @@ def test_a_bad_value_is_one_config_error_naming_the_key_before_anything_is_built
     assert str(info.value).startswith(key) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["callbacks.ema.decay=1.0", "callbacks.ema.update_starting_at_step=-1", "callbacks.ema.update_every_n_steps=0"],
+)
+def test_a_bad_ema_value_is_one_config_error_naming_the_key(override):
+    cfg = compose([*TINY, "callbacks=ema", override], output_dir="/tmp/unused")
+    with pytest.raises(ConfigError, match="must be") as info:
+        check_config_types(cfg)
+    assert str(info.value).startswith(override) and "\n" not in str(info.value)
+
+
 def test_every_shipped_composition_passes():
     options = [
         [],
@@ -69,6 +82,8 @@ def test_every_shipped_composition_passes():
         ["loss=focal"],
         ["optimizer=sgd"],
         ["logger=wandb"],
+        ["callbacks=ema"],
+        ["data.sampler=repeat_factor"],
     ]
     for overrides in options:
         check_config_types(compose(overrides, output_dir="/tmp/unused"))
