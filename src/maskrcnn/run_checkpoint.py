@@ -148,6 +148,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
 def describe_checkpoint(path: str | Path, ckpt: dict | None = None) -> str:
     """``checkpoints/best.ckpt (epoch 3, step 120, val/segm_AP 0.4312)``: the file and where in training it was written.
 
+    A checkpoint of a run with ``callbacks=ema`` also says which weights its ``state_dict`` holds
+    (``EMA weights, decay 0.999, 120 updates``), i.e. the weights eval, predict and export use.
     ``ckpt`` is the loaded dict when the caller has it; otherwise only the path is described.
     """
     path = Path(path)
@@ -160,4 +162,9 @@ def describe_checkpoint(path: str | Path, ckpt: dict | None = None) -> str:
         if state.get("best_model_path") and Path(state["best_model_path"]).name == path.name and score is not None:
             parts.append(f"{state.get('monitor')} {float(score):.4f}")
             break
+    ema = ckpt.get("ema")
+    if isinstance(ema, dict) and ema.get("updates"):
+        parts.append(f"EMA weights, decay {ema.get('decay')}, {ema['updates']} updates")
+    elif isinstance(ema, dict):
+        parts.append(f"raw weights, EMA starts at step {ema.get('update_starting_at_step')}")
     return f"{shown} ({', '.join(parts)})"

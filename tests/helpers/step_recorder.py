@@ -19,12 +19,20 @@ import pytorch_lightning as pl
 class StepRecorder(pl.Callback):
     """Appends ``{"step", "epoch", "lr", "image_ids"}`` per training batch to ``path`` (jsonl), and
     sends ``signal_name`` to this process at the end of step ``signal_at_step`` (a real signal,
-    delivered at a known step)."""
+    delivered at a known step), or with ``signal_in_validation`` at the first batch of the
+    validation that follows that step."""
 
-    def __init__(self, path: str, signal_at_step: int | None = None, signal_name: str = "SIGTERM") -> None:
+    def __init__(
+        self,
+        path: str,
+        signal_at_step: int | None = None,
+        signal_name: str = "SIGTERM",
+        signal_in_validation: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.signal_at_step = signal_at_step
         self.signum = signal.Signals[signal_name]
+        self.signal_in_validation = signal_in_validation
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         lr = trainer.optimizers[0].param_groups[0]["lr"]
@@ -38,7 +46,12 @@ class StepRecorder(pl.Callback):
             f.write(json.dumps(record) + "\n")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.signal_at_step is not None and trainer.global_step == self.signal_at_step:
+        if not self.signal_in_validation and trainer.global_step == self.signal_at_step:
+            os.kill(os.getpid(), self.signum)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        at_step = trainer.global_step == self.signal_at_step and not trainer.sanity_checking
+        if self.signal_in_validation and at_step and batch_idx == 0:
             os.kill(os.getpid(), self.signum)
 
 

@@ -45,6 +45,8 @@ BAD = [  # (override, key the message must name)
     ("inference.slice.overlap=0.95", "inference.slice.overlap=0.95"),
     ("inference.slice.full_image_pass=maybe", "inference.slice.full_image_pass='maybe'"),
     ("inference.slice.tiles_per_batch=0", "inference.slice.tiles_per_batch=0"),
+    ("data.sampler=weighted", "data.sampler='weighted'"),
+    ("data.repeat_threshold=0", "data.repeat_threshold=0"),
 ]
 
 
@@ -61,6 +63,17 @@ def test_a_bad_value_is_one_config_error_naming_the_key_before_anything_is_built
     assert str(info.value).startswith(key) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["callbacks.ema.decay=1.0", "callbacks.ema.update_starting_at_step=-1", "callbacks.ema.update_every_n_steps=0"],
+)
+def test_a_bad_ema_value_is_one_config_error_naming_the_key(override):
+    cfg = compose([*TINY, "callbacks=ema", override], output_dir="/tmp/unused")
+    with pytest.raises(ConfigError, match="must be") as info:
+        check_config_types(cfg)
+    assert str(info.value).startswith(override) and "\n" not in str(info.value)
+
+
 def test_every_shipped_composition_passes():
     options = [
         [],
@@ -75,6 +88,8 @@ def test_every_shipped_composition_passes():
         ["loss=focal"],
         ["optimizer=sgd"],
         ["logger=wandb"],
+        ["callbacks=ema"],
+        ["data.sampler=repeat_factor"],
     ]
     for overrides in options:
         check_config_types(compose(overrides, output_dir="/tmp/unused"))

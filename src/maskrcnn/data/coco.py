@@ -180,6 +180,12 @@ class CocoInstanceDataset(Dataset):
         """Width / height of every image, from the json (no decoding)."""
         return [img["width"] / img["height"] for img in self.images]
 
+    def image_labels(self) -> list[set[int]]:
+        """The labels (1..K) of every image's valid instances, from the json (repeat-factor sampling)."""
+        return [
+            {self._cat_to_label[a["category_id"]] for a in self._instances.get(img["id"], ())} for img in self.images
+        ]
+
     def image_path(self, index: int) -> Path:
         return self.image_dir / self.images[index]["file_name"]
 
@@ -272,18 +278,18 @@ class CocoInstanceDataset(Dataset):
             return None
         return image
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict] | None:
-        """Item ``key``: an index, or ``(index, epoch)`` as ``GroupedBatchSampler(tag_epoch=True)`` yields.
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[Tensor, dict] | None:
+        """Item ``key``: an index, or ``(index, epoch[, copy])`` as ``GroupedBatchSampler(tag_epoch=True)`` yields.
 
-        For a pair, the transforms are reseeded with ``sample_seed(self.seed, epoch, index)`` first
-        (when they have ``set_seed``): the item's augmentation depends on nothing else, which makes
-        a resumed run, and runs with different numbers of workers or DDP ranks, augment alike.
+        For a tuple, the transforms are reseeded with ``sample_seed(self.seed, epoch, index, copy)``
+        first (when they have ``set_seed``): the item's augmentation depends on nothing else, which
+        makes a resumed run, and runs with different numbers of workers or DDP ranks, augment alike.
         """
         if isinstance(key, tuple):
-            index, epoch = key
+            index, epoch, *copy = key
             set_seed = getattr(self.transforms, "set_seed", None)
             if set_seed is not None:
-                set_seed(sample_seed(self.seed, epoch, index))
+                set_seed(sample_seed(self.seed, epoch, index, *copy))
         else:
             index = key
         img = self.images[index]

@@ -28,6 +28,7 @@ from maskrcnn.data.checks.setup import (
 )
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
+from maskrcnn.data.repeat_factor_sampler import RepeatFactorSampler, epoch_length, training_repeat_factors
 from maskrcnn.data.resumable_loader import ResumableDataLoader, TrainPosition
 from maskrcnn.data.sampler import (
     GroupedBatchSampler,
@@ -103,6 +104,10 @@ class CocoDataModule(pl.LightningDataModule):
         seed: shuffling seed of the training sampler and data seed of every training image's
             augmentation seed (``sampler.sample_seed``); the data config passes the run's ``seed``,
             so runs with different seeds see the images in different orders and augmentations.
+        sampler: ``"random"`` (every training image once per epoch) or ``"repeat_factor"``: images
+            with rare categories several times per epoch (``repeat_factor_sampler``).
+        repeat_threshold: ``t`` of repeat-factor sampling: categories found in fewer than this
+            fraction of the training images are repeated.
     """
 
     def __init__(
@@ -126,9 +131,17 @@ class CocoDataModule(pl.LightningDataModule):
         root: str | None = None,
         check_images: str = "header",
         bad_images: str = "skip",
+        sampler: str = "random",
+        repeat_threshold: float = 0.001,
     ) -> None:
         super().__init__()
         validate_options(bad_images, check_images)
+        if sampler not in ("random", "repeat_factor"):
+            raise ConfigError(f"data.sampler must be random or repeat_factor, got {sampler!r}")
+        if not 0 < repeat_threshold <= 1:
+            raise ConfigError(f"data.repeat_threshold must be in (0, 1], got {repeat_threshold!r}")
+        self.sampler, self.repeat_threshold = sampler, repeat_threshold
+        self._factors: np.ndarray | None = None  # repeat factor of every training image, once known
         if aspect_ratio_grouping not in (True, False, "auto"):
             raise ConfigError(f"data.aspect_ratio_grouping must be true, false or auto, got {aspect_ratio_grouping!r}")
         self.check_images, self.bad_images = check_images, bad_images
@@ -337,8 +350,13 @@ class CocoDataModule(pl.LightningDataModule):
                 "use_distributed_sampler=False, otherwise training batches are not shuffled",
                 stacklevel=2,
             )
-        sampler: DistributedSampler  # of indices into train_dataset
-        sampler = DistributedSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        sampler: DistributedSampler  # of indices into train_dataset, or of (index, copy) items
+        if self.sampler == "repeat_factor":
+            sampler = RepeatFactorSampler(self._repeat_factors(), num_replicas=world, rank=rank, seed=self.seed)
+        else:
+            sampler = DistributedSampler(
+                self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+            )
         group_ids = aspect_ratio_group_ids(self.train_dataset.aspect_ratios())
         grouping = self.aspect_ratio_grouping
         if grouping == "auto":
@@ -351,6 +369,20 @@ class CocoDataModule(pl.LightningDataModule):
         )
         loader = ResumableDataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
         return self._train_position.attach(loader)  # resumed mid-epoch: continues with the next batch
+
+    def _repeat_factors(self) -> np.ndarray:
+        """``ndarray[N] float64``: the repeat factor of every training image (``data.sampler=repeat_factor``)."""
+        assert self.train_dataset is not None  # built by setup("fit"), images already checked
+        if self._factors is None:
+            self._factors = training_repeat_factors(self.train_dataset.image_labels(), self.repeat_threshold)
+        return self._factors
+
+    def train_epoch_images(self) -> tuple[int, int]:
+        """(training images per epoch over all ranks, training images): they differ with repeat-factor sampling."""
+        self.setup("fit")
+        assert self.train_dataset is not None  # built by setup("fit")
+        images = len(self.train_dataset)
+        return (epoch_length(self._repeat_factors()) if self.sampler == "repeat_factor" else images), images
 
     def state_dict(self) -> dict[str, Any]:
         return self._train_position.state_dict()

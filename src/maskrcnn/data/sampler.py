@@ -16,13 +16,15 @@ def aspect_ratio_group_ids(aspect_ratios: Sequence[float]) -> list[int]:
     return [0 if ratio >= 1.0 else 1 for ratio in aspect_ratios]
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of dataset item ``index`` in ``epoch`` of a run with data seed ``seed``.
+def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
+    """The augmentation seed of dataset item ``index`` in ``epoch`` of a run with data seed ``seed``;
+    ``copy`` > 0 for the item's further showings in one epoch (``data.sampler=repeat_factor``).
 
-    Derived from the three numbers alone (``numpy.random.SeedSequence``, well mixed and the same on
+    Derived from these numbers alone (``numpy.random.SeedSequence``, well mixed and the same on
     every platform), so an item's augmentation does not depend on the items augmented before it.
     """
-    return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1)[0])
+    key = [seed % 2**32, epoch, index] + ([copy] if copy else [])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 # ``aspect_ratio_grouping="auto"`` groups only when every group fills at least this many batches.
@@ -64,10 +66,13 @@ class GroupedBatchSampler(BatchSampler):
     ``tag_epoch=True`` yields ``(index, epoch)`` pairs instead of indices, ``epoch`` being the
     sampler's ``epoch`` (set by ``set_epoch``). ``CocoInstanceDataset`` seeds the augmentation of
     such an item from the pair alone, so an image gets the same augmentation in an epoch whatever
-    was drawn before it: in a resumed run, with any number of workers, on any DDP rank.
+    was drawn before it: in a resumed run, with any number of workers, on any DDP rank. A sampler
+    may also yield ``(index, copy)`` items (``RepeatFactorSampler``: ``copy`` counts the index's
+    earlier showings in the epoch); a copy > 0 then yields ``(index, epoch, copy)``, its own seed.
 
     Args:
-        sampler: yields dataset indices (e.g. ``DistributedSampler(dataset, shuffle=True)``).
+        sampler: yields dataset indices (e.g. ``DistributedSampler(dataset, shuffle=True)``) or
+            ``(index, copy)`` items.
         group_ids: group of every dataset index, ``len(group_ids) == len(dataset)``.
         batch_size: images per batch (per device).
         drop_last: drop the final incomplete batch.
@@ -76,7 +81,7 @@ class GroupedBatchSampler(BatchSampler):
 
     def __init__(
         self,
-        sampler: Sampler[int],
+        sampler: Sampler[int] | Sampler[tuple[int, int]],
         group_ids: Sequence[int],
         batch_size: int,
         drop_last: bool = False,
@@ -84,25 +89,25 @@ class GroupedBatchSampler(BatchSampler):
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.sampler = sampler
+        self.sampler = sampler  # type: ignore[assignment]  # BatchSampler declares int items; (index, copy) too
         self.group_ids = list(group_ids)
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.tag_epoch = tag_epoch
         self.skip_batches = 0
 
-    def __iter__(self) -> Iterator[list[Any]]:  # list[int], or list[tuple[int, int]] with tag_epoch
+    def __iter__(self) -> Iterator[list[Any]]:  # list[int], or list of (index, epoch[, copy]) with tag_epoch
         skip, self.skip_batches = self.skip_batches, 0
         epoch = int(getattr(self.sampler, "epoch", 0))
         for number, batch in enumerate(self._batches()):
             if number >= skip:
-                yield [(index, epoch) for index in batch] if self.tag_epoch else batch
+                yield [_tagged(item, epoch) for item in batch] if self.tag_epoch else [_index(i) for i in batch]
 
-    def _batches(self) -> Iterator[list[int]]:
-        buffers: dict[int, list[int]] = defaultdict(list)
-        for index in self.sampler:
-            group = buffers[self.group_ids[index]]
-            group.append(index)
+    def _batches(self) -> Iterator[list[int | tuple[int, int]]]:
+        buffers: dict[int, list[int | tuple[int, int]]] = defaultdict(list)
+        for item in self.sampler:
+            group = buffers[self.group_ids[_index(item)]]
+            group.append(item)
             if len(group) == self.batch_size:
                 yield group.copy()
                 group.clear()
@@ -115,6 +120,16 @@ class GroupedBatchSampler(BatchSampler):
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+def _index(item: int | tuple[int, int]) -> int:
+    return item[0] if isinstance(item, tuple) else item
+
+
+def _tagged(item: int | tuple[int, int], epoch: int) -> tuple[int, ...]:
+    """``(index, epoch)``, or ``(index, epoch, copy)`` for an ``(index, copy)`` item with copy > 0."""
+    index, copy = item if isinstance(item, tuple) else (item, 0)
+    return (index, epoch, copy) if copy else (index, epoch)
 
 
 class InferenceSampler(DistributedSampler):

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from maskrcnn.errors import ConfigError
 from maskrcnn.inference.slice_options import slice_options
 from maskrcnn.training import config_checks as checks
 from maskrcnn.training.module import MaskRCNNModule
@@ -92,7 +93,12 @@ def build_module(cfg: DictConfig) -> MaskRCNNModule:
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    configured = cfg.get("callbacks") or {}
+    for name, c in configured.items():  # e.g. +callbacks.ema.decay=0.99 without callbacks=ema
+        if c and "_target_" not in c:
+            hint = "; choose callbacks=ema to turn EMA on" if name == "ema" else ""
+            raise ConfigError(f"callbacks.{name} has no _target_ (what to build){hint}")
+    callbacks = [instantiate(c) for c in configured.values() if c]
     if cfg.get("log_val_images", 0):
         from maskrcnn.training.callbacks import ValidationImageLogger
 

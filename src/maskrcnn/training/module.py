@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 
@@ -245,3 +246,15 @@ class MaskRCNNModule(pl.LightningModule):
             self.label_to_category_id = {int(k): int(v) for k, v in dm.label_to_category_id.items()}
         checkpoint["class_names"] = self.class_names
         checkpoint["label_to_category_id"] = self.label_to_category_id
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A checkpoint of a run with callbacks=ema holds the averaged weights as its state_dict and
+        # the raw ones as current_model_state (maskrcnn.training.ema). Resumed without the EMA
+        # callback, training goes on from the raw weights, as it would have with it.
+        raw = checkpoint.get("current_model_state")
+        trainer = self._trainer
+        if raw is None or trainer is None or trainer.state.fn != "fit":
+            return
+        if not any(isinstance(c, WeightAveraging) for c in getattr(trainer, "callbacks", [])):
+            log.warning("Resuming an EMA checkpoint without callbacks=ema: training continues from its raw weights")
+            checkpoint["state_dict"] = raw

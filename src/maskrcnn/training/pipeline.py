@@ -93,12 +93,12 @@ def _fit_or_stop(
 
 
 def _read_progress(path: str | Path) -> dict | None:
-    """epoch, global_step and callback states of a checkpoint (weights memory-mapped, not read), or None."""
+    """epoch, global_step, callback states and ``ema`` of a checkpoint (weights memory-mapped, not read), or None."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception:  # noqa: BLE001 - only for a description
         return None
-    return {k: ckpt.get(k) for k in ("epoch", "global_step", "callbacks")}
+    return {k: ckpt.get(k) for k in ("epoch", "global_step", "callbacks", "ema")}
 
 
 def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:

@@ -67,7 +67,16 @@ def describe_config(cfg: DictConfig) -> dict[str, Any]:
         "max_epochs": cfg.trainer.get("max_epochs"),
         "max_steps": cfg.trainer.get("max_steps"),
         "precision": str(cfg.trainer.get("precision")),
+        "sampler": cfg.data.get("sampler", "random"),
+        "repeat_threshold": cfg.data.get("repeat_threshold"),
+        "ema": _ema_settings(cfg),
     }
+
+
+def _ema_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    ema = (cfg.get("callbacks") or {}).get("ema")
+    keys = ("decay", "update_starting_at_step", "update_every_n_steps")
+    return {k: ema.get(k) for k in keys} if ema else None
 
 
 def _loss_name(cfg: DictConfig) -> str:
@@ -138,7 +147,9 @@ class RunSummary(pl.Callback):
                 out[f"{split}_images"] = len(dataset)
                 out[f"{split}_instances"] = dataset.num_instances()
         if getattr(dm, "train_dataset", None) is not None:
-            out["steps_per_epoch"] = math.ceil(len(dm.train_dataset) / (self.settings["batch_size"] * world))
+            # images per epoch over all ranks; more than the images with data.sampler=repeat_factor
+            out["train_epoch_images"], _ = dm.train_epoch_images()
+            out["steps_per_epoch"] = math.ceil(out["train_epoch_images"] / (self.settings["batch_size"] * world))
             out["classes"] = list(dm.class_names[1:])
         return out
 
@@ -224,6 +235,23 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{len(s.get('classes', []))} classes: {_names(s.get('classes', []))}",
         ),
     ]
+    if s.get("sampler") == "repeat_factor":
+        lines.append(
+            (
+                "sampling",
+                f"repeat_factor (threshold {s['repeat_threshold']:g}): {s.get('train_epoch_images', '?')} images "
+                f"per epoch, {s.get('train_images', '?')} without repeats",
+            )
+        )
+    if s.get("ema"):
+        e = s["ema"]
+        lines.append(
+            (
+                "ema",
+                f"decay {e['decay']:g}, from step {e['update_starting_at_step']}, every {e['update_every_n_steps']} "
+                "step(s); validation and checkpoints use the averaged weights",
+            )
+        )
     return "Run summary\n" + "\n".join(f"  {k:<9} {v}" for k, v in lines)
 
 

@@ -1,0 +1,176 @@
+"""``callbacks=ema``: Lightning's EMAWeightAveraging, through this project's checkpoints, validation and resume.
+
+One uninterrupted reference run keeps, besides the callback, its own float64 moving average of the
+weights (``helpers.ema_recorder``): the checkpoints must hold that average as their weights and the
+raw weights beside them, validation must run with it, and a run stopped by SIGTERM must save both
+(also during validation, when the average is swapped into the model), restore both when resumed,
+and, stopped after a training step, end exactly as the reference did.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from helpers.config import TINY, TINY_EVAL, compose
+from helpers.ema_recorder import EMARecorder, fingerprint
+from maskrcnn.errors import ConfigError
+from maskrcnn.run_checkpoint import build_net_from_checkpoint, describe_checkpoint
+from maskrcnn.training.builders import build_callbacks
+from maskrcnn.training.interrupts import TrainingInterrupted
+from maskrcnn.training.module import MaskRCNNModule
+from maskrcnn.training.pipeline import evaluate, train
+
+# 12 images at batch 2: 6 steps per epoch; validation (one batch) at step 6, the run ends at step 8.
+# decay 0.5 and a first update at zero-based step 2 make the average far from the raw weights and
+# a missed or extra update visible.
+DECAY, START = 0.5, 2
+RUN = [
+    *TINY,
+    "trainer.max_epochs=2",
+    "trainer.max_steps=8",
+    "trainer.limit_val_batches=1",
+    "callbacks=ema",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.progress_log=null",
+    f"callbacks.ema.decay={DECAY}",
+    f"callbacks.ema.update_starting_at_step={START}",
+    "augmentation=multiscale",
+    "scheduler.warmup_steps=5",
+    "validate_after_train=false",
+    "logger=none",
+    "dataset_report=false",
+]
+RECORDER = [
+    "+callbacks.ema_recorder._target_=helpers.ema_recorder.EMARecorder",
+    f"+callbacks.ema_recorder.decay={DECAY}",
+    f"+callbacks.ema_recorder.start={START}",
+    "+callbacks.ema_recorder.snapshot_steps=[3,6]",
+]
+
+
+def _signal(path, step: int, in_validation: bool = False) -> list[str]:
+    return [
+        "+callbacks.stop._target_=helpers.step_recorder.StepRecorder",
+        f"+callbacks.stop.path={path}",
+        f"+callbacks.stop.signal_at_step={step}",
+        f"+callbacks.stop.signal_in_validation={in_validation}",
+    ]
+
+
+def _ckpt(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_weights(state: dict, expected: dict, what: str) -> None:
+    assert set(expected) <= set(state), what
+    for name, tensor in expected.items():
+        label = f"{what}: {name}"
+        close = torch.testing.assert_close
+        close(state[name].double(), tensor.double(), rtol=1e-5, atol=1e-6, msg=lambda m, label=label: f"{label}: {m}")
+
+
+@pytest.fixture(scope="module")
+def reference(shapes_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ema_ref")
+    # The thread count of the runs it is compared with (conftest's function-scoped _threads is not
+    # applied yet when a module-scoped fixture runs); float sums follow it.
+    torch.set_num_threads(2)
+    # validate_after_train: trainer.validate(best.ckpt) in the same process, after fit
+    cfg = compose([*RUN, *RECORDER, "validate_after_train=true"], output_dir=run_dir, data_dir=shapes_dir)
+    _, objects = train(cfg)
+    recorder = next(c for c in objects["trainer"].callbacks if isinstance(c, EMARecorder))
+    return SimpleNamespace(dir=run_dir, recorder=recorder, last=_ckpt(run_dir / "checkpoints" / "last.ckpt"))
+
+
+def test_checkpoints_hold_the_average_of_the_raw_weights_and_validation_ran_with_it(reference):
+    rec, last = reference.recorder, reference.last
+    assert last["global_step"] == 8 and last["ema"]["updates"] == 8 - START and last["ema"]["state_dict"] == "ema"
+    assert int(last["averaging_state"]["n_averaged"]) == 8 - START
+    _assert_weights(last["state_dict"], rec.ema, "last.ckpt state_dict (the average)")
+    _assert_weights(last["current_model_state"], rec.raw, "last.ckpt current_model_state (raw)")
+    assert max((rec.ema[k] - rec.raw[k]).abs().max().item() for k in rec.ema) > 1e-4  # the two really differ
+
+    best = _ckpt(reference.dir / "checkpoints" / "best.ckpt")  # written at the validation of step 6
+    ema6, raw6 = rec.snapshots[6]
+    assert best["global_step"] == 6 and best["ema"]["updates"] == 6 - START
+    _assert_weights(best["state_dict"], ema6, "best.ckpt state_dict")
+    _assert_weights(best["current_model_state"], raw6, "best.ckpt current_model_state")
+    # the validation during fit, and the one of best.ckpt after it, ran with the average
+    assert rec.validated_with[("fit", 6)] == pytest.approx(fingerprint(ema6), rel=1e-9)
+    assert rec.validated_with[("fit", 6)] != pytest.approx(fingerprint(raw6), rel=1e-9)
+    after_fit = [value for (stage, _), value in rec.validated_with.items() if stage == "validate"]
+    assert after_fit == [pytest.approx(fingerprint(ema6), rel=1e-9)]
+    summary = (reference.dir / "run_summary.txt").read_text()
+    assert f"ema       decay {DECAY}, from step {START}, every 1 step(s); validation and checkpoints" in summary
+
+
+def test_eval_predict_and_export_load_the_averaged_weights_and_say_so(reference, tmp_path, monkeypatch):
+    best = reference.dir / "checkpoints" / "best.ckpt"
+    ckpt = _ckpt(best)
+    ema6 = {k[len("net.") :]: v for k, v in reference.recorder.snapshots[6][0].items() if k.startswith("net.")}
+    _assert_weights(build_net_from_checkpoint(ckpt, best).state_dict(), ema6, "predict / export network")
+
+    said: list[str] = []
+    monkeypatch.setattr("maskrcnn.training.pipeline.rank_zero_info", said.append)
+    cfg = compose(
+        [*TINY_EVAL, f"ckpt_path={best}", "trainer.limit_val_batches=1"], config_name="eval", output_dir=tmp_path
+    )
+    evaluate(cfg, overrides=[f"ckpt_path={best}"])
+    expected = f"Evaluating {describe_checkpoint(best, ckpt)}"
+    assert expected in said and f"EMA weights, decay {DECAY}, {6 - START} updates)" in expected, said
+
+
+@pytest.mark.parametrize("in_validation", [False, True], ids=["after_a_step", "during_validation"])
+def test_a_sigterm_stop_saves_both_weight_sets_and_resumes_to_the_uninterrupted_run(
+    in_validation, reference, shapes_dir, tmp_path
+):
+    step = 6 if in_validation else 3
+    with pytest.raises(TrainingInterrupted):
+        signal = _signal(tmp_path / "steps.jsonl", step, in_validation)
+        train(compose([*RUN, *signal], output_dir=tmp_path, data_dir=shapes_dir))
+    stopped = _ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    ema, raw = reference.recorder.snapshots[step]
+    assert stopped["global_step"] == step and stopped["ema"]["updates"] == step - START
+    _assert_weights(stopped["state_dict"], ema, "stopped state_dict (the average)")
+    _assert_weights(stopped["current_model_state"], raw, "stopped current_model_state (raw)")
+
+    _, objects = train(compose([*RUN, *RECORDER, "ckpt_path=last"], output_dir=tmp_path, data_dir=shapes_dir))
+    resumed = next(c for c in objects["trainer"].callbacks if isinstance(c, EMARecorder))
+    restored = (step, pytest.approx(fingerprint(raw), rel=1e-9), pytest.approx(fingerprint(ema), rel=1e-9))
+    assert resumed.first_batch == restored  # the model got the raw weights back, the callback the average
+    final, ref = _ckpt(tmp_path / "checkpoints" / "last.ckpt"), reference.last
+    assert final["global_step"] == 8 and final["ema"] == ref["ema"]
+    assert final["callbacks"]["EMAWeights"] == ref["callbacks"]["EMAWeights"]
+    if in_validation:
+        # A run stopped during validation does not resume bit-exactly even without EMA (BatchNorm
+        # statistics drift from the uninterrupted run's); what the resume restores is checked above.
+        return
+    _assert_weights(final["state_dict"], ref["state_dict"], "resumed state_dict (the average)")
+    _assert_weights(final["current_model_state"], ref["current_model_state"], "resumed current_model_state")
+
+
+def test_resuming_an_ema_checkpoint_without_ema_continues_from_the_raw_weights():
+    module = MaskRCNNModule(torch.nn.Linear(1, 1), torch.nn.Identity(), dict.fromkeys(_terms(), 1.0))
+    checkpoint = {"state_dict": {"average": 1}, "current_model_state": {"raw": 2}}
+    module._trainer = SimpleNamespace(callbacks=[], state=SimpleNamespace(fn="fit"))
+    module.on_load_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] == {"raw": 2}
+    module._trainer.state.fn = "validate"  # evaluating a checkpoint keeps its averaged weights
+    checkpoint = {"state_dict": {"average": 1}, "current_model_state": {"raw": 2}}
+    module.on_load_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] == {"average": 1}
+
+
+def test_ema_keys_without_callbacks_ema_are_one_error_naming_the_option():
+    cfg = compose([*TINY, "+callbacks.ema.decay=0.99"], output_dir="/tmp/unused")
+    with pytest.raises(ConfigError, match=r"^callbacks\.ema has no _target_ .*callbacks=ema"):
+        build_callbacks(cfg)
+
+
+def _terms() -> tuple[str, ...]:
+    from maskrcnn.losses.criterion import TERMS
+
+    return tuple(TERMS)
