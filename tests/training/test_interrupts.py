@@ -14,6 +14,7 @@ import torch
 
 from helpers.config import ROOT, TINY, compose
 from helpers.step_recorder import read_steps
+from maskrcnn.training.interrupts import TrainingInterrupted
 from maskrcnn.training.pipeline import train
 
 # 12 images at batch 2: 6 steps per epoch; 8 steps end mid-epoch 2. No validation (speed). Random
@@ -150,3 +151,23 @@ def test_slurm_sigusr1_saves_and_requeues_then_slurms_sigterm_stops_with_last_ck
     assert len(lines) == 1 and "ckpt_path=last" in lines[0], out[-3000:]
     assert "stopped by SIGUSR1" not in out  # SIGUSR1 was Lightning's, not a stop
     assert _ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] in (2, 3)
+
+
+def test_sigterm_during_validation_then_resume_equals_uninterrupted_run(shapes_dir, tmp_path):
+    """Stopped in the validation after the epoch's last step: the resumed run starts the next epoch
+    with the random states the uninterrupted one had there (its loader draws its seed after them)."""
+    with_val = [o for o in RUN if o != "trainer.limit_val_batches=0"] + ["trainer.limit_val_batches=1"]
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    train(compose([*with_val, *_recorder(tmp_path / "ref.jsonl")], output_dir=ref_dir, data_dir=shapes_dir))
+    stop = [*_recorder(tmp_path / "run.jsonl", 6), "+callbacks.recorder.signal_in_validation=true"]
+    with pytest.raises(TrainingInterrupted):
+        train(compose([*with_val, *stop], output_dir=run_dir, data_dir=shapes_dir))
+    assert _ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
+    resume = [*with_val, *_recorder(tmp_path / "run.jsonl"), "ckpt_path=last"]
+    train(compose(resume, output_dir=run_dir, data_dir=shapes_dir))
+    ref, resumed = read_steps(tmp_path / "ref.jsonl"), read_steps(tmp_path / "run.jsonl")
+    assert [r["image_ids"] for r in resumed] == [r["image_ids"] for r in ref]
+    final_ref, final = _ckpt(ref_dir / "checkpoints" / "last.ckpt"), _ckpt(run_dir / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == final_ref["global_step"] == 8
+    for name, tensor in final_ref["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)

@@ -95,16 +95,29 @@ class RandomStateResume(pl.Callback):
     """Stores the global random states (torch, numpy, Python) in every checkpoint (``rng_states``)
     and restores them right before the first training batch of a run resumed from it, so that the
     model's random sampling (RPN / RoI samplers) continues as if never interrupted. Lightning itself
-    neither stores nor restores them."""
+    neither stores nor restores them.
+
+    A checkpoint written after the last training batch of an epoch (at the epoch's validation, by
+    a signal during it, or at its end) is restored at the start of the next epoch instead: the
+    uninterrupted run's next training loader draws its seed from these states after that point.
+    """
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
+        self._at_epoch_start = False
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint["rng_states"] = collect_rng_states()
+        checkpoint["rng_states_at_epoch_end"] = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._pending = checkpoint.get("rng_states")
+        self._at_epoch_start = bool(checkpoint.get("rng_states_at_epoch_end", False))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is not None and self._at_epoch_start:
+            states, self._pending = self._pending, None
+            set_rng_states(states)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
