@@ -218,11 +218,10 @@ class CocoInstanceDataset(Dataset):
     def _probe(self, index: int, full_decode: bool) -> str | None:
         img, path = self.images[index], self.image_path(index)
         try:
-            if full_decode:
+            with open_image(path, img["id"]) as pil:  # the header check (a truncated file), always
+                h, w = exif_size(pil)
+            if full_decode:  # and every pixel: a decoder may accept a file cut after its last pixel
                 h, w = load_rgb(path, img["id"]).shape[:2]
-            else:
-                with open_image(path, img["id"]) as pil:
-                    h, w = exif_size(pil)
             if (h, w) != (img["height"], img["width"]):
                 raise DatasetError(self._size_message(path, img, h, w))
         except DatasetError as exc:
