@@ -13,7 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from maskrcnn.modeling.backbone import build_backbone
-from maskrcnn.modeling.heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
+from maskrcnn.modeling.heads import (
+    PREDICTOR_INITS,
+    FastRCNNPredictor,
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+    TwoMLPHead,
+    use_torchvision_predictor_init,
+)
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 from maskrcnn.modeling.roi_heads import RoIHeads
@@ -61,7 +68,9 @@ def build_mask_rcnn(
         rpn: kwargs of ``RegionProposalNetwork`` (in_channels is taken from the backbone).
         roi_heads: kwargs of ``RoIHeads`` (fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
             positive_fraction, bbox_reg_weights, score_thresh, nms_thresh, detections_per_img)
-            plus head shapes: representation_size (1024), mask_layers ((256,)*4), mask_dilation (1).
+            plus head shapes: representation_size (1024), mask_layers ((256,)*4), mask_dilation (1),
+            and predictor_init: "detectron2" (default: logits start near zero) | "torchvision"
+            (its default Linear init and kaiming-normal mask logits).
         transform: kwargs of ``ImageTransform`` (min_size, max_size, image_mean, image_std,
             size_divisible, resize_in_training); its defaults are torchvision's.
         roi_align: aligned (False), sampling_ratio (2), interpolation ("bilinear"|"bicubic"),
@@ -94,6 +103,11 @@ def build_mask_rcnn(
         raise TypeError("build_mask_rcnn: mask_size is derived (2 * roi_align.mask_output_size); do not set it")
     box_size = align["box_output_size"]
     mask_layers = tuple(shapes["mask_layers"])
+    predictor_init = roi_kwargs.pop("predictor_init", "detectron2")
+    if predictor_init not in PREDICTOR_INITS:
+        raise ValueError(
+            f"build_mask_rcnn: roi_heads.predictor_init must be one of {PREDICTOR_INITS}, got {predictor_init!r}"
+        )
     heads = RoIHeads(
         box_pooler=box_pooler,
         box_head=TwoMLPHead(channels * box_size * box_size, shapes["representation_size"]),
@@ -105,6 +119,8 @@ def build_mask_rcnn(
         aligned_mask_targets=align["aligned"],
         **roi_kwargs,
     )
+    if predictor_init == "torchvision":
+        use_torchvision_predictor_init(heads.box_predictor, heads.mask_predictor)
     rpn_kwargs = dict(rpn or {})
     rpn_kwargs.setdefault("in_channels", channels)
     model = MaskRCNN(

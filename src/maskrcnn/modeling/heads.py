@@ -141,3 +141,25 @@ def reset_mask_logits(predictor: MaskRCNNPredictor) -> None:
     nn.init.normal_(predictor.mask_fcn_logits.weight, std=0.001)
     if predictor.mask_fcn_logits.bias is not None:  # a MaskRCNNPredictor's has one
         nn.init.zeros_(predictor.mask_fcn_logits.bias)
+
+
+PREDICTOR_INITS = ("detectron2", "torchvision")
+
+
+def use_torchvision_predictor_init(box_predictor: FastRCNNPredictor, mask_predictor: MaskRCNNPredictor) -> None:
+    """Re-draw both predictors as torchvision initialises them (``predictor_init: torchvision``).
+
+    torchvision keeps nn.Linear's default init for the box predictor and draws every mask
+    predictor weight (the transposed conv and the logits) from kaiming-normal (fan_out, relu),
+    leaving the biases at PyTorch's default uniform init; detectron2's init (the default here)
+    starts the logits near zero instead (see reset_box_predictor, reset_mask_logits).
+    """
+    box_predictor.cls_score.reset_parameters()
+    box_predictor.bbox_pred.reset_parameters()
+    # torchvision's order of draws: both layers' default init, then kaiming on each weight.
+    layers = (mask_predictor.conv5_mask, mask_predictor.mask_fcn_logits)
+    for layer in layers:
+        layer.reset_parameters()
+    for layer in layers:
+        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+

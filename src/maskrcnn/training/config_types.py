@@ -210,6 +210,7 @@ CONFIG_TYPES: dict[str, Rule] = {
     "model.roi_heads.detections_per_img": POSITIVE,
     "model.roi_heads.representation_size": POSITIVE,
     "model.roi_heads.mask_layers": list_of(POSITIVE),
+    "model.roi_heads.predictor_init": choice("detectron2", "torchvision"),
     "model.roi_align.aligned": BOOL,
     "model.roi_align.sampling_ratio": integer(-1),
     "model.roi_align.interpolation": choice("bilinear", "bicubic"),
