@@ -162,4 +162,3 @@ def use_torchvision_predictor_init(box_predictor: FastRCNNPredictor, mask_predic
         layer.reset_parameters()
     for layer in layers:
         nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-
