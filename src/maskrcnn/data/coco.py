@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from maskrcnn.data.checks.annotation_file import validate_coco
 from maskrcnn.data.checks.images import BAD_IMAGE_POLICIES, SkippedImageLog
+from maskrcnn.data.copy_paste import CopyPaste, Instances
 from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
 from maskrcnn.data.readers.masks import SegmentationRaster, masks_to_boxes
 from maskrcnn.data.sampler import sample_seed
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 # (image uint8 [H,W,3], masks uint8 [N,H,W]) -> (image, masks); see maskrcnn.data.transforms.
 # masks: uint8 [N, H, W], or a (height, width) -> masks callable for a transform with ``accepts_mask_fn``
 InstanceTransform = Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]
+
+_COPY_PASTE_STREAM = 0xC0FFEE  # copy-paste's generator: (item seed, this), apart from the transforms' draws
 
 
 class CocoInstanceDataset(Dataset):
@@ -68,6 +71,8 @@ class CocoInstanceDataset(Dataset):
             are then decoded at reduced scale (see ``image_io.load_rgb``) and their polygon masks
             never built at full size, so a 10000x10000 photo never exists at full size in memory.
         seed: data seed of the per-item augmentation seeds (see ``__getitem__``).
+        copy_paste: paste instances of another training image onto items (``data.copy_paste``);
+            None or ``prob=0``: off.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class CocoInstanceDataset(Dataset):
         for_evaluation: bool = False,
         decode_min_size: tuple[int, int] | None = None,
         seed: int = 0,
+        copy_paste: CopyPaste | None = None,
     ) -> None:
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"bad_images={bad_images!r}: expected one of {BAD_IMAGE_POLICIES}")
@@ -91,6 +97,7 @@ class CocoInstanceDataset(Dataset):
         self.bad_images = bad_images
         self.decode_min_size = decode_min_size
         self.seed = seed
+        self.copy_paste = copy_paste
         self.image_log = SkippedImageLog(skipped_images_log, self.annotation_file)
         try:
             with open(annotation_file, encoding="utf-8") as f:
@@ -281,36 +288,34 @@ class CocoInstanceDataset(Dataset):
         """Item ``key``: an index, or ``(index, epoch[, copy])`` as ``GroupedBatchSampler(tag_epoch=True)`` yields.
 
         For a tuple, the transforms are reseeded with ``sample_seed(self.seed, epoch, index, copy)``
-        first (when they have ``set_seed``): the item's augmentation depends on nothing else, which
-        makes a resumed run, and runs with different numbers of workers or DDP ranks, augment alike.
+        first (when they have ``set_seed``), and copy-paste draws from a generator seeded by the same
+        seed: the item's augmentation depends on nothing else, which makes a resumed run, and runs
+        with different numbers of workers or DDP ranks, augment alike.
         """
+        item_seed: int | None = None
         if isinstance(key, tuple):
             index, epoch, *copy = key
+            item_seed = sample_seed(self.seed, epoch, index, *copy)
             set_seed = getattr(self.transforms, "set_seed", None)
             if set_seed is not None:
-                set_seed(sample_seed(self.seed, epoch, index, *copy))
+                set_seed(item_seed)
         else:
             index = key
-        img = self.images[index]
-        image = self._load_image(index)
-        if image is None:
+        item = self._transformed(index)
+        if item is None:
             return None
-        h0, w0 = img["height"], img["width"]
-        instances = self._instances.get(img["id"], [])
-        crowds = self._crowds.get(img["id"], [])
-        rasterise = SegmentationRaster([ann["segmentation"] for ann in instances + crowds], h0, w0)
-        labels = np.array([self._cat_to_label[a["category_id"]] for a in instances], dtype=np.int64)
-        if self.transforms is None:
-            masks = rasterise(*image.shape[:2])  # smaller than (h0, w0) for a reduced-scale JPEG
-        elif getattr(self.transforms, "accepts_mask_fn", False):
-            image, masks = self.transforms(image, rasterise)
-        else:
-            image, masks = self.transforms(image, rasterise(*image.shape[:2]))
-        inst_masks, crowd_masks = masks[: len(instances)], masks[len(instances) :]
-        boxes, crowd_boxes = masks_to_boxes(inst_masks), masks_to_boxes(crowd_masks)
+        if self.copy_paste is not None and self.copy_paste.prob > 0 and len(self) > 1:
+            if item_seed is None:  # an untagged item: a fresh draw of torch's RNG (seed_everything)
+                item_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            rng = np.random.default_rng([item_seed, _COPY_PASTE_STREAM])
+            if rng.random() < self.copy_paste.prob:
+                item = self._paste(item, index, rng)
+        img = self.images[index]
+        boxes, crowd_boxes = masks_to_boxes(item.masks), masks_to_boxes(item.crowd_masks)
         # masks_to_boxes gives empty masks all-zero boxes; a non-empty mask has x2 >= x1 + 1.
         keep = boxes[:, 2] > boxes[:, 0]
         crowd_keep = crowd_boxes[:, 2] > crowd_boxes[:, 0]
+        labels, inst_masks = item.labels, item.masks
         if not keep.all():  # boolean indexing copies; skip it in the common case
             boxes, labels, inst_masks = boxes[keep], labels[keep], inst_masks[keep]
         target = {
@@ -319,6 +324,41 @@ class CocoInstanceDataset(Dataset):
             "masks": torch.from_numpy(np.ascontiguousarray(inst_masks)),
             "image_id": int(img["id"]),
             "crowd_boxes": torch.from_numpy(crowd_boxes[crowd_keep]),
-            "orig_size": (int(h0), int(w0)),
+            "orig_size": (int(img["height"]), int(img["width"])),
         }
-        return image_to_tensor(image), target
+        return image_to_tensor(item.image), target
+
+    def _transformed(self, index: int) -> Instances | None:
+        """Image ``index`` decoded and through ``transforms`` (None: unreadable, skipped)."""
+        img = self.images[index]
+        image = self._load_image(index)
+        if image is None:
+            return None
+        instances = self._instances.get(img["id"], [])
+        crowds = self._crowds.get(img["id"], [])
+        rasterise = SegmentationRaster([ann["segmentation"] for ann in instances + crowds], img["height"], img["width"])
+        labels = np.array([self._cat_to_label[a["category_id"]] for a in instances], dtype=np.int64)
+        if self.transforms is None:
+            masks = rasterise(*image.shape[:2])  # smaller than (h0, w0) for a reduced-scale JPEG
+        elif getattr(self.transforms, "accepts_mask_fn", False):
+            image, masks = self.transforms(image, rasterise)
+        else:
+            image, masks = self.transforms(image, rasterise(*image.shape[:2]))
+        return Instances(image, masks[: len(instances)], labels, masks[len(instances) :])
+
+    def _paste(self, item: Instances, index: int, rng: np.random.Generator) -> Instances:
+        """``item`` with instances of another training image pasted (``copy_paste``). The source is
+        drawn from ``rng`` and transformed with a seed drawn from it; a source without instances
+        (or unreadable, under ``bad_images="skip"``) is redrawn up to ``copy_paste.attempts`` times."""
+        assert self.copy_paste is not None  # only called with copy-paste on
+        set_seed = getattr(self.transforms, "set_seed", None)
+        for _ in range(self.copy_paste.attempts):
+            other = int(rng.integers(0, len(self) - 1))
+            other += other >= index  # any image but the target itself
+            seed = int(rng.integers(0, 2**31 - 1))
+            if set_seed is not None:
+                set_seed(seed)
+            source = self._transformed(other)
+            if source is not None and len(source.labels):
+                return self.copy_paste.paste(item, source, rng)
+        return item

@@ -28,6 +28,7 @@ from maskrcnn.data.checks.setup import (
 )
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
+from maskrcnn.data.copy_paste import CopyPaste
 from maskrcnn.data.repeat_factor_sampler import RepeatFactorSampler, epoch_length, training_repeat_factors
 from maskrcnn.data.resumable_loader import ResumableDataLoader, TrainPosition
 from maskrcnn.data.sampler import (
@@ -58,6 +59,19 @@ def seed_worker(worker_id: int) -> None:
     transforms: Any = getattr(info.dataset, "transforms", None)
     if hasattr(transforms, "set_seed"):
         transforms.set_seed(seed)
+
+
+def _copy_paste(options: dict | None) -> CopyPaste | None:
+    """The training items' copy-paste from its config (None: off), or a ConfigError naming the key."""
+    if not options or not options.get("prob"):
+        return None
+    try:
+        kwargs: dict[str, Any] = {k: tuple(v) if k == "scale_range" else v for k, v in options.items()}
+        return CopyPaste(**kwargs)
+    except TypeError as exc:  # an unknown key
+        raise ConfigError(f"copy_paste: {exc}") from exc
+    except ValueError as exc:  # a bad value; the message names its key
+        raise ConfigError(str(exc)) from exc
 
 
 class CocoDataModule(pl.LightningDataModule):
@@ -108,6 +122,8 @@ class CocoDataModule(pl.LightningDataModule):
             with rare categories several times per epoch (``repeat_factor_sampler``).
         repeat_threshold: ``t`` of repeat-factor sampling: categories found in fewer than this
             fraction of the training images are repeated.
+        copy_paste: kwargs of ``maskrcnn.data.copy_paste.CopyPaste`` (the ``copy_paste`` config
+            group); None or ``prob: 0``: off. Training only.
     """
 
     def __init__(
@@ -133,6 +149,7 @@ class CocoDataModule(pl.LightningDataModule):
         bad_images: str = "skip",
         sampler: str = "random",
         repeat_threshold: float = 0.001,
+        copy_paste: dict | None = None,
     ) -> None:
         super().__init__()
         validate_options(bad_images, check_images)
@@ -142,6 +159,7 @@ class CocoDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.repeat_threshold must be in (0, 1], got {repeat_threshold!r}")
         self.sampler, self.repeat_threshold = sampler, repeat_threshold
         self._factors: np.ndarray | None = None  # repeat factor of every training image, once known
+        self.copy_paste = _copy_paste(copy_paste)
         if aspect_ratio_grouping not in (True, False, "auto"):
             raise ConfigError(f"data.aspect_ratio_grouping must be true, false or auto, got {aspect_ratio_grouping!r}")
         self.check_images, self.bad_images = check_images, bad_images
@@ -223,6 +241,7 @@ class CocoDataModule(pl.LightningDataModule):
                 keep_empty=self.keep_empty,
                 decode_min_size=self._decode_min_size(),
                 seed=self.seed,
+                copy_paste=self.copy_paste,
             )
             new.append(("train", self.train_dataset))
         if self.val_dataset is None:

@@ -108,19 +108,24 @@ def build_mask_rcnn(
         raise ValueError(
             f"build_mask_rcnn: roi_heads.predictor_init must be one of {PREDICTOR_INITS}, got {predictor_init!r}"
         )
+    # Built in this order: a seed draws the same weights whatever the predictor_init.
+    box_head = TwoMLPHead(channels * box_size * box_size, shapes["representation_size"])
+    box_predictor = FastRCNNPredictor(shapes["representation_size"], num_outputs)
+    mask_head = MaskRCNNHeads(channels, mask_layers, shapes["mask_dilation"])
+    mask_predictor = MaskRCNNPredictor(mask_layers[-1], 256, num_outputs)
+    if predictor_init == "torchvision":
+        use_torchvision_predictor_init(box_predictor, mask_predictor)
     heads = RoIHeads(
         box_pooler=box_pooler,
-        box_head=TwoMLPHead(channels * box_size * box_size, shapes["representation_size"]),
-        box_predictor=FastRCNNPredictor(shapes["representation_size"], num_outputs),
+        box_head=box_head,
+        box_predictor=box_predictor,
         mask_pooler=mask_pooler,
-        mask_head=MaskRCNNHeads(channels, mask_layers, shapes["mask_dilation"]),
-        mask_predictor=MaskRCNNPredictor(mask_layers[-1], 256, num_outputs),
+        mask_head=mask_head,
+        mask_predictor=mask_predictor,
         mask_size=2 * align["mask_output_size"],
         aligned_mask_targets=align["aligned"],
         **roi_kwargs,
     )
-    if predictor_init == "torchvision":
-        use_torchvision_predictor_init(heads.box_predictor, heads.mask_predictor)
     rpn_kwargs = dict(rpn or {})
     rpn_kwargs.setdefault("in_channels", channels)
     model = MaskRCNN(

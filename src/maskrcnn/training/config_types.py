@@ -181,6 +181,10 @@ CONFIG_TYPES: dict[str, Rule] = {
     "augmentation.tile_size": PIXELS,
     "augmentation.tile_min_area": COUNT,
     "augmentation.tile_min_visibility": PROBABILITY,
+    "copy_paste.prob": PROBABILITY,
+    "copy_paste.max_instances": POSITIVE,
+    "copy_paste.scale_range": list_of(number(0, low_open=True), 2, 2),
+    "copy_paste.attempts": POSITIVE,
     # inference (sliced validation / evaluation; predict checks the same rules)
     **{f"inference.slice.{key}": Rule(what, ok) for key, (what, ok) in SLICE_RULES.items()},
     # model

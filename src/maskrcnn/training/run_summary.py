@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _copy_paste_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """The training items' copy-paste (data.copy_paste), or None when off."""
+    options = cfg.data.get("copy_paste")
+    if not options or not options.get("prob"):
+        return None
+    return {"prob": float(options.prob), "scale_range": [float(v) for v in options.scale_range]}
+
+
 def describe_config(cfg: DictConfig) -> dict[str, Any]:
     """The settings that decide what a run trains, as plain values."""
     model, aug = cfg.model, cfg.augmentation
@@ -51,6 +59,7 @@ def describe_config(cfg: DictConfig) -> dict[str, Any]:
         "train_min_size": OmegaConf.to_container(train_sizes) if OmegaConf.is_config(train_sizes) else train_sizes,
         "train_max_size": aug.get("max_size"),
         "augmentation": aug.name,
+        "copy_paste": _copy_paste_settings(cfg),
         "eval_size": [model.transform.min_size, model.transform.max_size],
         "anchor_sizes": model.rpn.anchor_sizes
         if isinstance(model.rpn.anchor_sizes, str)
@@ -207,7 +216,13 @@ def format_summary(s: dict[str, Any]) -> str:
         ("loss", s["loss"]),
         (
             "images",
-            f"train {s['train_min_size']} (max {s['train_max_size']}, augmentation {s['augmentation']}); "
+            f"train {s['train_min_size']} (max {s['train_max_size']}, augmentation {s['augmentation']}"
+            + (
+                f" + copy-paste p {s['copy_paste']['prob']:g}, scale {s['copy_paste']['scale_range']}"
+                if s.get("copy_paste")
+                else ""
+            )
+            + "); "
             f"eval {s['eval_size'][0]} (max {s['eval_size'][1]})",
         ),
         (
