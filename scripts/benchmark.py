@@ -13,6 +13,8 @@ measured in one run on one machine, printed as one markdown table.
     python scripts/benchmark.py --task train --dataset nuclei --min-sizes 384 --max-size 640 --detections-per-img 300
     python scripts/benchmark.py --task train --dataset large --min-sizes 640 --max-size 1066 --detections-per-img 300 \
         --no-reference --variant "tiles=augmentation=tiles" --eval-slice 640
+    python scripts/benchmark.py --task train --dataset nuts --no-reference --eval-tta flip flip_scales \
+        --variant "ema=callbacks=ema callbacks.ema.decay=0.99"
     python scripts/benchmark.py --task train --train-dir D --train-ann A.json --val-dir D2 --val-ann B.json \
         --num-classes 5
     python scripts/benchmark.py --eval-images 1000 --out docs/benchmark_cpu.md
@@ -192,6 +194,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         metavar="TILE",
         help="also evaluate every network of ours by sliced inference with TILE px tiles (inference.slice)",
     )
+    t.add_argument(
+        "--eval-tta",
+        nargs="+",
+        default=[],
+        choices=["flip", "flip_scales"],
+        help="also evaluate every network of ours with these test-time augmentation options (conf/tta/)",
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -291,6 +300,7 @@ def run_train(args: argparse.Namespace, argv=None) -> str:
         _command(argv),
         args.out,
         eval_slice=SliceOptions(args.eval_slice) if args.eval_slice else None,
+        eval_tta=args.eval_tta,
     )
 
 

@@ -13,17 +13,21 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
-from torch import nn
+from omegaconf import OmegaConf
+from torch import Tensor, nn
 
 from bench.reference_loop import TrainSettings, train_reference
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.inference.slice_options import SliceOptions
 from maskrcnn.inference.slicing import sliced_detections
+from maskrcnn.inference.tta_options import build_tta, check_tta_config
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -37,6 +41,18 @@ class RunResult:
     metrics: dict[str, float] | None
     seconds: float
     error: str | None = None
+    eval_seconds: float | None = None  # the evaluation's share of ``seconds``
+
+
+class FinalWeights(pl.Callback):
+    """Keeps the module's weights after the last optimizer step (``FinalWeights.state``): with
+    ``callbacks=ema`` the raw weights, which the EMA callback replaces by the average at the end."""
+
+    state: dict[str, Tensor] | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            FinalWeights.state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
 
 
 def our_overrides(settings: TrainSettings, train_split: dict, val_split: dict, seed: int) -> list[str]:
@@ -97,7 +113,8 @@ def train_ours(
     extra_overrides: list[str] = (),
     workdir: str | Path | None = None,
 ) -> nn.Module:
-    """Run our ``train(cfg)`` with the matched overrides (+ ``extra_overrides``); returns the net in eval mode."""
+    """Run our ``train(cfg)`` with the matched overrides (+ ``extra_overrides``); returns the net in
+    eval mode (with ``callbacks=ema``: the averaged weights; the raw ones are in ``FinalWeights.state``)."""
     from hydra import compose, initialize_config_dir
 
     from maskrcnn.training.pipeline import train
@@ -108,6 +125,8 @@ def train_ours(
     base = [o for o in base if o.lstrip("+").split("=", 1)[0].split(".", 1)[0] not in regrouped]
     with tempfile.TemporaryDirectory(dir=workdir) as out:
         overrides = [f"paths.output_dir={out}", *base, *extra_overrides]
+        overrides.append("+callbacks.final_weights._target_=bench.training.FinalWeights")
+        FinalWeights.state = None
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             cfg = compose(config_name="train", overrides=[*_experiment_off(), *overrides])
         _, objects = train(cfg)
@@ -125,12 +144,18 @@ def _experiment_off() -> list[str]:
 
 @torch.no_grad()
 def evaluate_net(
-    net: nn.Module, val_split: dict, max_dets: int, returns_dict: bool, slicing: SliceOptions | None = None
+    net: nn.Module,
+    val_split: dict,
+    max_dets: int,
+    returns_dict: bool,
+    slicing: SliceOptions | None = None,
+    detector: Callable[[list[Tensor]], list] | None = None,
 ) -> dict[str, float]:
     """COCO box/mask metrics of ``net`` on the validation split, images at file size, one at a time.
 
     ``returns_dict``: our MaskRCNN returns ``{"detections": [...]}``, torchvision's a list.
     ``slicing``: evaluate by sliced inference (``maskrcnn.inference.slicing``; our MaskRCNN only).
+    ``detector``: run this instead of ``net`` (a ``TestTimeAugmentation`` of it).
     """
     dataset = CocoInstanceDataset(val_split["image_dir"], val_split["annotation_file"], for_evaluation=True)
     evaluator = CocoEvaluator(dataset.annotation_file, dataset.label_to_category_id, max_dets=max_dets)
@@ -139,11 +164,21 @@ def evaluate_net(
         image, target = dataset[i]
         if slicing is not None:
             detections = [sliced_detections(net, image, slicing).as_detection()]  # type: ignore[arg-type]
+        elif detector is not None:
+            detections = detector([image])
         else:
             out = net([image])
             detections = out["detections"] if returns_dict else out
         evaluator.update(detections, [target["image_id"]])
     return evaluator.compute()
+
+
+def _timed_eval(name: str, seed: int, net: nn.Module, val_split: dict, max_dets: int, **kwargs) -> RunResult:
+    """One evaluation of ``net`` as a row of its own (its time is the evaluation's alone)."""
+    start = time.perf_counter()
+    metrics = evaluate_net(net, val_split, max_dets, True, **kwargs)
+    seconds = time.perf_counter() - start
+    return RunResult(name, seed, metrics, seconds, eval_seconds=seconds)
 
 
 def compare(
@@ -155,14 +190,20 @@ def compare(
     reference: bool = True,
     log=print,
     eval_slice: SliceOptions | None = None,
+    eval_tta: list[str] = (),
 ) -> list[RunResult]:
     """Train the reference loop (optional) and every variant of ours for every seed; evaluate all.
 
-    ``eval_slice``: also evaluate each network of ours by sliced inference, as the run
-    "<variant> + sliced eval <tile>" (same weights; its time is the evaluation's alone)."""
+    Extra rows from the same weights of each network of ours, each timed by its evaluation alone
+    (its ``eval_seconds``; the plain row's evaluation is timed too, for the ratio):
+    ``eval_slice``: "<variant> + sliced eval <tile>", sliced inference;
+    ``eval_tta``: "<variant> + tta <name>" for each option of the ``tta`` config group;
+    a variant with ``callbacks=ema``: "<variant> raw weights", the weights the average was kept of.
+    """
     results: list[RunResult] = []
     runs = [("torchvision loop", None)] if reference else []
     runs += list(variants.items())
+    max_dets = settings.detections_per_img
     for seed in seeds:
         for name, overrides in runs:
             start = time.perf_counter()
@@ -173,16 +214,29 @@ def compare(
                     net, returns_dict = train_ours(settings, train_split, val_split, seed, overrides), True
             except FloatingPointError as exc:  # a diverged run is a result, not a crash of the comparison
                 results.append(RunResult(name, seed, None, time.perf_counter() - start, str(exc).split(". ")[0]))
-            else:
-                metrics = evaluate_net(net, val_split, settings.detections_per_img, returns_dict=returns_dict)
-                results.append(RunResult(name, seed, metrics, time.perf_counter() - start))
-                if eval_slice is not None and returns_dict:
-                    log(_row_text(results[-1]))
-                    start = time.perf_counter()
-                    metrics = evaluate_net(net, val_split, settings.detections_per_img, True, eval_slice)
-                    label = f"{name} + sliced eval {eval_slice.tile_size}"
-                    results.append(RunResult(label, seed, metrics, time.perf_counter() - start))
+                log(_row_text(results[-1]))
+                continue
+            eval_start = time.perf_counter()
+            metrics = evaluate_net(net, val_split, max_dets, returns_dict=returns_dict)
+            end = time.perf_counter()
+            results.append(RunResult(name, seed, metrics, end - start, eval_seconds=end - eval_start))
             log(_row_text(results[-1]))
+            if not returns_dict:
+                continue
+            extra = []
+            if eval_slice is not None:
+                extra.append((f"{name} + sliced eval {eval_slice.tile_size}", {"slicing": eval_slice}))
+            for option in eval_tta:
+                tta = build_tta(check_tta_config(OmegaConf.load(CONF_DIR / "tta" / f"{option}.yaml")), net)
+                if tta is not None:  # None: the option is the plain view
+                    extra.append((f"{name} + tta {option}", {"detector": tta}))
+            for label, kwargs in extra:
+                results.append(_timed_eval(label, seed, net, val_split, max_dets, **kwargs))
+                log(_row_text(results[-1]))
+            if overrides is not None and "callbacks=ema" in overrides and FinalWeights.state is not None:
+                net.load_state_dict(FinalWeights.state)
+                results.append(_timed_eval(f"{name} raw weights", seed, net, val_split, max_dets))
+                log(_row_text(results[-1]))
     return results
 
 
@@ -201,7 +255,8 @@ def _value(r: RunResult, key: str) -> float:
 
 
 def summary_table(results: list[RunResult], baseline: str = "torchvision loop") -> str:
-    """Markdown table: per pipeline, mean over seeds (and each seed), and the ratio to the baseline.
+    """Markdown table: per pipeline, mean over seeds (and each seed), the ratio to the baseline and
+    the mean evaluation time in seconds (of all validation images, one at a time).
 
     A diverged run counts as AP 0 in the mean and shows as "NaN@step" in the per-seed column.
     """
@@ -214,8 +269,8 @@ def summary_table(results: list[RunResult], baseline: str = "torchvision loop") 
         for n in names
     }
     lines = [
-        "| pipeline | seeds | box AP (AP50) | mask AP (AP50) | mask AP per seed | mask AP / baseline |",
-        "|---|---|---|---|---|---|",
+        "| pipeline | seeds | box AP (AP50) | mask AP (AP50) | mask AP per seed | mask AP / baseline | eval s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for n in names:
         runs = [r for r in results if r.pipeline == n]
@@ -226,9 +281,11 @@ def summary_table(results: list[RunResult], baseline: str = "torchvision loop") 
             else "-"
         )
         m = mean[n]
+        timed = [r.eval_seconds for r in runs if r.eval_seconds is not None]
+        eval_s = f"{statistics.fmean(timed):.1f}" if timed else "-"
         lines.append(
             f"| {n} | {', '.join(str(r.seed) for r in runs)} | {m['bbox_AP']:.3f} ({m['bbox_AP50']:.3f}) | "
-            f"{m['segm_AP']:.3f} ({m['segm_AP50']:.3f}) | {per_seed} | {ratio} |"
+            f"{m['segm_AP']:.3f} ({m['segm_AP50']:.3f}) | {per_seed} | {ratio} | {eval_s} |"
         )
     return "\n".join(lines)
 

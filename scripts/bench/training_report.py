@@ -26,6 +26,7 @@ def run_training_comparison(
     command: str,
     out: str | None = None,
     eval_slice: SliceOptions | None = None,
+    eval_tta: list[str] = (),
 ) -> str:
     """Train and evaluate every run, print a header line (settings, machine, time) and the table.
 
@@ -37,13 +38,21 @@ def run_training_comparison(
         out: when given, the header, command and table are appended to this markdown file and one
             json line per run (settings + result) to the same name with suffix ``.jsonl``.
         eval_slice: also evaluate each network of ours by sliced inference (``training.compare``).
+        eval_tta: also evaluate each network of ours with these ``tta`` options (``training.compare``).
 
     Returns:
         the markdown table (``training.summary_table``).
     """
     start = time.time()
     results = compare(
-        settings, splits["train"], splits["val"], seeds, variants, reference=reference, eval_slice=eval_slice
+        settings,
+        splits["train"],
+        splits["val"],
+        seeds,
+        variants,
+        reference=reference,
+        eval_slice=eval_slice,
+        eval_tta=eval_tta,
     )
     table = summary_table(results)
     header = (

@@ -63,3 +63,64 @@ def test_the_training_comparison_also_scores_each_network_of_ours_sliced(tmp_pat
     assert all(set(r.metrics) >= {"bbox_AP", "segm_AP"} for r in results)
     cli = load_script("benchmark")
     assert cli.parse_args(["--task", "train", "--dataset", "large", "--eval-slice", "640"]).eval_slice == 640
+
+
+def test_the_training_comparison_scores_tta_and_the_raw_weights_of_an_ema_run(tmp_path, monkeypatch):
+    """--eval-tta rows run the TTA wrapper on the same network; an EMA variant also scores the raw
+    weights the callback kept (``FinalWeights``), loaded into the same network."""
+    import torch
+
+    from bench import training
+    from bench.reference_loop import TrainSettings
+    from helpers.scripts import load_script
+    from helpers.tiny_model import build_tiny_model
+
+    paths = generate_large_images(tmp_path / "large", num_train=1, num_val=1, image_size=(256, 192))
+    averaged = build_tiny_model(num_classes=2)
+    raw = {k: v + 0.01 if v.is_floating_point() else v for k, v in averaged.state_dict().items()}
+
+    def fake_train(*args, **kwargs):
+        training.FinalWeights.state = raw  # what the callback keeps at the last step
+        return averaged
+
+    monkeypatch.setattr(training, "train_ours", fake_train)
+    results = training.compare(
+        TrainSettings(num_classes=2, detections_per_img=50),
+        paths["train"],
+        paths["val"],
+        [0],
+        {"ours": [], "ema": ["callbacks=ema"]},
+        reference=False,
+        log=lambda line: None,
+        eval_tta=["flip"],
+    )
+    assert [r.pipeline for r in results] == ["ours", "ours + tta flip", "ema", "ema + tta flip", "ema raw weights"]
+    assert all(r.eval_seconds is not None and r.eval_seconds > 0 for r in results)
+    assert all(torch.equal(v, raw[k]) for k, v in averaged.state_dict().items())  # the raw row's weights
+    table = training.summary_table(results)
+    assert "| ema raw weights | 0 |" in table and table.splitlines()[0].endswith("| eval s |")
+    cli = load_script("benchmark")
+    assert cli.parse_args(["--task", "train", "--dataset", "nuts", "--eval-tta", "flip", "flip_scales"]).eval_tta == [
+        "flip",
+        "flip_scales",
+    ]
+
+
+def test_final_weights_keeps_the_weights_after_the_last_step():
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.training import FinalWeights
+
+    net = torch.nn.Linear(2, 2)
+    module = SimpleNamespace(net=net)
+    FinalWeights.state = None
+    FinalWeights().on_train_batch_end(SimpleNamespace(max_steps=3, global_step=2), module)
+    assert FinalWeights.state is None  # not the last step yet
+    FinalWeights().on_train_batch_end(SimpleNamespace(max_steps=3, global_step=3), module)
+    kept = FinalWeights.state
+    assert kept is not None and torch.equal(kept["weight"], net.weight)
+    with torch.no_grad():
+        net.weight.add_(1.0)  # a later change (the EMA swap) leaves the kept copy alone
+    assert not torch.equal(kept["weight"], net.weight)
