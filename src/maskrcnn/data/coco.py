@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,9 +16,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from maskrcnn.data.checks.annotation_file import validate_coco
-from maskrcnn.data.checks.images import BAD_IMAGE_POLICIES, SkippedImageLog
+from maskrcnn.data.checks.images import BAD_IMAGE_POLICIES, SkippedImageLog, probe_image, size_message
+from maskrcnn.data.checks.skipped_annotations import report_skipped, warn_shared_files
 from maskrcnn.data.copy_paste import CopyPaste, Instances
-from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
+from maskrcnn.data.readers.image_io import image_to_tensor, load_rgb, reduced_decode_size
 from maskrcnn.data.readers.masks import SegmentationRaster, masks_to_boxes
 from maskrcnn.data.sampler import sample_seed
 from maskrcnn.errors import DatasetError
@@ -126,39 +125,8 @@ class CocoInstanceDataset(Dataset):
                         "reason": "image has no valid instance annotations (keep_empty=False)",
                     }
                 )
-        self._report_skipped(skipped_log)
-        if index.shared_files:  # each record would train with only its own share of the objects
-            examples = "; ".join(f"{name!r}: image ids {ids}" for name, ids in list(index.shared_files.items())[:5])
-            logger.warning(
-                "%s: %d file name(s) are used by more than one image record, each of which is loaded "
-                "with only its own annotations (%s)",
-                self.annotation_file,
-                len(index.shared_files),
-                examples,
-            )
-
-    def _report_skipped(self, skipped_log: str | os.PathLike | None) -> None:
-        if skipped_log is not None:
-            Path(skipped_log).parent.mkdir(parents=True, exist_ok=True)
-            with open(skipped_log, "w", encoding="utf-8") as f:
-                for item in self.skipped:
-                    f.write(json.dumps({"annotation_file": self.annotation_file, **item}) + "\n")
-        where = f"; details in {skipped_log}" if skipped_log is not None else ""
-        if self.skipped:
-            counts = Counter(item["reason"] for item in self.skipped)
-            summary = "; ".join(f"{n}x {reason}" for reason, n in counts.most_common(10))
-            logger.warning("%s: skipped %d item(s) (%s)%s", self.annotation_file, len(self.skipped), summary, where)
-        usable = self.num_annotations - sum(item["annotation_id"] is not None for item in self.skipped)
-        if self.num_annotations and usable < 0.01 * self.num_annotations:
-            logger.warning(
-                "!!! %s: only %d of %d annotations (%.2f%%) passed the checks; the rest were skipped as unusable%s. "
-                "Is this the right file?",
-                self.annotation_file,
-                usable,
-                self.num_annotations,
-                100.0 * usable / self.num_annotations,
-                where,
-            )
+        report_skipped(self.skipped, self.annotation_file, self.num_annotations, skipped_log)
+        warn_shared_files(index.shared_files, self.annotation_file)
 
     # ------------------------------------------------------------------ category mapping
     @property
@@ -223,19 +191,7 @@ class CocoInstanceDataset(Dataset):
         ]
 
     def _probe(self, index: int, full_decode: bool) -> str | None:
-        img, path = self.images[index], self.image_path(index)
-        try:
-            with open_image(path, img["id"]) as pil:  # the header check (a truncated file), always
-                h, w = exif_size(pil)
-            if full_decode:  # and every pixel: a decoder may accept a file cut after its last pixel
-                h, w = load_rgb(path, img["id"]).shape[:2]
-            if (h, w) != (img["height"], img["width"]):
-                raise DatasetError(self._size_message(path, img, h, w))
-        except DatasetError as exc:
-            return str(exc)
-        except Exception as exc:  # noqa: BLE001  any decoder error on one file is a skip naming it, not a crash
-            return f"image file {str(path)!r} (image id {img['id']}) cannot be read: {exc or type(exc).__name__}"
-        return None
+        return probe_image(self.image_path(index), self.images[index], self.annotation_file, full_decode)
 
     def exclude_images(self, bad: list[dict], write_log: bool = True) -> None:
         """Drop the images ``check_images`` found and list them (stage "check") in the skipped-images
@@ -244,33 +200,19 @@ class CocoInstanceDataset(Dataset):
         self.images = [img for img in self.images if img["id"] not in bad_ids]
         self.image_log.start(bad, write=write_log)
 
-    def _size_message(self, path: Path, img: dict, h: int, w: int) -> str:
-        return (
-            f"image file {str(path)!r} (image id {img['id']}) is {w}x{h} after EXIF orientation but "
-            f"{self.annotation_file!r} says {img['width']}x{img['height']}"
-        )
-
     # ------------------------------------------------------------------ loading
-    def _at_least(self, img: dict) -> tuple[int, int] | None:
-        """``(short, long)`` decoded size the transform needs for ``img``; None: decode at full size."""
-        if self.decode_min_size is None:
-            return None
-        short, long = sorted((img["height"], img["width"]))
-        scale = min(self.decode_min_size[0] / short, self.decode_min_size[1] / long)
-        return None if scale > 0.5 else (math.ceil(short * scale), math.ceil(long * scale))
-
     def _load_image(self, index: int) -> np.ndarray | None:
         """``np.ndarray[H, W, 3] uint8`` (full size, or ``ceil(size / k)`` for a JPEG decoded at
         1/k scale), or None for an unreadable file under ``bad_images="skip"``."""
         img, path = self.images[index], self.image_path(index)
         try:
-            at_least = self._at_least(img)
+            at_least = reduced_decode_size(img["height"], img["width"], self.decode_min_size)
             image = load_rgb(path, img["id"], at_least=at_least)
             h, w = image.shape[:2]
             k = 1 if at_least is None else max(1, round(img["height"] / h))  # DCT scaling factor
             if (h, w) != (-(-img["height"] // k), -(-img["width"] // k)):
                 reason = self._probe(index, full_decode=False)  # the file's full size, or why it has none
-                raise DatasetError(reason or self._size_message(path, img, h * k, w * k))
+                raise DatasetError(reason or size_message(path, img, self.annotation_file, h * k, w * k))
         except DatasetError as exc:
             if self.bad_images == "raise":
                 raise
@@ -309,7 +251,7 @@ class CocoInstanceDataset(Dataset):
                 item_seed = int(torch.randint(0, 2**31 - 1, ()).item())
             rng = np.random.default_rng([item_seed, _COPY_PASTE_STREAM])
             if rng.random() < self.copy_paste.prob:
-                item = self._paste(item, index, rng)
+                item = self.copy_paste.paste_another(item, index, len(self), self._source, rng)
         img = self.images[index]
         boxes, crowd_boxes = masks_to_boxes(item.masks), masks_to_boxes(item.crowd_masks)
         # masks_to_boxes gives empty masks all-zero boxes; a non-empty mask has x2 >= x1 + 1.
@@ -346,19 +288,9 @@ class CocoInstanceDataset(Dataset):
             image, masks = self.transforms(image, rasterise(*image.shape[:2]))
         return Instances(image, masks[: len(instances)], labels, masks[len(instances) :])
 
-    def _paste(self, item: Instances, index: int, rng: np.random.Generator) -> Instances:
-        """``item`` with instances of another training image pasted (``copy_paste``). The source is
-        drawn from ``rng`` and transformed with a seed drawn from it; a source without instances
-        (or unreadable, under ``bad_images="skip"``) is redrawn up to ``copy_paste.attempts`` times."""
-        assert self.copy_paste is not None  # only called with copy-paste on
+    def _source(self, index: int, seed: int) -> Instances | None:
+        """Image ``index`` transformed with the augmentation seed ``seed`` (a copy-paste source)."""
         set_seed = getattr(self.transforms, "set_seed", None)
-        for _ in range(self.copy_paste.attempts):
-            other = int(rng.integers(0, len(self) - 1))
-            other += other >= index  # any image but the target itself
-            seed = int(rng.integers(0, 2**31 - 1))
-            if set_seed is not None:
-                set_seed(seed)
-            source = self._transformed(other)
-            if source is not None and len(source.labels):
-                return self.copy_paste.paste(item, source, rng)
-        return item
+        if set_seed is not None:
+            set_seed(seed)
+        return self._transformed(index)

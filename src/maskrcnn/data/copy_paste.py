@@ -16,6 +16,7 @@ any number of loader workers and on any DDP rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -69,6 +70,28 @@ class CopyPaste:
             )
         if self.attempts < 1:
             raise ValueError(f"copy_paste.attempts must be >= 1, got {self.attempts!r}")
+
+    def paste_another(
+        self,
+        item: Instances,
+        index: int,
+        num_items: int,
+        load: Callable[[int, int], Instances | None],
+        rng: np.random.Generator,
+    ) -> Instances:
+        """``item`` (training item ``index`` of ``num_items``) with instances of another item pasted.
+
+        The source index and its augmentation seed are drawn from ``rng``; ``load(index, seed)``
+        gives that item transformed (None: unreadable and skipped). A source without instances,
+        or unreadable, is redrawn up to ``attempts`` times; then ``item`` stays as it is.
+        """
+        for _ in range(self.attempts):
+            other = int(rng.integers(0, num_items - 1))
+            other += other >= index  # any item but the target itself
+            source = load(other, int(rng.integers(0, 2**31 - 1)))
+            if source is not None and len(source.labels):
+                return self.paste(item, source, rng)
+        return item
 
     def paste(self, target: Instances, source: Instances, rng: np.random.Generator) -> Instances:
         """``target`` with a random subset of ``source``'s instances pasted on it.

@@ -18,6 +18,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from maskrcnn.data.readers.image_io import exif_size, load_rgb, open_image
 from maskrcnn.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -132,3 +133,28 @@ def apply_policy(bad: list[dict], policy: str, split: str, annotation_file: str)
         bad[0]["image_id"],
         bad[0]["file_name"],
     )
+
+
+def size_message(path: Path, img: dict, annotation_file: str, h: int, w: int) -> str:
+    """Why an image file of ``h`` x ``w`` pixels does not match its json record ``img``."""
+    return (
+        f"image file {str(path)!r} (image id {img['id']}) is {w}x{h} after EXIF orientation but "
+        f"{annotation_file!r} says {img['width']}x{img['height']}"
+    )
+
+
+def probe_image(path: Path, img: dict, annotation_file: str, full_decode: bool) -> str | None:
+    """Why the file of json record ``img`` cannot be trained on (None: it can): it does not open,
+    its header (or, ``full_decode``, its pixels) cannot be read, or its size differs from the json."""
+    try:
+        with open_image(path, img["id"]) as pil:  # the header check (a truncated file), always
+            h, w = exif_size(pil)
+        if full_decode:  # and every pixel: a decoder may accept a file cut after its last pixel
+            h, w = load_rgb(path, img["id"]).shape[:2]
+        if (h, w) != (img["height"], img["width"]):
+            raise DatasetError(size_message(path, img, annotation_file, h, w))
+    except DatasetError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001  any decoder error on one file is a skip naming it, not a crash
+        return f"image file {str(path)!r} (image id {img['id']}) cannot be read: {exc or type(exc).__name__}"
+    return None

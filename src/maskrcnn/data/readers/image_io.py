@@ -5,6 +5,7 @@ Handles EXIF orientation, palette / grayscale / RGBA / CMYK / 16-bit images and 
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -194,3 +195,14 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:
     """``Tensor[3, H, W]`` float in [0, 1] -> ``np.ndarray[H, W, 3] uint8`` (for drawing / saving)."""
     return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def reduced_decode_size(height: int, width: int, decode_min_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``(short, long)`` size a ``height`` x ``width`` file must at least be decoded at, for a
+    pipeline whose output short / long sides never exceed ``decode_min_size``; None: decode at full
+    size (no bound given, or the file is less than twice as large). ``load_rgb(at_least=...)``."""
+    if decode_min_size is None:
+        return None
+    short, long = sorted((height, width))
+    scale = min(decode_min_size[0] / short, decode_min_size[1] / long)
+    return None if scale > 0.5 else (math.ceil(short * scale), math.ceil(long * scale))
