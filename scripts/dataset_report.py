@@ -24,6 +24,7 @@ from maskrcnn.cli_args import output_file, positive_float, positive_int, unit_fr
 from maskrcnn.data.checks.setup import check_same_categories, check_training_instances
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.fit.report import compute_fit_report
+from maskrcnn.data.fit.report_text import format_report
 from maskrcnn.errors import DatasetError
 
 
@@ -86,7 +87,7 @@ def main() -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report.format())
+    print(format_report(report))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report.to_dict(), indent=1))

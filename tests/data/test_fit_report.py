@@ -16,6 +16,7 @@ import torch
 from helpers.config import ROOT
 from maskrcnn.data.fit.anchors import anchor_shapes, best_anchor_iou, fitness, training_scale
 from maskrcnn.data.fit.report import compute_fit_report
+from maskrcnn.data.fit.report_text import format_report
 from maskrcnn.errors import DatasetError
 
 NUTS = ROOT / "tests" / "assets" / "nuts" / "annotations.json"
@@ -157,7 +158,7 @@ def test_nuts_counts_match_the_json(monkeypatch):
     monkeypatch.chdir(ROOT)
     doc = (ROOT / "docs" / "nuts_fit_report.txt").read_text().splitlines()
     assert doc[0].startswith("$ python scripts/dataset_report.py --train tests/assets/nuts/annotations.json")
-    assert "\n".join(doc[1:]) == compute_fit_report("tests/assets/nuts/annotations.json").format()
+    assert "\n".join(doc[1:]) == format_report(compute_fit_report("tests/assets/nuts/annotations.json"))
 
 
 def dense_small_json(path: Path, images: int = 4, per_image: int = 150) -> Path:
@@ -216,7 +217,7 @@ def test_small_objects_on_downscaled_large_images_suggest_tiles_and_slicing(tmp_
         "augmentation=tiles augmentation.tile_size=800 inference.slice.tile_size=800"
     )
     assert r.suggestion.slicing == expected
-    assert f"  slicing: {expected}" in r.format().splitlines()
+    assert f"  slicing: {expected}" in format_report(r).splitlines()
     # not when the images are not shrunk (the golden set: scale 1), nor when the objects fit
     assert compute_fit_report(NUTS, min_size=800, max_size=1333).suggestion.slicing == ""
     big = [{"image_id": 1, "category_id": 1, "bbox": [100.0 + 300 * k, 100.0, 200.0, 200.0]} for k in range(10)]

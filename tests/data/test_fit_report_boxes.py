@@ -23,6 +23,7 @@ from helpers.config import ROOT
 from maskrcnn.data.checks.annotation_file import validate_coco
 from maskrcnn.data.fit.boxes import load_coco_boxes, segmentation_boxes
 from maskrcnn.data.fit.report import compute_fit_report
+from maskrcnn.data.fit.report_text import format_report
 from maskrcnn.data.readers.masks import decode_segmentation, masks_to_boxes
 from maskrcnn.errors import DatasetError
 
@@ -83,7 +84,7 @@ def test_bbox_less_annotations_are_measured_from_their_masks(tmp_path):
     s = r.suggestion  # objects of 8..20 px: the standard set misses them, a smaller one is suggested
     assert s.anchor_sizes is not None and not s.keep_anchors and s.anchor_sizes[0][0] < 32
     assert s.anchor_sizes == clean.suggestion.anchor_sizes and "nothing to suggest" not in s.note
-    assert "boxes:" not in r.format()  # every box from its mask: the usual case prints nothing extra
+    assert "boxes:" not in format_report(r)  # every box from its mask: the usual case prints nothing extra
 
 
 def test_disagreeing_bbox_is_warned_with_ids_and_not_used(tmp_path):
@@ -102,7 +103,7 @@ def test_disagreeing_bbox_is_warned_with_ids_and_not_used(tmp_path):
     assert "wrong.json" in warning.message and "2 annotation(s)" in warning.message
     assert "annotation 8 (image 2)" in warning.message and "annotation 51 (image 11)" in warning.message
     assert t.sizes["max"] == pytest.approx(60.0) and t.instances == 102  # the masks are used, nothing dropped
-    assert clean.splits["train"].bbox_disagree == 0 and "boxes:" in r.format()
+    assert clean.splits["train"].bbox_disagree == 0 and "boxes:" in format_report(r)
 
 
 def shapes() -> dict[str, object]:

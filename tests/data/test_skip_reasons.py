@@ -19,6 +19,7 @@ from helpers.config import compose
 from maskrcnn.data.checks.setup import check_training_instances
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.fit.boxes import load_coco_boxes
+from maskrcnn.data.fit.report_text import format_report
 from maskrcnn.errors import DatasetError
 from maskrcnn.training.auto_settings import resolve_auto_settings
 from maskrcnn.training.run_summary import describe_config, fit_report
@@ -159,7 +160,7 @@ def _auto(tmp_path: Path, side: float, caplog) -> tuple[str, str]:
         resolve_auto_settings(cfg, SimpleNamespace(train_spec={"annotation_file": str(ann)}))
     settings_ = describe_config(cfg)
     anchors = OmegaConf.to_container(cfg.model.rpn.anchor_sizes)
-    report = fit_report(settings_, ann, anchor_sizes=anchors).format()
+    report = format_report(fit_report(settings_, ann, anchor_sizes=anchors))
     return " ".join(r.getMessage() for r in caplog.records if "anchor_sizes=auto ->" in r.getMessage()), report
 
 

@@ -1,13 +1,14 @@
 """The ``tta`` config (``conf/tta/{none,flip,flip_scales}.yaml``) checked, and turned into views.
 
 Eval and predict call :func:`check_tta_config` before the model is loaded (a bad value is one
-ConfigError naming the key, worded as ``maskrcnn.training.config_types`` words it for eval), and
+ConfigError naming the key; ``TTA_RULES`` are also eval's rules in ``training.config_types``), and
 :func:`build_tta` once the model is there, because the views' sizes follow the model's own.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -70,8 +71,21 @@ def _is_scale(value: object) -> bool:
     )
 
 
-def _non_empty_list(value: object) -> bool:
+def _non_empty_list(value: object) -> TypeGuard[list | tuple]:
     return isinstance(value, (list, tuple)) and len(value) > 0
+
+
+# key below tta -> (what it must be, in words; the check). ``training.config_types`` checks eval's
+# config against the same rules, so a bad value is the same one-line ConfigError in eval and predict.
+TTA_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "flip": ("true or false", lambda v: isinstance(v, bool)),
+    "scales": (SCALES_WHAT, lambda v: _non_empty_list(v) and all(_is_scale(s) for s in v)),
+    "min_sizes": (
+        f"null, or a non-empty list of values each {PIXELS_WHAT}",
+        lambda v: v is None or (_non_empty_list(v) and all(_is_pixels(s) for s in v)),
+    ),
+    "max_size": (f"null, or {PIXELS_WHAT}", lambda v: v is None or _is_pixels(v)),
+}
 
 
 def check_tta_config(node: Any) -> TTASettings:
@@ -84,21 +98,16 @@ def check_tta_config(node: Any) -> TTASettings:
         return TTASettings()
     values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     assert isinstance(values, dict)  # a config group: a mapping
-    flip = values.get("flip", False)
-    if not isinstance(flip, bool):
-        raise ConfigError(f"tta.flip={flip!r} must be true or false")
-    scales = values.get("scales", [1.0])
-    if not (_non_empty_list(scales) and all(_is_scale(s) for s in scales)):
-        raise ConfigError(f"tta.scales={scales!r} must be {SCALES_WHAT}")
-    min_sizes = values.get("min_sizes")
-    if min_sizes is not None and not (_non_empty_list(min_sizes) and all(_is_pixels(s) for s in min_sizes)):
-        raise ConfigError(f"tta.min_sizes={min_sizes!r} must be null, or a non-empty list of values each {PIXELS_WHAT}")
-    max_size = values.get("max_size")
-    if max_size is not None and not _is_pixels(max_size):
-        raise ConfigError(f"tta.max_size={max_size!r} must be null, or {PIXELS_WHAT}")
+    defaults = {"flip": False, "scales": [1.0], "min_sizes": None, "max_size": None}
+    checked = {key: values.get(key, default) for key, default in defaults.items()}
+    for key, value in checked.items():
+        what, ok = TTA_RULES[key]
+        if not ok(value):
+            raise ConfigError(f"tta.{key}={value!r} must be {what}")
+    min_sizes, max_size = checked["min_sizes"], checked["max_size"]
     return TTASettings(
-        flip=flip,
-        scales=tuple(float(s) for s in scales),
+        flip=checked["flip"],
+        scales=tuple(float(s) for s in checked["scales"]),
         min_sizes=None if min_sizes is None else tuple(int(s) for s in min_sizes),
         max_size=None if max_size is None else int(max_size),
     )

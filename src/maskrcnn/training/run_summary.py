@@ -163,8 +163,10 @@ class RunSummary(pl.Callback):
         return out
 
     def _report(self, dm: Any) -> None:
+        from maskrcnn.data.fit.report_text import format_report
+
         self.report = fit_report(self.settings, dm.train_dataset.annotation_file, dm.val_annotation_file)
-        text = self.report.format()
+        text = format_report(self.report)
         log.info("%s", text)
         for warning in self.report.warnings:
             fix = f"  fix: {warning.override}" if warning.override else ""

@@ -10,7 +10,7 @@ override line to paste, about objects outside the anchor range, images with more
 Boxes are the ones training uses: measured from the masks (segmentation); an annotation without a
 usable segmentation is skipped with that reason, as training skips it; a json ``bbox`` that
 disagrees with its mask is warned about with example ids and not used.
-``FitReport.format()`` is the printed text, ``FitReport.to_dict()`` the JSON (``dataset_fit.json``).
+``fit.report_text.format_report(report)`` is the printed text, ``FitReport.to_dict()`` the JSON (``dataset_fit.json``).
 """
 
 from __future__ import annotations
@@ -88,12 +88,6 @@ class FitReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (``dataset_fit.json``, W&B run config)."""
         return asdict(self)
-
-    def format(self) -> str:
-        """Compact fixed-width text report (~25-40 lines; ``fit.report_text``)."""
-        from maskrcnn.data.fit.report_text import format_report  # the text imports this module's types
-
-        return format_report(self)
 
 
 def _split_stats(
