@@ -310,7 +310,7 @@ def test_lightning_fit_consumes_the_datamodule(tmp_path):
 
 
 def test_workers_get_distinct_augmentation_streams():
-    from maskrcnn.data.datamodule import seed_worker
+    from maskrcnn.data.batching import seed_worker
 
     class Sizes(torch.utils.data.Dataset):
         transforms = build_transforms("multiscale", True, multiscale_sizes=list(range(32, 160)), max_size=1000)

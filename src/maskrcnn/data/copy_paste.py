@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
+
+from maskrcnn.errors import ConfigError
 
 
 class Instances(NamedTuple):
@@ -70,6 +72,20 @@ class CopyPaste:
             )
         if self.attempts < 1:
             raise ValueError(f"copy_paste.attempts must be >= 1, got {self.attempts!r}")
+
+    @classmethod
+    def from_config(cls, options: dict | None) -> CopyPaste | None:
+        """The ``copy_paste`` config group's values as a CopyPaste (None: off, ``prob`` 0), or a
+        ConfigError naming the key."""
+        if not options or not options.get("prob"):
+            return None
+        try:
+            kwargs: dict[str, Any] = {k: tuple(v) if k == "scale_range" else v for k, v in options.items()}
+            return cls(**kwargs)
+        except TypeError as exc:  # an unknown key
+            raise ConfigError(f"copy_paste: {exc}") from exc
+        except ValueError as exc:  # a bad value; the message names its key
+            raise ConfigError(str(exc)) from exc
 
     def paste_another(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,66 +11,33 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader
 
-from maskrcnn.data.checks.images import apply_policy, validate_options
+from maskrcnn.data.batching import seed_worker, training_batch_sampler
+from maskrcnn.data.checks.images import check_image_files, validate_options
 from maskrcnn.data.checks.setup import (
-    category_names,
-    check_categories_agree,
+    augmentation_options,
+    check_class_counts,
     check_mask_memory,
     check_resize_keeps_instances,
-    check_same_categories,
     check_training_instances,
     pipeline_scale,
-    validate_augmentation_sizes,
     warn_if_nothing_to_evaluate,
 )
 from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.data.collate import collate
 from maskrcnn.data.copy_paste import CopyPaste
-from maskrcnn.data.repeat_factor_sampler import RepeatFactorSampler, epoch_length, training_repeat_factors
+from maskrcnn.data.repeat_factor_sampler import epoch_length, training_repeat_factors
 from maskrcnn.data.resumable_loader import ResumableDataLoader, TrainPosition
 from maskrcnn.data.sampler import (
-    GroupedBatchSampler,
     InferenceSampler,
-    aspect_ratio_group_ids,
-    grouping_is_worthwhile,
 )
 from maskrcnn.data.shapes import generate_shapes
 from maskrcnn.data.shapes import options_problem as shapes_options_problem
-from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
-from maskrcnn.errors import ConfigError, DatasetError
+from maskrcnn.data.transforms import build_transforms
+from maskrcnn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give every worker its own python / numpy / augmentation seed.
-
-    ``worker_info.seed`` is torch's per-worker seed (base seed drawn in the main process + worker
-    id), so it differs per worker and per run and is reproducible under ``seed_everything``.
-    """
-    info = get_worker_info()
-    assert info is not None  # worker_init_fn runs in a DataLoader worker
-    seed = info.seed % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    transforms: Any = getattr(info.dataset, "transforms", None)
-    if hasattr(transforms, "set_seed"):
-        transforms.set_seed(seed)
-
-
-def _copy_paste(options: dict | None) -> CopyPaste | None:
-    """The training items' copy-paste from its config (None: off), or a ConfigError naming the key."""
-    if not options or not options.get("prob"):
-        return None
-    try:
-        kwargs: dict[str, Any] = {k: tuple(v) if k == "scale_range" else v for k, v in options.items()}
-        return CopyPaste(**kwargs)
-    except TypeError as exc:  # an unknown key
-        raise ConfigError(f"copy_paste: {exc}") from exc
-    except ValueError as exc:  # a bad value; the message names its key
-        raise ConfigError(str(exc)) from exc
 
 
 class CocoDataModule(pl.LightningDataModule):
@@ -159,7 +125,7 @@ class CocoDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.repeat_threshold must be in (0, 1], got {repeat_threshold!r}")
         self.sampler, self.repeat_threshold = sampler, repeat_threshold
         self._factors: np.ndarray | None = None  # repeat factor of every training image, once known
-        self.copy_paste = _copy_paste(copy_paste)
+        self.copy_paste = CopyPaste.from_config(copy_paste)
         if aspect_ratio_grouping not in (True, False, "auto"):
             raise ConfigError(f"data.aspect_ratio_grouping must be true, false or auto, got {aspect_ratio_grouping!r}")
         self.check_images, self.bad_images = check_images, bad_images
@@ -178,25 +144,9 @@ class CocoDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.expected_num_classes = num_classes
-        self.augmentation_kwargs: dict[str, Any] = {"min_size": min_size, "max_size": max_size}
-        config_keys: set[str] = set()  # keys that came from the augmentation config group
-        if isinstance(augmentation, dict):
-            augmentation = dict(augmentation)
-            name: str | None = augmentation.pop("name", None)
-            if name is None:
-                raise ConfigError(f"augmentation.name must be set (one of {AUGMENTATIONS})")
-            self.augmentation_kwargs.update(augmentation)
-            config_keys = set(augmentation)
-            augmentation = name
-        validate_augmentation_sizes(self.augmentation_kwargs, config_keys)
-        self.augmentation = augmentation
+        self.augmentation, self.augmentation_kwargs = augmentation_options(augmentation, min_size, max_size)
         self.aspect_ratio_grouping, self.keep_empty = aspect_ratio_grouping, keep_empty
         self.skipped_log_dir, self.drop_last, self.seed = skipped_log_dir, drop_last, seed
-        # Fail fast on an unknown augmentation name or option.
-        try:
-            build_transforms(augmentation, train=True, **self.augmentation_kwargs)
-        except (TypeError, ValueError) as exc:  # unknown name, unknown or mistyped key
-            raise ConfigError(f"augmentation={augmentation!r} with {self.augmentation_kwargs}: {exc}") from exc
         self.train_dataset: CocoInstanceDataset | None = None
         self.val_dataset: CocoInstanceDataset | None = None
         # (where they come from, category id -> name) the splits must match; evaluation sets it from
@@ -260,7 +210,7 @@ class CocoDataModule(pl.LightningDataModule):
             )
             check_mask_memory(dataset, split, scale)
         for split, dataset in new:
-            self._check_image_files(split, dataset)
+            check_image_files(dataset, split, self.check_images, self.bad_images, write_log=self._world()[1] == 0)
         for dataset in training:  # unreadable images may have held every instance
             check_training_instances(dataset)
         for split, dataset in new:
@@ -276,18 +226,6 @@ class CocoDataModule(pl.LightningDataModule):
             return int(max(kw.get("multiscale_sizes") or [kw["min_size"]])), int(kw["max_size"])
         return None  # "none" keeps the full size; "lsj" may upscale (scale up to 2x)
 
-    def _check_image_files(self, split: str, dataset: CocoInstanceDataset) -> None:
-        """Before training: reject (``raise``) or drop and list (``skip``) unreadable image files."""
-        if self.check_images == "none":
-            return
-        bad = dataset.check_images(full_decode=self.check_images == "full")
-        apply_policy(bad, self.bad_images, split, dataset.annotation_file)
-        dataset.exclude_images(bad, write_log=self._world()[1] == 0)
-        if not len(dataset):
-            raise DatasetError(
-                f"{split} split ({dataset.annotation_file}): no readable image left after skipping {len(bad)}"
-            )
-
     def teardown(self, stage: str) -> None:
         """Summarise the images skipped over the whole run (including those found while loading)."""
         for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
@@ -297,26 +235,7 @@ class CocoDataModule(pl.LightningDataModule):
 
     def _check_num_classes(self) -> None:
         """Reject a model/dataset class-count or category mismatch before any training step."""
-        for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
-            if dataset is None:
-                continue
-            if self.expected_num_classes is not None and dataset.num_categories != self.expected_num_classes:
-                raise ConfigError(
-                    f"data.num_classes={self.expected_num_classes} (model.num_classes) but {split} annotations "
-                    f"{dataset.annotation_file} have {dataset.num_categories} categories: {dataset.class_names[1:]}"
-                )
-        if self.train_dataset is not None and self.val_dataset is not None:
-            check_same_categories(self.train_dataset, self.val_dataset)
-        if self.expected_categories is not None:
-            source, expected = self.expected_categories
-            for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
-                if dataset is not None:
-                    check_categories_agree(
-                        expected,
-                        category_names(dataset),
-                        f"{source} and the {split} annotations ({dataset.annotation_file})",
-                        f"{source.split(' ')[0]} vs {split}",
-                    )
+        check_class_counts(self.train_dataset, self.val_dataset, self.expected_num_classes, self.expected_categories)
 
     # ------------------------------------------------------------------ dataset metadata
     def _any_dataset(self) -> CocoInstanceDataset:
@@ -369,22 +288,15 @@ class CocoDataModule(pl.LightningDataModule):
                 "use_distributed_sampler=False, otherwise training batches are not shuffled",
                 stacklevel=2,
             )
-        sampler: DistributedSampler  # of indices into train_dataset, or of (index, copy) items
-        if self.sampler == "repeat_factor":
-            sampler = RepeatFactorSampler(self._repeat_factors(), num_replicas=world, rank=rank, seed=self.seed)
-        else:
-            sampler = DistributedSampler(
-                self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
-            )
-        group_ids = aspect_ratio_group_ids(self.train_dataset.aspect_ratios())
-        grouping = self.aspect_ratio_grouping
-        if grouping == "auto":
-            grouping = grouping_is_worthwhile(group_ids, self.batch_size)
-        if not grouping:
-            group_ids = [0] * len(self.train_dataset)
-        # (index, epoch) items: each image's augmentation is seeded by the data seed, epoch and index
-        batch_sampler = GroupedBatchSampler(
-            sampler, group_ids, self.batch_size, drop_last=self.drop_last, tag_epoch=True
+        batch_sampler = training_batch_sampler(
+            self.train_dataset,
+            self.batch_size,
+            self.seed,
+            world,
+            rank,
+            self.aspect_ratio_grouping,
+            self._repeat_factors() if self.sampler == "repeat_factor" else None,
+            self.drop_last,
         )
         loader = ResumableDataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
         return self._train_position.attach(loader)  # resumed mid-epoch: continues with the next batch

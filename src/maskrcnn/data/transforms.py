@@ -142,7 +142,7 @@ class InstanceAugment:
 
     def set_seed(self, seed: int) -> None:
         """Reseed every random op. DataLoader workers must call this with distinct seeds (see
-        ``maskrcnn.data.datamodule.seed_worker``): forked workers otherwise share one RNG state and
+        ``maskrcnn.data.batching.seed_worker``): forked workers otherwise share one RNG state and
         would all produce the same augmentation sequence."""
         self.compose.set_random_seed(seed)
         for lead in (self.resize, self.crop):

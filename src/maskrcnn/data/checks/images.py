@@ -17,6 +17,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from maskrcnn.data.readers.image_io import exif_size, load_rgb, open_image
 from maskrcnn.errors import ConfigError, DatasetError
@@ -158,3 +159,18 @@ def probe_image(path: Path, img: dict, annotation_file: str, full_decode: bool) 
     except Exception as exc:  # noqa: BLE001  any decoder error on one file is a skip naming it, not a crash
         return f"image file {str(path)!r} (image id {img['id']}) cannot be read: {exc or type(exc).__name__}"
     return None
+
+
+def check_image_files(dataset: Any, split: str, check: str, policy: str, write_log: bool = True) -> None:
+    """Before training: reject (``policy="raise"``) or drop and list (``"skip"``) the unreadable image
+    files of ``dataset`` (a ``CocoInstanceDataset``), found by ``check`` (``header`` | ``full`` |
+    ``none``); ``write_log=False`` (DDP ranks > 0) leaves the list to the first rank."""
+    if check == "none":
+        return
+    bad = dataset.check_images(full_decode=check == "full")
+    apply_policy(bad, policy, split, dataset.annotation_file)
+    dataset.exclude_images(bad, write_log=write_log)
+    if not len(dataset):
+        raise DatasetError(
+            f"{split} split ({dataset.annotation_file}): no readable image left after skipping {len(bad)}"
+        )

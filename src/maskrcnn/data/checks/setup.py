@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from maskrcnn.data.readers.masks import decode_segmentation
+from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
 from maskrcnn.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:  # the dataset calls these checks; only its type is needed here
@@ -69,6 +70,58 @@ def validate_augmentation_sizes(kwargs: dict[str, Any], config_keys: set[str]) -
         and scale[0] <= scale[1]
     ):
         raise ConfigError(f"{key('lsj_scale')}={scale!r}: must be [low, high] with 0 < low <= high")
+
+
+def augmentation_options(augmentation: str | dict, min_size: int, max_size: int) -> tuple[str, dict[str, Any]]:
+    """(name, ``build_transforms`` kwargs) of the ``augmentation`` config group (or a bare name),
+    sizes checked and the pipeline built once, so a bad name or option is one ConfigError now."""
+    kwargs: dict[str, Any] = {"min_size": min_size, "max_size": max_size}
+    config_keys: set[str] = set()  # keys that came from the augmentation config group
+    name = augmentation
+    if isinstance(augmentation, dict):
+        options = dict(augmentation)
+        name = options.pop("name", None)
+        if name is None:
+            raise ConfigError(f"augmentation.name must be set (one of {AUGMENTATIONS})")
+        kwargs.update(options)
+        config_keys = set(options)
+    validate_augmentation_sizes(kwargs, config_keys)
+    try:
+        build_transforms(str(name), train=True, **kwargs)
+    except (TypeError, ValueError) as exc:  # unknown name, unknown or mistyped key
+        raise ConfigError(f"augmentation={name!r} with {kwargs}: {exc}") from exc
+    return str(name), kwargs
+
+
+def check_class_counts(
+    train: CocoInstanceDataset | None,
+    val: CocoInstanceDataset | None,
+    expected_num_classes: int | None,
+    expected_categories: tuple[str, dict[int, str]] | None,
+) -> None:
+    """Reject a model/dataset class-count mismatch (``data.num_classes``), splits whose categories
+    differ, and splits whose categories differ from ``expected_categories`` ((where they come from,
+    category id -> name), e.g. a checkpoint's), before any training step."""
+    for split, dataset in (("train", train), ("val", val)):
+        if dataset is None:
+            continue
+        if expected_num_classes is not None and dataset.num_categories != expected_num_classes:
+            raise ConfigError(
+                f"data.num_classes={expected_num_classes} (model.num_classes) but {split} annotations "
+                f"{dataset.annotation_file} have {dataset.num_categories} categories: {dataset.class_names[1:]}"
+            )
+    if train is not None and val is not None:
+        check_same_categories(train, val)
+    if expected_categories is not None:
+        source, expected = expected_categories
+        for split, dataset in (("train", train), ("val", val)):
+            if dataset is not None:
+                check_categories_agree(
+                    expected,
+                    category_names(dataset),
+                    f"{source} and the {split} annotations ({dataset.annotation_file})",
+                    f"{source.split(' ')[0]} vs {split}",
+                )
 
 
 def category_names(dataset: CocoInstanceDataset) -> dict[int, str]:
