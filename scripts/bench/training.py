@@ -9,8 +9,6 @@ final weights, no checkpoint selection), so the AP ratio measures the training p
 
 from __future__ import annotations
 
-import re
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -198,7 +196,8 @@ def compare(
     (its ``eval_seconds``; the plain row's evaluation is timed too, for the ratio):
     ``eval_slice``: "<variant> + sliced eval <tile>", sliced inference;
     ``eval_tta``: "<variant> + tta <name>" for each option of the ``tta`` config group;
-    a variant with ``callbacks=ema``: "<variant> raw weights", the weights the average was kept of.
+    a variant with ``callbacks=ema``: "<variant> raw weights", the weights the average was kept of,
+    and its sliced / TTA rows too.
     """
     results: list[RunResult] = []
     runs = [("torchvision loop", None)] if reference else []
@@ -223,21 +222,38 @@ def compare(
             log(_row_text(results[-1]))
             if not returns_dict:
                 continue
-            extra = []
-            if eval_slice is not None:
-                extra.append((f"{name} + sliced eval {eval_slice.tile_size}", {"slicing": eval_slice}))
-            for option in eval_tta:
-                tta = build_tta(check_tta_config(OmegaConf.load(CONF_DIR / "tta" / f"{option}.yaml")), net)
-                if tta is not None:  # None: the option is the plain view
-                    extra.append((f"{name} + tta {option}", {"detector": tta}))
-            for label, kwargs in extra:
-                results.append(_timed_eval(label, seed, net, val_split, max_dets, **kwargs))
-                log(_row_text(results[-1]))
+            weights = [(name, None)]
             if overrides is not None and "callbacks=ema" in overrides and FinalWeights.state is not None:
-                net.load_state_dict(FinalWeights.state)
-                results.append(_timed_eval(f"{name} raw weights", seed, net, val_split, max_dets))
-                log(_row_text(results[-1]))
+                weights.append((f"{name} raw weights", FinalWeights.state))
+            for label, state in weights:
+                if state is not None:  # the raw weights of an EMA run, in the same network
+                    net.load_state_dict(state)
+                    results.append(_timed_eval(label, seed, net, val_split, max_dets))
+                    log(_row_text(results[-1]))
+                for row in _extra_rows(label, seed, net, val_split, max_dets, eval_slice, eval_tta):
+                    results.append(row)
+                    log(_row_text(row))
     return results
+
+
+def _extra_rows(
+    name: str,
+    seed: int,
+    net: nn.Module,
+    val_split: dict,
+    max_dets: int,
+    eval_slice: SliceOptions | None,
+    eval_tta: list[str],
+) -> list[RunResult]:
+    """The sliced and TTA evaluations of ``net`` as it is, one row each."""
+    extra: list[tuple[str, dict]] = []
+    if eval_slice is not None:
+        extra.append((f"{name} + sliced eval {eval_slice.tile_size}", {"slicing": eval_slice}))
+    for option in eval_tta:
+        tta = build_tta(check_tta_config(OmegaConf.load(CONF_DIR / "tta" / f"{option}.yaml")), net)
+        if tta is not None:  # None: the option is the plain view
+            extra.append((f"{name} + tta {option}", {"detector": tta}))
+    return [_timed_eval(label, seed, net, val_split, max_dets, **kwargs) for label, kwargs in extra]
 
 
 def _row_text(r: RunResult) -> str:
@@ -248,48 +264,3 @@ def _row_text(r: RunResult) -> str:
         f"{r.pipeline:<40} seed {r.seed:<3} box AP {m['bbox_AP']:.3f} (AP50 {m['bbox_AP50']:.3f})  "
         f"mask AP {m['segm_AP']:.3f} (AP50 {m['segm_AP50']:.3f})  {r.seconds:6.0f} s"
     )
-
-
-def _value(r: RunResult, key: str) -> float:
-    return 0.0 if r.metrics is None else r.metrics[key]  # a diverged run detects nothing
-
-
-def summary_table(results: list[RunResult], baseline: str = "torchvision loop") -> str:
-    """Markdown table: per pipeline, mean over seeds (and each seed), the ratio to the baseline and
-    the mean evaluation time in seconds (of all validation images, one at a time).
-
-    A diverged run counts as AP 0 in the mean and shows as "NaN@step" in the per-seed column.
-    """
-    names = list(dict.fromkeys(r.pipeline for r in results))
-    mean = {
-        n: {
-            k: statistics.fmean(_value(r, k) for r in results if r.pipeline == n)
-            for k in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
-        }
-        for n in names
-    }
-    lines = [
-        "| pipeline | seeds | box AP (AP50) | mask AP (AP50) | mask AP per seed | mask AP / baseline | eval s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for n in names:
-        runs = [r for r in results if r.pipeline == n]
-        per_seed = ", ".join(f"{r.metrics['segm_AP']:.3f}" if r.metrics else _diverged_at(r) for r in runs)
-        ratio = (
-            f"{mean[n]['segm_AP'] / mean[baseline]['segm_AP']:.2f}"
-            if baseline in mean and mean[baseline]["segm_AP"] > 0
-            else "-"
-        )
-        m = mean[n]
-        timed = [r.eval_seconds for r in runs if r.eval_seconds is not None]
-        eval_s = f"{statistics.fmean(timed):.1f}" if timed else "-"
-        lines.append(
-            f"| {n} | {', '.join(str(r.seed) for r in runs)} | {m['bbox_AP']:.3f} ({m['bbox_AP50']:.3f}) | "
-            f"{m['segm_AP']:.3f} ({m['segm_AP50']:.3f}) | {per_seed} | {ratio} | {eval_s} |"
-        )
-    return "\n".join(lines)
-
-
-def _diverged_at(r: RunResult) -> str:
-    step = re.search(r"step (\d+)", r.error or "")
-    return f"NaN at step {step.group(1)}" if step else "NaN"

@@ -94,10 +94,19 @@ def test_the_training_comparison_scores_tta_and_the_raw_weights_of_an_ema_run(tm
         log=lambda line: None,
         eval_tta=["flip"],
     )
-    assert [r.pipeline for r in results] == ["ours", "ours + tta flip", "ema", "ema + tta flip", "ema raw weights"]
+    assert [r.pipeline for r in results] == [
+        "ours",
+        "ours + tta flip",
+        "ema",
+        "ema + tta flip",
+        "ema raw weights",
+        "ema raw weights + tta flip",
+    ]
     assert all(r.eval_seconds is not None and r.eval_seconds > 0 for r in results)
     assert all(torch.equal(v, raw[k]) for k, v in averaged.state_dict().items())  # the raw row's weights
-    table = training.summary_table(results)
+    from bench.training_report import summary_table
+
+    table = summary_table(results)
     assert "| ema raw weights | 0 |" in table and table.splitlines()[0].endswith("| eval s |")
     cli = load_script("benchmark")
     assert cli.parse_args(["--task", "train", "--dataset", "nuts", "--eval-tta", "flip", "flip_scales"]).eval_tta == [
