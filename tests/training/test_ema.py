@@ -170,3 +170,32 @@ def _terms() -> tuple[str, ...]:
     from maskrcnn.losses.criterion import TERMS
 
     return tuple(TERMS)
+
+
+def test_ema_under_ddp_keeps_and_checkpoints_the_average(shapes_dir, tmp_path):
+    """2 CPU processes (trainer=ddp_sim): the run trains, validates with the average (best.ckpt) and
+    its checkpoints hold the average with the update count of the steps taken on each rank."""
+    run = [*RUN, "trainer=ddp_sim", "callbacks.rich_progress_bar=null"]
+    train(compose(run, output_dir=tmp_path, data_dir=shapes_dir))
+    last = _ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    # 12 images over 2 ranks at batch 2: 3 steps per epoch, 2 epochs
+    assert last["global_step"] == 6 and last["ema"]["updates"] == 6 - START
+    assert int(last["averaging_state"]["n_averaged"]) == 6 - START
+    average, raw = last["state_dict"], last["current_model_state"]
+    assert average.keys() == raw.keys()
+    assert max((average[k].double() - raw[k].double()).abs().max().item() for k in average) > 1e-4
+    best = _ckpt(tmp_path / "checkpoints" / "best.ckpt")  # written by the validation at step 3
+    assert best["global_step"] == 3 and best["ema"]["updates"] == 3 - START
+
+
+def test_the_picklable_update_is_torchs_ema_update():
+    import pickle
+
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    from maskrcnn.training.ema import EMAUpdate, EMAWeights
+
+    ema, current = torch.randn(5, 3), torch.randn(5, 3)
+    ours = pickle.loads(pickle.dumps(EMAUpdate(0.93)))
+    assert torch.equal(ours(ema, current, 4), get_ema_avg_fn(0.93)(ema, current, 4))
+    pickle.dumps(EMAWeights(decay=0.9))  # what ddp_spawn does with every callback

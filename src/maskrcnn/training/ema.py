@@ -33,8 +33,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
+from torch import Tensor
+
+
+class EMAUpdate:
+    """``ema = decay * ema + (1 - decay) * current`` for one tensor: torch's ``get_ema_avg_fn``
+    arithmetic (the same floats), as a module-level class that spawned DDP processes can unpickle."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    @torch.no_grad()
+    def __call__(self, ema_param: Tensor, current_param: Tensor, num_averaged: Tensor | int) -> Tensor:
+        return self.decay * ema_param + (1 - self.decay) * current_param
 
 
 class EMAWeights(EMAWeightAveraging):
@@ -54,6 +68,9 @@ class EMAWeights(EMAWeightAveraging):
             use_buffers=True,
         )
         self.decay = float(decay)
+        # Lightning passes torch's get_ema_avg_fn(decay), a local function that cannot be pickled,
+        # which trainer=ddp_sim (ddp_spawn) must do with every callback; the same update, picklable:
+        self._kwargs["avg_fn"] = EMAUpdate(self.decay)
         self._swapped = False  # the module holds the average, the averaged copy the raw weights
 
     @property
