@@ -16,8 +16,8 @@ from pycocotools.coco import COCO
 from helpers.config import ROOT, compose
 from helpers.random_checkpoint import save_random_checkpoint
 from maskrcnn.errors import DatasetError
-from maskrcnn.inference.inputs import list_inputs
-from maskrcnn.inference.predict_images import load_checkpoint_model, load_for_model, predict
+from maskrcnn.inference.inputs import list_inputs, load_for_model
+from maskrcnn.inference.predict_images import load_checkpoint_model, predict
 
 
 @pytest.fixture(scope="module")

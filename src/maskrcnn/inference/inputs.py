@@ -1,4 +1,5 @@
-"""predict's ``input=``: which files it names, which of them cannot be read, and where each overlay goes.
+"""predict's ``input=``: which files it names, which of them cannot be read, where each overlay goes,
+and how a file is decoded no larger than the model needs (``load_for_model``).
 
 Every mode (a folder, a glob pattern, a single file) accepts the same suffixes (``IMAGE_SUFFIXES``,
 case-insensitive). An entry with an image suffix that is not a readable regular file (a broken
@@ -16,7 +17,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskrcnn.errors import ConfigError
+import numpy as np
+from PIL import Image
+
+from maskrcnn.data.readers.image_io import exif_size, load_rgb, open_image
+from maskrcnn.errors import ConfigError, DatasetError
 from maskrcnn.file_kinds import path_problem
 
 log = logging.getLogger(__name__)
@@ -129,3 +134,30 @@ def overlay_names(files: list[Path], root: Path) -> dict[Path, str]:
         taken.add(name.casefold())
         names[f] = name
     return names
+
+
+def load_for_model(path: Path, min_size: int, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` no larger than needed for a model resizing to ``min_size`` / ``max_size``.
+
+    Returns:
+        image: ``np.ndarray[h, w, 3] uint8`` RGB, at least the model's input size when the file is
+            larger (then a reduced copy), else the full image; EXIF orientation applied.
+        original_size: ``(H, W)`` of the full image after EXIF orientation.
+
+    Raises:
+        DatasetError: missing, empty, corrupt, truncated or not an image.
+    """
+    with open_image(path) as header:
+        try:
+            original = exif_size(header)
+        except Exception as exc:  # a broken EXIF block
+            raise DatasetError(f"image file {str(path)!r}: cannot read its header: {exc}") from exc
+    image = load_rgb(path, at_least=(min_size, max_size))  # JPEG: DCT-scaled decode
+    h, w = image.shape[:2]
+    # The model will scale by s; shrink by the largest integer factor k <= 1/s, still 8-bit
+    # (box filter), so the float copies the model makes are of about its input size.
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    factor = int(1.0 / scale) if scale < 1.0 else 1
+    if factor >= 2:
+        image = np.asarray(Image.fromarray(image).reduce(factor))
+    return image, original

@@ -11,10 +11,8 @@ original resolution straight into RLE, each over its box only. Overlays are draw
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,10 +24,11 @@ from rich.progress import track
 from torch import Tensor
 
 from maskrcnn.data.draw import draw_instances
-from maskrcnn.data.readers.image_io import exif_size, image_to_tensor, load_rgb, open_image
+from maskrcnn.data.readers.image_io import image_to_tensor, load_rgb
 from maskrcnn.errors import ConfigError, DatasetError
-from maskrcnn.inference.inputs import list_inputs, overlay_names
+from maskrcnn.inference.inputs import list_inputs, load_for_model, overlay_names
 from maskrcnn.inference.optimize.fast_inference import optimize_for_inference
+from maskrcnn.inference.predict_files import PredictionFiles
 from maskrcnn.inference.predict_options import check_output, check_predict_config
 from maskrcnn.inference.slice_options import SliceOptions
 from maskrcnn.inference.slicing import sliced_detections
@@ -46,9 +45,6 @@ log = logging.getLogger(__name__)
 
 # Float elements one mask-pasting chunk may hold (x4 bytes): 2 masks of a 24-megapixel photo.
 PASTE_BUDGET = 2**26
-# predictions.json is rewritten at most this often during a run (and always at the end, even
-# after an error), so that a run killed late keeps most of its results.
-SAVE_EVERY_S = 60.0
 
 
 def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tuple[MaskRCNN, dict]:
@@ -62,33 +58,6 @@ def load_checkpoint_model(ckpt_path: str | Path, mask_format: str = "rle") -> tu
     logging.getLogger("maskrcnn").info("Loading %s", describe_checkpoint(ckpt_path, ckpt))
     net = cast(MaskRCNN, build_net_from_checkpoint(ckpt, ckpt_path, mask_format=mask_format))  # run configs build one
     return net, checkpoint_meta(ckpt)
-
-
-def load_for_model(path: Path, min_size: int, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode ``path`` no larger than needed for a model resizing to ``min_size`` / ``max_size``.
-
-    Returns:
-        image: ``np.ndarray[h, w, 3] uint8`` RGB, at least the model's input size when the file is
-            larger (then a reduced copy), else the full image; EXIF orientation applied.
-        original_size: ``(H, W)`` of the full image after EXIF orientation.
-
-    Raises:
-        DatasetError: missing, empty, corrupt, truncated or not an image.
-    """
-    with open_image(path) as header:
-        try:
-            original = exif_size(header)
-        except Exception as exc:  # a broken EXIF block
-            raise DatasetError(f"image file {str(path)!r}: cannot read its header: {exc}") from exc
-    image = load_rgb(path, at_least=(min_size, max_size))  # JPEG: DCT-scaled decode
-    h, w = image.shape[:2]
-    # The model will scale by s; shrink by the largest integer factor k <= 1/s, still 8-bit
-    # (box filter), so the float copies the model makes are of about its input size.
-    scale = min(min_size / min(h, w), max_size / max(h, w))
-    factor = int(1.0 / scale) if scale < 1.0 else 1
-    if factor >= 2:
-        image = np.asarray(Image.fromarray(image).reduce(factor))
-    return image, original
 
 
 def _detect(
@@ -113,39 +82,6 @@ def _detect(
 
 def _chunk(size: tuple[int, int]) -> int:
     return max(1, PASTE_BUDGET // (size[0] * size[1]))
-
-
-class _Outputs:
-    """predictions.json + images.json (rewritten atomically), skipped_inputs.jsonl (appended) and
-    the overlay file name of each input (``inputs.overlay_names``)."""
-
-    def __init__(self, out_dir: Path, overlays: dict[Path, str]) -> None:
-        self.out_dir = out_dir
-        self.overlays = overlays
-        self.results: list[dict] = []
-        self.images: list[dict] = []
-        self.skipped: list[dict] = []
-        self.skipped_path = out_dir / "skipped_inputs.jsonl"
-        self.skipped_path.unlink(missing_ok=True)  # a list from an earlier run into this folder
-        self._saved_at = time.monotonic()
-
-    def skip(self, path: Path, error: Exception) -> None:
-        entry = {"file": str(path), "reason": str(error)}
-        self.skipped.append(entry)
-        with open(self.skipped_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-        log.warning("Skipping unreadable input %s: %s", path, error)
-
-    def _write(self, name: str, obj: object, indent: int | None = None) -> None:
-        tmp = self.out_dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=indent))
-        os.replace(tmp, self.out_dir / name)  # readers never see a half-written file
-
-    def save(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._saved_at > SAVE_EVERY_S:
-            self._write("predictions.json", self.results)
-            self._write("images.json", self.images, indent=1)
-            self._saved_at = time.monotonic()
 
 
 @torch.inference_mode()
@@ -184,7 +120,7 @@ def predict(cfg: DictConfig) -> Path:
     if tta is not None:  # the largest view decides how small a photo may be decoded
         min_size = max(min_size, *(v.min_size for v in tta.views))
         max_size = max(max_size, *(v.max_size for v in tta.views))
-    outputs = _Outputs(out_dir, overlays)
+    outputs = PredictionFiles(out_dir, overlays)
     try:
         batch: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
         for index, path in enumerate(track(files, description="predict")):
@@ -228,7 +164,7 @@ def _predict_batch(
     device: torch.device,
     thresh: float,
     meta: dict,
-    outputs: _Outputs,
+    outputs: PredictionFiles,
     tta: TestTimeAugmentation | None = None,
 ) -> None:
     """Detect on a batch of ``(path, decoded image, original size)``; add rows and write overlays."""
@@ -256,7 +192,7 @@ def _predict_sliced(
     device: torch.device,
     thresh: float,
     meta: dict,
-    outputs: _Outputs,
+    outputs: PredictionFiles,
     slicing: SliceOptions,
     model_size: tuple[int, int],
 ) -> None:
@@ -279,7 +215,7 @@ def _predict_sliced(
 
 
 def _record(
-    outputs: _Outputs,
+    outputs: PredictionFiles,
     meta: dict,
     path: Path,
     original: tuple[int, int],
