@@ -199,3 +199,15 @@ def test_the_picklable_update_is_torchs_ema_update():
     ours = pickle.loads(pickle.dumps(EMAUpdate(0.93)))
     assert torch.equal(ours(ema, current, 4), get_ema_avg_fn(0.93)(ema, current, 4))
     pickle.dumps(EMAWeights(decay=0.9))  # what ddp_spawn does with every callback
+
+
+@pytest.mark.parametrize("precision", ["16-true", "bf16-true"])
+def test_ema_with_half_precision_weights_is_one_error(precision):
+    """A bfloat16 average cannot take an update of (1 - decay) of a weight's distance to it: shown
+    here on one number, then the config that would do it is refused in one line."""
+    average, weight, decay = torch.tensor(1.0, dtype=torch.bfloat16), torch.tensor(1.2, dtype=torch.bfloat16), 0.999
+    assert decay * average + (1 - decay) * weight == average  # the update is rounded away
+    cfg = compose([*TINY, "callbacks=ema", f"trainer.precision={precision}"], output_dir="/tmp/unused")
+    with pytest.raises(ConfigError, match=rf"^callbacks=ema with trainer.precision={precision}: .*bf16-mixed"):
+        build_callbacks(cfg)
+    build_callbacks(compose([*TINY, "callbacks=ema", "trainer.precision=bf16-mixed"], output_dir="/tmp/unused"))
