@@ -12,6 +12,10 @@ Prints two reports (docs/training_parity.md quotes them):
   resized by torchvision's ``GeneralizedRCNNTransform``): resized size, instance count, mean
   absolute box difference (px), mean mask IoU per instance, mean absolute pixel difference; and
   the same with a forced flip.
+- ``mask_round_trip``: every training instance's mask cut to the mask head's 28 x 28 target and
+  pasted back over its box, with the aligned geometry (``model.roi_align.aligned=true``) and with
+  torchvision's legacy one: IoU with the original mask and pasted / original area, by object size.
+  It is the best mask either geometry lets the network give.
 """
 
 from __future__ import annotations
@@ -117,6 +121,41 @@ def target_differences(split: dict, min_size: int, max_size: int, flip: bool = F
     return lines
 
 
+def mask_round_trip(split: dict, min_size: int, max_size: int, size: int = 28) -> list[str]:
+    """Report lines: the mask-target / paste round trip of both geometries (see the module docstring)."""
+    from maskrcnn.modeling.postprocess import paste_masks
+    from maskrcnn.modeling.roi_heads import project_masks_on_boxes
+
+    torch.set_num_threads(1)
+    augmentation = build_transforms("default", True, min_size=min_size, max_size=max_size, hflip_prob=0.0)
+    dataset = CocoInstanceDataset(split["image_dir"], split["annotation_file"], transforms=augmentation)
+    sides, rows = [], {True: [], False: []}
+    for i in range(len(dataset)):
+        _, target = dataset[(i, 0)]
+        masks, boxes = target["masks"].bool(), target["boxes"]
+        if len(masks) == 0:
+            continue
+        sides.append((boxes[:, 2:] - boxes[:, :2]).max(dim=1).values)
+        for aligned in (True, False):
+            cut = project_masks_on_boxes(target["masks"], boxes, torch.arange(len(boxes)), size, aligned)
+            pasted = paste_masks(cut[:, None], boxes, tuple(masks.shape[-2:]), mask_format="binary", aligned=aligned)
+            pasted = pasted.reshape(masks.shape).bool()
+            area = masks.flatten(1).sum(1).float()
+            iou = (pasted & masks).flatten(1).sum(1) / (pasted | masks).flatten(1).sum(1)
+            rows[aligned].append(torch.stack([iou, pasted.flatten(1).sum(1) / area], dim=1))
+    side = torch.cat(sides)
+    lines = [f"mask round trip ({size}x{size} target, pasted back), {len(side)} instances, at the training scale:"]
+    for aligned in (True, False):
+        r = torch.cat(rows[aligned])
+        parts = [f"all: IoU {r[:, 0].mean():.4f}, area x{r[:, 1].mean():.3f}"]
+        for lo, hi in ((0, 8), (8, 16), (16, 32), (32, None)):
+            sel = (side >= lo) & (side < hi) if hi is not None else side >= lo
+            name = f"{lo}-{hi} px" if hi is not None else f">= {lo} px"
+            parts.append(f"{name} ({int(sel.sum())}): IoU {r[sel, 0].mean():.4f}, area x{r[sel, 1].mean():.3f}")
+        lines.append(f"  {'aligned' if aligned else 'legacy (torchvision)'}: " + "; ".join(parts))
+    return lines
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=datasets.DATASETS, default="nuclei")
@@ -129,6 +168,7 @@ def main(argv=None) -> None:
     print("\n".join(batch_composition(splits["train"]["annotation_file"], a.steps)))
     print("\n".join(target_differences(splits["train"], a.min_size, a.max_size)))
     print("\n".join(target_differences(splits["train"], a.min_size, a.max_size, flip=True)[-1:]))
+    print("\n".join(mask_round_trip(splits["train"], a.min_size, a.max_size)))
 
 
 if __name__ == "__main__":
