@@ -151,6 +151,8 @@ def mask_round_trip(split: dict, min_size: int, max_size: int, size: int = 28) -
         for lo, hi in ((0, 8), (8, 16), (16, 32), (32, None)):
             sel = (side >= lo) & (side < hi) if hi is not None else side >= lo
             name = f"{lo}-{hi} px" if hi is not None else f">= {lo} px"
+            if not sel.any():
+                continue
             parts.append(f"{name} ({int(sel.sum())}): IoU {r[sel, 0].mean():.4f}, area x{r[sel, 1].mean():.3f}")
         lines.append(f"  {'aligned' if aligned else 'legacy (torchvision)'}: " + "; ".join(parts))
     return lines
