@@ -196,8 +196,8 @@ def compare(
     (its ``eval_seconds``; the plain row's evaluation is timed too, for the ratio):
     ``eval_slice``: "<variant> + sliced eval <tile>", sliced inference;
     ``eval_tta``: "<variant> + tta <name>" for each option of the ``tta`` config group;
-    a variant with ``callbacks=ema``: "<variant> raw weights", the weights the average was kept of,
-    and its sliced / TTA rows too.
+    a variant whose final network differs from its weights after the last step (``callbacks=ema``:
+    the average): "<variant> raw weights", those weights, and their sliced / TTA rows too.
     """
     results: list[RunResult] = []
     runs = [("torchvision loop", None)] if reference else []
@@ -223,8 +223,9 @@ def compare(
             if not returns_dict:
                 continue
             weights = [(name, None)]
-            if overrides is not None and "callbacks=ema" in overrides and FinalWeights.state is not None:
-                weights.append((f"{name} raw weights", FinalWeights.state))
+            raw = FinalWeights.state
+            if raw is not None and any(not torch.equal(v, raw[k]) for k, v in net.state_dict().items()):
+                weights.append((f"{name} raw weights", raw))  # an EMA run: the network holds the average
             for label, state in weights:
                 if state is not None:  # the raw weights of an EMA run, in the same network
                     net.load_state_dict(state)

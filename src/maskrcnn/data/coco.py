@@ -238,9 +238,7 @@ class CocoInstanceDataset(Dataset):
         if isinstance(key, tuple):
             index, epoch, *copy = key
             item_seed = sample_seed(self.seed, epoch, index, *copy)
-            set_seed = getattr(self.transforms, "set_seed", None)
-            if set_seed is not None:
-                set_seed(item_seed)
+            self._reseed(item_seed)
         else:
             index = key
         item = self._transformed(index)
@@ -290,7 +288,11 @@ class CocoInstanceDataset(Dataset):
 
     def _source(self, index: int, seed: int) -> Instances | None:
         """Image ``index`` transformed with the augmentation seed ``seed`` (a copy-paste source)."""
+        self._reseed(seed)
+        return self._transformed(index)
+
+    def _reseed(self, seed: int) -> None:
+        """Reseed the transforms' random ops, when they have any (``InstanceAugment.set_seed``)."""
         set_seed = getattr(self.transforms, "set_seed", None)
         if set_seed is not None:
             set_seed(seed)
-        return self._transformed(index)

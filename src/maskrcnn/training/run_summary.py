@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from maskrcnn.data.copy_paste import CopyPaste
 from maskrcnn.data.transforms import default_multiscale_sizes
 
 if TYPE_CHECKING:
@@ -29,11 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def _copy_paste_settings(cfg: DictConfig) -> dict[str, Any] | None:
-    """The training items' copy-paste (data.copy_paste), or None when off."""
+    """The training items' copy-paste (data.copy_paste), or None when off (``CopyPaste.from_config``)."""
     options = cfg.data.get("copy_paste")
-    if not options or not options.get("prob"):
-        return None
-    return {"prob": float(options.prob), "scale_range": [float(v) for v in options.scale_range]}
+    paste = CopyPaste.from_config(dict(options) if options else None)
+    return None if paste is None else {"prob": paste.prob, "scale_range": list(paste.scale_range)}
 
 
 def describe_config(cfg: DictConfig) -> dict[str, Any]:
