@@ -43,14 +43,15 @@ class RunResult:
 
 
 class FinalWeights(pl.Callback):
-    """Keeps the module's weights after the last optimizer step (``FinalWeights.state``): with
+    """Keeps the module's weights after the last optimizer step (``self.state``): with
     ``callbacks=ema`` the raw weights, which the EMA callback replaces by the average at the end."""
 
-    state: dict[str, Tensor] | None = None
+    def __init__(self) -> None:
+        self.state: dict[str, Tensor] | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
         if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
-            FinalWeights.state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+            self.state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
 
 
 def our_overrides(settings: TrainSettings, train_split: dict, val_split: dict, seed: int) -> list[str]:
@@ -110,9 +111,10 @@ def train_ours(
     seed: int,
     extra_overrides: list[str] = (),
     workdir: str | Path | None = None,
-) -> nn.Module:
+) -> tuple[nn.Module, dict[str, Tensor] | None]:
     """Run our ``train(cfg)`` with the matched overrides (+ ``extra_overrides``); returns the net in
-    eval mode (with ``callbacks=ema``: the averaged weights; the raw ones are in ``FinalWeights.state``)."""
+    eval mode (with ``callbacks=ema``: the averaged weights) and its weights after the last optimizer
+    step (kept by ``FinalWeights``; the raw weights of an EMA run, None if the run stopped early)."""
     from hydra import compose, initialize_config_dir
 
     from maskrcnn.training.pipeline import train
@@ -124,11 +126,11 @@ def train_ours(
     with tempfile.TemporaryDirectory(dir=workdir) as out:
         overrides = [f"paths.output_dir={out}", *base, *extra_overrides]
         overrides.append("+callbacks.final_weights._target_=bench.training.FinalWeights")
-        FinalWeights.state = None
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             cfg = compose(config_name="train", overrides=[*_experiment_off(), *overrides])
         _, objects = train(cfg)
-    return objects["module"].net.eval()
+    kept = [c.state for c in objects["trainer"].callbacks if isinstance(c, FinalWeights)]
+    return objects["module"].net.eval(), kept[0] if kept else None
 
 
 def _experiment_off() -> list[str]:
@@ -207,10 +209,11 @@ def compare(
         for name, overrides in runs:
             start = time.perf_counter()
             try:
+                raw = None
                 if overrides is None:
                     net, returns_dict = train_reference(settings, train_split, seed), False
                 else:
-                    net, returns_dict = train_ours(settings, train_split, val_split, seed, overrides), True
+                    (net, raw), returns_dict = train_ours(settings, train_split, val_split, seed, overrides), True
             except FloatingPointError as exc:  # a diverged run is a result, not a crash of the comparison
                 results.append(RunResult(name, seed, None, time.perf_counter() - start, str(exc).split(". ")[0]))
                 log(_row_text(results[-1]))
@@ -223,7 +226,6 @@ def compare(
             if not returns_dict:
                 continue
             weights = [(name, None)]
-            raw = FinalWeights.state
             if raw is not None and any(not torch.equal(v, raw[k]) for k, v in net.state_dict().items()):
                 weights.append((f"{name} raw weights", raw))  # an EMA run: the network holds the average
             for label, state in weights:

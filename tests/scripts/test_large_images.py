@@ -48,7 +48,9 @@ def test_the_training_comparison_also_scores_each_network_of_ours_sliced(tmp_pat
     from maskrcnn.inference.slice_options import SliceOptions
 
     paths = generate_large_images(tmp_path / "large", num_train=1, num_val=1, image_size=(256, 192))
-    monkeypatch.setattr(training, "train_ours", lambda *args, **kwargs: build_tiny_model(num_classes=2))
+    tiny = build_tiny_model(num_classes=2)
+    # a plain run: the weights after the last step are the network's own
+    monkeypatch.setattr(training, "train_ours", lambda *args, **kwargs: (tiny, tiny.state_dict()))
     results = training.compare(
         TrainSettings(num_classes=2, detections_per_img=50),
         paths["train"],
@@ -67,7 +69,7 @@ def test_the_training_comparison_also_scores_each_network_of_ours_sliced(tmp_pat
 
 def test_the_training_comparison_scores_tta_and_the_raw_weights_of_an_ema_run(tmp_path, monkeypatch):
     """--eval-tta rows run the TTA wrapper on the same network; an EMA variant also scores the raw
-    weights the callback kept (``FinalWeights``), loaded into the same network."""
+    weights the callback kept (``FinalWeights``, returned by ``train_ours``), loaded into the same network."""
     import torch
 
     from bench import training
@@ -81,8 +83,7 @@ def test_the_training_comparison_scores_tta_and_the_raw_weights_of_an_ema_run(tm
 
     def fake_train(settings, train_split, val_split, seed, overrides=(), **kwargs):
         # what the callback keeps at the last step: the network's own weights unless EMA replaced them
-        training.FinalWeights.state = raw if "callbacks=ema" in overrides else averaged.state_dict()
-        return averaged
+        return averaged, raw if "callbacks=ema" in overrides else averaged.state_dict()
 
     monkeypatch.setattr(training, "train_ours", fake_train)
     results = training.compare(
@@ -125,11 +126,12 @@ def test_final_weights_keeps_the_weights_after_the_last_step():
 
     net = torch.nn.Linear(2, 2)
     module = SimpleNamespace(net=net)
-    FinalWeights.state = None
-    FinalWeights().on_train_batch_end(SimpleNamespace(max_steps=3, global_step=2), module)
-    assert FinalWeights.state is None  # not the last step yet
-    FinalWeights().on_train_batch_end(SimpleNamespace(max_steps=3, global_step=3), module)
-    kept = FinalWeights.state
+    callback = FinalWeights()
+    callback.on_train_batch_end(SimpleNamespace(max_steps=3, global_step=2), module)
+    assert callback.state is None  # not the last step yet
+    assert FinalWeights().state is None  # nothing shared between instances (runs)
+    callback.on_train_batch_end(SimpleNamespace(max_steps=3, global_step=3), module)
+    kept = callback.state
     assert kept is not None and torch.equal(kept["weight"], net.weight)
     with torch.no_grad():
         net.weight.add_(1.0)  # a later change (the EMA swap) leaves the kept copy alone
