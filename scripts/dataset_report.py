@@ -1,7 +1,7 @@
 """Dataset-fit report of a COCO-format dataset for the training settings (no image decoding).
 
 python scripts/dataset_report.py --train tests/assets/nuts/annotations.json \
-    [--val VAL.json] [--min-size 800] [--max-size 1333] [--anchor-sizes 32 64 128 256 512] \
+    [--val VAL.json] [--min-size 800] [--max-size 1333 | --native] [--anchor-sizes 32 64 128 256 512] \
     [--detections-per-img 100] [--out dataset_fit.json]
 
 Prints counts per split and class, object sizes at the training scale against the anchors, warnings
@@ -49,6 +49,11 @@ def main() -> int:
     )
     parser.add_argument("--max-size", type=positive_int, default=1333, help="cap of the longest edge")
     parser.add_argument(
+        "--native",
+        action="store_true",
+        help="objects at their file size, as augmentation=tiles (or none) trains them; --min-size/--max-size unused",
+    )
+    parser.add_argument(
         "--anchor-sizes",
         type=positive_float,
         nargs="+",
@@ -76,7 +81,7 @@ def main() -> int:
         report = compute_fit_report(
             args.train,
             args.val,
-            min_size=args.min_size[0] if len(args.min_size) == 1 else args.min_size,
+            min_size=None if args.native else args.min_size[0] if len(args.min_size) == 1 else args.min_size,
             max_size=args.max_size,
             anchor_sizes=[[int(s) if s == int(s) else s] for s in args.anchor_sizes],
             aspect_ratios=[args.aspect_ratios],

@@ -225,6 +225,25 @@ def test_small_objects_on_downscaled_large_images_suggest_tiles_and_slicing(tmp_
     assert compute_fit_report(path, min_size=800, max_size=1333).suggestion.slicing == ""
 
 
+def test_native_resolution_measures_objects_at_their_file_size(tmp_path):
+    """``min_size=None`` (augmentation=tiles|none): the 20 px squares of a 4000 x 3000 photo stay
+    20 px, the smallest anchor (32) keeps them above half its size, and no resize or slicing is
+    suggested (the run already sees native resolution)."""
+    anns = [{"image_id": 1, "category_id": 1, "bbox": [100.0 + 40 * k, 100.0, 20.0, 20.0]} for k in range(50)]
+    path = write_coco(tmp_path / "large.json", [(1, 4000, 3000)], anns, {1: "speck"})
+    r = compute_fit_report(path, min_size=None, anchor_sizes=DEFAULT_ANCHORS, aspect_ratios=RATIOS)
+    t = r.splits["train"]
+    assert t.sizes["p5"] == pytest.approx(20.0) and t.frac_below_half_smallest == 0.0
+    assert t.image_scale == {"min": 1.0, "p50": 1.0, "max": 1.0}
+    assert r.settings["min_size"] is None and r.settings["max_size"] is None
+    assert r.suggestion.slicing == "" and r.suggestion.min_size is None
+    assert "no resize to suggest" in r.suggestion.note
+    text = format_report(r).splitlines()
+    assert "Training scale: native resolution (tiles or no resize; objects at their file size)" in text
+    resized = compute_fit_report(path, min_size=800, max_size=1333, anchor_sizes=DEFAULT_ANCHORS, aspect_ratios=RATIOS)
+    assert resized.splits["train"].sizes["p5"] == pytest.approx(20.0 * 800 / 3000)
+
+
 def test_bad_input_names_file_and_image(tmp_path):
     with pytest.raises(DatasetError, match="missing.json"):
         compute_fit_report(tmp_path / "missing.json")
@@ -301,6 +320,9 @@ def test_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fix: model.roi_heads.detections_per_img=200" in proc.stdout
     assert "fix: model.rpn.anchor_sizes='[[" in proc.stdout and "model.transform.min_size=" in proc.stdout
+    native = run_cli("--train", str(dense), "--native")  # as a tiles run trains: no resize to suggest
+    assert native.returncode == 0, native.stderr[-2000:]
+    assert "Training scale: native resolution" in native.stdout and "model.transform.min_size=" not in native.stdout
 
     proc = run_cli("--train", str(tmp_path / "nope.json"))
     assert proc.returncode == 2 and "nope.json" in proc.stderr and "Traceback" not in proc.stderr

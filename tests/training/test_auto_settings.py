@@ -75,3 +75,39 @@ def test_auto_anchors_say_when_json_boxes_disagree_with_the_masks(tmp_path, capl
     message = next(r.getMessage() for r in caplog.records if "disagrees with their mask" in r.getMessage())
     assert message.startswith("model.rpn.anchor_sizes=auto: train: ") and str(ann_file) in message
     assert f"annotation {wrong['id']} (image {wrong['image_id']}): bbox [0, 0, 10, 10]" in message
+
+
+def test_a_run_that_never_resizes_measures_objects_at_their_file_size(tmp_path):
+    """augmentation=tiles (and none/hflip without a model-side resize) trains at file resolution, so
+    the run's dataset-fit report and ``anchor_sizes=auto`` measure objects at their file size; with
+    the default augmentation the same objects are measured at the resize's scale."""
+    import pytest
+
+    from bench.large_images import generate_large_images
+    from maskrcnn.data.fit.report import compute_fit_report
+    from maskrcnn.training.run_summary import describe_config, fit_report
+
+    paths = generate_large_images(tmp_path / "large", num_train=1, num_val=1, image_size=(1024, 768), seed=3)
+    train_file = paths["train"]["annotation_file"]
+    data = ["data=folder", f"data.root={tmp_path / 'large'}", "data.num_classes=2", "model.transform.min_size=256"]
+    native = compute_fit_report(train_file, min_size=None).splits["train"].sizes
+
+    def sizes(overrides):
+        settings = describe_config(_cfg([*data, *overrides], tmp_path))
+        return fit_report(settings, train_file, anchor_sizes=STANDARD_ANCHORS).splits["train"].sizes
+
+    for augmentation in ("augmentation=tiles", "augmentation=none", "augmentation=hflip"):
+        assert sizes([augmentation]) == native, augmentation
+    resized = sizes([])
+    assert resized["p50"] == pytest.approx(native["p50"] * 256 / 768, rel=0.02)
+    # hflip with torchvision's model-side resize trains at the model's scale again
+    assert sizes(["augmentation=hflip", "model.transform.resize_in_training=true"]) == resized
+
+    tiles = _cfg([*data, "augmentation=tiles"], tmp_path)
+    plain = _cfg(data, tmp_path)
+    for cfg in (tiles, plain):
+        resolve_auto_settings(cfg, build_datamodule(cfg))
+    # 10-40 px objects: the tiles run's anchors are the ones fitted at file size, the plain run's at a third of it
+    at_file_size = compute_fit_report(train_file, min_size=None, anchor_sizes=STANDARD_ANCHORS).suggestion
+    assert OmegaConf.to_container(tiles.model.rpn.anchor_sizes) == at_file_size.anchor_sizes
+    assert OmegaConf.to_container(plain.model.rpn.anchor_sizes)[0][0] < at_file_size.anchor_sizes[0][0]

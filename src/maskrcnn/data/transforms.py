@@ -36,6 +36,8 @@ import torch  # noqa: E402
 from maskrcnn.data.tile_crop import TileCrop  # noqa: E402
 
 AUGMENTATIONS = ("none", "hflip", "default", "multiscale", "lsj", "photometric", "tiles")
+# Options whose data pipeline never resizes: images reach the model at file size (tiles: windows of it).
+NO_RESIZE_AUGMENTATIONS = ("none", "hflip", "tiles")
 
 
 def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:

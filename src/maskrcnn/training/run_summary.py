@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.data.copy_paste import CopyPaste
-from maskrcnn.data.transforms import default_multiscale_sizes
+from maskrcnn.data.transforms import NO_RESIZE_AUGMENTATIONS, default_multiscale_sizes
 
 if TYPE_CHECKING:
     from maskrcnn.data.fit.report import FitReport
@@ -61,6 +61,7 @@ def describe_config(cfg: DictConfig) -> dict[str, Any]:
         "augmentation": aug.name,
         "copy_paste": _copy_paste_settings(cfg),
         "eval_size": [model.transform.min_size, model.transform.max_size],
+        "resize_in_model": bool(model.transform.get("resize_in_training", False)),
         "anchor_sizes": model.rpn.anchor_sizes
         if isinstance(model.rpn.anchor_sizes, str)
         else [list(level) for level in model.rpn.anchor_sizes],
@@ -188,11 +189,16 @@ def fit_report(
     anchor_sizes: Sequence[Sequence[float]] | None = None,
 ) -> FitReport:
     """The dataset-fit report of the annotation files for the run's training scale and anchors
-    (``anchor_sizes`` replaces the configured ones, e.g. to evaluate a candidate set)."""
+    (``anchor_sizes`` replaces the configured ones, e.g. to evaluate a candidate set).
+    A run that resizes neither in the data pipeline (``augmentation=tiles|none|hflip``) nor in the
+    model (``model.transform.resize_in_training=false``) trains at file resolution: objects are
+    measured at their file size."""
     from maskrcnn.data.fit.report import compute_fit_report
 
     s = settings
     sizes = s["train_min_size"] if isinstance(s["train_min_size"], (int, list)) else s["eval_size"][0]
+    if s["augmentation"] in NO_RESIZE_AUGMENTATIONS and not s["resize_in_model"]:
+        sizes = None
     return compute_fit_report(
         train_file,
         val_file,

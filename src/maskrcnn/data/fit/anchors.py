@@ -27,17 +27,22 @@ MIN_ANCHOR_BASE = 8
 WARN_FRACTION = 0.01  # a fit problem matters from 1% of the training objects on
 
 
-def training_scale(widths: np.ndarray, heights: np.ndarray, min_sizes: Sequence[int], max_size: int) -> np.ndarray:
+def training_scale(
+    widths: np.ndarray, heights: np.ndarray, min_sizes: Sequence[int] | None, max_size: int
+) -> np.ndarray:
     """Resize factor ``float64 [len(min_sizes), N]`` of N images: shortest edge -> each min size,
-    unless the longest edge would exceed ``max_size`` (``transforms.ResizeShortestEdge``)."""
+    unless the longest edge would exceed ``max_size`` (``transforms.ResizeShortestEdge``).
+    ``min_sizes=None``: training at native resolution (``augmentation=tiles|none``), ``[1, N]`` ones."""
+    if min_sizes is None:
+        return np.ones((1, len(widths)), dtype=np.float64)
     short = np.minimum(widths, heights).astype(np.float64)
     long = np.maximum(widths, heights).astype(np.float64)
     return np.stack([np.minimum(m / short, max_size / long) for m in min_sizes]).reshape(len(min_sizes), len(short))
 
 
-def object_boxes(data: CocoBoxes, min_sizes: Sequence[int], max_size: int) -> tuple[np.ndarray, np.ndarray]:
+def object_boxes(data: CocoBoxes, min_sizes: Sequence[int] | None, max_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Non-crowd boxes at the training scale, ``(w, h) float64 [S * V]``: every object once per
-    scale of ``min_sizes`` (a multi-scale list draws each size equally often)."""
+    scale of ``min_sizes`` (a multi-scale list draws each size equally often; None: native size)."""
     keep = ~data.crowd
     scale = training_scale(data.widths, data.heights, min_sizes, max_size)[:, data.image_index[keep]]
     return (scale * data.wh[keep, 0]).ravel(), (scale * data.wh[keep, 1]).ravel()
@@ -208,18 +213,23 @@ def suggest(
     w: np.ndarray,
     h: np.ndarray,
     train: CocoBoxes,
-    min_sizes: list[int],
+    min_sizes: list[int] | None,
     max_size: int,
     anchor_sizes: list[list[float]],
     aspect_ratios: list[list[float]],
 ) -> Suggestion:
     """Anchor sizes and training scale for the training objects ``w, h float64 [N]`` (px at the
-    training scale, from ``object_boxes``); the two are alternatives, each scored on its own."""
+    training scale, from ``object_boxes``); the two are alternatives, each scored on its own.
+    At native resolution (``min_sizes=None``: tiles or no resize) only anchors can change."""
     out = Suggestion()
     if not len(w):
         out.note = "no training instances: nothing to suggest"
         return out
     _suggest_anchors(w, h, anchor_sizes, aspect_ratios, out)
+    if min_sizes is None:
+        p5 = float(np.percentile(np.sqrt(w * h), 5))
+        out.note = f"scale: native resolution (tiles or no resize; p5 {p5:.1f} px): no resize to suggest"
+        return out
     _suggest_scale(w, h, train, min_sizes, max_size, min(map(min, anchor_sizes)), out)
     out.slicing = _suggest_slicing(w, h, train, min_sizes, max_size, min(map(min, anchor_sizes)))
     return out

@@ -241,7 +241,7 @@ def box_warnings(name: str, split: SplitStats) -> list[FitWarning]:
 def compute_fit_report(
     train_annotation_file: str | Path,
     val_annotation_file: str | Path | None = None,
-    min_size: int | Sequence[int] = 800,
+    min_size: int | Sequence[int] | None = 800,
     max_size: int = 1333,
     anchor_sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
     aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),),
@@ -252,11 +252,15 @@ def compute_fit_report(
     """Fit report of a COCO dataset for the given training settings (see the module docstring).
 
     min_size: shortest edge of the training resize, or the multi-scale list it draws from (each
-    size weighs equally; the val split is measured at the same scales). aspect_ratios: one list
+    size weighs equally; the val split is measured at the same scales); None: objects at their
+    file size (``max_size`` unused), as ``augmentation=tiles`` (with sliced evaluation at the
+    tiles' size) and ``augmentation=none`` train them. aspect_ratios: one list
     per level, or one list for all. Raises ``DatasetError`` (naming the file and image id) for a
     json the report cannot read; invalid annotations are skipped, counted and warned about.
     """
-    min_sizes = [int(min_size)] if isinstance(min_size, (int, np.integer)) else [int(m) for m in min_size]
+    min_sizes: list[int] | None = None
+    if min_size is not None:
+        min_sizes = [int(min_size)] if isinstance(min_size, (int, np.integer)) else [int(m) for m in min_size]
     sizes = [[float(s) if float(s) != int(s) else int(s) for s in lvl] for lvl in anchor_sizes]
     ratios = [[float(r) for r in lvl] for lvl in aspect_ratios]
     anchors = anchor_shapes(sizes, ratios)
@@ -270,8 +274,8 @@ def compute_fit_report(
     seen = list(categories.values())
     names = {cid: (n if seen.count(n) == 1 else f"{n} (id {cid})") for cid, n in sorted(categories.items())}
     settings = {
-        "min_size": min_sizes if len(min_sizes) > 1 else min_sizes[0],
-        "max_size": int(max_size),
+        "min_size": None if min_sizes is None else min_sizes if len(min_sizes) > 1 else min_sizes[0],
+        "max_size": None if min_sizes is None else int(max_size),
         "anchor_sizes": sizes,
         "aspect_ratios": ratios,
         "detections_per_img": int(detections_per_img),

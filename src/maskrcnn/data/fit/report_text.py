@@ -12,10 +12,13 @@ def _pct(x: float) -> str:
 
 def _format_counts(r: FitReport) -> list[str]:
     scale = r.splits["train"].image_scale
-    lines = [
-        f"Training scale: min_size {r.settings['min_size']}, max_size {r.settings['max_size']}"
-        + (f" (train images x{scale['p50']:.2f} median, x{scale['min']:.2f}..x{scale['max']:.2f})" if scale else "")
-    ]
+    if r.settings["min_size"] is None:
+        lines = ["Training scale: native resolution (tiles or no resize; objects at their file size)"]
+    else:
+        lines = [
+            f"Training scale: min_size {r.settings['min_size']}, max_size {r.settings['max_size']}"
+            + (f" (train images x{scale['p50']:.2f} median, x{scale['min']:.2f}..x{scale['max']:.2f})" if scale else "")
+        ]
     lines.append(f"{'split':<6}{'images':>8}{'empty':>7}{'instances':>11}{'crowd':>7}{'skipped':>9}  max/image")
     for name, s in r.splits.items():
         top = f" (image {s.max_instances_image_id})" if s.max_instances else ""
