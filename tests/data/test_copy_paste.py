@@ -5,6 +5,7 @@ the target's masks and boxes, crowd regions are never pasted, and an item is a f
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -193,3 +194,21 @@ def test_training_with_copy_paste_sees_pasted_instances_and_is_reproducible(shap
         "augmentation multiscale + copy-paste p 0.5, scale [0.5, 1.5])"
         in (tmp_path / "train" / "run_summary.txt").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [("prob", 1.5), ("prob", True), ("max_instances", 0), ("scale_range", [2.0, 1.0]), ("attempts", 0.5)],
+)
+def test_direct_construction_and_the_config_check_say_the_same(tmp_path, key, bad) -> None:
+    """One rule table (COPY_PASTE_RULES) for CopyPaste(...) and for the config check of copy_paste.<key>."""
+    from maskrcnn.data.copy_paste import COPY_PASTE_RULES
+    from maskrcnn.training.config_types import check_config_types
+
+    what = COPY_PASTE_RULES[key][0]
+    value = tuple(bad) if key == "scale_range" else bad
+    with pytest.raises(ValueError, match=re.escape(f"copy_paste.{key} must be {what}")):
+        CopyPaste(**{**({"prob": 0.5} if key != "prob" else {}), key: value})
+    cfg = compose(["copy_paste=simple", f"copy_paste.{key}={bad}".replace(" ", "")], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(f"copy_paste.{key}=") + ".*" + re.escape(f"must be {what}")):
+        check_config_types(cfg)

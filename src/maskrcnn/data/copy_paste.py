@@ -16,9 +16,10 @@ any number of loader workers and on any DDP rank.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import cv2
 import numpy as np
@@ -41,6 +42,30 @@ class Instances(NamedTuple):
     crowd_masks: np.ndarray
 
 
+def _number(v: object) -> TypeGuard[float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole(v: object) -> TypeGuard[float]:
+    return _number(v) and float(v).is_integer()
+
+
+def _scale_range(v: object) -> bool:
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(_number(x) for x in v):
+        return False
+    return 0 < v[0] <= v[1]
+
+
+# key below copy_paste -> (what its value must be, in words; the check): CopyPaste checks its values
+# with these, and the config check (training.config_types) names the key with the same words.
+COPY_PASTE_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "prob": ("in [0, 1] (0: off)", lambda v: _number(v) and 0 <= v <= 1),
+    "max_instances": ("a positive integer", lambda v: _whole(v) and v >= 1),
+    "scale_range": ("[low, high] with 0 < low <= high", _scale_range),
+    "attempts": ("a positive integer", lambda v: _whole(v) and v >= 1),
+}
+
+
 @dataclass(frozen=True)
 class CopyPaste:
     """Paste instances of a source item onto a target item.
@@ -61,17 +86,10 @@ class CopyPaste:
     attempts: int = 3
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"copy_paste.prob must be in [0, 1], got {self.prob!r}")
-        if self.max_instances < 1:
-            raise ValueError(f"copy_paste.max_instances must be >= 1, got {self.max_instances!r}")
-        low, high = self.scale_range
-        if not 0 < low <= high:
-            raise ValueError(
-                f"copy_paste.scale_range must be [low, high] with 0 < low <= high, got {self.scale_range!r}"
-            )
-        if self.attempts < 1:
-            raise ValueError(f"copy_paste.attempts must be >= 1, got {self.attempts!r}")
+        for key, (what, ok) in COPY_PASTE_RULES.items():
+            value = getattr(self, key)
+            if not ok(value):
+                raise ValueError(f"copy_paste.{key} must be {what}, got {value!r}")
 
     @classmethod
     def from_config(cls, options: dict | None) -> CopyPaste | None:

@@ -20,6 +20,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
+from maskrcnn.data.copy_paste import COPY_PASTE_RULES
 from maskrcnn.data.transforms import AUGMENTATIONS
 from maskrcnn.errors import ConfigError
 from maskrcnn.inference.slice_options import SLICE_RULES
@@ -91,10 +92,7 @@ CONFIG_TYPES: dict[str, Rule] = {
     "augmentation.tile_size": PIXELS,
     "augmentation.tile_min_area": COUNT,
     "augmentation.tile_min_visibility": PROBABILITY,
-    "copy_paste.prob": PROBABILITY,
-    "copy_paste.max_instances": POSITIVE,
-    "copy_paste.scale_range": list_of(number(0, low_open=True), 2, 2),
-    "copy_paste.attempts": POSITIVE,
+    **{f"copy_paste.{key}": Rule(what, ok) for key, (what, ok) in COPY_PASTE_RULES.items()},
     # inference (sliced validation / evaluation; predict checks the same rules)
     **{f"inference.slice.{key}": Rule(what, ok) for key, (what, ok) in SLICE_RULES.items()},
     # model
