@@ -9,10 +9,13 @@ and, stopped after a training step, end exactly as the reference did.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch import Tensor
 
 from helpers.config import TINY, TINY_EVAL, compose
 from helpers.ema_recorder import EMARecorder, fingerprint
@@ -201,13 +204,81 @@ def test_the_picklable_update_is_torchs_ema_update():
     pickle.dumps(EMAWeights(decay=0.9))  # what ddp_spawn does with every callback
 
 
+class _TinyHalfModule(pl.LightningModule):
+    """One linear layer: Lightning's precision plugins work on it on CPU (Mask R-CNN's NMS has no
+    bfloat16 CPU kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(16, 1)
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        return self.layer(batch[0]).float().pow(2).mean()
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self.log("val/loss", self.layer(batch[0]).float().pow(2).mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class _AverageWatcher(pl.Callback):
+    """Records the raw weights after each step (float64) and the callback's average around validation."""
+
+    def __init__(self, ema: object, path: Path) -> None:
+        self.ema, self.path, self.raw, self.before_val, self.after_val = ema, path, [], None, None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        self.raw.append(pl_module.layer.weight.detach().double().clone())
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 2:  # listed before the EMA callback: not swapped in yet
+            self.before_val = self.ema._average_model.module.layer.weight.detach().clone()
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        if trainer.global_step == 2:  # the average is swapped in: what a stop during validation saves
+            trainer.save_checkpoint(self.path)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        if trainer.global_step == 2:  # the first step after validation
+            self.after_val = self.ema._average_model.module.layer.weight.detach().clone()
+            self.raw_after_val = pl_module.layer.weight.detach().clone()
+
+
 @pytest.mark.parametrize("precision", ["16-true", "bf16-true"])
-def test_ema_with_half_precision_weights_is_one_error(precision):
-    """A bfloat16 average cannot take an update of (1 - decay) of a weight's distance to it: shown
-    here on one number, then the config that would do it is refused in one line."""
+def test_ema_with_half_precision_weights_keeps_a_float32_average(tmp_path, precision):
+    """Half-precision weights: the average is float32 and takes updates a half-precision average
+    rounds away; validation's swap in and out leaves the average and the raw weights bit-exact; a
+    checkpoint written while swapped holds the float32 average as its weights."""
+    from maskrcnn.training.ema import EMAWeights
+
     average, weight, decay = torch.tensor(1.0, dtype=torch.bfloat16), torch.tensor(1.2, dtype=torch.bfloat16), 0.999
-    assert decay * average + (1 - decay) * weight == average  # the update is rounded away
-    cfg = compose([*TINY, "callbacks=ema", f"trainer.precision={precision}"], output_dir="/tmp/unused")
-    with pytest.raises(ConfigError, match=rf"^callbacks=ema with trainer.precision={precision}: .*bf16-mixed"):
-        build_callbacks(cfg)
-    build_callbacks(compose([*TINY, "callbacks=ema", "trainer.precision=bf16-mixed"], output_dir="/tmp/unused"))
+    assert decay * average + (1 - decay) * weight == average  # what a bfloat16 average would do
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 16)), batch_size=4)
+    ema = EMAWeights(decay=decay)
+    watcher = _AverageWatcher(ema, tmp_path / "during_val.ckpt")
+    trainer = pl.Trainer(
+        max_steps=4,
+        precision=precision,
+        val_check_interval=2,
+        limit_val_batches=1,
+        callbacks=[watcher, ema],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_TinyHalfModule(), data, data)
+    assert watcher.before_val.dtype == torch.float32 and watcher.raw[0].dtype == torch.float64
+    assert torch.equal(watcher.before_val, watcher.after_val)  # the swap back kept the float32 average
+    assert torch.equal(watcher.raw_after_val.double(), watcher.raw[1])  # and the raw weights
+    expected = watcher.raw[0]  # the first update copies the weights
+    for raw in watcher.raw[1:]:
+        expected = decay * expected + (1 - decay) * raw
+    torch.testing.assert_close(ema_final := trainer.model.layer.weight.detach().double(), expected, atol=1e-2, rtol=0)
+    assert not torch.equal(expected.to(ema_final.dtype), watcher.raw[-1])  # the average moved off the raw weights
+    checkpoint = torch.load(tmp_path / "during_val.ckpt", weights_only=False)
+    assert torch.equal(checkpoint["state_dict"]["layer.weight"], watcher.before_val)  # float32, not its rounding
+    assert torch.equal(checkpoint["current_model_state"]["layer.weight"].double(), watcher.raw[1])

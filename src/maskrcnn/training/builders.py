@@ -98,14 +98,6 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         if c and "_target_" not in c:
             hint = "; choose callbacks=ema to turn EMA on" if name == "ema" else ""
             raise ConfigError(f"callbacks.{name} has no _target_ (what to build){hint}")
-    precision = str((cfg.get("trainer") or {}).get("precision"))
-    if configured.get("ema") and precision in ("16-true", "bf16-true"):
-        # The average would be a half-precision copy: (1 - decay) x (weights - average) is below
-        # its resolution (2^-8 relative for bfloat16, 2^-11 for float16), so most updates vanish.
-        raise ConfigError(
-            f"callbacks=ema with trainer.precision={precision}: the average would be kept in half precision, "
-            "which rounds its small updates away; use trainer.precision=16-mixed or bf16-mixed (float32 weights)"
-        )
     callbacks = [instantiate(c) for c in configured.values() if c]
     if cfg.get("log_val_images", 0):
         from maskrcnn.training.callbacks import ValidationImageLogger

@@ -22,6 +22,12 @@ What :class:`EMAWeights` changes in Lightning's callback, and why:
   loaded: such a checkpoint's ``state_dict`` already is the average.
 * The average lives on the model's device: Lightning makes it in ``setup``, before the model moves
   to the GPU, and would otherwise keep it in host memory and copy the model there every update.
+* With half-precision weights (``trainer.precision=16-true|bf16-true``) the average stays float32:
+  Lightning copies the model in ``setup``, before the precision plugin converts it, so every update
+  is float32 arithmetic (in half precision ``(1 - decay) x (weights - average)`` would mostly round
+  away). A swap puts the average, rounded, into the half-precision model; Lightning's swap back
+  would then copy that rounded value over the float32 average, so the float32 values are kept
+  aside while swapped, restored on the swap back, and are what a checkpoint written meanwhile holds.
 
 Callback order matters once: this callback is listed before ``StopOnSignal`` (``builders.build_callbacks``
 puts the configured callbacks first, Lightning puts checkpoint callbacks last), so a step's update
@@ -72,6 +78,8 @@ class EMAWeights(EMAWeightAveraging):
         # which trainer=ddp_sim (ddp_spawn) must do with every callback; the same update, picklable:
         self._kwargs["avg_fn"] = EMAUpdate(self.decay)
         self._swapped = False  # the module holds the average, the averaged copy the raw weights
+        # while swapped: the average's values the module's dtype cannot hold (name -> float32 tensor)
+        self._exact: dict[str, Tensor] = {}
 
     @property
     def updates(self) -> int:
@@ -97,8 +105,26 @@ class EMAWeights(EMAWeightAveraging):
         if self._average_model is not None:
             self._average_model.to(pl_module.device)
 
+    def _named_average(self) -> list[tuple[str, Tensor]]:
+        """The average's parameters then buffers, by name: the order Lightning's swap pairs them in."""
+        assert self._average_model is not None
+        module = self._average_model.module
+        return [*module.named_parameters(), *module.named_buffers()]
+
     def _swap_models(self, pl_module: pl.LightningModule) -> None:
-        super()._swap_models(pl_module)
+        if not self._swapped:
+            current = [*pl_module.parameters(), *pl_module.buffers()]
+            named = self._named_average()
+            self._exact = {
+                name: a.detach().clone() for (name, a), c in zip(named, current, strict=True) if a.dtype != c.dtype
+            }
+            super()._swap_models(pl_module)
+        else:
+            super()._swap_models(pl_module)
+            average = dict(self._named_average())
+            for name, value in self._exact.items():
+                average[name].data.copy_(value)
+            self._exact = {}
         self._swapped = not self._swapped
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -117,7 +143,7 @@ class EMAWeights(EMAWeightAveraging):
         # The model keeps the average; the raw weights are in last.ckpt. A later trainer.validate
         # (of best.ckpt) then neither swaps nor loads anything.
         if stage == "fit":
-            self._average_model, self._swapped = None, False
+            self._average_model, self._swapped, self._exact = None, False, {}
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if self._average_model is None:
@@ -125,8 +151,10 @@ class EMAWeights(EMAWeightAveraging):
         state = self._average_model.state_dict()
         copy = {name[len("module.") :]: value for name, value in state.items() if name.startswith("module.")}
         checkpoint["averaging_state"] = {name: value for name, value in state.items() if not name.startswith("module.")}
-        if self._swapped:  # the module holds the average: state_dict already is it
+        if self._swapped:  # the module holds the average: state_dict already is it (but for its rounding)
             checkpoint["current_model_state"] = copy
+            state = checkpoint["state_dict"]
+            state.update({name: value.clone() for name, value in self._exact.items() if name in state})
         elif self.updates > 0:
             checkpoint["current_model_state"], checkpoint["state_dict"] = checkpoint["state_dict"], copy
         else:  # no average yet: the raw weights are the model's (the first update will copy them)
