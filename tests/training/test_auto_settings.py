@@ -1,5 +1,6 @@
 """model.rpn.anchor_sizes=auto: resolved from the training data before the model is built."""
 
+import pytest
 from omegaconf import OmegaConf
 
 from bench.cells import generate_cells
@@ -81,8 +82,6 @@ def test_a_run_that_never_resizes_measures_objects_at_their_file_size(tmp_path):
     """augmentation=tiles (and none/hflip without a model-side resize) trains at file resolution, so
     the run's dataset-fit report and ``anchor_sizes=auto`` measure objects at their file size; with
     the default augmentation the same objects are measured at the resize's scale."""
-    import pytest
-
     from bench.large_images import generate_large_images
     from maskrcnn.data.fit.report import compute_fit_report
     from maskrcnn.training.run_summary import describe_config, fit_report

@@ -153,8 +153,8 @@ class EMAWeights(EMAWeightAveraging):
         checkpoint["averaging_state"] = {name: value for name, value in state.items() if not name.startswith("module.")}
         if self._swapped:  # the module holds the average: state_dict already is it (but for its rounding)
             checkpoint["current_model_state"] = copy
-            state = checkpoint["state_dict"]
-            state.update({name: value.clone() for name, value in self._exact.items() if name in state})
+            saved = checkpoint["state_dict"]
+            saved.update({name: value.clone() for name, value in self._exact.items() if name in saved})
         elif self.updates > 0:
             checkpoint["current_model_state"], checkpoint["state_dict"] = checkpoint["state_dict"], copy
         else:  # no average yet: the raw weights are the model's (the first update will copy them)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from maskrcnn.data.readers.masks import decode_segmentation
-from maskrcnn.data.transforms import AUGMENTATIONS, build_transforms
+from maskrcnn.data.transforms import AUGMENTATIONS, NO_RESIZE_AUGMENTATIONS, build_transforms
 from maskrcnn.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:  # the dataset calls these checks; only its type is needed here
@@ -238,7 +238,7 @@ def any_instance_survives(
 
 def check_resize_keeps_instances(dataset: CocoInstanceDataset, augmentation: str, kwargs: dict[str, Any]) -> None:
     """Reject resize settings under which no training instance keeps a pixel."""
-    if augmentation in ("none", "hflip", "tiles") or any_instance_survives(dataset, augmentation, kwargs):
+    if augmentation in NO_RESIZE_AUGMENTATIONS or any_instance_survives(dataset, augmentation, kwargs):
         return
     keys = ", ".join(f"augmentation.{k}={kwargs[k]}" for k in RESIZE_KEYS if kwargs.get(k) is not None)
     raise DatasetError(
@@ -300,9 +300,9 @@ def check_mask_memory(
 
 def pipeline_scale(augmentation: str, kwargs: dict[str, Any]) -> Callable[[int, int], float]:
     """``(height, width) -> factor`` the training pipeline resizes an image by at most."""
-    if augmentation in ("none", "hflip"):  # no resize in the data pipeline
-        return lambda height, width: 1.0
     if augmentation == "tiles":  # native resolution, masks built at the tile's size: that area
         size = int(kwargs.get("tile_size", 800))
         return lambda height, width: math.sqrt(min(size, height) * min(size, width) / (height * width))
+    if augmentation in NO_RESIZE_AUGMENTATIONS:  # no resize in the data pipeline
+        return lambda height, width: 1.0
     return lambda height, width: training_scale(augmentation, kwargs, height, width)
