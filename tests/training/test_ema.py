@@ -110,6 +110,21 @@ def test_checkpoints_hold_the_average_of_the_raw_weights_and_validation_ran_with
     assert f"ema       decay {DECAY}, from step {START}, every 1 step(s); validation and checkpoints" in summary
 
 
+def test_the_average_does_not_change_training_the_raw_weights_are_those_of_a_run_without_it(
+    reference, shapes_dir, tmp_path
+):
+    """What a run trains does not depend on callbacks=ema: its raw weights are bit-for-bit those of
+    the same run without it (the benchmark scores an EMA run's raw weights as the run without EMA)."""
+    without = [o for o in RUN if not o.startswith(("callbacks=", "callbacks.ema."))] + ["callbacks=default"]
+    train(compose(without, output_dir=tmp_path, data_dir=shapes_dir))
+    plain = _ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    assert plain["global_step"] == 8 and "ema" not in plain and "current_model_state" not in plain
+    raw = reference.last["current_model_state"]
+    assert plain["state_dict"].keys() == raw.keys()
+    differ = [name for name, tensor in raw.items() if not torch.equal(plain["state_dict"][name], tensor)]
+    assert not differ, f"raw weights of the EMA run differ from the run without EMA: {differ[:5]}"
+
+
 def test_eval_predict_and_export_load_the_averaged_weights_and_say_so(reference, tmp_path, monkeypatch):
     best = reference.dir / "checkpoints" / "best.ckpt"
     ckpt = _ckpt(best)
