@@ -167,7 +167,7 @@ def evaluate_net(
         elif detector is not None:
             detections = detector([image])
         else:
-            out = net([image])
+            out = net([image], mask_format="rle") if returns_dict else net([image])  # ours: RLE, as validation
             detections = out["detections"] if returns_dict else out
         evaluator.update(detections, [target["image_id"]])
     return evaluator.compute()

@@ -123,26 +123,31 @@ def test_keep_empty_false_without_annotations_counts_the_images_of_the_file(tmp_
         check_training_instances(dataset)
 
 
-def _auto(tmp_path: Path, side: float, caplog) -> tuple[str, str]:
-    """Resolve anchor_sizes=auto on 64x64 images with one side x side object each: (log, report text)."""
-    square = [10, 10, 10 + side, 10, 10 + side, 10 + side, 10, 10 + side]
+def _auto(tmp_path: Path, side: float | list[float], caplog) -> tuple[str, str]:
+    """Resolve anchor_sizes=auto on 64x64 images with one side x side object each (a list: one
+    side per image): (log, report text)."""
+    sides = side if isinstance(side, list) else [side] * 8
+
+    def square(s: float) -> list[float]:
+        return [10, 10, 10 + s, 10, 10 + s, 10 + s, 10, 10 + s]
+
     coco = {
-        "images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(1, 9)],
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(1, len(sides) + 1)],
         "annotations": [
             {
                 "id": i,
                 "image_id": i,
                 "category_id": 1,
-                "segmentation": [square],
+                "segmentation": [square(s)],
                 "iscrowd": 0,
-                "bbox": [10, 10, side, side],
-                "area": side * side,
+                "bbox": [10, 10, s, s],
+                "area": s * s,
             }
-            for i in range(1, 9)
+            for i, s in enumerate(sides, start=1)
         ],
         "categories": [{"id": 1, "name": "dot"}],
     }
-    ann = tmp_path / f"side{side}.json"
+    ann = tmp_path / f"sides{'_'.join(map(str, sides))}.json"
     ann.write_text(json.dumps(coco))
     cfg = compose(
         [
@@ -169,6 +174,14 @@ def test_auto_anchors_on_tiny_objects_never_claim_a_fit(tmp_path, caplog, side):
     message, report = _auto(tmp_path, side, caplog)
     assert " fit (" not in message and ("no anchor set fits" in message or "do not fit" in message), message
     assert "IoU<0.5 100.0%" in message and "100.0%" in report
+    assert any(r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_auto_anchors_fitted_to_objects_they_still_miss_say_so_in_one_sentence(tmp_path, caplog):
+    # five 1-px dots and three objects a doubling set fits: the set is chosen, yet 62.5 % miss it
+    message, _ = _auto(tmp_path, [1, 1, 1, 1, 1, 8, 16, 32], caplog)
+    assert "-> [[8], [16], [32], [64], [128]]; fitted to the training objects, but even these do not fit" in message
+    assert "(IoU<0.5 62.5%" in message and message.count(" but ") == 1, message
     assert any(r.levelname == "WARNING" for r in caplog.records)
 
 

@@ -48,19 +48,27 @@ class MaskRCNN(nn.Module):
         self.mask_format = mask_format
         self.paste_aligned = paste_aligned
 
-    def forward(self, images: list[Tensor], targets: list[Target] | None = None) -> MaskRCNNOutput:
+    def forward(
+        self, images: list[Tensor], targets: list[Target] | None = None, mask_format: str | None = None
+    ) -> MaskRCNNOutput:
         """
         Args:
             images: list of Tensor[3, H_i, W_i] float32 in [0, 1], RGB (sizes may differ).
             targets: one ``Target`` per image, in the pixels of ``images``; required in training,
                 optional in eval (then validation loss inputs are returned too). Checked here, once,
                 by ``validate_targets``.
+            mask_format: this call's mask format instead of ``self.mask_format`` (e.g. "rle" where
+                only a COCO evaluator reads the masks: one mask at a time is pasted, never a float
+                [D, 1, H, W] tensor of the full image).
 
         Returns:
             training: {"loss_inputs": LossInputs}
             eval: {"detections": list[Detection]} in the pixels of ``images``; eval with targets: both keys.
         """
         name = type(self).__name__
+        mask_format = self.mask_format if mask_format is None else mask_format
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"{name}: mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         if not isinstance(images, (list, tuple)) or len(images) == 0:
             raise ValueError(f"{name}: images must be a non-empty list of Tensor[3, H, W]")
         if self.training and targets is None:
@@ -78,7 +86,7 @@ class MaskRCNN(nn.Module):
         if targets is not None:
             out["loss_inputs"] = {"rpn": rpn_inputs, "roi": roi_inputs["roi"], "mask": roi_inputs["mask"]}
         if not self.training:
-            out["detections"] = self._to_original(detections, batch.image_sizes, original_sizes)
+            out["detections"] = self._to_original(detections, batch.image_sizes, original_sizes, mask_format)
         return out
 
     def _to_original(
@@ -86,6 +94,7 @@ class MaskRCNN(nn.Module):
         detections: list[RoIDetection],
         resized_sizes: list[tuple[int, int]],
         original_sizes: list[tuple[int, int]],
+        mask_format: str,
     ) -> list[Detection]:
         """Map boxes back to input-image pixels and paste the M x M masks into full images."""
         results: list[Detection] = []
@@ -97,7 +106,7 @@ class MaskRCNN(nn.Module):
                     "labels": det["labels"],
                     "scores": det["scores"],
                     "masks": paste_masks(
-                        det["masks"], boxes, original, mask_format=self.mask_format, aligned=self.paste_aligned
+                        det["masks"], boxes, original, mask_format=mask_format, aligned=self.paste_aligned
                     ),
                 }
             )

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Target masks resized per interpolate call (float32 copy: MASK_RESIZE_CHUNK x H x W x 4 bytes).
+MASK_RESIZE_CHUNK = 16
+
 
 @dataclass
 class ImageBatch:
@@ -160,9 +163,16 @@ class ImageTransform(nn.Module):
             if masks.shape[0] == 0:
                 target["masks"] = masks.new_zeros((0, *new_size))
             else:
-                target["masks"] = F.interpolate(
-                    masks[:, None].float(), scale_factor=scale, recompute_scale_factor=True
-                )[:, 0].byte()
+                # a few masks at a time, so the float copy interpolate needs stays small however many
+                # masks a large photo has; nearest is per mask, so the values are those of one call
+                target["masks"] = torch.cat(
+                    [
+                        F.interpolate(chunk[:, None].float(), scale_factor=scale, recompute_scale_factor=True)[
+                            :, 0
+                        ].byte()
+                        for chunk in masks.split(MASK_RESIZE_CHUNK)
+                    ]
+                )
         return image, target
 
     def _pad(self, images: list[Tensor]) -> Tensor:

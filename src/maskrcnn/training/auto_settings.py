@@ -47,9 +47,7 @@ def resolve_auto_settings(cfg: DictConfig, datamodule: Any) -> None:
             if suggestion.min_size is not None
             else ""
         )
-        log.warning(
-            "model.rpn.anchor_sizes=auto -> %s, but %s (dataset-fit report of %s)%s", chosen, why, train_file, hint
-        )
+        log.warning("model.rpn.anchor_sizes=auto -> %s; %s (dataset-fit report of %s)%s", chosen, why, train_file, hint)
     from maskrcnn.data.fit.report import box_warnings
 
     for name, split in report.splits.items():  # what the choice rests on, even with dataset_report=false

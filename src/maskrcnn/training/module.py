@@ -209,7 +209,9 @@ class MaskRCNNModule(pl.LightningModule):
             detections = [sliced_detections(net, image, self.slicing).as_detection() for image in images]
             self.evaluator.update(cast(list[dict], detections), ids)
             return {"detections": detections}
-        out = self.net(images, targets)
+        # The evaluator and the image loggers read RLE: pasting one mask at a time keeps validation
+        # of large photos in memory (full-image float masks are D x H x W x 4 bytes).
+        out = self.net(images, targets, mask_format="rle")
         terms = self.criterion(out["loss_inputs"])
         n = len(images)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=n)

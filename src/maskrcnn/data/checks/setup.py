@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 MAX_TRAINING_SIZE = 16384
 RESIZE_KEYS = ("min_size", "max_size", "multiscale_sizes", "lsj_size", "lsj_scale")
 # Bytes per mask pixel while one image is processed: the uint8 mask of the data pipeline plus the
-# float32 copy the model makes of all of an image's masks (the resize in ``modeling/transform.py``,
-# the mask targets in ``modeling/roi_heads.py``). A lower bound: batches and workers multiply it.
+# float32 copy the model makes of all of an image's masks (the mask targets in
+# ``modeling/roi_heads.py``). For training a lower bound (batches and workers multiply it); for
+# validation images larger than the model's input an upper bound (the copy is at the input size).
 MASK_BYTES_PER_PIXEL = 1 + 4
 MASK_MEMORY_WARN = 2 << 30  # one image's masks above this get a warning
 
