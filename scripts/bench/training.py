@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from maskrcnn.data.coco import CocoInstanceDataset
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.inference.slice_options import SliceOptions
 from maskrcnn.inference.slicing import sliced_detections
+from maskrcnn.inference.tta import TestTimeAugmentation
 from maskrcnn.inference.tta_options import build_tta, check_tta_config
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -149,7 +149,7 @@ def evaluate_net(
     max_dets: int,
     returns_dict: bool,
     slicing: SliceOptions | None = None,
-    detector: Callable[[list[Tensor]], list] | None = None,
+    detector: TestTimeAugmentation | None = None,
 ) -> dict[str, float]:
     """COCO box/mask metrics of ``net`` on the validation split, images at file size, one at a time.
 
@@ -165,7 +165,7 @@ def evaluate_net(
         if slicing is not None:
             detections = [sliced_detections(net, image, slicing).as_detection()]  # type: ignore[arg-type]
         elif detector is not None:
-            detections = detector([image])
+            detections = detector([image], mask_format="rle")
         else:
             out = net([image], mask_format="rle") if returns_dict else net([image])  # ours: RLE, as validation
             detections = out["detections"] if returns_dict else out

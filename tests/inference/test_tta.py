@@ -143,6 +143,23 @@ def test_flip_and_scales_merge_the_views_detections_and_time_them():
     assert line.endswith("x the time without TTA (1 image)")
 
 
+def test_a_call_in_rle_gives_the_thresholded_probability_masks_of_a_call_in_the_nets_format():
+    """Validation and eval ask TTA for RLE (one mask pasted at a time), as they ask the network."""
+    from pycocotools import mask as mask_utils
+
+    net = build_tiny_model()
+    tta = build_tta(TTASettings(flip=True, scales=(0.75, 1.0)), net)
+    assert tta is not None and net.mask_format == "prob"
+    images = _images()
+    with torch.no_grad():
+        prob, rle = tta(images), tta(images, mask_format="rle")
+    assert sum(len(d["scores"]) for d in prob) > 0
+    for p, r in zip(prob, rle, strict=True):
+        assert _rows(p) == _rows(r) and isinstance(r["masks"], list) and len(r["masks"]) == len(p["scores"])
+        decoded = torch.from_numpy(mask_utils.decode(r["masks"])).permute(2, 0, 1)[:, None].bool()
+        assert torch.equal(decoded, p["masks"] > 0.5)
+
+
 def test_settings_give_the_views_and_the_plain_settings_no_wrapper():
     assert TTASettings(flip=True, scales=(0.8, 1.0, 1.2)).views(128, 160) == [
         TTAView(102, 128),

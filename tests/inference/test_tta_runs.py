@@ -15,6 +15,7 @@ from helpers.random_checkpoint import save_random_checkpoint
 from helpers.scripts import run_entry_point
 from maskrcnn.errors import ConfigError
 from maskrcnn.inference.predict_images import predict
+from maskrcnn.inference.tta import TestTimeAugmentation
 from maskrcnn.inference.tta_options import check_tta_config
 from maskrcnn.training.config_types import check_config_types
 from maskrcnn.training.pipeline import evaluate
@@ -28,11 +29,20 @@ def checkpoint(shapes_dir, tmp_path_factory):
     )
 
 
-def test_eval_with_tta_scores_the_merged_views_and_prints_the_cost(checkpoint, tmp_path, caplog):
+def test_eval_with_tta_scores_the_merged_views_and_prints_the_cost(checkpoint, tmp_path, caplog, monkeypatch):
+    formats: list[str | None] = []
+    call = TestTimeAugmentation.__call__
+
+    def spy(self, images, mask_format=None):
+        formats.append(mask_format)
+        return call(self, images, mask_format=mask_format)
+
+    monkeypatch.setattr(TestTimeAugmentation, "__call__", spy)
     overrides = [f"ckpt_path={checkpoint}", "data.num_workers=0", "tta=flip"]
     cfg = compose(overrides, config_name="eval", output_dir=tmp_path / "eval", data_dir=tmp_path / "nothing")
     with caplog.at_level(logging.INFO):
         metrics = evaluate(cfg, overrides=overrides)
+    assert formats and set(formats) == {"rle"}  # as without TTA: masks pasted one at a time
     assert all(math.isnan(metrics[k]) or 0.0 <= metrics[k] <= 1.0 for k in ("val/bbox_AP", "val/segm_AP"))
     assert "val/loss" not in metrics  # loss terms belong to the network's single view
     lines = [line for line in caplog.text.splitlines() if "TTA: " in line]

@@ -171,14 +171,15 @@ class TestTimeAugmentation:
         self.plain = TTAView(int(transform.min_size[-1]), int(transform.max_size))
         self.cost = TTACost(self.views)
 
-    def __call__(self, images: list[Tensor]) -> list[Detection]:
-        """As ``MaskRCNN.forward(images)["detections"]``: per image, in the pixels of ``images``,
-        masks pasted in ``net.mask_format``."""
+    def __call__(self, images: list[Tensor], mask_format: str | None = None) -> list[Detection]:
+        """As ``MaskRCNN.forward(images, mask_format=mask_format)["detections"]``: per image, in the
+        pixels of ``images``, masks pasted in ``mask_format`` (default ``net.mask_format``)."""
+        mask_format = self.net.mask_format if mask_format is None else mask_format
         results: list[Detection] = []
         for image, det in zip(images, self.detect(images), strict=True):
             size = (int(image.shape[-2]), int(image.shape[-1]))
             masks = paste_masks(
-                det["masks"], det["boxes"], size, mask_format=self.net.mask_format, aligned=self.net.paste_aligned
+                det["masks"], det["boxes"], size, mask_format=mask_format, aligned=self.net.paste_aligned
             )
             results.append({"boxes": det["boxes"], "labels": det["labels"], "scores": det["scores"], "masks": masks})
         return results

@@ -59,16 +59,13 @@ class MaskRCNN(nn.Module):
                 by ``validate_targets``.
             mask_format: this call's mask format instead of ``self.mask_format`` (e.g. "rle" where
                 only a COCO evaluator reads the masks: one mask at a time is pasted, never a float
-                [D, 1, H, W] tensor of the full image).
+                [D, 1, H, W] tensor of the full image); ``paste_masks`` rejects an unknown one.
 
         Returns:
             training: {"loss_inputs": LossInputs}
             eval: {"detections": list[Detection]} in the pixels of ``images``; eval with targets: both keys.
         """
         name = type(self).__name__
-        mask_format = self.mask_format if mask_format is None else mask_format
-        if mask_format not in MASK_FORMATS:
-            raise ValueError(f"{name}: mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         if not isinstance(images, (list, tuple)) or len(images) == 0:
             raise ValueError(f"{name}: images must be a non-empty list of Tensor[3, H, W]")
         if self.training and targets is None:
@@ -86,7 +83,8 @@ class MaskRCNN(nn.Module):
         if targets is not None:
             out["loss_inputs"] = {"rpn": rpn_inputs, "roi": roi_inputs["roi"], "mask": roi_inputs["mask"]}
         if not self.training:
-            out["detections"] = self._to_original(detections, batch.image_sizes, original_sizes, mask_format)
+            fmt = self.mask_format if mask_format is None else mask_format
+            out["detections"] = self._to_original(detections, batch.image_sizes, original_sizes, fmt)
         return out
 
     def _to_original(

@@ -23,9 +23,9 @@ from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.evaluation.coco_evaluator import Backend
 from maskrcnn.inference.slice_options import SliceOptions
 from maskrcnn.inference.slicing import sliced_detections
+from maskrcnn.inference.tta import TestTimeAugmentation
 from maskrcnn.losses.criterion import TERMS
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
-from maskrcnn.modeling.structures import Detection
 from maskrcnn.training.nonfinite import SkipLimit
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class MaskRCNNModule(pl.LightningModule):
         self.class_names: list[str] | None = None
         self.label_to_category_id: dict[int, int] | None = None
         self.last_val_metrics: dict[str, float] = {}
-        self.tta: Callable[[list[Tensor]], list[Detection]] | None = None
+        self.tta: TestTimeAugmentation | None = None
         self._batch_start = 0.0
 
     def forward(self, images: list[Tensor]) -> list[dict]:
@@ -201,7 +201,7 @@ class MaskRCNNModule(pl.LightningModule):
         assert self.evaluator is not None  # made in on_validation_epoch_start
         ids = [int(t["image_id"]) for t in targets]
         if self.tta is not None:
-            detections: list[Any] = self.tta(images)  # Detection dicts, as the network's
+            detections: list[Any] = self.tta(images, mask_format="rle")  # as the network's, below
             self.evaluator.update(detections, ids)
             return {"detections": detections}
         if self.slicing is not None:
@@ -209,8 +209,8 @@ class MaskRCNNModule(pl.LightningModule):
             detections = [sliced_detections(net, image, self.slicing).as_detection() for image in images]
             self.evaluator.update(cast(list[dict], detections), ids)
             return {"detections": detections}
-        # The evaluator and the image loggers read RLE: pasting one mask at a time keeps validation
-        # of large photos in memory (full-image float masks are D x H x W x 4 bytes).
+        # The evaluator and the image loggers read RLE (here and with tta): pasting one mask at a time
+        # keeps validation of large photos in memory (full-image float masks are D x H x W x 4 bytes).
         out = self.net(images, targets, mask_format="rle")
         terms = self.criterion(out["loss_inputs"])
         n = len(images)
